@@ -1,0 +1,88 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { envLayer, fileLayer, flagLayer, loadConfig } from '@kloudak/common';
+
+/** The orchestrator's settings, validated once at start-up and frozen. */
+export const OrchestratorConfigSchema = Type.Object(
+  {
+    port: Type.Integer({ minimum: 0, maximum: 65535, default: 8080 }),
+    host: Type.String({ minLength: 1, default: '127.0.0.1' }),
+    dataDir: Type.String({ minLength: 1, default: './data' }),
+    /** PostgreSQL URL; the embedded PGlite database is used when empty. */
+    databaseUrl: Type.String({ default: '' }),
+    natsUrl: Type.String({ default: '' }),
+    adminUser: Type.String({ default: '' }),
+    adminEmail: Type.String({ default: '' }),
+    adminPassword: Type.String({ default: '' }),
+    /** PEM files of the token signing key pair; generated under dataDir when empty. */
+    jwtPrivateKeyFile: Type.String({ default: '' }),
+    jwtPublicKeyFile: Type.String({ default: '' }),
+    jwtIssuer: Type.String({ minLength: 1, default: 'kloudak' }),
+    jwtAudience: Type.String({ minLength: 1, default: 'kloudak-api' }),
+    tokenTtlSeconds: Type.Integer({ minimum: 60, maximum: 86400 * 30, default: 3600 }),
+    allowSignup: Type.Boolean({ default: true }),
+    /** log2 of scrypt's N; 15 costs about 50-100 ms a hash on a small host. */
+    passwordHashCost: Type.Integer({ minimum: 10, maximum: 20, default: 15 }),
+    loginMaxPerUser: Type.Integer({ minimum: 1, default: 10 }),
+    loginMaxPerAddress: Type.Integer({ minimum: 1, default: 50 }),
+    loginWindowSeconds: Type.Integer({ minimum: 1, default: 300 }),
+    /** Trust X-Forwarded-For (only behind a proxy you run). */
+    trustProxy: Type.Boolean({ default: false }),
+    logLevel: Type.Union(
+      ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
+      { default: 'info' },
+    ),
+    shutdownGraceMs: Type.Integer({ minimum: 0, default: 10000 }),
+  },
+  { additionalProperties: false },
+);
+
+/** Validated, frozen orchestrator settings. */
+export type OrchestratorConfig = Readonly<Static<typeof OrchestratorConfigSchema>>;
+
+const ENV_NAMES: Record<string, string> = {
+  KLOUDAK_PORT: 'port',
+  KLOUDAK_HOST: 'host',
+  KLOUDAK_DATA_DIR: 'dataDir',
+  DATABASE_URL: 'databaseUrl',
+  NATS_URL: 'natsUrl',
+  KLOUDAK_ADMIN_USER: 'adminUser',
+  KLOUDAK_ADMIN_EMAIL: 'adminEmail',
+  KLOUDAK_ADMIN_PASSWORD: 'adminPassword',
+  KLOUDAK_JWT_PRIVATE_KEY_FILE: 'jwtPrivateKeyFile',
+  KLOUDAK_JWT_PUBLIC_KEY_FILE: 'jwtPublicKeyFile',
+  KLOUDAK_TOKEN_TTL_SECONDS: 'tokenTtlSeconds',
+  KLOUDAK_ALLOW_SIGNUP: 'allowSignup',
+  KLOUDAK_PASSWORD_HASH_COST: 'passwordHashCost',
+  KLOUDAK_LOGIN_MAX_PER_USER: 'loginMaxPerUser',
+  KLOUDAK_LOGIN_MAX_PER_ADDRESS: 'loginMaxPerAddress',
+  KLOUDAK_LOGIN_WINDOW_SECONDS: 'loginWindowSeconds',
+  KLOUDAK_TRUST_PROXY: 'trustProxy',
+  KLOUDAK_LOG_LEVEL: 'logLevel',
+};
+
+const FLAG_NAMES: Record<string, string> = {
+  port: 'port',
+  host: 'host',
+  'data-dir': 'dataDir',
+  'database-url': 'databaseUrl',
+  'nats-url': 'natsUrl',
+  'log-level': 'logLevel',
+};
+
+/**
+ * Build the configuration: defaults → file (KLOUDAK_CONFIG or --config, JSON) → environment →
+ * flags. This module is the only one of the orchestrator that reads `process.env`.
+ */
+export function readConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): OrchestratorConfig {
+  const configPath = flagLayer(argv, { config: 'path' })['path'] ?? env['KLOUDAK_CONFIG'];
+  return loadConfig(OrchestratorConfigSchema, {
+    file: fileLayer(typeof configPath === 'string' ? configPath : undefined, true),
+    env: envLayer(env, ENV_NAMES),
+    flags: flagLayer(argv, FLAG_NAMES),
+  });
+}
+
+/** Defaults with overrides, for tests and tools that build a config in code. */
+export function configWith(overrides: Partial<Static<typeof OrchestratorConfigSchema>>): OrchestratorConfig {
+  return loadConfig(OrchestratorConfigSchema, { flags: overrides });
+}

@@ -1,0 +1,252 @@
+import { randomUUID } from 'node:crypto';
+import Koa from 'koa';
+import Router from '@koa/router';
+import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { KloudakError, UnauthenticatedError, type Logger } from '@kloudak/common';
+import type { Database } from '@kloudak/prisma';
+import type { Clock } from '../clock.js';
+import type { OrchestratorConfig } from '../config.js';
+import type { TokenService } from '../auth/tokens.js';
+import { RateLimiter } from '../auth/rate-limit.js';
+import { errorResponse, toKloudakError } from './errors.js';
+import { buildOpenApi } from './openapi.js';
+import type { Principal, RouteSpec } from './route.js';
+import { validate } from './validate.js';
+import { authRoutes } from './routes/auth.js';
+import { workspaceRoutes } from './routes/workspaces.js';
+import { inventoryRoutes } from './routes/inventory.js';
+import { resourceRoutes } from './routes/resources.js';
+
+/** Version reported by the API and metrics. */
+export const VERSION = '0.1.0';
+
+/** Largest JSON body accepted. */
+export const MAX_BODY_BYTES = 1024 * 1024;
+
+/** What the HTTP layer needs; built by main.ts (or a test) and passed in. */
+export interface AppDeps {
+  db: Database;
+  tokens: TokenService;
+  clock: Clock;
+  config: OrchestratorConfig;
+  log: Logger;
+}
+
+/** Dependencies as route modules see them. */
+export interface Services extends AppDeps {
+  loginByUser: RateLimiter;
+  loginByAddress: RateLimiter;
+}
+
+/** The Koa application, its routes and its metrics registry. */
+export interface Api {
+  app: Koa;
+  routes: readonly RouteSpec[];
+  metrics: Registry;
+  openapi: Record<string, unknown>;
+}
+
+const BEARER = /^Bearer ([A-Za-z0-9._~+/=-]{1,4096})$/;
+const TOKEN = /^[A-Za-z0-9._~+/=-]{1,4096}$/;
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** The token presented by a request, if any; a malformed header is an authentication failure. */
+function presentedToken(ctx: Koa.Context): string | null {
+  const auth = ctx.get('authorization');
+  if (auth) {
+    const m = BEARER.exec(auth);
+    if (!m) throw new UnauthenticatedError('Authorization header must be "Bearer <token>"');
+    return m[1] as string;
+  }
+  const t = ctx.get('token');
+  if (t) {
+    if (!TOKEN.test(t)) throw new UnauthenticatedError('token header is malformed');
+    return t;
+  }
+  return null;
+}
+
+async function principalFor(s: Services, token: string): Promise<Principal> {
+  const claims = await s.tokens.verify(token);
+  if (!UUID.test(claims.sub)) throw new UnauthenticatedError('invalid or expired token');
+  const user = await s.db.client.user.findUnique({
+    where: { id: claims.sub },
+    select: {
+      id: true,
+      username: true,
+      email: true,
+      isAdmin: true,
+      tokenVersion: true,
+      revoked: { where: { jti: claims.jti }, select: { jti: true } },
+    },
+  });
+  // A deleted user, a token from before a password or permission change, or a logged-out token.
+  if (!user || user.tokenVersion !== claims.ver || user.revoked.length > 0) {
+    throw new UnauthenticatedError('invalid or expired token');
+  }
+  return {
+    userId: user.id,
+    username: user.username,
+    email: user.email,
+    isAdmin: user.isAdmin,
+    jti: claims.jti,
+    exp: claims.exp,
+  };
+}
+
+/** Read a JSON body up to MAX_BODY_BYTES; errors are 4xx. */
+async function readJsonBody(ctx: Koa.Context): Promise<unknown> {
+  const declared = Number(ctx.get('content-length') || '0');
+  if (declared > MAX_BODY_BYTES) {
+    throw new KloudakError('payload_too_large', `body must be at most ${MAX_BODY_BYTES} bytes`);
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of ctx.req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) throw new KloudakError('payload_too_large', `body must be at most ${MAX_BODY_BYTES} bytes`);
+    chunks.push(chunk);
+  }
+  if (size === 0) throw new KloudakError('validation_failed', 'a JSON body is required');
+  const type = ctx.get('content-type').split(';')[0]?.trim().toLowerCase();
+  if (type !== 'application/json') {
+    throw new KloudakError('unsupported_media_type', 'Content-Type must be application/json');
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+  } catch {
+    throw new KloudakError('bad_request', 'body is not valid JSON');
+  }
+}
+
+/** Build the REST API. Pure wiring: no listening socket, so tests can mount it anywhere. */
+export function createApi(deps: AppDeps): Api {
+  const windowMs = deps.config.loginWindowSeconds * 1000;
+  const services: Services = {
+    ...deps,
+    loginByUser: new RateLimiter(deps.clock, deps.config.loginMaxPerUser, windowMs),
+    loginByAddress: new RateLimiter(deps.clock, deps.config.loginMaxPerAddress, windowMs),
+  };
+  const routes: RouteSpec[] = [
+    ...authRoutes(services),
+    ...workspaceRoutes(services),
+    ...inventoryRoutes(services),
+    ...resourceRoutes(services),
+  ];
+  const openapi = buildOpenApi(routes, VERSION);
+
+  const metrics = new Registry();
+  collectDefaultMetrics({ register: metrics });
+  const requests = new Counter({
+    name: 'kloudak_http_requests_total',
+    help: 'HTTP requests by method, route and status',
+    labelNames: ['method', 'route', 'status'],
+    registers: [metrics],
+  });
+  const latency = new Histogram({
+    name: 'kloudak_http_request_duration_seconds',
+    help: 'HTTP request latency by method and route',
+    labelNames: ['method', 'route'],
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [metrics],
+  });
+
+  const app = new Koa({ proxy: deps.config.trustProxy });
+  app.silent = true; // errors are logged by the middleware below, once, without secrets
+
+  // Outermost: request id, access log, metrics, and the one place errors become JSON.
+  app.use(async (ctx, next) => {
+    const started = process.hrtime.bigint();
+    const given = ctx.get('x-request-id');
+    const requestId = REQUEST_ID.test(given) ? given : randomUUID();
+    ctx.state['requestId'] = requestId;
+    ctx.set('X-Request-Id', requestId);
+    try {
+      await next();
+    } catch (err) {
+      const kerr = toKloudakError(err);
+      const { status, body } = errorResponse(kerr, requestId);
+      if (status >= 500) deps.log.error({ err, request_id: requestId }, 'request failed');
+      ctx.status = status;
+      ctx.body = body;
+      if (kerr.code === 'rate_limited') ctx.set('Retry-After', String(kerr.details?.['retryAfterSeconds'] ?? 60));
+      if (kerr.code === 'unauthenticated') ctx.set('WWW-Authenticate', 'Bearer');
+    }
+    const route = (ctx.state['route'] as string | undefined) ?? 'unmatched';
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    requests.inc({ method: ctx.method, route, status: String(ctx.status) });
+    latency.observe({ method: ctx.method, route }, seconds);
+    deps.log.info(
+      { request_id: requestId, method: ctx.method, route, status: ctx.status, ms: Math.round(seconds * 1e4) / 10 },
+      'request',
+    );
+  });
+
+  const router = new Router();
+  router.get('/healthz', (ctx) => {
+    ctx.state['route'] = '/healthz';
+    ctx.body = { status: 'ok' };
+  });
+  router.get('/readyz', async (ctx) => {
+    ctx.state['route'] = '/readyz';
+    try {
+      await deps.db.ping();
+      const pending = await deps.db.pending();
+      ctx.status = pending.length === 0 ? 200 : 503;
+      ctx.body = { status: pending.length === 0 ? 'ready' : 'migrations pending', database: deps.db.kind, pending };
+    } catch {
+      ctx.status = 503;
+      ctx.body = { status: 'database unreachable', database: deps.db.kind };
+    }
+  });
+  router.get('/metrics', async (ctx) => {
+    ctx.state['route'] = '/metrics';
+    ctx.type = metrics.contentType;
+    ctx.body = await metrics.metrics();
+  });
+  router.get('/api/v1/openapi.json', (ctx) => {
+    ctx.state['route'] = '/api/v1/openapi.json';
+    ctx.body = openapi;
+  });
+
+  for (const spec of routes) {
+    const koaPath = '/api/v1' + spec.path.replace(/\{(\w+)\}/g, ':$1');
+    router[spec.method](koaPath, async (ctx) => {
+      ctx.state['route'] = `/api/v1${spec.path}`;
+      const token = presentedToken(ctx);
+      let principal: Principal | null = null;
+      if (token !== null) principal = await principalFor(services, token);
+      else if (spec.access !== 'public') throw new UnauthenticatedError();
+      if (spec.access === 'admin' && !principal?.isAdmin) {
+        throw new KloudakError('forbidden', 'this operation needs an admin');
+      }
+      const params = spec.params ? validate(spec.params, ctx.params, 'params', true) : undefined;
+      const query = spec.query ? validate(spec.query, { ...ctx.query }, 'query', true) : undefined;
+      const body = spec.body ? validate(spec.body, await readJsonBody(ctx), 'body', false) : undefined;
+      const result = await spec.handler({
+        params,
+        query,
+        body,
+        principal,
+        requestId: ctx.state['requestId'] as string,
+        clientIp: ctx.ip,
+        log: deps.log.child({ request_id: ctx.state['requestId'] }),
+      });
+      ctx.status = spec.response.status;
+      if (spec.response.status !== 204) ctx.body = result;
+    });
+  }
+  app.use(router.routes());
+  // Anything no route took: a JSON 404 (405 when the path exists with other methods).
+  app.use((ctx) => {
+    const matched = router.match(ctx.path, ctx.method);
+    if (matched.path.length > 0 && !matched.route) {
+      ctx.status = 405;
+      ctx.body = { error: { code: 'bad_request', message: `method ${ctx.method} not allowed here`, requestId: ctx.state['requestId'] } };
+      return;
+    }
+    throw new KloudakError('not_found', `no route for ${ctx.method} ${ctx.path}`);
+  });
+  return { app, routes, metrics, openapi };
+}

@@ -1,0 +1,3 @@
+export { TEST_PG_URL, TEST_NATS_URL } from './config.js';
+export { freshDatabase, type FreshDatabase } from './postgres.js';
+export { freePort, waitFor } from './net.js';

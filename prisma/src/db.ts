@@ -1,0 +1,130 @@
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { PGlite } from '@electric-sql/pglite';
+import { PrismaPg } from '@prisma/adapter-pg';
+import { PrismaPGlite } from 'pglite-prisma-adapter';
+import pg from 'pg';
+import { PrismaClient } from '../generated/client/client.js';
+import { migrate, pendingMigrations, type MigrateResult, type SqlSession } from './migrate.js';
+
+/** Which engine backs a {@link Database}. */
+export type DatabaseKind = 'postgres' | 'pglite';
+
+/** Options for {@link openDatabase}. */
+export interface DatabaseOptions {
+  /** PostgreSQL connection string; when absent the embedded PGlite database is used. */
+  url?: string | undefined;
+  /** Where PGlite keeps its files (`<dataDir>/pglite`); ignored for PostgreSQL. */
+  dataDir?: string | undefined;
+  /** PGlite only: keep everything in memory (tests). */
+  inMemory?: boolean;
+  /** Connection pool size for PostgreSQL. */
+  poolSize?: number;
+}
+
+/** An open inventory database: the Prisma client plus raw sessions for migrations and health. */
+export interface Database {
+  readonly kind: DatabaseKind;
+  readonly client: PrismaClient;
+  /** Apply pending migrations (serialised across processes by an advisory lock). */
+  migrate(): Promise<MigrateResult>;
+  /** Migrations committed but not applied. */
+  pending(): Promise<string[]>;
+  /** A trivial round trip, for readiness checks. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export function pgSession(client: pg.Client | pg.PoolClient): SqlSession {
+  return {
+    async exec(sql) {
+      await client.query(sql);
+    },
+    async query<R>(sql: string, params?: unknown[]) {
+      const res = await client.query(sql, params);
+      return res.rows as R[];
+    },
+  };
+}
+
+export function pgliteSession(db: PGlite): SqlSession {
+  return {
+    async exec(sql) {
+      await db.exec(sql);
+    },
+    async query<R>(sql: string, params?: unknown[]) {
+      const res = await db.query<R>(sql, params);
+      return res.rows;
+    },
+  };
+}
+
+/** Open the inventory database: PostgreSQL when `url` is set, embedded PGlite otherwise. */
+export async function openDatabase(opts: DatabaseOptions): Promise<Database> {
+  if (opts.url) return openPostgres(opts.url, opts.poolSize ?? 10);
+  return openPglite(opts);
+}
+
+async function openPostgres(url: string, poolSize: number): Promise<Database> {
+  const pool = new pg.Pool({ connectionString: url, max: poolSize });
+  // An idle client that errors (server restart) must not crash the process; the pool replaces it.
+  pool.on('error', () => undefined);
+  const client = new PrismaClient({ adapter: new PrismaPg(pool) });
+  const withSession = async <T>(fn: (s: SqlSession) => Promise<T>): Promise<T> => {
+    // Migrations get a dedicated connection: the advisory lock and transactions live on it.
+    const c = new pg.Client({ connectionString: url });
+    c.on('error', () => undefined);
+    await c.connect();
+    try {
+      return await fn(pgSession(c));
+    } finally {
+      await c.end().catch(() => undefined);
+    }
+  };
+  return {
+    kind: 'postgres',
+    client,
+    migrate: () => withSession((s) => migrate(s)),
+    pending: async () => {
+      const c = await pool.connect();
+      try {
+        return await pendingMigrations(pgSession(c));
+      } finally {
+        c.release();
+      }
+    },
+    ping: async () => {
+      await pool.query('SELECT 1');
+    },
+    close: async () => {
+      await client.$disconnect();
+      await pool.end().catch(() => undefined);
+    },
+  };
+}
+
+async function openPglite(opts: DatabaseOptions): Promise<Database> {
+  let dir: string | undefined;
+  if (!opts.inMemory) {
+    if (!opts.dataDir) throw new Error('openDatabase: dataDir is required for the embedded database');
+    dir = join(opts.dataDir, 'pglite');
+    mkdirSync(dir, { recursive: true });
+  }
+  const lite = dir === undefined ? new PGlite() : new PGlite(dir);
+  await lite.waitReady;
+  const session = pgliteSession(lite);
+  const client = new PrismaClient({ adapter: new PrismaPGlite(lite) });
+  return {
+    kind: 'pglite',
+    client,
+    migrate: () => migrate(session),
+    pending: () => pendingMigrations(session),
+    ping: async () => {
+      await lite.query('SELECT 1');
+    },
+    close: async () => {
+      await client.$disconnect();
+      await lite.close().catch(() => undefined);
+    },
+  };
+}
