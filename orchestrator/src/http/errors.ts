@@ -23,7 +23,12 @@ export interface ErrorBody {
 interface PrismaLikeError {
   name: string;
   code: string;
-  meta?: { target?: unknown; modelName?: unknown; cause?: unknown };
+  meta?: Record<string, unknown>;
+}
+
+function sqlState(err: PrismaLikeError): string | undefined {
+  const cause = (err.meta as { driverAdapterError?: { cause?: { originalCode?: unknown } } } | undefined)?.driverAdapterError?.cause;
+  return typeof cause?.originalCode === 'string' ? cause.originalCode : undefined;
 }
 
 function isPrismaKnown(err: unknown): err is PrismaLikeError {
@@ -51,6 +56,15 @@ export function toKloudakError(err: unknown): KloudakError {
         return new KloudakError('not_found', 'object not found', { cause: err });
       case 'P2003':
       case 'P2014':
+        return new KloudakError('conflict', 'the object is still referenced by other objects', { cause: err });
+    }
+    // Errors a driver adapter did not translate carry the PostgreSQL SQLSTATE (PGlite's adapter
+    // reports a RESTRICT violation, 23001, as a generic database error).
+    switch (sqlState(err)) {
+      case '23505':
+        return new KloudakError('conflict', 'an object with this name already exists', { cause: err });
+      case '23001':
+      case '23503':
         return new KloudakError('conflict', 'the object is still referenced by other objects', { cause: err });
     }
   }

@@ -1,0 +1,306 @@
+// Behaviour of the REST API over real HTTP, on PostgreSQL and on embedded PGlite.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { SignJWT, generateKeyPair, decodeJwt } from 'jose';
+import { ENGINES, PASSWORD, startHarness, Client, type Harness } from '../testing/harness.js';
+
+function b64url(o: unknown): string {
+  return Buffer.from(JSON.stringify(o)).toString('base64url');
+}
+
+for (const engine of ENGINES) {
+  describe(`REST API on ${engine}`, () => {
+    let h: Harness;
+    let now = Date.now();
+    const clock = { now: () => now };
+    before(async () => {
+      h = await startHarness(engine, { loginMaxPerUser: 5, loginMaxPerAddress: 10_000 }, clock);
+    });
+    after(async () => {
+      await h?.close();
+    });
+
+    it('serves health, readiness, metrics and an OpenAPI document covering every route', async () => {
+      assert.equal((await h.anon.get('/healthz')).status, 200);
+      const ready = await h.anon.get('/readyz');
+      assert.equal(ready.status, 200);
+      assert.deepEqual(ready.body.pending, []);
+      const doc = await h.anon.get('/api/v1/openapi.json');
+      assert.equal(doc.body.openapi, '3.1.0');
+      for (const r of h.orch.api.routes) {
+        assert.ok(doc.body.paths[`/api/v1${r.path}`]?.[r.method], `${r.method} ${r.path} missing from OpenAPI`);
+      }
+      const m = await h.anon.get('/metrics');
+      assert.match(m.body as string, /kloudak_http_requests_total\{method="GET",route="\/api\/v1\/openapi.json",status="200"\}/);
+      const unknown = await h.anon.get('/api/v1/nope');
+      assert.equal(unknown.status, 404);
+      assert.equal(unknown.body.error.code, 'not_found');
+      assert.ok(unknown.headers.get('x-request-id'));
+    });
+
+    it('signs up with validation: weak passwords, bad names and duplicates are refused', async () => {
+      const ok = await h.anon.post('/api/v1/auth/signup', { username: 'carol', email: 'Carol@Example.test', password: PASSWORD });
+      assert.equal(ok.status, 201);
+      assert.equal(ok.body.email, 'carol@example.test');
+      assert.equal(ok.body.passwordHash, undefined);
+      const dup = await h.anon.post('/api/v1/auth/signup', { username: 'carol', email: 'c2@example.test', password: PASSWORD });
+      assert.equal(dup.status, 409);
+      const dupMail = await h.anon.post('/api/v1/auth/signup', { username: 'carol2', email: 'carol@example.test', password: PASSWORD });
+      assert.equal(dupMail.status, 409);
+      const weak = await h.anon.post('/api/v1/auth/signup', { username: 'dave', email: 'd@example.test', password: 'short' });
+      assert.equal(weak.status, 400);
+      assert.match(weak.body.error.message, /at least 10/);
+      const badName = await h.anon.post('/api/v1/auth/signup', { username: 'Dave Smith', email: 'd@example.test', password: PASSWORD });
+      assert.equal(badName.status, 400);
+      assert.equal(badName.body.error.details.problems[0].path, '/username');
+      const extra = await h.anon.post('/api/v1/auth/signup', { username: 'dave', email: 'd@example.test', password: PASSWORD, isAdmin: true });
+      assert.equal(extra.status, 400, 'unknown properties (isAdmin) are refused');
+    });
+
+    it('logs in, refreshes, accepts both header forms, and logs out', async () => {
+      const u = await h.user('erin');
+      assert.equal((await u.client.get('/api/v1/me')).status, 200);
+      const viaHeader = await h.anon.req('GET', '/api/v1/me', undefined, { token: u.token });
+      assert.equal(viaHeader.status, 200);
+      assert.equal(viaHeader.body.user.username, u.username);
+      await u.client.post('/api/v1/workspaces', { name: `ws-${u.username}` });
+      const fresh = await u.client.get('/api/v1/auth/token');
+      assert.equal(fresh.status, 200);
+      const claims = decodeJwt(fresh.body.token);
+      assert.equal(claims['username'], u.username);
+      assert.equal(claims['iss'], 'kloudak');
+      assert.equal(claims['aud'], 'kloudak-api');
+      assert.deepEqual(Object.keys(claims['workspaces'] as object), [`ws-${u.username}`]);
+      assert.equal((claims['workspaces'] as Record<string, Record<string, boolean>>)[`ws-${u.username}`]?.['vm_can_delete'], true);
+      const out = await u.client.post('/api/v1/auth/logout');
+      assert.equal(out.status, 204);
+      assert.equal((await u.client.get('/api/v1/me')).status, 401, 'logged-out token refused');
+      assert.equal((await new Client(h.url, fresh.body.token).get('/api/v1/me')).status, 200, 'other tokens still valid');
+    });
+
+    it('refuses forged, tampered, expired and stale tokens', async () => {
+      const u = await h.user('frank');
+      const [head, payload, sig] = u.token.split('.') as [string, string, string];
+      const claims = JSON.parse(Buffer.from(payload, 'base64url').toString());
+      const none = `${b64url({ alg: 'none', typ: 'JWT' })}.${payload}.`;
+      const tampered = `${head}.${b64url({ ...claims, admin: true })}.${sig}`;
+      const other = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
+      const foreign = await new SignJWT({ ...claims }).setProtectedHeader({ alg: 'EdDSA' }).sign(other.privateKey);
+      for (const [what, t] of [['alg=none', none], ['tampered payload', tampered], ['foreign key', foreign]] as const) {
+        const r = await new Client(h.url, t).get('/api/v1/me');
+        assert.equal(r.status, 401, what);
+        assert.equal(r.body.error.code, 'unauthenticated');
+      }
+      // Expired: move the orchestrator's clock past the token's lifetime.
+      now += (h.config.tokenTtlSeconds + 5) * 1000;
+      try {
+        assert.equal((await u.client.get('/api/v1/me')).status, 401, 'expired');
+      } finally {
+        now -= (h.config.tokenTtlSeconds + 5) * 1000;
+      }
+      assert.equal((await u.client.get('/api/v1/me')).status, 200);
+      // Password change: every earlier token is refused, new logins work with the new password.
+      const changed = await u.client.post('/api/v1/auth/password', { currentPassword: PASSWORD, newPassword: 'An0ther-Long-Passphrase' });
+      assert.equal(changed.status, 204);
+      assert.equal((await u.client.get('/api/v1/me')).status, 401, 'token from before the password change');
+      assert.equal((await h.anon.post('/api/v1/auth/login', { username: u.username, password: PASSWORD })).status, 401);
+      const t2 = await h.login(u.username, 'An0ther-Long-Passphrase');
+      // Deleted user.
+      await h.orch.db.client.user.delete({ where: { username: u.username } });
+      assert.equal((await new Client(h.url, t2).get('/api/v1/me')).status, 401, 'deleted user');
+      // Malformed headers.
+      assert.equal((await h.anon.req('GET', '/api/v1/me', undefined, { authorization: 'Basic abc' })).status, 401);
+      assert.equal((await h.anon.req('GET', '/api/v1/me', undefined, { token: 'a b' })).status, 401);
+    });
+
+    it('refuses tokens issued before a permission change', async () => {
+      const owner = await h.user('gina');
+      const member = await h.user('hank');
+      const ws = `perm-${owner.username}`;
+      await owner.client.post('/api/v1/workspaces', { name: ws });
+      assert.equal((await owner.client.post(`/api/v1/workspaces/${ws}/members`, { username: member.username, permissions: { vm_can_add: true } })).status, 201);
+      assert.equal((await member.client.get(`/api/v1/workspaces/${ws}`)).status, 200, 'being added keeps tokens valid');
+      assert.equal((await owner.client.patch(`/api/v1/workspaces/${ws}/members/${member.username}`, { permissions: { vm_can_add: false } })).status, 200);
+      assert.equal((await member.client.get(`/api/v1/workspaces/${ws}`)).status, 401, 'stale permissions');
+      const again = new Client(h.url, await h.login(member.username, PASSWORD));
+      const got = await again.get(`/api/v1/workspaces/${ws}`);
+      assert.equal(got.status, 200);
+      assert.equal(got.body.permissions.vm_can_add, false);
+    });
+
+    it('rate-limits logins per username with 429 and Retry-After', async () => {
+      const u = await h.user('ivan');
+      for (let i = 0; i < 5; i++) {
+        assert.equal((await h.anon.post('/api/v1/auth/login', { username: u.username, password: 'Wrong-Passw0rd!' })).status, 401);
+      }
+      const limited = await h.anon.post('/api/v1/auth/login', { username: u.username, password: PASSWORD });
+      assert.equal(limited.status, 429);
+      assert.ok(Number(limited.headers.get('retry-after')) > 0);
+      now += h.config.loginWindowSeconds * 1000 + 1000;
+      assert.equal((await h.anon.post('/api/v1/auth/login', { username: u.username, password: PASSWORD })).status, 200);
+      // Unknown users are refused like wrong passwords (no user enumeration).
+      const ghost = await h.anon.post('/api/v1/auth/login', { username: 'nobody-here', password: PASSWORD });
+      assert.equal(ghost.status, 401);
+      assert.equal(ghost.body.error.message, 'wrong username or password');
+    });
+
+    it('isolates workspaces: non-members get 404, members without a flag 403', async () => {
+      const a = await h.user('jane');
+      const b = await h.user('karl');
+      const ws = `iso-${a.username}`;
+      const created = await a.client.post('/api/v1/workspaces', { name: ws, description: 'mine' });
+      assert.equal(created.status, 201);
+      assert.equal(created.body.permissions.user_can_add, true);
+      assert.equal((await a.client.post('/api/v1/workspaces', { name: ws })).status, 409);
+      assert.equal((await b.client.get(`/api/v1/workspaces/${ws}`)).status, 404);
+      assert.equal((await b.client.get(`/api/v1/workspaces/${ws}/vms`)).status, 404);
+      assert.equal((await b.client.del(`/api/v1/workspaces/${ws}`)).status, 404);
+      assert.equal((await b.client.get(`/api/v1/workspaces/no-such-ws`)).status, 404);
+      const listB = await b.client.get('/api/v1/workspaces');
+      assert.ok(!listB.body.items.some((w: { name: string }) => w.name === ws));
+      await a.client.post(`/api/v1/workspaces/${ws}/members`, { username: b.username });
+      const asMember = await b.client.get(`/api/v1/workspaces/${ws}`);
+      assert.equal(asMember.status, 200);
+      assert.equal((await b.client.patch(`/api/v1/workspaces/${ws}`, { description: 'x' })).status, 403);
+      assert.equal((await b.client.post(`/api/v1/workspaces/${ws}/members`, { username: a.username })).status, 403);
+      assert.equal((await b.client.del(`/api/v1/workspaces/${ws}/members/${a.username}`)).status, 403);
+      // Admins see every workspace.
+      assert.equal((await h.admin.client.get(`/api/v1/workspaces/${ws}`)).status, 200);
+    });
+
+    it('keeps a member who can manage members, and refuses to delete a workspace holding VMs or networks', async () => {
+      const a = await h.user('lena');
+      const b = await h.user('mark');
+      const ws = `keep-${a.username}`;
+      await a.client.post('/api/v1/workspaces', { name: ws });
+      const selfDemote = await a.client.patch(`/api/v1/workspaces/${ws}/members/${a.username}`, { permissions: { user_can_delete: false } });
+      assert.equal(selfDemote.status, 409);
+      const aFresh = new Client(h.url, await h.login(a.username, PASSWORD));
+      assert.equal((await aFresh.del(`/api/v1/workspaces/${ws}/members/${a.username}`)).status, 409);
+      await aFresh.post(`/api/v1/workspaces/${ws}/members`, { username: b.username, permissions: { user_can_add: true, user_can_edit: true, user_can_delete: true } });
+      assert.equal((await aFresh.del(`/api/v1/workspaces/${ws}/members/${a.username}`)).status, 204, 'another manager exists now');
+      const bFresh = new Client(h.url, await h.login(b.username, PASSWORD));
+      const members = await bFresh.get(`/api/v1/workspaces/${ws}/members`);
+      assert.deepEqual(members.body.items.map((m: { username: string }) => m.username), [b.username]);
+      // A network blocks deletion with 409; deleting it frees the workspace.
+      const db = h.orch.db.client;
+      const area = await db.area.create({ data: { name: `ar-${a.username}`, subnet: `10.${100 + (Number(/\d+/.exec(a.username)?.[0]) % 100)}.0.0/16`, gateway: '10.0.0.1', vlanFirst: 10, vlanLast: 20 } });
+      const wsRow = await db.workspace.findUniqueOrThrow({ where: { name: ws } });
+      const net = await db.network.create({ data: { name: 'net1', workspaceId: wsRow.id, areaId: area.id } });
+      const nets = await bFresh.get(`/api/v1/workspaces/${ws}/networks`);
+      assert.equal(nets.body.items[0].name, 'net1');
+      assert.equal((await bFresh.get(`/api/v1/workspaces/${ws}/networks/net1`)).body.area, area.name);
+      const blocked = await bFresh.del(`/api/v1/workspaces/${ws}`);
+      assert.equal(blocked.status, 409);
+      assert.equal(blocked.body.error.details.networks, 1);
+      await db.network.delete({ where: { id: net.id } });
+      await db.area.delete({ where: { id: area.id } });
+      assert.equal((await bFresh.del(`/api/v1/workspaces/${ws}`)).status, 204);
+      assert.equal((await bFresh.get(`/api/v1/workspaces/${ws}`)).status, 401, 'workspace deletion changes permissions');
+    });
+
+    it('manages areas with subnet, gateway and VLAN rules; users may read but not write', async () => {
+      const admin = h.admin.client;
+      const u = await h.user('nora');
+      const ok = await admin.post('/api/v1/areas', { name: 'area-one', subnet: '10.50.0.0/16', gateway: '10.50.0.1', vlanRange: '100-199' });
+      assert.equal(ok.status, 201);
+      assert.equal(ok.body.vlanRange, '100-199');
+      const overlap = await admin.post('/api/v1/areas', { name: 'area-two', subnet: '10.50.128.0/24', gateway: '10.50.128.1', vlanRange: '100-199' });
+      assert.equal(overlap.status, 409);
+      assert.match(overlap.body.error.message, /overlaps area 'area-one'/);
+      const gw = await admin.post('/api/v1/areas', { name: 'area-two', subnet: '10.51.0.0/16', gateway: '10.52.0.1', vlanRange: '100-199' });
+      assert.equal(gw.status, 400);
+      assert.equal(gw.body.error.details.problems[0].path, '/gateway');
+      const vlan = await admin.post('/api/v1/areas', { name: 'area-two', subnet: '10.51.0.0/16', gateway: '10.51.0.1', vlanRange: '1-5000' });
+      assert.equal(vlan.status, 400);
+      assert.equal((await u.client.post('/api/v1/areas', { name: 'x', subnet: '10.60.0.0/16', gateway: '10.60.0.1', vlanRange: '2-3' })).status, 403);
+      const read = await u.client.get('/api/v1/areas/area-one');
+      assert.equal(read.status, 200);
+      assert.equal(read.body.subnet, '10.50.0.0/16');
+      const patched = await admin.patch('/api/v1/areas/area-one', { gateway: '10.50.0.254' });
+      assert.equal(patched.body.gateway, '10.50.0.254');
+      assert.equal((await admin.patch('/api/v1/areas/area-one', { gateway: '10.99.0.1' })).status, 400);
+      // Pools: unknown area, duplicate path in one area.
+      const pool = await admin.post('/api/v1/pools', { name: 'pool-1', area: 'area-one', path: '/var/lib/pool-1', type: 'netfs' });
+      assert.equal(pool.status, 201);
+      assert.equal(pool.body.shared, true);
+      assert.equal((await admin.post('/api/v1/pools', { name: 'pool-2', area: 'area-one', path: '/var/lib/pool-1', type: 'dir' })).status, 409);
+      assert.equal((await admin.post('/api/v1/pools', { name: 'pool-3', area: 'no-area', path: '/p3', type: 'dir' })).status, 400);
+      assert.equal((await admin.post('/api/v1/pools', { name: 'pool-4', area: 'area-one', path: '/a/../etc', type: 'dir' })).status, 400);
+      assert.equal((await u.client.get('/api/v1/pools')).status, 403, 'pools are admin-only');
+      // An area still used by a pool cannot be deleted.
+      assert.equal((await admin.del('/api/v1/areas/area-one')).status, 409);
+      assert.equal((await admin.del('/api/v1/pools/pool-1')).status, 204);
+      assert.equal((await admin.del('/api/v1/areas/area-one')).status, 204);
+      assert.equal((await admin.get('/api/v1/areas/area-one')).status, 404);
+    });
+
+    it('manages templates and pages through lists', async () => {
+      const admin = h.admin.client;
+      for (let i = 0; i < 5; i++) {
+        const r = await admin.post('/api/v1/templates', { name: `tpl-${i}`, os: 'debian-12', cpu: 1, ramMb: 512, diskGb: 4, image: `debian-${i}.qcow2` });
+        assert.equal(r.status, 201);
+      }
+      assert.equal((await admin.post('/api/v1/templates', { name: 'tpl-0', os: 'x', cpu: 1, ramMb: 512, diskGb: 4, image: 'i' })).status, 409);
+      assert.equal((await admin.post('/api/v1/templates', { name: 'tpl-x', os: 'x', cpu: 0, ramMb: 512, diskGb: 4, image: 'i' })).status, 400);
+      const u = await h.user('olga');
+      const p1 = await u.client.get('/api/v1/templates?limit=2');
+      assert.deepEqual(p1.body.items.map((t: { name: string }) => t.name), ['tpl-0', 'tpl-1']);
+      assert.equal(p1.body.nextCursor, 'tpl-1');
+      const p2 = await u.client.get(`/api/v1/templates?limit=10&after=${p1.body.nextCursor}`);
+      assert.deepEqual(p2.body.items.map((t: { name: string }) => t.name), ['tpl-2', 'tpl-3', 'tpl-4']);
+      assert.equal(p2.body.nextCursor, null);
+      assert.equal((await u.client.get('/api/v1/templates?limit=0')).status, 400);
+      assert.equal((await u.client.get('/api/v1/templates?limit=abc')).status, 400);
+      assert.equal((await admin.patch('/api/v1/templates/tpl-4', { cpu: 2 })).body.cpu, 2);
+      assert.equal((await admin.del('/api/v1/templates/tpl-4')).status, 204);
+    });
+
+    it('shows hosts, toggles maintenance and deletes only empty hosts', async () => {
+      const db = h.orch.db.client;
+      const area = await db.area.create({ data: { name: 'host-area', subnet: '10.70.0.0/16', gateway: '10.70.0.1', vlanFirst: 2, vlanLast: 9 } });
+      const host = await db.host.create({ data: { name: 'kvm-1', areaId: area.id, cpuCount: 16, ramMb: 65536, diskGb: 900, state: 'up', lastHeartbeatAt: new Date() } });
+      const admin = h.admin.client;
+      const list = await admin.get('/api/v1/hosts');
+      assert.equal(list.body.items[0].name, 'kvm-1');
+      assert.deepEqual(list.body.items[0].capacity, { cpus: 16, ramMb: 65536, diskGb: 900 });
+      const m = await admin.patch(`/api/v1/hosts/${host.id}`, { maintenance: true });
+      assert.equal(m.body.adminState, 'maintenance');
+      assert.equal((await admin.patch(`/api/v1/hosts/${host.id}`, { maintenance: false })).body.adminState, 'active');
+      assert.equal((await admin.get('/api/v1/hosts/not-a-uuid')).status, 400);
+      assert.equal((await admin.get('/api/v1/hosts/00000000-0000-0000-0000-000000000000')).status, 404);
+      const ws = await db.workspace.create({ data: { name: 'host-ws' } });
+      const tpl = await db.template.create({ data: { name: 'host-tpl', os: 'x', cpu: 1, ramMb: 256, diskGb: 1, image: 'i' } });
+      const vm = await db.vm.create({ data: { name: 'vm-1', workspaceId: ws.id, areaId: area.id, templateId: tpl.id, hostId: host.id, cpu: 1, ramMb: 256, diskGb: 1, state: 'running' } });
+      await db.ipAllocation.create({ data: { areaId: area.id, address: '10.70.0.10', vmId: vm.id } });
+      const vms = await admin.get('/api/v1/workspaces/host-ws/vms/vm-1');
+      assert.equal(vms.body.host, 'kvm-1');
+      assert.equal(vms.body.ip, '10.70.0.10');
+      assert.equal((await admin.get('/api/v1/workspaces/host-ws/vms')).body.items.length, 1);
+      const blocked = await admin.del(`/api/v1/hosts/${host.id}`);
+      assert.equal(blocked.status, 409);
+      assert.equal((await admin.patch('/api/v1/areas/host-area', { subnet: '10.71.0.0/16', gateway: '10.71.0.1' })).status, 409, 'subnet fixed once IPs are allocated');
+      await db.vm.delete({ where: { id: vm.id } });
+      assert.equal((await admin.del(`/api/v1/hosts/${host.id}`)).status, 204);
+      const u = await h.user('pete');
+      assert.equal((await u.client.get('/api/v1/hosts')).status, 403);
+      assert.equal((await h.anon.get('/api/v1/hosts')).status, 401);
+    });
+
+    it('answers malformed bodies with 4xx JSON', async () => {
+      const c = h.admin.client;
+      const notJson = await c.req('POST', '/api/v1/workspaces', '{"name":', { 'content-type': 'application/json' });
+      assert.equal(notJson.status, 400);
+      const text = await c.req('POST', '/api/v1/workspaces', 'name=x', { 'content-type': 'text/plain' });
+      assert.equal(text.status, 415);
+      const big = await c.req('POST', '/api/v1/workspaces', JSON.stringify({ name: 'x', description: 'y'.repeat(1_100_000) }));
+      assert.equal(big.status, 413);
+      const arr = await c.req('POST', '/api/v1/workspaces', '[]');
+      assert.equal(arr.status, 400);
+      const proto = await c.req('POST', '/api/v1/workspaces', '{"name":"pp","__proto__":{"admin":true}}');
+      assert.equal(proto.status, 400);
+      const empty = await c.req('PATCH', '/api/v1/templates/none', '{}');
+      assert.equal(empty.status, 400);
+    });
+  });
+}
