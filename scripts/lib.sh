@@ -1,0 +1,213 @@
+# shellcheck shell=bash
+# Helpers shared by scripts/test.sh, scripts/up.sh and scripts/bench.sh. Source it, don't run it.
+#
+# The scripts must work both on a CI machine where PostgreSQL and NATS already run (the usual
+# case: reuse them, never restart them) and on a fresh Debian 12 with nothing installed and no
+# systemd (install with apt, start the daemons by hand).
+
+# Repository root: this file lives in <root>/scripts/.
+KLOUDAK_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export KLOUDAK_ROOT
+
+PG_HOST=127.0.0.1
+PG_PORT=5432
+NATS_HOST=127.0.0.1
+NATS_PORT=4222
+NATS_STORE_DIR=/var/lib/nats-server
+NATS_LOG=/var/log/nats-server.log
+# Our own pidfile makes start-stop-daemon's "already running?" check about THIS instance, not
+# any nats-server process on the machine.
+NATS_PIDFILE=/run/kloudak-nats-server.pid
+
+# log MESSAGE... — timestamped line on stderr, so it never mixes into captured stdout.
+log() {
+  printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2
+}
+
+# die MESSAGE... — log and exit non-zero (scripts run with set -e, but this gives a clear reason).
+die() {
+  log "ERROR: $*"
+  exit 1
+}
+
+# as_root CMD... — package installation and daemon start need root; CI runs as root, a developer
+# machine may have passwordless sudo. -n: never prompt (CI has no stdin).
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo -n "$@"
+  else
+    die "need root to run: $* (not root and no sudo)"
+  fi
+}
+
+# as_postgres CMD... — run a command as the postgres OS user (peer/trust auth over the unix
+# socket works even when TCP auth requires a password). The command travels as positional
+# arguments ("$@" of the inner sh), so SQL with quotes, $$ and newlines needs no re-quoting.
+# cd / first so psql does not complain that it cannot read the current directory.
+as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then
+    # "--": everything after it is the user and the shell's arguments, not su options.
+    su -s /bin/sh -c 'cd / && exec "$@"' -- postgres sh "$@"
+  elif [ "$(id -un)" = postgres ]; then
+    (cd / && "$@")
+  else
+    sudo -n -u postgres sh -c 'cd / && exec "$@"' sh "$@"
+  fi
+}
+
+# apt_install PKG... — install the packages that are not installed yet. `apt-get update` runs
+# at most once per run (the flag is exported so child scripts share it). Callers only call this
+# when the command they need is missing.
+apt_install() {
+  local pkg missing=()
+  for pkg in "$@"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed'; then
+      missing+=("$pkg")
+    fi
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  command -v apt-get >/dev/null 2>&1 || die "cannot install ${missing[*]}: apt-get not found (not Debian?)"
+  if [ "${KLOUDAK_APT_UPDATED:-0}" != 1 ]; then
+    log "apt-get update"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    export KLOUDAK_APT_UPDATED=1
+  fi
+  log "apt-get install ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# tcp_open HOST PORT — true when something accepts connections there. Uses bash's /dev/tcp so it
+# needs neither nc nor curl; timeout guards against a filtered port hanging the probe.
+tcp_open() {
+  # shellcheck disable=SC2016 # $1/$2 expand in the inner bash, on purpose
+  timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" >/dev/null 2>&1
+}
+
+# wait_for SECONDS DESCRIPTION CMD... — poll CMD once a second until it succeeds.
+wait_for() {
+  local secs="$1" what="$2" i
+  shift 2
+  for ((i = 0; i < secs; i++)); do
+    "$@" && return 0
+    sleep 1
+  done
+  log "timed out after ${secs}s waiting for $what"
+  return 1
+}
+
+pg_ready() {
+  pg_isready -q -h "$PG_HOST" -p "$PG_PORT" >/dev/null 2>&1
+}
+
+# ensure_postgres — PostgreSQL answers on 127.0.0.1:5432 and role kloudak/kloudak can log in
+# over TCP. Exports KLOUDAK_TEST_PG_URL (unless already set).
+ensure_postgres() {
+  # pg_isready/psql come from postgresql-client; the server packages bring pg_ctlcluster.
+  if ! command -v pg_isready >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then
+    apt_install postgresql-client
+  fi
+
+  if pg_ready; then
+    log "PostgreSQL already running on $PG_HOST:$PG_PORT, reusing it"
+  else
+    if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ ! -d /usr/lib/postgresql ]; then
+      apt_install postgresql
+    fi
+    # The package normally creates cluster <version>/main; create it if it is missing (e.g.
+    # the package was installed with create_main_cluster = false).
+    if [ -z "$(ls -A /etc/postgresql 2>/dev/null)" ]; then
+      local pgver
+      # shellcheck disable=SC2012 # version directories are plain numbers
+      pgver="$(ls /usr/lib/postgresql | sort -V | tail -1)"
+      log "creating PostgreSQL cluster $pgver/main"
+      as_root pg_createcluster "$pgver" main
+    fi
+    # The package's postinst may have started it already (via invoke-rc.d) — check again.
+    if ! pg_ready; then
+      local ver
+      # shellcheck disable=SC2012 # version directories are plain numbers
+      ver="$(ls /etc/postgresql | sort -V | tail -1)"
+      log "starting PostgreSQL cluster $ver/main"
+      # --skip-systemctl-redirect: there is no systemd; start the postmaster directly.
+      # Tolerate a failure here (e.g. "already running" after a race) and judge by pg_isready.
+      as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+    fi
+    wait_for 60 "PostgreSQL on $PG_HOST:$PG_PORT" pg_ready || die "PostgreSQL did not come up"
+    log "PostgreSQL is up"
+  fi
+
+  # On a fresh Debian, TCP connections use scram-sha-256, so tests need a role with a password.
+  # Create it over the unix socket as the postgres superuser; if it already exists make sure it
+  # can log in with the known password (idempotent: running it twice changes nothing).
+  as_postgres psql -q -X -v ON_ERROR_STOP=1 -d postgres -c "
+    DO \$\$
+    BEGIN
+      IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'kloudak') THEN
+        CREATE ROLE kloudak WITH LOGIN CREATEDB PASSWORD 'kloudak';
+      ELSE
+        ALTER ROLE kloudak WITH LOGIN CREATEDB PASSWORD 'kloudak';
+      END IF;
+    END
+    \$\$;" >/dev/null || die "could not create/update PostgreSQL role kloudak"
+
+  if ! PGPASSWORD=kloudak PGCONNECT_TIMEOUT=5 psql -X -q -h "$PG_HOST" -p "$PG_PORT" -U kloudak -d postgres \
+      -c 'select 1' >/dev/null; then
+    die "role kloudak cannot log in over TCP at $PG_HOST:$PG_PORT (check pg_hba.conf)"
+  fi
+  log "PostgreSQL role kloudak can log in over TCP"
+
+  : "${KLOUDAK_TEST_PG_URL:=postgresql://kloudak:kloudak@$PG_HOST:$PG_PORT/postgres}"
+  export KLOUDAK_TEST_PG_URL
+}
+
+nats_ready() {
+  tcp_open "$NATS_HOST" "$NATS_PORT"
+}
+
+# ensure_nats — a NATS server with JetStream answers on 127.0.0.1:4222. Exports
+# KLOUDAK_TEST_NATS_URL (unless already set).
+ensure_nats() {
+  if nats_ready; then
+    log "NATS already running on $NATS_HOST:$NATS_PORT, reusing it"
+  else
+    if [ ! -x /usr/sbin/nats-server ]; then
+      apt_install nats-server
+    fi
+    log "starting nats-server on $NATS_HOST:$NATS_PORT"
+    as_root mkdir -p "$NATS_STORE_DIR"
+    # No systemd: daemonise with start-stop-daemon. --oknodo: not an error if it already runs.
+    # -js enables JetStream, with its store in $NATS_STORE_DIR.
+    as_root start-stop-daemon --start --oknodo --background \
+      --make-pidfile --pidfile "$NATS_PIDFILE" --exec /usr/sbin/nats-server -- \
+      -a "$NATS_HOST" -p "$NATS_PORT" -js -sd "$NATS_STORE_DIR" -l "$NATS_LOG"
+    if ! wait_for 30 "NATS on $NATS_HOST:$NATS_PORT" nats_ready; then
+      tail -n 20 "$NATS_LOG" >&2 2>/dev/null || true
+      die "NATS did not come up"
+    fi
+    log "NATS is up"
+  fi
+
+  : "${KLOUDAK_TEST_NATS_URL:=nats://$NATS_HOST:$NATS_PORT}"
+  export KLOUDAK_TEST_NATS_URL
+}
+
+# ensure_node_deps — node_modules matches package-lock.json. `npm ci` is reproducible but wipes
+# node_modules, so only run it when needed: no node_modules yet, or the lock file changed since
+# the last install (npm writes node_modules/.package-lock.json on every install).
+ensure_node_deps() {
+  (
+    cd "$KLOUDAK_ROOT" || exit
+    if [ ! -f package-lock.json ]; then
+      log "no package-lock.json: npm install"
+      npm install --no-audit --no-fund
+    elif [ ! -d node_modules ] || [ ! -f node_modules/.package-lock.json ] \
+        || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+      log "node_modules missing or older than package-lock.json: npm ci"
+      npm ci --no-audit --no-fund
+    else
+      log "node_modules up to date"
+    fi
+  )
+}

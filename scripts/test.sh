@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The test command (`npm test`, and CI via .ci/run).
+#
+#   scripts/test.sh                 services, deps, gen+build, lint, typecheck, all tests
+#   scripts/test.sh --quick         services, deps, tests only (uses the existing dist/ output)
+#   scripts/test.sh auth e2e/       only test files whose path contains any of the substrings
+#   scripts/test.sh --test-name-pattern=login    --test-* options are passed to node --test
+#
+# Environment:
+#   KLOUDAK_TEST_TIMEOUT_MS   per test FILE time limit (node --test-timeout), default 300000
+#
+# All tests run in ONE `node --test` invocation so CI reads a single summary
+# (ℹ tests N / ℹ pass N / ℹ fail N). Fails fast: any failing step stops the run non-zero.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$KLOUDAK_ROOT"
+
+quick=0
+filters=()
+node_opts=()
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    --test-*) node_opts+=("$arg") ;;
+    -h | --help)
+      sed -n '2,13p' "$0"
+      exit 0
+      ;;
+    -*) die "unknown option: $arg (see --help)" ;;
+    *) filters+=("$arg") ;;
+  esac
+done
+
+# step NAME CMD... — header with time since start, then the command, then how long it took.
+current_step=""
+step() {
+  local name="$1" started=$SECONDS
+  shift
+  current_step="$name"
+  printf '\n=== [%4ds] %s\n' "$SECONDS" "$name"
+  "$@"
+  printf '=== %s done in %ds\n' "$name" "$((SECONDS - started))"
+  current_step=""
+}
+# set -e stops at the first failure; say where, so the CI log's last line names the culprit.
+# shellcheck disable=SC2154 # rc is assigned inside the trap string
+trap 'rc=$?; if [ "$rc" -ne 0 ] && [ -n "$current_step" ]; then
+  printf "\n=== FAILED: step \"%s\" (exit %d) after %ds\n" "$current_step" "$rc" "$SECONDS" >&2; fi' EXIT
+
+# bin TOOL ARGS... — run a tool from node_modules/.bin; --no: never download it on the fly
+# (that would hide a missing devDependency and needs no prompt on a stdin-less CI).
+bin() {
+  npx --no -- "$@"
+}
+
+export TURBO_TELEMETRY_DISABLED=1 TURBO_NO_UPDATE_NOTIFIER=1
+
+step "postgres" ensure_postgres
+step "nats" ensure_nats
+step "node deps" ensure_node_deps
+
+if [ "$quick" -eq 0 ]; then
+  # gen → build in dependency order (turbo.json); grouped logs keep each package's output together.
+  step "gen + build" bin turbo run gen build --log-order=grouped
+  step "lint" bin eslint .
+  # Root tsconfig.json references every project; after the build this is incremental and fast,
+  # but still catches errors in projects turbo did not build (e.g. no build script).
+  step "typecheck" bin tsc -b
+fi
+
+# Compiled test files of every workspace. Only list directories that exist, so find doesn't fail
+# on a checkout that lacks one.
+dirs=()
+for d in packages prisma proto orchestrator test bench; do
+  [ -d "$d" ] && dirs+=("$d")
+done
+[ "${#dirs[@]}" -gt 0 ] || die "no workspace directories found in $KLOUDAK_ROOT"
+mapfile -t files < <(
+  find "${dirs[@]}" -path '*/node_modules' -prune -o -path '*/dist/*' -name '*.test.js' -print | sort
+)
+
+if [ "${#filters[@]}" -gt 0 ]; then
+  selected=()
+  for f in "${files[@]}"; do
+    for pat in "${filters[@]}"; do
+      if [[ "$f" == *"$pat"* ]]; then
+        selected+=("$f")
+        break
+      fi
+    done
+  done
+  files=("${selected[@]+"${selected[@]}"}")
+fi
+
+if [ "${#files[@]}" -eq 0 ]; then
+  # A test run that runs nothing is a mistake (wrong filter, build produced no dist/, ...).
+  if [ "${#filters[@]}" -gt 0 ]; then
+    die "no compiled test files (*/dist/**/*.test.js) match: ${filters[*]}"
+  fi
+  die "no compiled test files (*/dist/**/*.test.js) found — did the build run? (--quick skips it)"
+fi
+
+# --test-concurrency=1: files run one after another; they share PostgreSQL and NATS.
+# --test-timeout: in Node 20 it bounds each test FILE, so a hung file is cancelled and reported
+# and the run still ends with its summary (a killed runner would print none).
+# spec reporter prints node's own summary lines (ℹ tests / ℹ pass / ℹ fail) that CI reads.
+step "tests (${#files[@]} files)" node --test --test-concurrency=1 --test-reporter=spec \
+  --test-timeout="${KLOUDAK_TEST_TIMEOUT_MS:-300000}" \
+  "${node_opts[@]+"${node_opts[@]}"}" "${files[@]}"
+
+printf '\n=== all steps passed in %ds\n' "$SECONDS"
