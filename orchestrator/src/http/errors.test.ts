@@ -34,6 +34,8 @@ test('unknown errors become an internal error that reveals nothing', () => {
   assert.deepEqual(body, { error: { code: 'internal', message: 'internal error', requestId: 'req-1' } });
   assert.equal(toKloudakError(new URIError('bad %')).code, 'bad_request');
   assert.equal(toKloudakError(prismaError('P9999')).code, 'internal');
+  assert.equal(toKloudakError(prismaError('P1001')).code, 'unavailable');
+  assert.equal(toKloudakError(Object.assign(new Error('x'), { name: 'PrismaClientInitializationError' })).code, 'unavailable');
 });
 
 test('typed errors keep their code, message and details', () => {

@@ -68,6 +68,12 @@ export function toKloudakError(err: unknown): KloudakError {
         return new KloudakError('conflict', 'the object is still referenced by other objects', { cause: err });
     }
   }
+  // The database is down or unreachable: the client may retry, so say so instead of "internal".
+  const name = (err as { name?: unknown } | null)?.name;
+  const code = (err as { code?: unknown } | null)?.code;
+  if (name === 'PrismaClientInitializationError' || (typeof code === 'string' && /^P10(0[0-2]|17)$/.test(code))) {
+    return new KloudakError('unavailable', 'the database is unavailable, try again later', { cause: err });
+  }
   if (err instanceof URIError) return new KloudakError('bad_request', 'malformed URL', { cause: err });
   const status = (err as { status?: unknown; expose?: unknown } | null)?.status;
   if (typeof status === 'number' && status >= 400 && status < 500) {
