@@ -304,3 +304,20 @@ for (const engine of ENGINES) {
     });
   });
 }
+
+describe('login rate limit per client address', () => {
+  it('answers 429 once one address has tried too often, whatever the usernames', async () => {
+    const h = await startHarness('pglite', { loginMaxPerAddress: 3 });
+    try {
+      // The harness's own admin login used one attempt from this address.
+      for (const name of ['nobody-a', 'nobody-b']) {
+        assert.equal((await h.anon.post('/api/v1/auth/login', { username: name, password: PASSWORD })).status, 401);
+      }
+      const limited = await h.anon.post('/api/v1/auth/login', { username: 'nobody-c', password: PASSWORD });
+      assert.equal(limited.status, 429);
+      assert.equal(limited.body.error.code, 'rate_limited');
+    } finally {
+      await h.close();
+    }
+  });
+});
