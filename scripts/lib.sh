@@ -196,6 +196,25 @@ ensure_nats() {
 # ensure_node_deps — node_modules matches package-lock.json. `npm ci` is reproducible but wipes
 # node_modules, so only run it when needed: no node_modules yet, or the lock file changed since
 # the last install (npm writes node_modules/.package-lock.json on every install).
+libvirt_ready() {
+  # Ask the daemon itself over its socket: a stale socket file or a zombie pid says nothing.
+  [ -S /run/libvirt/libvirt-sock ] && virsh -c qemu:///system version >/dev/null 2>&1
+}
+
+# ensure_libvirt — libvirtd (monolithic, Debian 12), virtlogd and the QEMU driver, for the
+# packages/libvirt and agent tests. No systemd here: start the daemons by hand when they are down.
+ensure_libvirt() {
+  apt_install libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
+  if libvirt_ready; then
+    log "libvirtd already running, reusing it"
+    return 0
+  fi
+  pgrep -x virtlogd >/dev/null 2>&1 || as_root virtlogd -d
+  as_root libvirtd -d
+  wait_for 30 "libvirtd" libvirt_ready || die "libvirtd did not come up"
+  log "libvirtd is up"
+}
+
 ensure_node_deps() {
   (
     cd "$KLOUDAK_ROOT" || exit

@@ -59,6 +59,7 @@ export TURBO_TELEMETRY_DISABLED=1 TURBO_NO_UPDATE_NOTIFIER=1
 
 step "postgres" ensure_postgres
 step "nats" ensure_nats
+step "libvirt" ensure_libvirt
 step "node deps" ensure_node_deps
 
 if [ "$quick" -eq 0 ]; then
