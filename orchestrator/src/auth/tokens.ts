@@ -23,8 +23,10 @@ export interface TokenClaims {
   admin: boolean;
   /** The user's token version when issued; a later password or permission change refuses it. */
   ver: number;
-  /** Permission flags per workspace name the user belongs to. */
+  /** Permission flags per workspace name the user belongs to (at most MAX_TOKEN_WORKSPACES). */
   workspaces: Record<string, Permissions>;
+  /** True when the user belongs to more workspaces than the token lists. */
+  truncated?: boolean;
   jti: string;
   iat: number;
   exp: number;
@@ -84,6 +86,7 @@ export class TokenService {
       admin: c.admin,
       ver: c.ver,
       workspaces: c.workspaces,
+      ...(c.truncated ? { workspaces_truncated: true } : {}),
     })
       .setProtectedHeader({ alg: 'EdDSA', typ: 'JWT' })
       .setSubject(c.sub)

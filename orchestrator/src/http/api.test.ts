@@ -164,6 +164,17 @@ for (const engine of ENGINES) {
       assert.equal((await b.client.patch(`/api/v1/workspaces/${ws}`, { description: 'x' })).status, 403);
       assert.equal((await b.client.post(`/api/v1/workspaces/${ws}/members`, { username: a.username })).status, 403);
       assert.equal((await b.client.del(`/api/v1/workspaces/${ws}/members/${a.username}`)).status, 403);
+      // Nobody grants flags they do not hold: no self-escalation, no all-powerful recruits.
+      const c = await h.user('kate');
+      await a.client.post(`/api/v1/workspaces/${ws}/members`, { username: c.username, permissions: { user_can_add: true, user_can_edit: true } });
+      const cFresh = new Client(h.url, await h.login(c.username, PASSWORD));
+      const escalate = await cFresh.patch(`/api/v1/workspaces/${ws}/members/${c.username}`, { permissions: { vm_can_delete: true } });
+      assert.equal(escalate.status, 403);
+      assert.match(escalate.body.error.message, /cannot grant vm_can_delete/);
+      const recruit = await cFresh.patch(`/api/v1/workspaces/${ws}/members/${b.username}`, { permissions: { user_can_delete: true } });
+      assert.equal(recruit.status, 403);
+      const allowed = await cFresh.patch(`/api/v1/workspaces/${ws}/members/${b.username}`, { permissions: { user_can_add: true } });
+      assert.equal(allowed.status, 200, 'granting a flag one holds is fine');
       // Admins see every workspace.
       assert.equal((await h.admin.client.get(`/api/v1/workspaces/${ws}`)).status, 200);
     });

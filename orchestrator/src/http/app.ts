@@ -46,8 +46,9 @@ export interface Api {
   openapi: Record<string, unknown>;
 }
 
-const BEARER = /^Bearer ([A-Za-z0-9._~+/=-]{1,4096})$/;
-const TOKEN = /^[A-Za-z0-9._~+/=-]{1,4096}$/;
+// Tokens carry at most MAX_TOKEN_WORKSPACES workspaces, which keeps them well under this bound.
+const BEARER = /^Bearer ([A-Za-z0-9._~+/=-]{1,8192})$/;
+const TOKEN = /^[A-Za-z0-9._~+/=-]{1,8192}$/;
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 

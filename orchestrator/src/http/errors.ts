@@ -63,6 +63,9 @@ export function toKloudakError(err: unknown): KloudakError {
     switch (sqlState(err)) {
       case '23505':
         return new KloudakError('conflict', 'an object with this name already exists', { cause: err });
+      case '22021':
+      case '22P05':
+        return new KloudakError('validation_failed', 'input contains characters the database cannot store', { cause: err });
       case '23001':
       case '23503':
         return new KloudakError('conflict', 'the object is still referenced by other objects', { cause: err });

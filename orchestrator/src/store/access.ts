@@ -1,6 +1,6 @@
 import { ForbiddenError, NotFoundError } from '@kloudak/common';
 import type { PrismaClient } from '@kloudak/prisma';
-import { ALL_PERMISSIONS, toPermissions, type PermissionFlag, type Permissions } from '../domain/permissions.js';
+import { ALL_PERMISSIONS, PERMISSION_FLAGS, toPermissions, type PermissionFlag, type Permissions } from '../domain/permissions.js';
 import type { Principal } from '../http/route.js';
 
 /** A workspace the caller may act in, with the caller's flags there. */
@@ -42,4 +42,14 @@ export async function lockWorkspace(tx: Pick<PrismaClient, '$executeRaw'>, works
 export async function lockNamed(tx: Pick<PrismaClient, '$executeRaw'>, name: string): Promise<void> {
   // $executeRaw: the function returns void, which $queryRaw cannot deserialise.
   await tx.$executeRaw`SELECT pg_advisory_xact_lock(hashtext(${name}))`;
+}
+
+/**
+ * Nobody grants a flag they do not hold: a member with only user_can_edit cannot give themselves
+ * (or anyone) vm_can_delete, and one with only user_can_add cannot add an all-powerful member.
+ * Admins hold every flag. Taking flags away needs no such check.
+ */
+export function requireGrantable(a: WorkspaceAccess, requested: Partial<Permissions> | undefined): void {
+  const beyond = PERMISSION_FLAGS.filter((f) => requested?.[f] === true && !a.permissions[f]);
+  if (beyond.length > 0) throw new ForbiddenError(`you cannot grant ${beyond.join(', ')}, which you do not hold`);
 }

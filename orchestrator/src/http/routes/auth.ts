@@ -1,7 +1,7 @@
 import { Type } from '@sinclair/typebox';
 import { ConflictError, KloudakError, RateLimitedError, UnauthenticatedError, ValidationError } from '@kloudak/common';
 import { hashPassword, passwordWeakness, verifyPassword } from '../../auth/passwords.js';
-import { bumpTokenVersion, userView, workspaceClaims } from '../../store/users.js';
+import { bumpTokenVersion, MAX_TOKEN_WORKSPACES, userView, workspaceClaims } from '../../store/users.js';
 import type { Services } from '../app.js';
 import { route, type Principal, type RouteSpec } from '../route.js';
 import { Email, Password, Permissions, Timestamp, Username, Uuid } from '../schemas.js';
@@ -25,7 +25,7 @@ export function authRoutes(s: Services): RouteSpec[] {
       email: u.email,
       admin: u.isAdmin,
       ver: u.tokenVersion,
-      workspaces: await workspaceClaims(db, u.id),
+      ...(await workspaceClaims(db, u.id, MAX_TOKEN_WORKSPACES)),
     });
     return { token, expiresAt: expiresAt.toISOString() };
   }
@@ -154,7 +154,7 @@ export function authRoutes(s: Services): RouteSpec[] {
       async handler({ principal }) {
         const p = principal as Principal;
         const u = await db.user.findUniqueOrThrow({ where: { id: p.userId } });
-        return { user: userView(u), workspaces: await workspaceClaims(db, u.id) };
+        return { user: userView(u), workspaces: (await workspaceClaims(db, u.id)).workspaces };
       },
     }),
   ];

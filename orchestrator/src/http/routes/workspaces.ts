@@ -9,7 +9,7 @@ import {
   toPermissions,
   type Permissions as Perms,
 } from '../../domain/permissions.js';
-import { lockWorkspace, requireFlags, workspaceAccess } from '../../store/access.js';
+import { lockWorkspace, requireFlags, requireGrantable, workspaceAccess } from '../../store/access.js';
 import { bumpTokenVersion } from '../../store/users.js';
 import type { Services } from '../app.js';
 import { route, type Principal, type RouteSpec } from '../route.js';
@@ -201,7 +201,7 @@ export function workspaceRoutes(s: Services): RouteSpec[] {
       method: 'post',
       path: '/workspaces/{ws}/members',
       operationId: 'addMember',
-      summary: 'Add a user to a workspace (needs user_can_add); unspecified flags are false',
+      summary: 'Add a user to a workspace (needs user_can_add; only flags the caller holds can be granted); unspecified flags are false',
       tag: 'members',
       access: 'user',
       params: WsParams,
@@ -214,6 +214,7 @@ export function workspaceRoutes(s: Services): RouteSpec[] {
       async handler({ params, body, principal }) {
         const a = await workspaceAccess(db, principal as Principal, params.ws);
         requireFlags(a, 'user_can_add');
+        requireGrantable(a, body.permissions);
         const user = await db.user.findUnique({ where: { username: body.username } });
         if (!user) throw new NotFoundError('user', body.username);
         const perms = { ...NO_PERMISSIONS, ...body.permissions };
@@ -228,7 +229,7 @@ export function workspaceRoutes(s: Services): RouteSpec[] {
       method: 'patch',
       path: '/workspaces/{ws}/members/{username}',
       operationId: 'updateMember',
-      summary: 'Change a member\'s permissions (needs user_can_edit); their older tokens are refused',
+      summary: 'Change a member\'s permissions (needs user_can_edit; only flags the caller holds can be granted); their older tokens are refused',
       tag: 'members',
       access: 'user',
       params: MemberParams,
@@ -238,6 +239,7 @@ export function workspaceRoutes(s: Services): RouteSpec[] {
       async handler({ params, body, principal }) {
         const a = await workspaceAccess(db, principal as Principal, params.ws);
         requireFlags(a, 'user_can_edit');
+        requireGrantable(a, body.permissions);
         return db.$transaction(async (tx) => {
           await lockWorkspace(tx, a.workspace.id);
           const existing = await tx.membership.findFirst({

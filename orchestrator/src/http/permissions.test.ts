@@ -1,0 +1,371 @@
+// The permission matrix of the REST API: every route × every kind of caller, over real HTTP, on
+// PostgreSQL and on embedded PGlite. The expectation table is written by hand (it is the spec);
+// the routes come from the running API, and a route without an expectation fails the suite.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { PERMISSION_FLAGS, type PermissionFlag } from '../domain/permissions.js';
+import { ENGINES, PASSWORD, startHarness, Client, type Harness, type Res } from '../testing/harness.js';
+import {
+  createWorld,
+  fillPath,
+  freshArea,
+  freshHost,
+  freshPool,
+  freshTemplate,
+  freshWorkspace,
+  routeKey,
+  validBody,
+  validParams,
+  type World,
+} from '../testing/fixtures.js';
+import type { RouteSpec } from './route.js';
+
+const USER_FLAGS = ['user_can_add', 'user_can_edit', 'user_can_delete'] as const satisfies readonly PermissionFlag[];
+
+/** Who may call a route. */
+type Rule =
+  | { kind: 'public' } // anyone, signed in or not
+  | { kind: 'user' } // any signed-in user
+  | { kind: 'admin' } // admins only
+  | { kind: 'workspace'; flags: readonly PermissionFlag[] }; // members of {ws} holding every flag; admins
+
+const PUBLIC: Rule = { kind: 'public' };
+const USER: Rule = { kind: 'user' };
+const ADMIN: Rule = { kind: 'admin' };
+const member = (...flags: PermissionFlag[]): Rule => ({ kind: 'workspace', flags });
+
+/** The spec: one rule per route. */
+const RULES: Record<string, Rule> = {
+  'POST /auth/signup': PUBLIC,
+  'POST /auth/login': PUBLIC,
+  'GET /auth/token': USER,
+  'POST /auth/logout': USER,
+  'POST /auth/password': USER,
+  'GET /me': USER,
+
+  'POST /workspaces': USER,
+  'GET /workspaces': USER,
+  'GET /workspaces/{ws}': member(),
+  'PATCH /workspaces/{ws}': member('user_can_edit'),
+  'DELETE /workspaces/{ws}': member(...USER_FLAGS),
+  'GET /workspaces/{ws}/members': member(),
+  'POST /workspaces/{ws}/members': member('user_can_add'),
+  'PATCH /workspaces/{ws}/members/{username}': member('user_can_edit'),
+  'DELETE /workspaces/{ws}/members/{username}': member('user_can_delete'),
+  'GET /workspaces/{ws}/networks': member(),
+  'GET /workspaces/{ws}/networks/{name}': member(),
+  'GET /workspaces/{ws}/vms': member(),
+  'GET /workspaces/{ws}/vms/{name}': member(),
+
+  'GET /areas': USER,
+  'GET /areas/{name}': USER,
+  'POST /areas': ADMIN,
+  'PATCH /areas/{name}': ADMIN,
+  'DELETE /areas/{name}': ADMIN,
+
+  'GET /pools': ADMIN,
+  'GET /pools/{name}': ADMIN,
+  'POST /pools': ADMIN,
+  'DELETE /pools/{name}': ADMIN,
+
+  'GET /templates': USER,
+  'GET /templates/{name}': USER,
+  'POST /templates': ADMIN,
+  'PATCH /templates/{name}': ADMIN,
+  'DELETE /templates/{name}': ADMIN,
+
+  'GET /hosts': ADMIN,
+  'GET /hosts/{id}': ADMIN,
+  'PATCH /hosts/{id}': ADMIN,
+  'DELETE /hosts/{id}': ADMIN,
+};
+
+/** A caller of the matrix. Members belong to the fixture workspace (and to fresh ones made per case). */
+interface Caller {
+  label: string;
+  kind: 'anon' | 'admin' | 'outsider' | 'member';
+  flags: readonly PermissionFlag[];
+  username: string;
+  password: string;
+  userId: string;
+  token: string | undefined;
+}
+
+type Outcome = 'success' | 401 | 403 | 404;
+
+function expected(rule: Rule, c: Caller): Outcome {
+  if (rule.kind === 'public') return 'success';
+  if (c.kind === 'anon') return 401;
+  if (rule.kind === 'user') return 'success';
+  if (rule.kind === 'admin') return c.kind === 'admin' ? 'success' : 403;
+  if (c.kind === 'admin') return 'success';
+  if (c.kind === 'outsider') return 404;
+  return rule.flags.every((f) => c.flags.includes(f)) ? 'success' : 403;
+}
+
+const ERROR_CODE = { 401: 'unauthenticated', 403: 'forbidden', 404: 'not_found' } as const;
+
+/** One request of the matrix, and what to do after it (restore what it changed). */
+interface Case {
+  path: string;
+  body?: unknown;
+  /** A different token than the caller's (null: none). */
+  token?: string | null;
+  after?: (res: Res) => Promise<void>;
+}
+
+for (const engine of ENGINES) {
+  describe(`permission matrix on ${engine}`, () => {
+    let h: Harness;
+    let w: World;
+    let callers: Caller[];
+    /** A member with every flag of every workspace made here, so each keeps a member manager. */
+    let owner: { username: string; userId: string };
+    /** The user added, changed and removed by the member routes. */
+    let target: { username: string; userId: string };
+
+    const db = () => h.orch.db.client;
+    const idOf = async (username: string) => (await db().user.findUniqueOrThrow({ where: { username } })).id;
+    const relogin = async (c: Caller) => {
+      c.token = await h.login(c.username, c.password);
+    };
+    /** A workspace with the owner, the caller if it is a member (with its flags), and maybe the target. */
+    const wsFor = async (c: Caller, withTarget: boolean) =>
+      freshWorkspace(db(), [
+        { userId: owner.userId, flags: PERMISSION_FLAGS },
+        ...(c.kind === 'member' ? [{ userId: c.userId, flags: c.flags }] : []),
+        ...(withTarget ? [{ userId: target.userId, flags: [] }] : []),
+      ]);
+
+    /** How to call each route as a given caller with valid inputs; mutations act on fresh objects. */
+    function caseFor(r: RouteSpec, c: Caller): Promise<Case> | Case {
+      const key = routeKey(r);
+      const params = validParams(r, w, target.username);
+      const body = r.body ? validBody(key, w, target.username) : undefined;
+      const plain: Case = { path: fillPath(r.path, params), body };
+      switch (key) {
+        case 'POST /auth/login':
+          return { ...plain, body: { username: owner.username, password: PASSWORD } };
+        case 'POST /auth/logout':
+          // Revoke a second token, not the one the rest of the matrix uses.
+          return (async () => ({ ...plain, token: c.kind === 'anon' ? null : await h.login(c.username, c.password) }))();
+        case 'POST /auth/password': {
+          const next = 'An0ther-Long-Passphrase';
+          return {
+            ...plain,
+            body: { currentPassword: c.password || PASSWORD, newPassword: next },
+            // Put the old password back, so later logins of this caller keep working.
+            after: async (res) => {
+              if (res.status !== 204) return;
+              const t = await h.login(c.username, next);
+              const back = await new Client(h.url, t).req('POST', '/api/v1/auth/password', { currentPassword: next, newPassword: c.password });
+              assert.equal(back.status, 204, JSON.stringify(back.body));
+              await relogin(c);
+            },
+          };
+        }
+        case 'PATCH /workspaces/{ws}':
+        case 'POST /workspaces/{ws}/members':
+          return (async () => ({ ...plain, path: fillPath(r.path, { ws: (await wsFor(c, false)).name }) }))();
+        case 'DELETE /workspaces/{ws}':
+          return (async () => ({
+            ...plain,
+            path: fillPath(r.path, { ws: (await wsFor(c, false)).name }),
+            // Deleting a workspace changes its members' permissions: their tokens are refused after.
+            after: async (res) => {
+              if (res.status === 204 && c.kind === 'member') {
+                assert.equal((await new Client(h.url, c.token).get('/api/v1/me')).status, 401, 'token of a member of a deleted workspace');
+                await relogin(c);
+              }
+            },
+          }))();
+        case 'PATCH /workspaces/{ws}/members/{username}':
+        case 'DELETE /workspaces/{ws}/members/{username}':
+          return (async () => ({ ...plain, path: fillPath(r.path, { ws: (await wsFor(c, true)).name, username: target.username }) }))();
+        case 'DELETE /areas/{name}':
+          return (async () => ({ ...plain, path: fillPath(r.path, { name: (await freshArea(db())).name }) }))();
+        case 'DELETE /pools/{name}':
+          return (async () => ({ ...plain, path: fillPath(r.path, { name: (await freshPool(db(), w.area.id)).name }) }))();
+        case 'DELETE /templates/{name}':
+          return (async () => ({ ...plain, path: fillPath(r.path, { name: (await freshTemplate(db())).name }) }))();
+        case 'DELETE /hosts/{id}':
+          return (async () => ({ ...plain, path: fillPath(r.path, { id: (await freshHost(db(), w.area.id)).id }) }))();
+        default:
+          // Reads, creations with fresh names, and idempotent patches of the fixtures.
+          return plain;
+      }
+    }
+
+    before(async () => {
+      h = await startHarness(engine);
+      const mk = async (prefix: string) => {
+        const u = await h.user(prefix);
+        return { ...u, userId: await idOf(u.username) };
+      };
+      const [o, t, out, none, managers, ...single] = await Promise.all([
+        mk('owner'),
+        mk('target'),
+        mk('outsider'),
+        mk('noflags'),
+        mk('managers'),
+        ...PERMISSION_FLAGS.map((f) => mk(f.replace(/_/g, '-'))),
+      ]);
+      owner = { username: o!.username, userId: o!.userId };
+      target = { username: t!.username, userId: t!.userId };
+      const asCaller = (label: string, kind: Caller['kind'], flags: readonly PermissionFlag[], u: typeof o | undefined): Caller => ({
+        label,
+        kind,
+        flags,
+        username: u!.username,
+        password: u!.password,
+        userId: u!.userId,
+        token: u!.token,
+      });
+      callers = [
+        { label: 'anonymous', kind: 'anon', flags: [], username: '', password: '', userId: '', token: undefined },
+        {
+          label: 'admin',
+          kind: 'admin',
+          flags: [],
+          username: h.admin.username,
+          password: h.admin.password,
+          userId: await idOf(h.admin.username),
+          token: h.admin.token,
+        },
+        asCaller('non-member', 'outsider', [], out),
+        asCaller('member without flags', 'member', [], none),
+        ...PERMISSION_FLAGS.map((f, i) => asCaller(`member with ${f}`, 'member', [f], single[i])),
+        asCaller('member with the three user flags', 'member', USER_FLAGS, managers),
+      ];
+      w = await createWorld(db(), [
+        { userId: owner.userId, flags: PERMISSION_FLAGS },
+        { userId: target.userId, flags: [] },
+        ...callers.filter((c) => c.kind === 'member').map((c) => ({ userId: c.userId, flags: c.flags })),
+      ]);
+    });
+    after(async () => {
+      await h?.close();
+    });
+
+    it('has an expectation for every route, and no expectation for a route that does not exist', () => {
+      const keys = h.orch.api.routes.map(routeKey);
+      assert.equal(new Set(keys).size, keys.length, 'duplicate routes');
+      assert.deepEqual(keys.filter((k) => !(k in RULES)), [], 'routes without an expectation in RULES');
+      assert.deepEqual(Object.keys(RULES).filter((k) => !keys.includes(k)), [], 'expectations for routes that do not exist');
+      // The declared access of each route agrees with the table (workspace routes are 'user' routes).
+      for (const r of h.orch.api.routes) {
+        const rule = RULES[routeKey(r)] as Rule;
+        const access = rule.kind === 'workspace' ? 'user' : rule.kind;
+        assert.equal(r.access, access, `${routeKey(r)} declares access ${r.access}`);
+        if (rule.kind === 'workspace') assert.match(r.path, /^\/workspaces\/\{ws\}/, `${routeKey(r)} is a workspace route`);
+      }
+    });
+
+    for (const [key, rule] of Object.entries(RULES)) {
+      const who = rule.kind === 'workspace' ? `members${rule.flags.length ? ` with ${rule.flags.join(' + ')}` : ''} and admins` : rule.kind;
+      it(`${key}: ${who}`, async () => {
+        const r = h.orch.api.routes.find((x) => routeKey(x) === key);
+        assert.ok(r, `route ${key} is not served`);
+        const mismatches: string[] = [];
+        for (const c of callers) {
+          const want = expected(rule, c);
+          const k = await caseFor(r, c);
+          const token = k.token === undefined ? c.token : (k.token ?? undefined);
+          const res = await new Client(h.url, token).req(r.method.toUpperCase(), k.path, k.body);
+          const ok =
+            want === 'success'
+              ? res.status === r.response.status
+              : res.status === want && res.body?.error?.code === ERROR_CODE[want];
+          if (!ok) {
+            mismatches.push(
+              `${c.label}: expected ${want === 'success' ? r.response.status : want}, got ${res.status} ${JSON.stringify(res.body)?.slice(0, 200)}`,
+            );
+          }
+          await k.after?.(res);
+        }
+        assert.deepEqual(mismatches, [], `${key}\n  ${mismatches.join('\n  ')}`);
+      });
+    }
+
+    it('answers a non-member exactly like a missing workspace (404, same code and kind)', async () => {
+      const outsider = callers.find((c) => c.kind === 'outsider') as Caller;
+      const cl = new Client(h.url, outsider.token);
+      for (const [method, suffix, body] of [
+        ['GET', '', undefined],
+        ['DELETE', '', undefined],
+        ['PATCH', '', { description: 'x' }],
+        ['GET', '/vms', undefined],
+        ['POST', '/members', { username: outsider.username }],
+      ] as const) {
+        const real = await cl.req(method, `/api/v1/workspaces/${w.workspace.name}${suffix}`, body);
+        const missing = await cl.req(method, `/api/v1/workspaces/no-such-workspace${suffix}`, body);
+        assert.equal(real.status, 404, `${method} ${suffix}`);
+        assert.equal(missing.status, 404);
+        assert.deepEqual(
+          { ...real.body.error, requestId: null, message: real.body.error.message.replace(w.workspace.name, 'X') },
+          { ...missing.body.error, requestId: null, message: missing.body.error.message.replace('no-such-workspace', 'X') },
+        );
+      }
+    });
+
+    it('lets an admin act with every flag in a workspace it does not belong to', async () => {
+      const admin = callers.find((c) => c.kind === 'admin') as Caller;
+      const got = await new Client(h.url, admin.token).get(`/api/v1/workspaces/${w.workspace.name}`);
+      assert.equal(got.status, 200);
+      assert.ok(PERMISSION_FLAGS.every((f) => got.body.permissions[f] === true), JSON.stringify(got.body.permissions));
+      const noFlags = callers.find((c) => c.label === 'member without flags') as Caller;
+      const mine = await new Client(h.url, noFlags.token).get(`/api/v1/workspaces/${w.workspace.name}`);
+      assert.ok(PERMISSION_FLAGS.every((f) => mine.body.permissions[f] === false), JSON.stringify(mine.body.permissions));
+    });
+
+    it('keeps the tokens of a member of many workspaces usable', async () => {
+      // Tokens carry the flags of every workspace of their holder, so they grow with the memberships.
+      const u = await h.user('many');
+      const uid = await idOf(u.username);
+      for (let i = 0; i < 30; i++) await freshWorkspace(db(), [{ userId: uid, flags: PERMISSION_FLAGS }]);
+      const token = await h.login(u.username, PASSWORD);
+      for (const headers of [{ authorization: `Bearer ${token}` }, { token }] as Record<string, string>[]) {
+        const r = await h.anon.req('GET', '/api/v1/me', undefined, headers);
+        assert.equal(r.status, 200, `token of ${token.length} characters in ${Object.keys(headers)[0]}: ${r.status} ${JSON.stringify(r.body)}`);
+        assert.equal(Object.keys(r.body.workspaces).length, 30);
+      }
+    });
+
+    it('refuses a member\'s older tokens after a permission change or removal, until they log in again', async () => {
+      // A manager of its own (the matrix's owner belongs to many workspaces).
+      const bossUser = await h.user('boss');
+      const boss = bossUser.client;
+      const m = await h.user('changed');
+      const bystander = await h.user('bystander');
+      const ws = await freshWorkspace(db(), [
+        { userId: await idOf(bossUser.username), flags: PERMISSION_FLAGS },
+        { userId: await idOf(m.username), flags: ['vm_can_add'] },
+        { userId: await idOf(bystander.username), flags: [] },
+      ]);
+      const base = `/api/v1/workspaces/${ws.name}`;
+      assert.equal((await m.client.get(base)).status, 200);
+      const patched = await boss.patch(`${base}/members/${m.username}`, { permissions: { vm_can_add: false, network_can_add: true } });
+      assert.equal(patched.status, 200);
+      assert.equal(patched.body.permissions.network_can_add, true);
+      assert.equal(patched.body.permissions.vm_can_add, false);
+      for (const path of [base, '/api/v1/me', '/api/v1/areas']) {
+        const stale = await m.client.get(path);
+        assert.equal(stale.status, 401, `stale token on ${path}`);
+        assert.equal(stale.body.error.code, 'unauthenticated');
+      }
+      assert.equal((await bystander.client.get(base)).status, 200, 'other members keep their tokens');
+      assert.equal((await boss.get(base)).status, 200, 'the one who changed it keeps theirs');
+      const again = new Client(h.url, await h.login(m.username, PASSWORD));
+      const got = await again.get(base);
+      assert.equal(got.status, 200);
+      assert.equal(got.body.permissions.network_can_add, true);
+      assert.equal(got.body.permissions.vm_can_add, false);
+      // Removal: the removed member's token is refused; after logging in the workspace is gone for them.
+      assert.equal((await boss.del(`${base}/members/${m.username}`)).status, 204);
+      assert.equal((await again.get(base)).status, 401);
+      const third = new Client(h.url, await h.login(m.username, PASSWORD));
+      assert.equal((await third.get(base)).status, 404);
+      assert.equal((await bystander.client.get(base)).status, 200);
+    });
+  });
+}
