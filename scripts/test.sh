@@ -60,6 +60,7 @@ export TURBO_TELEMETRY_DISABLED=1 TURBO_NO_UPDATE_NOTIFIER=1
 step "postgres" ensure_postgres
 step "nats" ensure_nats
 step "libvirt" ensure_libvirt
+step "openvswitch" ensure_ovs
 step "node deps" ensure_node_deps
 
 if [ "$quick" -eq 0 ]; then
@@ -74,7 +75,7 @@ fi
 # Compiled test files of every workspace. Only list directories that exist, so find doesn't fail
 # on a checkout that lacks one.
 dirs=()
-for d in packages prisma proto orchestrator test bench; do
+for d in packages prisma proto orchestrator agent test bench; do
   [ -d "$d" ] && dirs+=("$d")
 done
 [ "${#dirs[@]}" -gt 0 ] || die "no workspace directories found in $KLOUDAK_ROOT"
