@@ -204,7 +204,10 @@ libvirt_ready() {
 # ensure_libvirt — libvirtd (monolithic, Debian 12), virtlogd and the QEMU driver, for the
 # packages/libvirt and agent tests. No systemd here: start the daemons by hand when they are down.
 ensure_libvirt() {
-  apt_install libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
+  apt_install libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils genisoimage
+  # Test-only validators: virt-xml-validate needs xmllint; `cloud-init schema` checks user-data.
+  # (Never on a real hypervisor: cloud-init would enable its own services there.)
+  apt_install libxml2-utils cloud-init
   if libvirt_ready; then
     log "libvirtd already running, reusing it"
     return 0

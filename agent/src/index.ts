@@ -1,2 +1,12 @@
 export * from './ports.js';
 export * from './names.js';
+export * from './settings.js';
+export * from './spec.js';
+export { RevertStack, type RevertFailure } from './runner/revert.js';
+export { ProcessRunner, CommandError } from './system/command-runner.js';
+export { OvsNetworkDriver } from './network/ovs.js';
+export { LibvirtHypervisor } from './hypervisor/libvirt-hypervisor.js';
+export { LibvirtStorage } from './storage/libvirt-storage.js';
+export { GenisoimageSeedBuilder, seedFiles, metaData, userData, networkConfig } from './cloudinit/seed.js';
+export { domainXml, nicXml, consoleLogPath } from './xml/domain.js';
+export { HostOperations, type HostOpsDeps, type HostInventory, type VmLocation } from './ops/host-ops.js';

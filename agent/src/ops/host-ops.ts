@@ -1,0 +1,241 @@
+import { open } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
+import { seedFiles } from '../cloudinit/seed.js';
+import { domainName, rootVolumeName, seedVolumeName, tapName, vmIdOfDomain, checkId } from '../names.js';
+import type { DomainState, Hypervisor, NetworkDriver, OvsPort, SeedBuilder, Storage, VolumeStatus } from '../ports.js';
+import { RevertStack } from '../runner/revert.js';
+import type { HostSettings } from '../settings.js';
+import { checkNic, checkVmSpec, normalizeMac, type NicSpec, type VmSpec } from '../spec.js';
+import { consoleLogPath, domainXml, nicXml } from '../xml/domain.js';
+
+/** What host operations need: the ports and this host's settings. */
+export interface HostOpsDeps {
+  hypervisor: Hypervisor;
+  storage: Storage;
+  network: NetworkDriver;
+  seeds: SeedBuilder;
+  settings: HostSettings;
+  /** Waits between polls (injected so tests can run fast). */
+  sleep?: (ms: number) => Promise<void>;
+}
+
+/** What really exists on this host, for reconciliation against the orchestrator's records. */
+export interface HostInventory {
+  /** Kloudak domains (foreign domains are not listed). */
+  domains: Array<{ vmId: string; name: string; state: DomainState }>;
+  /** Kloudak volumes per pool. */
+  volumes: Array<{ pool: string; name: string; vmId: string | null }>;
+  /** Kloudak NIC ports per bridge (named by tapName). */
+  ports: OvsPort[];
+}
+
+/** Where a VM's volumes live: needed by operations that remove them. */
+export interface VmLocation {
+  vmId: string;
+  pool: string;
+}
+
+const KLOUDAK_VOLUME = /^kloudak-([0-9a-f-]{36})-(root\.qcow2|seed\.iso)$/;
+
+/**
+ * The host operations of the seed's Compute and Network workers, as in-process calls. Each is
+ * idempotent and level-triggered: applying it twice is the same as once, deleting what is gone
+ * succeeds. Multi-step operations undo their completed steps when a later step fails.
+ */
+export class HostOperations {
+  private readonly sleep: (ms: number) => Promise<void>;
+
+  constructor(private readonly d: HostOpsDeps) {
+    this.sleep = d.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
+  }
+
+  private bridgeOf(nic: NicSpec): string {
+    return nic.bridge ?? this.d.settings.bridge;
+  }
+
+  /** Make sure every bridge and VLAN the NICs need exists on this host (shared: never reverted). */
+  private async ensureNicNetworks(nics: readonly NicSpec[]): Promise<void> {
+    for (const nic of nics) {
+      const bridge = this.bridgeOf(nic);
+      await this.d.network.ensureBridge(bridge);
+      if (nic.vlan > 0) await this.d.network.ensureVlan(bridge, nic.vlan);
+    }
+  }
+
+  /**
+   * Create and start a VM: root disk (qcow2 overlay of the template), cloud-init seed, domain.
+   * Every step is idempotent, so a create interrupted by a crash is finished by running it again;
+   * a step that fails undoes the VM's earlier steps, leaving no volume, seed or domain behind.
+   */
+  async createVm(spec: VmSpec): Promise<{ domain: string; root: VolumeStatus; seed: VolumeStatus }> {
+    checkVmSpec(spec);
+    const name = domainName(spec.vmId);
+    await this.ensureNicNetworks(spec.nics);
+    return RevertStack.run(async (undo) => {
+      // Undo entries are pushed before the step: a step that fails half-way (a volume created but
+      // its upload cut) is cleaned by the same idempotent delete.
+      undo.push('root volume', () => this.d.storage.delete(spec.pool, rootVolumeName(spec.vmId)));
+      const root = await this.d.storage.cloneOverlay(spec.pool, spec.templateVolume, rootVolumeName(spec.vmId), spec.diskGb);
+      undo.push('seed volume', () => this.d.storage.delete(spec.pool, seedVolumeName(spec.vmId)));
+      const seedBytes = await this.d.seeds.build(seedFiles(spec));
+      const seed = await this.d.storage.putRaw(spec.pool, seedVolumeName(spec.vmId), seedBytes);
+      undo.push('domain definition', async () => {
+        await this.d.hypervisor.destroy(name);
+        await this.d.hypervisor.undefine(name);
+        await this.removeNicPorts(spec.vmId, spec.nics.length);
+      });
+      await this.d.hypervisor.define(domainXml(spec, this.d.settings));
+      await this.d.hypervisor.start(name);
+      return { domain: name, root, seed };
+    });
+  }
+
+  /**
+   * Power off and remove a VM with its volumes, seed, NIC ports and console log. Whatever is
+   * already gone is skipped, so a delete interrupted at any point completes when run again.
+   */
+  async deleteVm(loc: VmLocation, nicCount = 8): Promise<void> {
+    const name = domainName(loc.vmId);
+    await this.d.hypervisor.destroy(name);
+    await this.d.hypervisor.undefine(name);
+    // libvirt removes OVS ports on destroy; one left by a crash mid-destroy is removed here.
+    await this.removeNicPorts(loc.vmId, nicCount);
+    await this.d.storage.delete(loc.pool, rootVolumeName(loc.vmId));
+    await this.d.storage.delete(loc.pool, seedVolumeName(loc.vmId));
+    await rm(consoleLogPath(loc.vmId, this.d.settings), { force: true });
+  }
+
+  private async removeNicPorts(vmId: string, nicCount: number): Promise<void> {
+    const taps = new Set(Array.from({ length: Math.min(nicCount, 100) }, (_, i) => tapName(vmId, i)));
+    const bridges = new Set([this.d.settings.bridge]);
+    for (const bridge of bridges) {
+      for (const p of await this.d.network.listPorts(bridge)) {
+        if (taps.has(p.name)) await this.d.network.deletePort(bridge, p.name);
+      }
+    }
+  }
+
+  /** Start a stopped VM; a running one is left alone. */
+  async startVm(vmId: string): Promise<void> {
+    await this.d.hypervisor.start(domainName(vmId));
+  }
+
+  /**
+   * Ask the guest to shut down, wait up to `timeoutMs` (default: the host setting), then power it
+   * off. Returns how it stopped. A VM that is already off returns 'already-off'.
+   */
+  async stopVm(vmId: string, timeoutMs = this.d.settings.shutdownTimeoutMs): Promise<'graceful' | 'forced' | 'already-off'> {
+    const name = domainName(vmId);
+    const state = await this.d.hypervisor.state(name);
+    if (state === null) throw new Error(`VM ${vmId} does not exist on this host`);
+    if (state === 'shutoff' || state === 'crashed') return 'already-off';
+    await this.d.hypervisor.shutdown(name);
+    const until = Date.now() + timeoutMs;
+    while (Date.now() < until) {
+      if ((await this.d.hypervisor.state(name)) === 'shutoff') return 'graceful';
+      await this.sleep(Math.min(250, Math.max(1, until - Date.now())));
+    }
+    await this.d.hypervisor.destroy(name);
+    return 'forced';
+  }
+
+  /** Reboot a running VM (ACPI). */
+  async rebootVm(vmId: string): Promise<void> {
+    await this.d.hypervisor.reboot(domainName(vmId));
+  }
+
+  /** Hot-plug a NIC (live and persistent). A NIC with that MAC already present is left alone. */
+  async attachInterface(vmId: string, index: number, nic: NicSpec): Promise<void> {
+    checkNic(nic, index);
+    const name = domainName(vmId);
+    if (this.hasMac(await this.d.hypervisor.xml(name), nic.mac)) return;
+    await this.ensureNicNetworks([nic]);
+    await this.d.hypervisor.attachDevice(name, nicXml(vmId, index, nic, this.d.settings));
+  }
+
+  /** Hot-unplug a NIC; one that is not there succeeds. */
+  async detachInterface(vmId: string, index: number, nic: NicSpec): Promise<void> {
+    checkNic(nic, index);
+    const name = domainName(vmId);
+    if (!this.hasMac(await this.d.hypervisor.xml(name), nic.mac)) return;
+    await this.d.hypervisor.detachDevice(name, nicXml(vmId, index, nic, this.d.settings));
+  }
+
+  private hasMac(xml: string, mac: string): boolean {
+    return xml.toLowerCase().includes(`<mac address='${normalizeMac(mac)}'`) || xml.toLowerCase().includes(`<mac address="${normalizeMac(mac)}"`);
+  }
+
+  /** What a VLAN network needs on this host: its bridge, and the VLAN on the bridge's uplink. */
+  async ensureNetwork(vlan: number, bridge = this.d.settings.bridge): Promise<void> {
+    await this.d.network.ensureBridge(bridge);
+    await this.d.network.ensureVlan(bridge, vlan);
+  }
+
+  /** Stop carrying a network's VLAN on this host's uplink. */
+  async deleteNetwork(vlan: number, bridge = this.d.settings.bridge): Promise<void> {
+    await this.d.network.removeVlan(bridge, vlan);
+  }
+
+  /**
+   * Power off these VMs now (fencing): no graceful shutdown, no waiting. Returns the ids that were
+   * running and are now off. Errors on one VM do not spare the others.
+   */
+  async fence(vmIds: readonly string[]): Promise<{ stopped: string[]; failed: Array<{ vmId: string; error: string }> }> {
+    const stopped: string[] = [];
+    const failed: Array<{ vmId: string; error: string }> = [];
+    await Promise.all(
+      vmIds.map(async (vmId) => {
+        try {
+          const name = domainName(vmId);
+          const before = await this.d.hypervisor.state(name);
+          await this.d.hypervisor.destroy(name);
+          if (before !== null && before !== 'shutoff') stopped.push(vmId);
+        } catch (err) {
+          failed.push({ vmId, error: (err as Error).message });
+        }
+      }),
+    );
+    return { stopped, failed };
+  }
+
+  /** The last `maxBytes` of a VM's serial console log ('' when it has none yet). */
+  async readConsole(vmId: string, maxBytes = 64 * 1024): Promise<string> {
+    checkId(vmId);
+    const limit = Math.max(1, Math.min(maxBytes, 1024 * 1024));
+    let fh;
+    try {
+      fh = await open(consoleLogPath(vmId, this.d.settings), 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '';
+      throw err;
+    }
+    try {
+      const { size } = await fh.stat();
+      const len = Math.min(size, limit);
+      const buf = Buffer.alloc(len);
+      await fh.read(buf, 0, len, size - len);
+      return buf.toString('utf8');
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** The Kloudak domains, volumes and NIC ports that really exist on this host. */
+  async inventory(pools: readonly string[], bridges: readonly string[] = [this.d.settings.bridge]): Promise<HostInventory> {
+    const domains = (await this.d.hypervisor.list())
+      .map((d) => ({ vmId: vmIdOfDomain(d.name), name: d.name, state: d.state }))
+      .filter((d): d is { vmId: string; name: string; state: DomainState } => d.vmId !== null);
+    const volumes: HostInventory['volumes'] = [];
+    for (const pool of pools) {
+      for (const v of await this.d.storage.list(pool)) {
+        const m = KLOUDAK_VOLUME.exec(v.name);
+        if (m) volumes.push({ pool, name: v.name, vmId: m[1] ?? null });
+      }
+    }
+    const ports: OvsPort[] = [];
+    for (const bridge of bridges) {
+      for (const p of await this.d.network.listPorts(bridge)) if (/^kl[0-9a-f]{10}-\d+$/.test(p.name)) ports.push(p);
+    }
+    return { domains, volumes, ports };
+  }
+}

@@ -1,0 +1,50 @@
+/**
+ * Host-operation settings of the agent: the facts about this hypervisor host that shape the
+ * domain XML and how the agent talks to libvirt and Open vSwitch. Loading and validating them
+ * from the agent's configuration file comes later; for now this is the type and its defaults.
+ */
+
+/** Settings of host operations on one hypervisor host. */
+export interface HostSettings {
+  /** libvirt connection URI. `qemu:///system` on hypervisor hosts. */
+  libvirtUri: string;
+  /**
+   * Domain type: `kvm` (hardware virtualisation; every real host) or `qemu` (TCG emulation, for
+   * machines without usable KVM such as CI). Also selects the CPU mode: `host-passthrough` for
+   * kvm, libvirt's default CPU model for qemu.
+   */
+  domainType: 'kvm' | 'qemu';
+  /**
+   * Open vSwitch datapath of the bridges the agent creates: `system` (the kernel module; real
+   * hosts) or `netdev` (userspace; containers and CI, where the kernel module is unavailable).
+   */
+  ovsDatapath: 'system' | 'netdev';
+  /**
+   * Whether VM NICs keep checksum/segmentation offloads. `false` turns them off on both the host
+   * and guest side of every virtio NIC (needed with the `netdev` datapath, whose userspace
+   * switching drops offloaded packets). Real hosts with the `system` datapath keep it `true`.
+   */
+  nicOffload: boolean;
+  /** Default OVS bridge of VM NICs, used when a NIC names no bridge of its own. */
+  bridge: string;
+  /**
+   * Directory of the VMs' serial console logs, one `<domain name>.log` per VM (appended across
+   * restarts). Must exist; it only needs to be accessible to root (libvirt opens the file).
+   */
+  consoleDir: string;
+  /** How long a graceful (ACPI) shutdown may take before the domain is powered off. */
+  shutdownTimeoutMs: number;
+  /** QEMU machine type (e.g. `q35`, `pc`); unset: libvirt's default for the architecture. */
+  machine?: string;
+}
+
+/** Defaults of a production host. */
+export const DEFAULT_HOST_SETTINGS: Readonly<HostSettings> = Object.freeze({
+  libvirtUri: 'qemu:///system',
+  domainType: 'kvm',
+  ovsDatapath: 'system',
+  nicOffload: true,
+  bridge: 'br-vm',
+  consoleDir: '/var/log/kloudak/console',
+  shutdownTimeoutMs: 60_000,
+});
