@@ -44,6 +44,16 @@ export async function bootstrapAdmin(
     log.warn('no admin exists: set KLOUDAK_ADMIN_USER and KLOUDAK_ADMIN_PASSWORD or run `kloudak-orchestrator admin create`');
     return;
   }
-  await createAdmin(db, { username: cfg.adminUser, email: cfg.adminEmail, password: cfg.adminPassword }, cfg.passwordHashCost);
+  try {
+    await createAdmin(db, { username: cfg.adminUser, email: cfg.adminEmail, password: cfg.adminPassword }, cfg.passwordHashCost);
+  } catch (err) {
+    // Two orchestrators starting together both saw no admin; the second create hits the unique
+    // username. The first one's admin is the one we wanted, so that is success.
+    if ((err as { code?: unknown }).code === 'P2002' && (await db.user.count({ where: { isAdmin: true } })) > 0) {
+      log.info({ username: cfg.adminUser }, 'the first admin was created by another orchestrator');
+      return;
+    }
+    throw err;
+  }
   log.info({ username: cfg.adminUser }, 'created the first admin');
 }

@@ -48,8 +48,11 @@ describe('two orchestrators starting together on one PostgreSQL', () => {
     const d1 = mkdtempSync(join(tmpdir(), 'kloudak-e2e-'));
     const d2 = mkdtempSync(join(tmpdir(), 'kloudak-e2e-'));
     dirs.push(d1, d2);
-    const [a, b] = await Promise.all([startOrchestratorProcess(env(d1)), startOrchestratorProcess(env(d2))]);
-    procs.push(a, b);
+    // allSettled: if one fails to start, the other must still be stopped by after().
+    const started = await Promise.allSettled([startOrchestratorProcess(env(d1)), startOrchestratorProcess(env(d2))]);
+    for (const r of started) if (r.status === 'fulfilled') procs.push(r.value);
+    for (const r of started) if (r.status === 'rejected') throw r.reason;
+    const [a, b] = procs as [OrchestratorProcess, OrchestratorProcess];
 
     const c = new pg.Client({ connectionString: fresh.url });
     await c.connect();
