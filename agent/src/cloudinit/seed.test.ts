@@ -10,49 +10,27 @@
  */
 import test, { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { CommandResult, CommandRunner, RunOptions } from '../ports.js';
 import type { NicSpec } from '../spec.js';
 import { GenisoimageSeedBuilder, metaData, networkConfig, SEED_LABEL, seedFiles, userData, yamlString } from './seed.js';
+import { ProcessRunner } from '../system/command-runner.js';
 
 const VM = '0c9e7b1a-3f4d-4e5a-9b6c-7d8e9f0a1b2c';
 const NET = 'a1b2c3d4-0000-4000-8000-000000000001';
 const KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq8 user@laptop';
 const HASH = '$6$rounds=4096$saltsaltsalt$3MEaFIbEBzG0bmRvYNSk4OZr3cq4jIeGmMBPKPdK9lz5V6eQpJ1SyRvrOGw9VkM2k9M4T9LzL1kK4xD8dQ1V8.';
 
-/**
- * Minimal spawn-based CommandRunner for these tests (the agent's ProcessRunner lives in
- * system/command-runner.ts): argv only, no shell; records what it ran.
- */
+/** The agent's ProcessRunner, recording what it ran. */
 class TestRunner implements CommandRunner {
   readonly ran: string[][] = [];
+  private readonly real = new ProcessRunner();
   run(argv: readonly string[], opts: RunOptions = {}): Promise<CommandResult> {
     this.ran.push([...argv]);
-    return new Promise((resolve, reject) => {
-      const child = spawn(argv[0]!, argv.slice(1), { stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
-      const out: Buffer[] = [];
-      const err: Buffer[] = [];
-      child.stdout!.on('data', (b: Buffer) => out.push(b));
-      child.stderr!.on('data', (b: Buffer) => err.push(b));
-      const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 30_000);
-      child.on('error', (e) => {
-        clearTimeout(timer);
-        reject(e);
-      });
-      child.on('close', (code) => {
-        clearTimeout(timer);
-        const r = { code: code ?? -1, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') };
-        if (r.code !== 0 && !opts.allowFailure) reject(new Error(`${argv[0]} exited ${r.code}: ${r.stderr}`));
-        else resolve(r);
-      });
-      if (opts.input !== undefined && child.stdin) {
-        child.stdin.on('error', () => undefined); // the process may exit without reading it (EPIPE)
-        child.stdin.end(opts.input);
-      }
-    });
+    return this.real.run(argv, opts);
   }
 }
 
@@ -282,7 +260,7 @@ describe('GenisoimageSeedBuilder', () => {
     const parent = mkdtempSync(join(dir, 'fail-'));
     const runner = new TestRunner();
     const builder = new GenisoimageSeedBuilder(runner, { tmpDir: parent, genisoimage: 'false' });
-    await assert.rejects(builder.build(files), /exited 1/);
+    await assert.rejects(builder.build(files), /exited with code 1/);
     assert.deepEqual(readdirSync(parent), []);
     // A runner that resolves with a failure code (allowFailure-style) is caught too.
     const lenient: CommandRunner = { run: async () => ({ code: 2, stdout: '', stderr: 'boom' }) };

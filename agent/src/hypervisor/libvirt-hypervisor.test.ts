@@ -14,7 +14,7 @@
 import test, { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,55 +23,20 @@ import type { StoragePoolRef } from '@kloudak/libvirt';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import { GenisoimageSeedBuilder, seedFiles } from '../cloudinit/seed.js';
 import { domainName, rootVolumeName, seedVolumeName, tapName } from '../names.js';
-import type { CommandResult, CommandRunner, RunOptions } from '../ports.js';
 import { DEFAULT_HOST_SETTINGS } from '../settings.js';
 import type { HostSettings } from '../settings.js';
 import type { VmSpec } from '../spec.js';
 import { LibvirtStorage } from '../storage/libvirt-storage.js';
 import { consoleLogPath, domainXml, nicXml } from '../xml/domain.js';
 import { domainStateName, LibvirtHypervisor } from './libvirt-hypervisor.js';
+import { Cleanup } from '@kloudak/testkit';
+import { ProcessRunner } from '../system/command-runner.js';
 
 /** Unique per run, so leftovers of a crashed run never collide with this one. */
 const RUN = `kloudak-hv${process.pid}-${Date.now().toString(36)}`;
 
-/** Runs cleanup steps newest first; every step runs, the first failure is rethrown. */
-class Cleanup {
-  private steps: (() => unknown)[] = [];
-  add(step: () => unknown): void {
-    this.steps.push(step);
-  }
-  async run(): Promise<void> {
-    let first: unknown = null;
-    for (const step of this.steps.reverse()) {
-      try {
-        await step();
-      } catch (e) {
-        first ??= e;
-      }
-    }
-    this.steps = [];
-    if (first) throw first;
-  }
-}
 
-/** Minimal spawn-based CommandRunner (the agent's own lives in system/command-runner.ts). */
-const runner: CommandRunner = {
-  run: (argv: readonly string[], opts: RunOptions = {}) =>
-    new Promise<CommandResult>((resolve, reject) => {
-      const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-      const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 30_000);
-      child.on('error', (e) => (clearTimeout(timer), reject(e)));
-      child.on('close', (code) => {
-        clearTimeout(timer);
-        if (code !== 0 && !opts.allowFailure) reject(new Error(`${argv[0]} exited ${code}: ${stderr}`));
-        else resolve({ code: code ?? -1, stdout, stderr });
-      });
-    }),
-};
+const runner = new ProcessRunner();
 
 /** Runs a command synchronously; throws with its output unless it succeeds. */
 function sh(cmd: string, ...args: string[]): string {

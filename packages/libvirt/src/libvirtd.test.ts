@@ -21,6 +21,7 @@ import { DisconnectedError, InvalidError, NotFoundError, OperationFailedError } 
 import { uuidToString } from './protocol.js';
 import type { DomainRef, StoragePoolRef, StorageVolRef } from './protocol.js';
 import { ensureLibvirtd, stopLibvirtd } from './testing/libvirtd.js';
+import { Cleanup } from '@kloudak/testkit';
 
 /** Unique per run, so leftovers of a crashed run never collide with this one. */
 const RUN = `kloudak-t${process.pid}-${Date.now().toString(36)}`;
@@ -37,25 +38,6 @@ async function until(pred: () => boolean, what: string, timeoutMs = 10_000): Pro
   }
 }
 
-/** Runs cleanup steps in reverse order of registration, reporting the first failure. */
-class Cleanup {
-  private steps: (() => Promise<unknown>)[] = [];
-  add(step: () => Promise<unknown>): void {
-    this.steps.push(step);
-  }
-  async run(): Promise<void> {
-    let first: unknown = null;
-    for (const step of this.steps.reverse()) {
-      try {
-        await step();
-      } catch (e) {
-        first ??= e;
-      }
-    }
-    this.steps = [];
-    if (first) throw first;
-  }
-}
 
 before(async () => {
   await ensureLibvirtd();
