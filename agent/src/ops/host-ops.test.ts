@@ -189,6 +189,19 @@ describe('host operations on qemu:///system with Open vSwitch and the test guest
     });
   }
 
+  it('CreateVm with ovs-vsctl failing gives a clear error and leaves nothing behind', async () => {
+    const s = spec(100, '10.243.0.13');
+    const real = new ProcessRunner();
+    // Every ovs-vsctl call fails the way it does when ovsdb-server is down.
+    const broken = {
+      run: (argv: readonly string[], opts?: Parameters<ProcessRunner['run']>[1]) =>
+        argv[0] === 'ovs-vsctl' ? real.run(['sh', '-c', 'echo "ovs-vsctl: unix:/run/openvswitch/db.sock: database connection failed (No such file or directory)" >&2; exit 1'], opts) : real.run(argv, opts),
+    };
+    const faulty = new HostOperations({ hypervisor: hv, storage, network: new OvsNetworkDriver(broken, { datapathType: 'netdev' }), seeds, settings });
+    await assert.rejects(faulty.createVm(s), /database connection failed/);
+    assert.deepEqual(await leftovers(s.vmId), []);
+  });
+
   it('Fence powers off the listed VMs at once and reports them', async () => {
     const s = spec(100, '10.243.0.12');
     await ops.createVm(s);
