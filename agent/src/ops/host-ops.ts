@@ -82,7 +82,7 @@ export class HostOperations {
       undo.push('domain definition', async () => {
         await this.d.hypervisor.destroy(name);
         await this.d.hypervisor.undefine(name);
-        await this.removeNicPorts(spec.vmId, spec.nics.length);
+        await this.removeNicPorts(spec.vmId, spec.nics.map((n) => this.bridgeOf(n)));
       });
       await this.d.hypervisor.define(domainXml(spec, this.d.settings));
       await this.d.hypervisor.start(name);
@@ -94,23 +94,23 @@ export class HostOperations {
    * Power off and remove a VM with its volumes, seed, NIC ports and console log. Whatever is
    * already gone is skipped, so a delete interrupted at any point completes when run again.
    */
-  async deleteVm(loc: VmLocation, nicCount = 8): Promise<void> {
+  async deleteVm(loc: VmLocation, bridges: readonly string[] = [this.d.settings.bridge]): Promise<void> {
     const name = domainName(loc.vmId);
     await this.d.hypervisor.destroy(name);
     await this.d.hypervisor.undefine(name);
     // libvirt removes OVS ports on destroy; one left by a crash mid-destroy is removed here.
-    await this.removeNicPorts(loc.vmId, nicCount);
+    await this.removeNicPorts(loc.vmId, bridges);
     await this.d.storage.delete(loc.pool, rootVolumeName(loc.vmId));
     await this.d.storage.delete(loc.pool, seedVolumeName(loc.vmId));
     await rm(consoleLogPath(loc.vmId, this.d.settings), { force: true });
   }
 
-  private async removeNicPorts(vmId: string, nicCount: number): Promise<void> {
-    const taps = new Set(Array.from({ length: Math.min(nicCount, 100) }, (_, i) => tapName(vmId, i)));
-    const bridges = new Set([this.d.settings.bridge]);
-    for (const bridge of bridges) {
+  /** Delete every NIC port of a VM (named `tapName(vmId, i)`) left on these bridges. */
+  private async removeNicPorts(vmId: string, bridges: Iterable<string>): Promise<void> {
+    const prefix = tapName(vmId, 0).slice(0, -1); // "kl<10 hex>-": the VM's taps, whatever the index
+    for (const bridge of new Set(bridges)) {
       for (const p of await this.d.network.listPorts(bridge)) {
-        if (taps.has(p.name)) await this.d.network.deletePort(bridge, p.name);
+        if (p.name.startsWith(prefix)) await this.d.network.deletePort(bridge, p.name);
       }
     }
   }
