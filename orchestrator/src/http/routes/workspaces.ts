@@ -55,6 +55,19 @@ async function keepAManager(tx: Prisma.TransactionClient, workspaceId: string): 
   }
 }
 
+/** Refuse every token of every member of a workspace (its name or existence changed). */
+async function bumpMembersTokens(tx: Prisma.TransactionClient, workspaceId: string): Promise<void> {
+  const ms = await tx.membership.findMany({ where: { workspaceId }, select: { userId: true } });
+  await bumpTokenVersion(tx, ms.map((m) => m.userId));
+}
+
+/** A member's row in a workspace, or 404. */
+async function memberOf(tx: Prisma.TransactionClient, workspaceId: string, username: string) {
+  const m = await tx.membership.findFirst({ where: { workspaceId, user: { username } } });
+  if (!m) throw new NotFoundError('member', username);
+  return m;
+}
+
 /** Workspaces and their members. */
 export function workspaceRoutes(s: Services): RouteSpec[] {
   const db = s.db.client;
@@ -138,8 +151,7 @@ export function workspaceRoutes(s: Services): RouteSpec[] {
           const updated = await tx.workspace.update({ where: { id: a.workspace.id }, data: body });
           // Tokens name workspaces: a rename changes every member's claims.
           if (body.name !== undefined && body.name !== a.workspace.name) {
-            const ms = await tx.membership.findMany({ where: { workspaceId: updated.id }, select: { userId: true } });
-            await bumpTokenVersion(tx, ms.map((m) => m.userId));
+            await bumpMembersTokens(tx, updated.id);
           }
           return updated;
         });
@@ -167,8 +179,7 @@ export function workspaceRoutes(s: Services): RouteSpec[] {
           if (vms + nets > 0) {
             throw new ConflictError('workspace still holds VMs or networks', { vms, networks: nets });
           }
-          const ms = await tx.membership.findMany({ where: { workspaceId: a.workspace.id }, select: { userId: true } });
-          await bumpTokenVersion(tx, ms.map((m) => m.userId));
+          await bumpMembersTokens(tx, a.workspace.id);
           await tx.workspace.delete({ where: { id: a.workspace.id } });
         });
         return undefined;
@@ -242,10 +253,7 @@ export function workspaceRoutes(s: Services): RouteSpec[] {
         requireGrantable(a, body.permissions);
         return db.$transaction(async (tx) => {
           await lockWorkspace(tx, a.workspace.id);
-          const existing = await tx.membership.findFirst({
-            where: { workspaceId: a.workspace.id, user: { username: params.username } },
-          });
-          if (!existing) throw new NotFoundError('member', params.username);
+          const existing = await memberOf(tx, a.workspace.id, params.username);
           const m = await tx.membership.update({
             where: { id: existing.id },
             data: toColumns(body.permissions),
@@ -272,10 +280,7 @@ export function workspaceRoutes(s: Services): RouteSpec[] {
         requireFlags(a, 'user_can_delete');
         await db.$transaction(async (tx) => {
           await lockWorkspace(tx, a.workspace.id);
-          const existing = await tx.membership.findFirst({
-            where: { workspaceId: a.workspace.id, user: { username: params.username } },
-          });
-          if (!existing) throw new NotFoundError('member', params.username);
+          const existing = await memberOf(tx, a.workspace.id, params.username);
           await tx.membership.delete({ where: { id: existing.id } });
           await keepAManager(tx, a.workspace.id);
           await bumpTokenVersion(tx, [existing.userId]);
