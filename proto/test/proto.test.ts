@@ -45,15 +45,15 @@ test('AgentMessage Hello round-trips', () => {
         hostId: '6f1c2a9e-0b7d-4a57-9d0e-2a4f3c1b8e11',
         agentVersion: '0.1.0',
         agentStartedAt: T0,
-        capacity: { cpuCount: 64, memoryBytes: 512 * 2 ** 30, diskBytes: 8 * 2 ** 40 },
+        capacity: { cpuCount: 64, memoryBytes: 512n * 2n ** 30n, diskBytes: 8n * 2n ** 40n },
         bridges: [{ name: 'br-vm', kind: BridgeKind.BRIDGE_KIND_OVS, mtu: 9000, up: true }],
         pools: [
           {
             name: 'shared',
             path: '/var/lib/kloudak/pools/shared',
-            capacityBytes: 20 * 2 ** 40,
-            allocationBytes: 3 * 2 ** 40,
-            availableBytes: 17 * 2 ** 40,
+            capacityBytes: 20n * 2n ** 40n,
+            allocationBytes: 3n * 2n ** 40n,
+            availableBytes: 17n * 2n ** 40n,
             active: true,
           },
         ],
@@ -65,10 +65,10 @@ test('AgentMessage Hello round-trips', () => {
               vmId: 'a3f0c9e2-1111-4222-8333-944455556666',
               state: DomainState.DOMAIN_STATE_RUNNING,
               vcpus: 4,
-              memoryBytes: 8 * 2 ** 30,
+              memoryBytes: 8n * 2n ** 30n,
             },
           ],
-          volumes: [{ pool: 'shared', name: 'kl-web-1.qcow2', path: '/x/kl-web-1.qcow2', capacityBytes: 40 * 2 ** 30 }],
+          volumes: [{ pool: 'shared', name: 'kl-web-1.qcow2', path: '/x/kl-web-1.qcow2', capacityBytes: 40n * 2n ** 30n }],
           ovsPorts: [{ name: 'vnet0', bridge: 'br-vm', vlan: 101, mac: '52:54:00:12:34:56' }],
         },
       },
@@ -78,31 +78,31 @@ test('AgentMessage Hello round-trips', () => {
   assert.deepEqual(decoded, hello);
   assert.equal(decoded.body?.$case, 'hello');
   if (decoded.body?.$case === 'hello') {
-    assert.equal(decoded.body.hello.capacity?.diskBytes, 8 * 2 ** 40);
+    assert.equal(decoded.body.hello.capacity?.diskBytes, 8n * 2n ** 40n);
     assert.ok(decoded.body.hello.agentStartedAt instanceof Date);
   }
 });
 
-test('Heartbeat round-trips a 64-bit counter up to Number.MAX_SAFE_INTEGER', () => {
-  const big = Number.MAX_SAFE_INTEGER; // 2^53 - 1: beyond 32 bits, the largest exact number
+test('Heartbeat round-trips 64-bit counters beyond 2^53 exactly (forceLong=bigint)', () => {
+  const big = 2n ** 64n - 1n; // the largest uint64: a CPU-time counter of a host running for centuries
   const hb = AgentMessage.fromPartial({
     body: {
       $case: 'heartbeat',
       heartbeat: {
-        sequence: 4_294_967_297, // 2^32 + 1
+        sequence: 4_294_967_297n, // 2^32 + 1
         sentAt: T0,
-        usage: { cpuPercent: 37.5, memoryUsedBytes: 300 * 2 ** 30, memoryTotalBytes: 512 * 2 ** 30 },
-        pools: [{ name: 'shared', capacityBytes: 20 * 2 ** 40, allocationBytes: 3 * 2 ** 40 }],
+        usage: { cpuPercent: 37.5, memoryUsedBytes: 300n * 2n ** 30n, memoryTotalBytes: 512n * 2n ** 30n },
+        pools: [{ name: 'shared', capacityBytes: 20n * 2n ** 40n, allocationBytes: 3n * 2n ** 40n }],
         vms: [
           {
             vmId: 'a3f0c9e2-1111-4222-8333-944455556666',
             domainName: 'kl-web-1',
             cpuTimeNs: big,
-            memoryBytes: 8 * 2 ** 30,
-            diskReadBytes: 2 ** 45 + 7,
-            diskWriteBytes: 2 ** 44 + 3,
-            netRxBytes: 2 ** 50 + 1,
-            netTxBytes: 0,
+            memoryBytes: 8n * 2n ** 30n,
+            diskReadBytes: 2n ** 60n + 7n,
+            diskWriteBytes: 2n ** 44n + 3n,
+            netRxBytes: 2n ** 53n + 1n,
+            netTxBytes: 0n,
           },
         ],
       },
@@ -113,10 +113,10 @@ test('Heartbeat round-trips a 64-bit counter up to Number.MAX_SAFE_INTEGER', () 
   assert.equal(decoded.body?.$case === 'heartbeat' ? decoded.body.heartbeat.vms[0]?.cpuTimeNs : undefined, big);
 });
 
-test('forceLong=number: decoding a uint64 above 2^53-1 throws (documented limit)', () => {
-  // VmStats.cpu_time_ns is field 3 (varint); write 2^60 straight onto the wire.
-  const bytes = new BinaryWriter().uint32((3 << 3) | 0).uint64(2n ** 60n).finish();
-  assert.throws(() => VmStats.decode(bytes), /MAX_SAFE_INTEGER/);
+test('a uint64 above 2^53 written by another encoder decodes exactly', () => {
+  // VmStats.cpu_time_ns is field 3 (varint); write 2^60 + 1 straight onto the wire.
+  const bytes = new BinaryWriter().uint32((3 << 3) | 0).uint64(2n ** 60n + 1n).finish();
+  assert.equal(VmStats.decode(bytes).cpuTimeNs, 2n ** 60n + 1n);
 });
 
 test('OrchestratorMessage Command CreateVm round-trips', () => {
@@ -130,25 +130,21 @@ test('OrchestratorMessage Command CreateVm round-trips', () => {
         action: {
           $case: 'createVm',
           createVm: {
-            vmId: 'a3f0c9e2-1111-4222-8333-944455556666',
-            name: 'kl-web-1',
+            hostname: 'web-1',
             cpu: 4,
             ramMb: 8192,
             diskGb: 40,
-            templateImage: 'debian-12.qcow2',
-            poolPath: '/var/lib/kloudak/pools/shared',
-            cloudInit: {
-              hostname: 'web-1',
-              sshAuthorizedKeys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample user@example'],
-              passwordHash: '$6$salt$hash',
-            },
+            pool: 'shared',
+            templateVolume: 'debian-12.qcow2',
+            sshAuthorizedKeys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample user@example'],
+            passwordHash: '$6$salt$hash',
+            ha: true,
             nics: [
               {
                 mac: '52:54:00:12:34:56',
                 bridge: 'br-vm',
                 vlan: 101,
-                ip: '10.20.1.10',
-                prefixLength: 24,
+                address: '10.20.1.10/24',
                 gateway: '10.20.1.1',
                 dnsServers: ['10.20.0.2', '10.20.0.3'],
                 networkId: 'c0ffee00-0000-4000-8000-000000000001',
@@ -231,10 +227,10 @@ test('AgentLink over a real grpc-js socket: 3 heartbeats -> 3 lease grants', { t
     });
     const status = once(call, 'status');
 
-    for (const sequence of [1, 2, 3]) {
+    for (const sequence of [1n, 2n, 3n]) {
       call.write(
         AgentMessage.fromPartial({
-          body: { $case: 'heartbeat', heartbeat: { sequence, sentAt: new Date(), vms: [{ cpuTimeNs: 2 ** 52 + sequence }] } },
+          body: { $case: 'heartbeat', heartbeat: { sequence, sentAt: new Date(), vms: [{ cpuTimeNs: 2n ** 60n + sequence }] } },
         }),
       );
     }
@@ -244,7 +240,7 @@ test('AgentLink over a real grpc-js socket: 3 heartbeats -> 3 lease grants', { t
 
     assert.deepEqual(
       grants.map((g) => g.heartbeatSequence),
-      [1, 2, 3],
+      [1n, 2n, 3n],
     );
     for (const g of grants) {
       assert.equal(g.durationMs, 15_000);
