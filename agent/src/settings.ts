@@ -36,6 +36,13 @@ export interface HostSettings {
   shutdownTimeoutMs: number;
   /** QEMU machine type (e.g. `q35`, `pc`); unset: libvirt's default for the architecture. */
   machine?: string;
+  /**
+   * Where cloud-init seeds live. Unset (the default): a raw volume in the VM's pool, so any host
+   * of the area that mounts the pool can start the VM. Set: an ISO file in this local directory,
+   * for libvirt drivers that cannot upload into a volume (libvirt's test driver, which the
+   * simulated hosts use).
+   */
+  seedDir?: string;
 }
 
 /** Defaults of a production host. */

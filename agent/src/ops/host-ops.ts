@@ -1,12 +1,11 @@
-import { open } from 'node:fs/promises';
-import { rm } from 'node:fs/promises';
+import { open, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { seedFiles } from '../cloudinit/seed.js';
 import { domainName, rootVolumeName, seedVolumeName, tapName, vmIdOfDomain, checkId } from '../names.js';
 import type { DomainState, Hypervisor, NetworkDriver, OvsPort, SeedBuilder, Storage, VolumeStatus } from '../ports.js';
 import { RevertStack } from '../runner/revert.js';
 import type { HostSettings } from '../settings.js';
 import { checkNic, checkVmSpec, normalizeMac, type NicSpec, type VmSpec } from '../spec.js';
-import { consoleLogPath, domainXml, nicXml } from '../xml/domain.js';
+import { consoleLogPath, domainXml, nicXml, seedFilePath } from '../xml/domain.js';
 
 /** What host operations need: the ports and this host's settings. */
 export interface HostOpsDeps {
@@ -76,9 +75,9 @@ export class HostOperations {
       // its upload cut) is cleaned by the same idempotent delete.
       undo.push('root volume', () => this.d.storage.delete(spec.pool, rootVolumeName(spec.vmId)));
       const root = await this.d.storage.cloneOverlay(spec.pool, spec.templateVolume, rootVolumeName(spec.vmId), spec.diskGb);
-      undo.push('seed volume', () => this.d.storage.delete(spec.pool, seedVolumeName(spec.vmId)));
+      undo.push('seed', () => this.removeSeed(spec.vmId, spec.pool));
       const seedBytes = await this.d.seeds.build(seedFiles(spec));
-      const seed = await this.d.storage.putRaw(spec.pool, seedVolumeName(spec.vmId), seedBytes);
+      const seed = await this.writeSeed(spec.vmId, spec.pool, seedBytes);
       undo.push('domain definition', async () => {
         await this.d.hypervisor.destroy(name);
         await this.d.hypervisor.undefine(name);
@@ -101,8 +100,26 @@ export class HostOperations {
     // libvirt removes OVS ports on destroy; one left by a crash mid-destroy is removed here.
     await this.removeNicPorts(loc.vmId, bridges);
     await this.d.storage.delete(loc.pool, rootVolumeName(loc.vmId));
-    await this.d.storage.delete(loc.pool, seedVolumeName(loc.vmId));
+    await this.removeSeed(loc.vmId, loc.pool);
     await rm(consoleLogPath(loc.vmId, this.d.settings), { force: true });
+  }
+
+  /** Write the seed: a pool volume, or a file in `settings.seedDir` (replaced atomically). */
+  private async writeSeed(vmId: string, pool: string, bytes: Uint8Array): Promise<VolumeStatus> {
+    const file = seedFilePath(vmId, this.d.settings);
+    if (file === null) return this.d.storage.putRaw(pool, seedVolumeName(vmId), bytes);
+    const tmp = `${file}.tmp`;
+    await writeFile(tmp, bytes, { mode: 0o644 });
+    await rename(tmp, file);
+    const size = BigInt((await stat(file)).size);
+    return { name: seedVolumeName(vmId), path: file, capacityBytes: size, allocationBytes: size };
+  }
+
+  private async removeSeed(vmId: string, pool: string): Promise<void> {
+    const file = seedFilePath(vmId, this.d.settings);
+    if (file === null) return this.d.storage.delete(pool, seedVolumeName(vmId));
+    await rm(file, { force: true });
+    await rm(`${file}.tmp`, { force: true });
   }
 
   /** Delete every NIC port of a VM (named `tapName(vmId, i)`) left on these bridges. */

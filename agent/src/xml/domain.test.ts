@@ -159,6 +159,16 @@ describe('domainXml', () => {
     }
   });
 
+  test('seeds as files (settings.seedDir): the seed disk is that file, the root disk still a volume', () => {
+    const doc = domainXml(spec(), { ...ci, seedDir: '/var/lib/kloudak/seeds' });
+    assertValid(doc);
+    const seed = '/domain/devices/disk[target/@dev="vdb"]';
+    assert.equal(xpath(doc, `string(${seed}/@type)`), 'file');
+    assert.equal(xpath(doc, `string(${seed}/source/@file)`), `/var/lib/kloudak/seeds/${seedVolumeName(VM)}`);
+    assert.equal(xpath(doc, `count(${seed}/readonly)`), '1');
+    assert.equal(xpath(doc, 'string(/domain/devices/disk[target/@dev="vda"]/@type)'), 'volume');
+  });
+
   test('no NICs, no keys, no password: still a valid domain', () => {
     assertValid(domainXml(spec({ nics: [], sshKeys: [], ha: false }), ci));
   });

@@ -19,11 +19,16 @@ import type { XmlFragment } from './escape.js';
 export const KLOUDAK_VM_NS = 'https://kloudak.dev/xmlns/vm/1';
 
 /** The settings domain XML depends on. */
-export type DomainXmlSettings = Pick<HostSettings, 'domainType' | 'nicOffload' | 'bridge' | 'consoleDir' | 'machine'>;
+export type DomainXmlSettings = Pick<HostSettings, 'domainType' | 'nicOffload' | 'bridge' | 'consoleDir' | 'machine' | 'seedDir'>;
 
 /** Path of a VM's serial console log. */
 export function consoleLogPath(vmId: string, settings: Pick<HostSettings, 'consoleDir'>): string {
   return join(settings.consoleDir, `${domainName(vmId)}.log`);
+}
+
+/** Path of a VM's seed ISO when seeds are files (`settings.seedDir` set); null when they are volumes. */
+export function seedFilePath(vmId: string, settings: Pick<HostSettings, 'seedDir'>): string | null {
+  return settings.seedDir === undefined ? null : join(settings.seedDir, seedVolumeName(vmId));
 }
 
 /**
@@ -76,6 +81,15 @@ export function domainXml(spec: VmSpec, settings: DomainXmlSettings): string {
   const cpu = settings.domainType === 'kvm' ? xml`
   <cpu mode='host-passthrough' check='none' migratable='on'/>` : null;
 
+  const seedFile = seedFilePath(spec.vmId, settings);
+  const seedDisk = seedFile === null
+    ? xml`<disk type='volume' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source pool='${spec.pool}' volume='${seedVolumeName(spec.vmId)}'/>`
+    : xml`<disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='${seedFile}'/>`;
+
   const nicMeta = spec.nics.map((n, i) => xml`
       <kloudak:nic index='${i}' network='${n.networkId}' mac='${normalizeMac(n.mac)}'/>`);
   const nics = spec.nics.map((n, i) => xml`
@@ -111,9 +125,7 @@ export function domainXml(spec: VmSpec, settings: DomainXmlSettings): string {
       <source pool='${spec.pool}' volume='${rootVolumeName(spec.vmId)}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <disk type='volume' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source pool='${spec.pool}' volume='${seedVolumeName(spec.vmId)}'/>
+    ${seedDisk}
       <target dev='vdb' bus='virtio'/>
       <readonly/>
     </disk>${nics}
