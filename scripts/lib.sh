@@ -238,7 +238,15 @@ ensure_ovs() {
   log "Open vSwitch is up"
 }
 
+# ensure_rpm_tools — rpmbuild and rpmlint, for building and checking the agent's RPM.
+ensure_rpm_tools() {
+  apt_install rpm rpmlint
+}
+
 ensure_node_deps() {
+  # Native addons built from source by npm ci: systemd-journald (the agent's journald logging)
+  # needs libsystemd's headers.
+  apt_install libsystemd-dev pkg-config
   (
     cd "$KLOUDAK_ROOT" || exit
     if [ ! -f package-lock.json ]; then

@@ -61,6 +61,7 @@ step "postgres" ensure_postgres
 step "nats" ensure_nats
 step "libvirt" ensure_libvirt
 step "openvswitch" ensure_ovs
+step "rpm tools" ensure_rpm_tools
 # The tiny bootable guest of the VM tests (cached under .cache/test-guest; a rebuild only when its inputs change).
 step "test guest" bash scripts/build-test-guest.sh
 step "node deps" ensure_node_deps
