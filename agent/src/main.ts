@@ -1,0 +1,16 @@
+#!/usr/bin/env node
+/**
+ * kloudak-agent: the composition root. `--version` is answered before anything else is loaded or
+ * read (the RPM test runs it on an esbuild bundle of this file, on a machine without config).
+ */
+import { AGENT_VERSION } from './version.js';
+
+const argv = process.argv.slice(2);
+if (argv.includes('--version') || argv.includes('-V')) {
+  process.stdout.write(`${AGENT_VERSION}\n`);
+  process.exit(0);
+}
+
+// The daemon is imported lazily so that `--version` never pays for (or fails on) its modules.
+const { runDaemon } = await import('./daemon.js');
+process.exitCode = await runDaemon(argv);
