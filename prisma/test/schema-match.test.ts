@@ -35,8 +35,22 @@ function fixtures(): Array<{ model: Prisma.ModelName; key: string; data: Record<
     { model: 'Area', key: 'id', data: { id: area, name: 'a', subnet: '10.9.0.0/16', gateway: '10.9.0.1', vlanFirst: 100, vlanLast: 199 }, change: { vlanLast: 150 } },
     {
       model: 'Host', key: 'id',
-      data: { id: host, name: 'h1', areaId: area, state: 'up', adminState: 'maintenance', cpuCount: 8, ramMb: 16384, diskGb: 500, agentVersion: '1.0', lastHeartbeatAt: t('003') },
-      change: { state: 'fenced' },
+      data: {
+        id: host, name: 'h1', areaId: area, state: 'up', adminState: 'maintenance', cpuCount: 8, ramMb: 16384, diskGb: 500, agentVersion: '1.0', lastHeartbeatAt: t('003'),
+        memoryBytes: 68_719_476_736n, diskBytes: 9_007_199_254_740_993n, bridges: [{ name: 'br-vm', kind: 'ovs', mtu: 1500, up: true }], pools: [{ name: 'p1', active: true }],
+        certSerial: '0a1b2c', certExpiresAt: t('008'), agentStartedAt: t('009'), lastHelloAt: t('010'),
+      },
+      change: { state: 'fenced', memoryBytes: 1n },
+    },
+    {
+      model: 'JoinToken', key: 'id',
+      data: { id: id(), areaId: area, secretHash: 'ab'.repeat(32), expiresAt: t('011'), createdById: user, usedAt: t('012'), usedByHostId: host, revokedAt: t('013') },
+      change: { usedAt: t('014') },
+    },
+    {
+      model: 'FenceReport', key: 'id',
+      data: { id: id(), hostId: host, fencedAt: t('015'), leaseExpiredAt: t('016'), reason: 'lease expired', domains: [{ domainName: 'kloudak-x', vmId: 'x' }], receivedAt: t('017') },
+      change: { reason: 'Fence command' },
     },
     { model: 'StoragePool', key: 'id', data: { id: pool, name: 'p1', areaId: area, path: '/var/lib/p1', shared: false, type: 'netfs', sizeGb: 100, freeGb: 50 }, change: { freeGb: 40 } },
     { model: 'Template', key: 'id', data: { id: tpl, name: 't1', os: 'debian', description: 'x', cpu: 2, ramMb: 2048, diskGb: 20, image: 'deb.qcow2' }, change: { cpu: 4 } },
