@@ -2,14 +2,14 @@
 // network-namespace clients and the tiny test guest built by scripts/build-test-guest.sh.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Flags, Libvirt, type StoragePoolRef } from '@kloudak/libvirt';
-import { ensureLibvirtd } from '@kloudak/libvirt/testing';
+import { ensureLibvirtd, stopLibvirtd } from '@kloudak/libvirt/testing';
 import { GenisoimageSeedBuilder } from '../cloudinit/seed.js';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor.js';
 import { domainName, rootVolumeName, seedVolumeName, tapName } from '../names.js';
@@ -19,6 +19,7 @@ import { DEFAULT_HOST_SETTINGS, type HostSettings } from '../settings.js';
 import type { VmSpec } from '../spec.js';
 import { LibvirtStorage } from '../storage/libvirt-storage.js';
 import { ProcessRunner } from '../system/command-runner.js';
+import type { CrashJob } from '../testing/crash-child.js';
 import { createTestNet, type TestNet } from '../testing/netns.js';
 import { ensureOvs } from '../testing/ovs-service.js';
 import { HostOperations } from './host-ops.js';
@@ -26,6 +27,46 @@ import { HostOperations } from './host-ops.js';
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const GUEST = process.env['KLOUDAK_TEST_GUEST_DIR'] ?? join(REPO, '.cache', 'test-guest');
 const RUN = `kh${randomBytes(3).toString('hex')}`;
+
+const CRASH_CHILD = fileURLToPath(new URL('../testing/crash-child.js', import.meta.url));
+
+/**
+ * Runs a host operation in a child process and SIGKILLs it right after its `stopAfter`-th step.
+ * Resolves with the step it was killed after, or null when the operation finished first.
+ */
+async function killAfterStep(job: CrashJob, dir: string): Promise<string | null> {
+  const file = join(dir, `job-${job.op}-${job.stopAfter}.json`);
+  writeFileSync(file, JSON.stringify(job));
+  const child = spawn(process.execPath, [CRASH_CHILD, file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  return new Promise<string | null>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`crash child made no progress in 60 s; stdout: ${out} stderr: ${err}`));
+    }, 60_000);
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      const step = new RegExp(`^STEP ${job.stopAfter} (\\S+)$`, 'm').exec(out);
+      if (step) {
+        child.kill('SIGKILL'); // no chance to clean up: the point of the test
+        clearTimeout(timer);
+        void exited.then(() => resolve(step[1] ?? ''));
+      } else if (/^DONE /m.test(out)) {
+        clearTimeout(timer);
+        void exited.then(() => resolve(null));
+      }
+    });
+    void exited.then((code) => {
+      if (code !== null && code !== 0) {
+        clearTimeout(timer);
+        reject(new Error(`crash child failed (exit ${code}): ${err}`));
+      }
+    });
+  });
+}
 
 /** Wrap a port so that calling `method` throws (fault injection), everything else passes through. */
 function failing<T extends object>(port: T, method: string | null): T {
@@ -145,6 +186,21 @@ describe('host operations on qemu:///system with Open vSwitch and the test guest
     assert.equal(got.stdout.trim(), s.vmId, 'the guest serves its instance-id on the VLAN it was given');
     const blocked = await fetchIn(other.ns);
     assert.notEqual(blocked.code, 0, 'a client on another VLAN cannot reach the VM');
+    // libvirtd restarted under a running VM: the guest keeps running (same QEMU process) and
+    // serving, the client reconnects by itself, and operations work again afterwards.
+    const qemuPid = () => readFileSync(`/run/libvirt/qemu/${domainName(s.vmId)}.pid`, 'utf8').trim();
+    const pidBefore = qemuPid();
+    await stopLibvirtd();
+    const whileDown = await fetchIn(same.ns);
+    assert.equal(whileDown.stdout.trim(), s.vmId, 'the guest serves while libvirtd is down');
+    await assert.rejects(hv.state(domainName(s.vmId)), 'calls fail (typed) while libvirtd is down, they do not hang');
+    await ensureLibvirtd();
+    for (const until = Date.now() + 30_000; lv.state !== 'ready'; ) {
+      assert.ok(Date.now() < until, `client reconnected (state ${lv.state})`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(await hv.state(domainName(s.vmId)), 'running');
+    assert.equal(qemuPid(), pidBefore, 'the same QEMU process: the VM was never restarted');
     // Running CreateVm again changes nothing.
     await ops.createVm(s);
     assert.equal(await hv.state(domainName(s.vmId)), 'running');
@@ -200,6 +256,62 @@ describe('host operations on qemu:///system with Open vSwitch and the test guest
     const faulty = new HostOperations({ hypervisor: hv, storage, network: new OvsNetworkDriver(broken, { datapathType: 'netdev' }), seeds, settings });
     await assert.rejects(faulty.createVm(s), /database connection failed/);
     assert.deepEqual(await leftovers(s.vmId), []);
+  });
+
+  it('CreateVm killed after each step, then run again: the VM ends up right and nothing is orphaned', async () => {
+    const killedAfter: string[] = [];
+    for (let k = 1; ; k++) {
+      const s = spec(100, '10.243.0.14');
+      const step = await killAfterStep({ op: 'create', spec: s, settings, stopAfter: k }, consoleDir);
+      if (step === null) break;
+      killedAfter.push(step);
+      // The orchestrator retries the command: the same CreateVm again, in another process.
+      await ops.createVm(s);
+      assert.equal(await hv.state(domainName(s.vmId)), 'running', `running after a kill after ${step}`);
+      const inv = await ops.inventory([RUN]);
+      assert.deepEqual(inv.volumes.filter((v) => v.vmId === s.vmId).map((v) => v.name).sort(), [rootVolumeName(s.vmId), seedVolumeName(s.vmId)]);
+      assert.deepEqual(inv.ports.filter((p) => p.name.startsWith(tapName(s.vmId, 0))).map((p) => [p.name, p.tag]), [[tapName(s.vmId, 0), 100]]);
+      await ops.deleteVm({ vmId: s.vmId, pool: RUN });
+      assert.deepEqual(await leftovers(s.vmId), [], `nothing left after a kill after ${step}, a retry and a delete`);
+    }
+    assert.deepEqual(killedAfter, [
+      'network.ensureBridge',
+      'network.ensureVlan',
+      'storage.cloneOverlay',
+      'seeds.build',
+      'storage.putRaw',
+      'hypervisor.define',
+      'hypervisor.start',
+    ]);
+  });
+
+  it('CreateVm killed after each step, then deleted instead: nothing is orphaned', async () => {
+    for (let k = 1; ; k++) {
+      const s = spec(100, '10.243.0.15');
+      const step = await killAfterStep({ op: 'create', spec: s, settings, stopAfter: k }, consoleDir);
+      if (step === null) break;
+      // The orchestrator gives up on the VM (rollback): DeleteVm must clean whatever the dead process made.
+      await ops.deleteVm({ vmId: s.vmId, pool: RUN });
+      assert.deepEqual(await leftovers(s.vmId), [], `nothing left after a kill after ${step} and a delete`);
+    }
+  });
+
+  it('DeleteVm killed after each step, then run again: nothing is orphaned', async () => {
+    const killedAfter: string[] = [];
+    for (let k = 1; ; k++) {
+      const s = spec(100, '10.243.0.16');
+      await ops.createVm(s);
+      const step = await killAfterStep({ op: 'delete', spec: s, settings, stopAfter: k }, consoleDir);
+      if (step === null) {
+        assert.deepEqual(await leftovers(s.vmId), []);
+        break;
+      }
+      killedAfter.push(step);
+      await ops.deleteVm({ vmId: s.vmId, pool: RUN });
+      assert.deepEqual(await leftovers(s.vmId), [], `nothing left after a kill after ${step} and a retry`);
+    }
+    // libvirt removes the OVS port itself on destroy, so deletePort is not a step here.
+    assert.deepEqual(killedAfter, ['hypervisor.destroy', 'hypervisor.undefine', 'storage.delete', 'storage.delete']);
   });
 
   it('Fence powers off the listed VMs at once and reports them', async () => {
