@@ -1,5 +1,286 @@
-/** The agent daemon (being built): for now it only refuses to run without its link. */
-export async function runDaemon(_argv: string[]): Promise<number> {
-  process.stderr.write('kloudak-agent: the daemon is not built yet\n');
-  return 1;
+/**
+ * The agent daemon, wired from its configuration: identity (enrolling on first start), one libvirt
+ * connection for everything (on a test:/// URI each connection is its own simulated host, so there
+ * must be exactly one), host operations, the command dispatcher, the lease and self-fencing,
+ * telemetry, lifecycle events and the link. {@link startAgent} is what tests drive;
+ * {@link runDaemon} adds signals, sd_notify and the exit code for main.ts.
+ */
+import { mkdir } from 'node:fs/promises';
+import { Libvirt } from '@kloudak/libvirt';
+import { ConfigError } from '@kloudak/common';
+import type { Logger } from 'pino';
+import { GenisoimageSeedBuilder } from './cloudinit/seed.js';
+import { hostSettingsOf, isSimulatedHost, loadAgentConfig, type AgentConfig } from './config.js';
+import { Lease, systemLeaseClock, type LeaseClock, type LeaseExpiry } from './fence/lease.js';
+import { FenceStore } from './fence/records.js';
+import { selfFence } from './fence/self-fence.js';
+import { LibvirtHypervisor } from './hypervisor/libvirt-hypervisor.js';
+import { domainEventToProto } from './link/convert.js';
+import { EnrollmentError, enroll, isRetryableEnrollError } from './link/enroll.js';
+import { loadIdentity, type Identity } from './link/identity.js';
+import { AgentLink, backoffDelay, type BackoffOptions, type LinkStatus } from './link/session.js';
+import { createAgentLogger } from './log/logger.js';
+import { OvsNetworkDriver } from './network/ovs.js';
+import { HostOperations } from './ops/host-ops.js';
+import type { CommandRunner, NetworkDriver, SeedBuilder } from './ports.js';
+import { CommandDispatcher } from './runner/commands.js';
+import { LibvirtStorage } from './storage/libvirt-storage.js';
+import { ProcessRunner } from './system/command-runner.js';
+import { SdNotifier } from './system/sd-notify.js';
+import { collectPools } from './telemetry/libvirt-stats.js';
+import { HostTelemetry } from './telemetry/inventory.js';
+import { ProcSampler } from './telemetry/proc.js';
+import { AGENT_VERSION } from './version.js';
+
+/** Replaceable parts of the daemon (tests; everything has a real default). */
+export interface AgentDeps {
+  log?: Logger;
+  runner?: CommandRunner;
+  /** Open vSwitch driver (default: ovs-vsctl through `runner`). */
+  network?: NetworkDriver;
+  seeds?: SeedBuilder;
+  /** The lease's clock and timers. */
+  clock?: LeaseClock;
+  /** Reconnection backoff of the link. */
+  backoff?: BackoffOptions;
+  /** Reads /proc files (default: the real /proc). */
+  proc?: ProcSampler;
+  /** Pause between fencing attempts when libvirt refuses (default 1 s). */
+  fenceRetryMs?: number;
+  /** Aborts a start that is still waiting (for enrollment or libvirt). */
+  signal?: AbortSignal;
+}
+
+/** A running agent. */
+export interface AgentHandle {
+  readonly config: AgentConfig;
+  readonly identity: Identity;
+  readonly lease: Lease;
+  readonly dispatcher: CommandDispatcher;
+  readonly fenceStore: FenceStore;
+  readonly libvirt: Libvirt;
+  /** The link's state. */
+  status(): LinkStatus;
+  /** Resolves after each self-fencing finishes (tests wait on it). */
+  fencing(): Promise<void>;
+  /**
+   * Stops taking commands, lets running ones finish (up to `drainTimeoutMs`), closes the stream
+   * and libvirt. Idempotent.
+   */
+  stop(): Promise<void>;
+}
+
+async function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => {
+      clearTimeout(t);
+      resolve();
+    });
+  });
+}
+
+/** The identity in the data dir, or a new one from enrollment (retried while the orchestrator is unreachable). */
+async function obtainIdentity(cfg: AgentConfig, log: Logger, signal: AbortSignal): Promise<Identity> {
+  const existing = await loadIdentity(cfg.dataDir);
+  if (existing) {
+    log.info({ host_id: existing.hostId }, 'identity found; join token ignored');
+    return existing;
+  }
+  if (!cfg.orchestrator) throw new ConfigError('not enrolled yet: KLOUDAK_AGENT_ORCHESTRATOR (orchestrator) is required');
+  if (!cfg.joinToken) throw new ConfigError('not enrolled yet: KLOUDAK_AGENT_JOIN_TOKEN (joinToken) is required for the first start');
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const opts = { orchestrator: cfg.orchestrator, joinToken: cfg.joinToken, hostName: cfg.hostname, dataDir: cfg.dataDir };
+      const id = await enroll(cfg.tlsServerName ? { ...opts, tlsServerName: cfg.tlsServerName } : opts);
+      log.info({ host_id: id.hostId, host_name: id.hostName }, 'enrolled');
+      return id;
+    } catch (err) {
+      if (!isRetryableEnrollError(err) || signal.aborted) throw err;
+      const delay = backoffDelay(attempt, { initialMs: 500, maxMs: 30_000 });
+      log.warn({ err: { message: (err as Error).message }, delay_ms: delay }, 'orchestrator unreachable for enrollment; retrying');
+      await sleep(delay, signal);
+      if (signal.aborted) throw new EnrollmentError('stopped before enrollment finished');
+    }
+  }
+}
+
+/** Connects to libvirt, retrying while libvirtd is not there yet. */
+async function connectLibvirt(cfg: AgentConfig, log: Logger, signal: AbortSignal): Promise<Libvirt> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await Libvirt.connect({ uri: cfg.libvirtUri, socketPath: cfg.libvirtSocket, keepalive: true, reconnect: { maxDelayMs: 2000 } });
+    } catch (err) {
+      if (signal.aborted) throw err;
+      const delay = backoffDelay(attempt, { initialMs: 200, maxMs: 5000 });
+      log.warn({ err: { message: (err as Error).message }, delay_ms: delay }, 'cannot connect to libvirt; retrying');
+      await sleep(delay, signal);
+      if (signal.aborted) throw err;
+    }
+  }
+}
+
+/** Starts an agent from a configuration. Throws when it cannot start (bad token, wrong orchestrator, …). */
+export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promise<AgentHandle> {
+  const log = deps.log ?? createAgentLogger({ level: cfg.logLevel, target: cfg.logTarget, underSystemd: cfg.underSystemd }).logger;
+  const startedAt = new Date();
+  const abort = new AbortController();
+  deps.signal?.addEventListener('abort', () => abort.abort());
+  const runner = deps.runner ?? new ProcessRunner();
+  const settings = hostSettingsOf(cfg);
+  await mkdir(cfg.dataDir, { recursive: true, mode: 0o700 });
+  for (const dir of [settings.consoleDir, settings.seedDir]) if (dir) await mkdir(dir, { recursive: true, mode: 0o755 });
+
+  const identity = await obtainIdentity(cfg, log, abort.signal);
+  const hlog = log.child({ host_id: identity.hostId });
+  const lv = await connectLibvirt(cfg, hlog, abort.signal);
+  lv.connection.on('state', (state, previous) => hlog.info({ component: 'libvirt', state, previous }, 'libvirt connection state'));
+
+  const hypervisor = new LibvirtHypervisor(lv);
+  const storage = new LibvirtStorage(lv);
+  const network = deps.network ?? new OvsNetworkDriver(runner, cfg.ovsUplink ? { datapathType: cfg.ovsDatapath, uplink: cfg.ovsUplink } : { datapathType: cfg.ovsDatapath });
+  const seeds = deps.seeds ?? new GenisoimageSeedBuilder(runner);
+  const ops = new HostOperations({ hypervisor, storage, network, seeds, settings });
+  const telemetry = new HostTelemetry({
+    lv,
+    ops,
+    storage,
+    runner,
+    proc: deps.proc ?? new ProcSampler(),
+    bridge: cfg.bridge,
+    dataDir: cfg.dataDir,
+    simulated: isSimulatedHost(cfg.libvirtUri),
+  });
+  const dispatcher = new CommandDispatcher({ ops, inventory: () => telemetry.inventory(), defaultBridge: cfg.bridge, log: hlog.child({ component: 'runner' }) });
+  const fenceStore = new FenceStore(cfg.dataDir);
+  const flog = hlog.child({ component: 'fence' });
+
+  // Self-fencing runs one at a time; waiters (tests) learn when each finishes.
+  let fenceChain: Promise<void> = Promise.resolve();
+  let fenceWaiters: Array<() => void> = [];
+  // eslint-disable-next-line prefer-const -- assigned once the link exists; the lease needs the callback first
+  let link: AgentLink;
+  const onExpire = (e: LeaseExpiry): void => {
+    flog.error({ lease_expired_at: e.expiredAt.toISOString() }, 'lease expired without a new grant');
+    // The stream may be stuck rather than closed: a new session is the way back.
+    link?.dropSession('lease expired');
+    fenceChain = fenceChain
+      .then(() => selfFence({ hypervisor, store: fenceStore, log: flog, retryDelayMs: deps.fenceRetryMs ?? 1000 }, e.expiredAt, 'lease expired'))
+      .then(
+        () => link?.refreshPendingFences(),
+        (err: unknown) => flog.error({ err }, 'self-fencing failed'),
+      )
+      .finally(() => {
+        const w = fenceWaiters;
+        fenceWaiters = [];
+        for (const f of w) f();
+      });
+  };
+  const lease = new Lease({ maxMs: cfg.fenceLeaseMs, clock: deps.clock ?? systemLeaseClock, onExpire });
+  // A previous agent process may have held a lease until now: fence if no grant comes within one lease.
+  lease.startProvisional();
+
+  link = new AgentLink({
+    identity,
+    orchestrator: cfg.orchestrator ?? identity.orchestrator,
+    ...(cfg.tlsServerName ? { tlsServerName: cfg.tlsServerName } : {}),
+    heartbeatMs: cfg.heartbeatMs,
+    telemetry,
+    pools: () => collectPools(lv),
+    dispatcher,
+    lease,
+    fenceStore,
+    log: hlog,
+    startedAt,
+    ...(deps.backoff ? { backoff: deps.backoff } : {}),
+    waitForLibvirt: async () => {
+      while (lv.state !== 'ready') {
+        if (lv.state === 'closed') throw new Error('the libvirt connection is closed');
+        await lv.connection.whenReady(5000).catch(() => undefined);
+      }
+    },
+  });
+  await link.refreshPendingFences();
+
+  const events = await lv.onDomainLifecycle((e) => {
+    const msg = domainEventToProto(e, new Date());
+    if (msg && msg.body?.$case === 'domainEvent') {
+      hlog.debug({ vm_id: msg.body.domainEvent.vmId, event: msg.body.domainEvent.event, detail: msg.body.domainEvent.detail }, 'domain event');
+      link.send(msg);
+    }
+  });
+
+  link.start();
+  hlog.info({ version: AGENT_VERSION, orchestrator: cfg.orchestrator ?? identity.orchestrator, libvirt_uri: cfg.libvirtUri }, 'agent started');
+
+  let stopping: Promise<void> | null = null;
+  return {
+    config: cfg,
+    identity,
+    lease,
+    dispatcher,
+    fenceStore,
+    libvirt: lv,
+    status: () => link.status(),
+    fencing: () => new Promise<void>((r) => fenceWaiters.push(r)),
+    stop: () => {
+      stopping ??= (async () => {
+        abort.abort();
+        dispatcher.stopAccepting();
+        const drained = await dispatcher.drain(cfg.drainTimeoutMs);
+        if (!drained) hlog.warn({ in_flight: dispatcher.inFlight }, 'commands still running at shutdown');
+        await link.stop();
+        lease.stop();
+        await events.unsubscribe().catch(() => undefined);
+        await fenceChain;
+        await lv.close();
+        hlog.info('agent stopped');
+      })();
+      return stopping;
+    },
+  };
+}
+
+/** The daemon for main.ts: config, logger, startAgent, sd_notify, SIGTERM/SIGINT. Returns the exit code. */
+export async function runDaemon(argv: string[]): Promise<number> {
+  let cfg: AgentConfig;
+  try {
+    cfg = loadAgentConfig({ argv });
+  } catch (err) {
+    process.stderr.write(`kloudak-agent: ${(err as Error).message}\n`);
+    return 2;
+  }
+  const { logger: log } = createAgentLogger({ level: cfg.logLevel, target: cfg.logTarget, underSystemd: cfg.underSystemd });
+  const runner = new ProcessRunner();
+  const notify = new SdNotifier(runner, cfg.notifySocket);
+  let handle: AgentHandle;
+  const early = new AbortController();
+  const onEarlySignal = (): void => early.abort();
+  process.once('SIGTERM', onEarlySignal);
+  process.once('SIGINT', onEarlySignal);
+  try {
+    handle = await startAgent(cfg, { log, runner, signal: early.signal });
+  } catch (err) {
+    log.fatal({ err: { message: (err as Error).message, name: (err as Error).name } }, 'agent cannot start');
+    return 1;
+  } finally {
+    process.off('SIGTERM', onEarlySignal);
+    process.off('SIGINT', onEarlySignal);
+  }
+  if (early.signal.aborted) {
+    await handle.stop();
+    return 0;
+  }
+  await notify.ready().catch((err: unknown) => log.warn({ err }, 'sd_notify READY failed'));
+  await new Promise<void>((resolve) => {
+    const onSignal = (sig: string): void => {
+      log.info({ signal: sig }, 'shutting down');
+      resolve();
+    };
+    process.once('SIGTERM', () => onSignal('SIGTERM'));
+    process.once('SIGINT', () => onSignal('SIGINT'));
+  });
+  await notify.stopping().catch((err: unknown) => log.warn({ err }, 'sd_notify STOPPING failed'));
+  await handle.stop();
+  return 0;
 }

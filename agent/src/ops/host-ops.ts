@@ -34,6 +34,14 @@ export interface VmLocation {
   pool: string;
 }
 
+/** The VM an operation needs does not exist on this host (deletes never throw it: gone is success). */
+export class VmNotFoundError extends Error {
+  constructor(readonly vmId: string) {
+    super(`VM ${vmId} does not exist on this host`);
+    this.name = 'VmNotFoundError';
+  }
+}
+
 const KLOUDAK_VOLUME = /^kloudak-([0-9a-f-]{36})-(root\.qcow2|seed\.iso)$/;
 
 /**
@@ -144,7 +152,7 @@ export class HostOperations {
   async stopVm(vmId: string, timeoutMs = this.d.settings.shutdownTimeoutMs): Promise<'graceful' | 'forced' | 'already-off'> {
     const name = domainName(vmId);
     const state = await this.d.hypervisor.state(name);
-    if (state === null) throw new Error(`VM ${vmId} does not exist on this host`);
+    if (state === null) throw new VmNotFoundError(vmId);
     if (state === 'shutoff' || state === 'crashed') return 'already-off';
     await this.d.hypervisor.shutdown(name);
     const until = Date.now() + timeoutMs;

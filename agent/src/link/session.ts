@@ -1,0 +1,327 @@
+/**
+ * The agent's side of the Connect stream (AGENT-LINK.md, "The session"): one mTLS stream at a
+ * time, Hello first, heartbeats at the granted interval, lease grants fed to the {@link Lease},
+ * commands handed to the dispatcher and their results sent back, domain events, and fence
+ * reports after Hello (their records deleted once a grant answers a later heartbeat). A lost
+ * stream is opened again after a jittered exponential backoff (reset after a healthy session).
+ */
+import { credentials, type ClientDuplexStream } from '@grpc/grpc-js';
+import { AgentLinkClient, type AgentMessage, type OrchestratorMessage } from '@kloudak/proto/agent';
+import type { Logger } from 'pino';
+import type { Lease } from '../fence/lease.js';
+import type { FenceStore } from '../fence/records.js';
+import type { CommandDispatcher } from '../runner/commands.js';
+import type { HostTelemetry } from '../telemetry/inventory.js';
+import { AGENT_VERSION } from '../version.js';
+import { commandFromProto, fenceReportToProto, heartbeatToProto, helloToProto, resultMessage } from './convert.js';
+import { channelOptions } from './enroll.js';
+import type { Identity } from './identity.js';
+
+/** Backoff between sessions: `initialMs * 2^n`, capped at `maxMs`, with full ±50 % jitter. */
+export interface BackoffOptions {
+  initialMs: number;
+  maxMs: number;
+}
+
+/** The delay before reconnection attempt `attempt` (0-based). `random` in [0, 1). */
+export function backoffDelay(attempt: number, o: BackoffOptions, random: number = Math.random()): number {
+  const base = Math.min(o.maxMs, o.initialMs * 2 ** Math.min(attempt, 30));
+  return Math.round(base * (0.5 + random));
+}
+
+/** Dependencies of {@link AgentLink}. */
+export interface LinkDeps {
+  identity: Identity;
+  /** `host:port` of the orchestrator (default: the one enrolled with). */
+  orchestrator: string;
+  tlsServerName?: string;
+  /** Heartbeat period until HelloAck grants one. */
+  heartbeatMs: number;
+  telemetry: Pick<HostTelemetry, 'capacity' | 'bridges' | 'inventory' | 'heartbeat' | 'libvirtConnected'>;
+  /** Pools for Hello (the heartbeat sample carries them afterwards). */
+  pools: () => Promise<Awaited<ReturnType<HostTelemetry['heartbeat']>>['pools']>;
+  dispatcher: Pick<CommandDispatcher, 'dispatch'>;
+  lease: Lease;
+  fenceStore: FenceStore;
+  log: Logger;
+  startedAt: Date;
+  backoff?: BackoffOptions;
+  /** Waits for libvirt before gathering Hello (an empty inventory would read as "nothing exists"). */
+  waitForLibvirt: () => Promise<void>;
+}
+
+/** What a test or the daemon can observe of the link. */
+export interface LinkStatus {
+  connected: boolean;
+  sessions: number;
+  hostId: string;
+  heartbeatIntervalMs: number;
+  lastSequence: bigint;
+}
+
+type Call = ClientDuplexStream<AgentMessage, OrchestratorMessage>;
+
+interface Session {
+  call: Call;
+  /** Hello written: other messages may follow. */
+  open: boolean;
+  acked: boolean;
+  granted: boolean;
+  seq: bigint;
+  intervalMs: number;
+  timer: NodeJS.Timeout | null;
+  heartbeatBusy: boolean;
+  /** Fence records reported in this session, deleted once a grant answers heartbeat ≥ `afterSeq`. */
+  reported: Array<{ file: string; afterSeq: bigint }>;
+  ended: boolean;
+}
+
+/** See the module comment. */
+export class AgentLink {
+  private readonly client: AgentLinkClient;
+  private readonly backoff: BackoffOptions;
+  private session: Session | null = null;
+  private stopped = false;
+  private loop: Promise<void> | null = null;
+  private wake: (() => void) | null = null;
+  private sessions = 0;
+  private pendingFence = 0;
+  private readonly log: Logger;
+
+  constructor(private readonly d: LinkDeps) {
+    this.backoff = d.backoff ?? { initialMs: 500, maxMs: 30_000 };
+    this.log = d.log.child({ component: 'link', host_id: d.identity.hostId });
+    const creds = credentials.createSsl(Buffer.from(d.identity.caCertPem), Buffer.from(d.identity.clientKeyPem), Buffer.from(d.identity.clientCertPem));
+    this.client = new AgentLinkClient(d.orchestrator, creds, channelOptions(d.tlsServerName));
+  }
+
+  /** The link's state now. */
+  status(): LinkStatus {
+    const s = this.session;
+    return {
+      connected: s !== null && s.acked && !s.ended,
+      sessions: this.sessions,
+      hostId: this.d.identity.hostId,
+      heartbeatIntervalMs: s?.intervalMs ?? this.d.heartbeatMs,
+      lastSequence: s?.seq ?? 0n,
+    };
+  }
+
+  /** Starts the connect loop. */
+  start(): void {
+    if (this.loop) return;
+    this.loop = this.run();
+  }
+
+  /** Sends a message on the open session (after Hello); dropped when there is none. Returns whether it was sent. */
+  send(msg: AgentMessage): boolean {
+    const s = this.session;
+    if (!s || !s.open || s.ended) return false;
+    s.call.write(msg);
+    return true;
+  }
+
+  /** Ends the current session (it is opened again after the backoff), e.g. when the lease ran out on a stuck stream. */
+  dropSession(reason: string): void {
+    const s = this.session;
+    if (!s || s.ended) return;
+    this.log.warn({ reason }, 'ending the session');
+    s.call.cancel();
+  }
+
+  /** Ends the session and the loop; closes the channel. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    const s = this.session;
+    if (s && !s.ended) {
+      // A half-close says "no more messages"; cancel follows in case the server does not end its side.
+      s.call.end();
+      await Promise.race([new Promise((r) => setTimeout(r, 1000)), this.sessionEnded(s)]);
+      if (!s.ended) s.call.cancel();
+    }
+    this.wake?.();
+    await this.loop;
+    this.client.close();
+  }
+
+  private sessionEnded(s: Session): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setInterval(() => {
+        if (s.ended) {
+          clearInterval(t);
+          resolve();
+        }
+      }, 20);
+    });
+  }
+
+  private async run(): Promise<void> {
+    let attempt = 0;
+    while (!this.stopped) {
+      let healthy = false;
+      try {
+        healthy = await this.runSession();
+      } catch (err) {
+        this.log.warn({ err }, 'session failed');
+      }
+      if (this.stopped) break;
+      if (healthy) attempt = 0;
+      const delay = backoffDelay(attempt++, this.backoff);
+      this.log.info({ delay_ms: delay, attempt }, 'reconnecting after a pause');
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, delay);
+        this.wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      this.wake = null;
+    }
+  }
+
+  /** One session, from Connect to the end of the stream. True when it was healthy (accepted and granted). */
+  private async runSession(): Promise<boolean> {
+    await this.d.waitForLibvirt();
+    if (this.stopped) return false;
+    // Facts first: Hello must follow Connect within 10 s, and inventory can take a while.
+    const [capacity, bridges, pools, inventory] = await Promise.all([
+      this.d.telemetry.capacity(),
+      this.d.telemetry.bridges(),
+      this.d.pools(),
+      this.d.telemetry.inventory(),
+    ]);
+    if (this.stopped) return false;
+    const call = this.client.connect();
+    const s: Session = {
+      call,
+      open: false,
+      acked: false,
+      granted: false,
+      seq: 0n,
+      intervalMs: this.d.heartbeatMs,
+      timer: null,
+      heartbeatBusy: false,
+      reported: [],
+      ended: false,
+    };
+    this.session = s;
+    this.sessions++;
+    this.d.lease.newSession();
+    return new Promise<boolean>((resolve) => {
+      const finish = (why: string, err?: Error): void => {
+        if (s.ended) return;
+        s.ended = true;
+        if (s.timer) clearInterval(s.timer);
+        if (err) this.log.warn({ reason: why, err: { message: err.message, code: (err as { code?: number }).code } }, 'session ended');
+        else this.log.info({ reason: why }, 'session ended');
+        resolve(s.acked && s.granted);
+      };
+      call.on('data', (m: OrchestratorMessage) => this.onMessage(s, m));
+      call.on('error', (err: Error) => finish('error', err));
+      call.on('end', () => finish('end'));
+      call.on('close', () => finish('close'));
+      call.write(
+        helloToProto({
+          hostId: this.d.identity.hostId,
+          hostName: this.d.identity.hostName,
+          agentVersion: AGENT_VERSION,
+          agentStartedAt: this.d.startedAt,
+          capacity,
+          bridges,
+          pools,
+          inventory,
+        }),
+      );
+      this.d.lease.noteSent(0n);
+      s.open = true;
+      this.log.info({ domains: inventory.domains.length, pools: pools.length, bridges: bridges.length }, 'Hello sent');
+    });
+  }
+
+  private onMessage(s: Session, m: OrchestratorMessage): void {
+    if (s.ended || !m.body) return;
+    switch (m.body.$case) {
+      case 'helloAck': {
+        const ack = m.body.helloAck;
+        if (ack.hostId !== this.d.identity.hostId) {
+          this.log.error({ acked_host_id: ack.hostId }, 'HelloAck names another host; ending the session');
+          s.call.cancel();
+          return;
+        }
+        s.acked = true;
+        if (ack.heartbeatIntervalMs > 0) s.intervalMs = ack.heartbeatIntervalMs;
+        if (ack.lease) this.d.lease.grant(0n, ack.lease.durationMs);
+        this.log.info({ heartbeat_interval_ms: s.intervalMs, lease_ms: ack.lease?.durationMs }, 'session accepted');
+        void this.reportFences(s);
+        s.timer = setInterval(() => void this.heartbeat(s), s.intervalMs);
+        void this.heartbeat(s);
+        return;
+      }
+      case 'leaseGrant': {
+        const g = m.body.leaseGrant;
+        if (this.d.lease.grant(g.heartbeatSequence, g.durationMs)) s.granted = true;
+        else this.log.warn({ heartbeat_sequence: g.heartbeatSequence.toString() }, 'grant for a heartbeat this session never sent; ignored');
+        void this.acknowledgeFences(s, g.heartbeatSequence);
+        return;
+      }
+      case 'command': {
+        const cmd = commandFromProto(m.body.command);
+        void this.d.dispatcher.dispatch(cmd).then((outcome) => {
+          // The result goes on the session that is open now; if this one ended, the orchestrator
+          // sends the command again on the next and gets the remembered result.
+          if (!this.send(resultMessage(outcome))) this.log.info({ command_id: outcome.commandId }, 'result not sent: no session; kept for a re-sent command');
+        });
+        return;
+      }
+    }
+  }
+
+  private async heartbeat(s: Session): Promise<void> {
+    if (s.ended || s.heartbeatBusy) return;
+    s.heartbeatBusy = true;
+    try {
+      let sample;
+      try {
+        sample = await this.d.telemetry.heartbeat();
+      } catch (err) {
+        // Figures are best effort; the heartbeat itself (the lease) is not. Without figures, VMs are "unknown".
+        this.log.warn({ err }, 'usage sample failed');
+        sample = { usage: { cpuPercent: 0, memoryUsedBytes: 0n, memoryTotalBytes: 0n }, pools: [], vms: [], libvirtConnected: false };
+      }
+      if (s.ended) return;
+      s.seq += 1n;
+      this.d.lease.noteSent(s.seq);
+      s.call.write(heartbeatToProto(s.seq, new Date(), sample, this.pendingFence));
+    } finally {
+      s.heartbeatBusy = false;
+    }
+  }
+
+  private async reportFences(s: Session): Promise<void> {
+    const records = await this.d.fenceStore.list();
+    this.pendingFence = records.length;
+    for (const r of records) {
+      if (s.ended) return;
+      s.call.write(fenceReportToProto(r.record));
+      // The next heartbeat is sent after this report; a grant for it proves the report was processed.
+      s.reported.push({ file: r.file, afterSeq: s.seq + 1n });
+      this.log.info({ record: r.file, domains: r.record.domains.length }, 'fence report sent');
+    }
+  }
+
+  private async acknowledgeFences(s: Session, seq: bigint): Promise<void> {
+    const done = s.reported.filter((r) => seq >= r.afterSeq);
+    if (done.length === 0) return;
+    s.reported = s.reported.filter((r) => seq < r.afterSeq);
+    for (const r of done) {
+      await this.d.fenceStore.delete(r.file);
+      this.log.info({ record: r.file }, 'fence report acknowledged; record deleted');
+    }
+    this.pendingFence = await this.d.fenceStore.count();
+  }
+
+  /** Refreshes the count of fence records reported in heartbeats (after a new fencing). */
+  async refreshPendingFences(): Promise<void> {
+    this.pendingFence = await this.d.fenceStore.count();
+  }
+}
