@@ -70,5 +70,12 @@ const provides = packages
   .join('');
 writeFileSync(join(outDir, 'bundled-provides.inc'), provides);
 
-const spdx = [...new Set(packages.map((p) => (/\s(OR|AND)\s/.test(p.license) ? `(${p.license.replace(/^\((.*)\)$/, '$1')})` : p.license)))].sort();
+// "(A AND B)" adds A and B; an expression with OR stays one parenthesised term.
+const terms = new Set();
+for (const p of packages) {
+  const expr = p.license.trim().replace(/^\((.*)\)$/, '$1');
+  if (/\sOR\s/i.test(expr)) terms.add(`(${expr})`);
+  else for (const t of expr.split(/\s+AND\s+/i)) terms.add(t.trim());
+}
+const spdx = [...terms].sort();
 process.stdout.write(`${spdx.join(' AND ')}\n`);
