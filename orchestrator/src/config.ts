@@ -9,7 +9,20 @@ export const OrchestratorConfigSchema = Type.Object(
     dataDir: Type.String({ minLength: 1, default: './data' }),
     /** PostgreSQL URL; the embedded PGlite database is used when empty. */
     databaseUrl: Type.String({ default: '' }),
-    natsUrl: Type.String({ default: '' }),
+    /** NATS server the orchestrator publishes its events on. */
+    natsUrl: Type.String({ minLength: 1, default: 'nats://127.0.0.1:4222' }),
+    /** Port of the agent link (gRPC over TLS); 0 picks a free port (tests). */
+    agentPort: Type.Integer({ minimum: 0, maximum: 65535, default: 8443 }),
+    /** Address the agent link listens on. */
+    agentHost: Type.String({ minLength: 1, default: '0.0.0.0' }),
+    /** Extra DNS names or IPs for the agent link's server certificate, comma-separated. */
+    agentTlsNames: Type.String({ default: '' }),
+    /** How often agents send a heartbeat (told in HelloAck). */
+    heartbeatIntervalMs: Type.Integer({ minimum: 50, maximum: 600_000, default: 5000 }),
+    /** Length of the lease granted for each heartbeat. */
+    agentLeaseMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 15000 }),
+    /** Safety margin after a lease surely ended before a host counts as down. */
+    agentDownMarginMs: Type.Integer({ minimum: 0, maximum: 3_600_000, default: 5000 }),
     adminUser: Type.String({ default: '' }),
     adminEmail: Type.String({ default: '' }),
     adminPassword: Type.String({ default: '' }),
@@ -45,6 +58,13 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_DATA_DIR: 'dataDir',
   DATABASE_URL: 'databaseUrl',
   NATS_URL: 'natsUrl',
+  KLOUDAK_NATS_URL: 'natsUrl',
+  KLOUDAK_AGENT_PORT: 'agentPort',
+  KLOUDAK_AGENT_HOST: 'agentHost',
+  KLOUDAK_AGENT_TLS_NAMES: 'agentTlsNames',
+  KLOUDAK_HEARTBEAT_INTERVAL_MS: 'heartbeatIntervalMs',
+  KLOUDAK_AGENT_LEASE_MS: 'agentLeaseMs',
+  KLOUDAK_AGENT_DOWN_MARGIN_MS: 'agentDownMarginMs',
   KLOUDAK_ADMIN_USER: 'adminUser',
   KLOUDAK_ADMIN_EMAIL: 'adminEmail',
   KLOUDAK_ADMIN_PASSWORD: 'adminPassword',
@@ -66,6 +86,8 @@ const FLAG_NAMES: Record<string, string> = {
   'data-dir': 'dataDir',
   'database-url': 'databaseUrl',
   'nats-url': 'natsUrl',
+  'agent-port': 'agentPort',
+  'agent-host': 'agentHost',
   'log-level': 'logLevel',
 };
 

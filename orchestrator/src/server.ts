@@ -7,19 +7,44 @@ import { loadOrCreateKeys, TokenService } from './auth/tokens.js';
 import type { Clock } from './clock.js';
 import type { OrchestratorConfig } from './config.js';
 import { createApi, type Api } from './http/app.js';
+import { CertificateAuthority } from './agent-api/ca.js';
+import type { AgentChannel } from './agent-api/channel.js';
+import { AgentLink } from './agent-api/link.js';
+import type { EventBus } from './events/bus.js';
+import { NatsEventBus } from './events/nats.js';
 
 /** A running orchestrator. */
 export interface Orchestrator {
   url: string;
   api: Api;
   db: Database;
-  /** Stop accepting, finish in-flight requests (up to the grace period), close the database. */
+  /** `host:port` agents dial (the agent link, gRPC over TLS). */
+  agentUrl: string;
+  agentPort: number;
+  /** Send commands to hosts. */
+  agents: AgentChannel;
+  /** The agent link itself (sessions, liveness, usage), for tests and tools. */
+  agentLink: AgentLink;
+  /** The agent CA (its fingerprint goes into join tokens). */
+  ca: CertificateAuthority;
+  bus: EventBus;
+  /** Stop accepting, finish in-flight requests (up to the grace period), end agent sessions, close NATS and the database. */
   close(): Promise<void>;
 }
 
-/** Open the database, migrate, bootstrap the admin and serve the API. */
-export async function startOrchestrator(config: OrchestratorConfig, log: Logger, clock: Clock): Promise<Orchestrator> {
+/** Test hooks of {@link startOrchestrator}. */
+export interface StartOptions {
+  /** Shorter Hello timeout (tests). */
+  helloTimeoutMs?: number;
+  /** How often liveness is evaluated (tests). */
+  livenessTickMs?: number;
+}
+
+/** Open the database, migrate, bootstrap the admin, and serve the API and the agent link. */
+export async function startOrchestrator(config: OrchestratorConfig, log: Logger, clock: Clock, opts: StartOptions = {}): Promise<Orchestrator> {
   const db = await openDatabase({ url: config.databaseUrl || undefined, dataDir: config.dataDir });
+  let bus: EventBus | undefined;
+  let link: AgentLink | undefined;
   try {
     const m = await db.migrate();
     log.info({ database: db.kind, applied: m.applied, already_applied: m.alreadyApplied }, 'database migrated');
@@ -34,7 +59,34 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       audience: config.jwtAudience,
       ttlSeconds: config.tokenTtlSeconds,
     });
-    const api = createApi({ db, tokens, clock, config, log });
+    const ca = await CertificateAuthority.open({
+      dataDir: config.dataDir,
+      extraNames: config.agentTlsNames.split(',').map((n) => n.trim()).filter((n) => n !== ''),
+      clock,
+      log,
+    });
+    bus = await NatsEventBus.connect(config.natsUrl, log);
+    const agentLink = await AgentLink.start(
+      { db, ca, bus, clock, log },
+      {
+        host: config.agentHost,
+        port: config.agentPort,
+        heartbeatIntervalMs: config.heartbeatIntervalMs,
+        leaseMs: config.agentLeaseMs,
+        downMarginMs: config.agentDownMarginMs,
+        ...(opts.helloTimeoutMs !== undefined ? { helloTimeoutMs: opts.helloTimeoutMs } : {}),
+        ...(opts.livenessTickMs !== undefined ? { tickMs: opts.livenessTickMs } : {}),
+      },
+    );
+    link = agentLink;
+    const api = createApi({
+      db,
+      tokens,
+      clock,
+      config,
+      log,
+      agents: { caFingerprint: ca.fingerprint, status: (id) => agentLink.status(id), hostDeleted: (id) => agentLink.hostDeleted(id) },
+    });
     const server: Server = createServer(api.app.callback());
     server.keepAliveTimeout = 65_000;
     await new Promise<void>((resolve, reject) => {
@@ -44,23 +96,37 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     const addr = server.address() as AddressInfo;
     const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
     const url = `http://${host}:${addr.port}`;
-    log.info({ url, database: db.kind }, 'orchestrator listening');
+    const agentHost = config.agentHost === '0.0.0.0' || config.agentHost === '::' ? '127.0.0.1' : config.agentHost;
+    const agentUrl = `${agentHost.includes(':') ? `[${agentHost}]` : agentHost}:${agentLink.port}`;
+    log.info({ url, agent_url: agentUrl, database: db.kind }, 'orchestrator listening');
     let closing: Promise<void> | undefined;
+    const events = bus;
     return {
       url,
       api,
       db,
+      agentUrl,
+      agentPort: agentLink.port,
+      agents: agentLink.channel,
+      agentLink,
+      ca,
+      bus: events,
       close: () =>
         (closing ??= (async () => {
           const done = new Promise<void>((resolve) => server.close(() => resolve()));
           server.closeIdleConnections();
           const timer = setTimeout(() => server.closeAllConnections(), config.shutdownGraceMs);
+          // Agent sessions end with UNAVAILABLE (agents reconnect); usage and state writes are flushed.
+          await agentLink.close(config.shutdownGraceMs);
           await done;
           clearTimeout(timer);
+          await events.close();
           await db.close();
         })()),
     };
   } catch (err) {
+    await link?.close(0);
+    await bus?.close();
     await db.close();
     throw err;
   }

@@ -16,12 +16,24 @@ import { authRoutes } from './routes/auth.js';
 import { workspaceRoutes } from './routes/workspaces.js';
 import { inventoryRoutes } from './routes/inventory.js';
 import { resourceRoutes } from './routes/resources.js';
+import { agentRoutes } from './routes/agents.js';
+import type { HostLinkStatus } from '../agent-api/link.js';
 
 /** Version reported by the API and metrics. */
 export const VERSION = '0.1.0';
 
 /** Largest JSON body accepted. */
 export const MAX_BODY_BYTES = 1024 * 1024;
+
+/** What the REST API needs of the agent link. */
+export interface AgentLinkPort {
+  /** SHA-256 of the agent CA certificate (DER), hex: goes into join tokens. */
+  readonly caFingerprint: string;
+  /** The link's live view of a host (session, liveness, last heartbeat and usage). */
+  status(hostId: string): HostLinkStatus;
+  /** A host was deleted: its session is ended and it is forgotten. */
+  hostDeleted(hostId: string): void;
+}
 
 /** What the HTTP layer needs; built by main.ts (or a test) and passed in. */
 export interface AppDeps {
@@ -30,6 +42,7 @@ export interface AppDeps {
   clock: Clock;
   config: OrchestratorConfig;
   log: Logger;
+  agents: AgentLinkPort;
 }
 
 /** Dependencies as route modules see them. */
@@ -132,6 +145,8 @@ export function createApi(deps: AppDeps): Api {
   const routes: RouteSpec[] = [
     ...authRoutes(services),
     ...workspaceRoutes(services),
+    // Before the inventory's /hosts/{id}: /hosts/join-tokens must not be taken for a host id.
+    ...agentRoutes(services),
     ...inventoryRoutes(services),
     ...resourceRoutes(services),
   ];

@@ -10,6 +10,7 @@ import {
   fillPath,
   freshArea,
   freshHost,
+  freshJoinToken,
   freshPool,
   freshTemplate,
   freshWorkspace,
@@ -76,6 +77,10 @@ const RULES: Record<string, Rule> = {
 
   'GET /hosts': ADMIN,
   'GET /hosts/{id}': ADMIN,
+  'GET /hosts/{id}/usage': ADMIN,
+  'POST /hosts/join-tokens': ADMIN,
+  'GET /hosts/join-tokens': ADMIN,
+  'DELETE /hosts/join-tokens/{id}': ADMIN,
   'PATCH /hosts/{id}': ADMIN,
   'DELETE /hosts/{id}': ADMIN,
 };
@@ -188,6 +193,8 @@ for (const engine of ENGINES) {
           return (async () => ({ ...plain, path: fillPath(r.path, { name: (await freshPool(db(), w.area.id)).name }) }))();
         case 'DELETE /templates/{name}':
           return (async () => ({ ...plain, path: fillPath(r.path, { name: (await freshTemplate(db())).name }) }))();
+        case 'DELETE /hosts/join-tokens/{id}':
+          return (async () => ({ ...plain, path: fillPath(r.path, { id: (await freshJoinToken(db(), w.area.id)).id }) }))();
         case 'DELETE /hosts/{id}':
           return (async () => ({ ...plain, path: fillPath(r.path, { id: (await freshHost(db(), w.area.id)).id }) }))();
         default:

@@ -2,6 +2,7 @@
 // inserted straight through Prisma (hosts, networks and VMs have no create route yet), unique
 // names, and one valid request per route.
 import type { PrismaClient } from '@kloudak/prisma';
+import { hashSecret } from '../store/join-tokens.js';
 import { PERMISSION_FLAGS, toColumns, type PermissionFlag, type Permissions } from '../domain/permissions.js';
 import type { RouteSpec } from '../http/route.js';
 
@@ -52,9 +53,10 @@ export interface Row {
   name: string;
 }
 
-/** One of everything, linked: an area with a pool, a template, a host, and a workspace holding a network and a VM. */
+/** One of everything, linked: an area with a pool, a template, a host, a join token, and a workspace holding a network and a VM. */
 export interface World {
   area: Row & { subnet: string; gateway: string };
+  joinToken: { id: string };
   pool: Row;
   template: Row;
   host: Row;
@@ -74,6 +76,12 @@ export async function freshHost(db: PrismaClient, areaId: string): Promise<Row> 
     data: { name: uniq('kvm'), areaId, cpuCount: 16, ramMb: 65536, diskGb: 900, state: 'up', lastHeartbeatAt: new Date() },
   });
   return { id: h.id, name: h.name };
+}
+
+/** An unused join token of an area (its secret is thrown away: only its id is of use). */
+export async function freshJoinToken(db: PrismaClient, areaId: string): Promise<{ id: string }> {
+  const t = await db.joinToken.create({ data: { areaId, secretHash: hashSecret(uniq('secret')), expiresAt: new Date(Date.now() + 3600_000) } });
+  return { id: t.id };
 }
 
 export async function freshPool(db: PrismaClient, areaId: string): Promise<Row> {
@@ -113,6 +121,7 @@ export async function createWorld(
   const pool = await freshPool(db, area.id);
   const template = await freshTemplate(db);
   const host = await freshHost(db, area.id);
+  const joinToken = await freshJoinToken(db, area.id);
   const workspace = await freshWorkspace(db, members);
   const network = await db.network.create({
     data: { name: uniq('net'), workspaceId: workspace.id, areaId: area.id, state: 'active' },
@@ -139,6 +148,7 @@ export async function createWorld(
   await db.vmInterface.create({ data: { vmId: vm.id, networkId: network.id, mac, ip: `${base}.10` } });
   return {
     area,
+    joinToken,
     pool,
     template,
     host,
@@ -154,7 +164,7 @@ export function validParams(r: Pick<RouteSpec, 'path'>, w: World, member: string
   for (const p of pathParams(r.path)) {
     if (p === 'ws') out[p] = w.workspace.name;
     else if (p === 'username') out[p] = member;
-    else if (p === 'id') out[p] = w.host.id;
+    else if (p === 'id') out[p] = r.path.startsWith('/hosts/join-tokens/') ? w.joinToken.id : w.host.id;
     else if (p === 'name') {
       const kind = r.path.startsWith('/workspaces/') ? r.path.split('/')[3] : r.path.split('/')[1];
       const byKind: Record<string, string> = {
@@ -198,6 +208,7 @@ export function validBody(key: string, w: World, member: string, password = 'Str
     'POST /templates': () => ({ name: uniq('tpl'), os: 'debian-12', cpu: 2, ramMb: 1024, diskGb: 10, image: 'debian-12.qcow2' }),
     'PATCH /templates/{name}': () => ({ description: 'patched by a test' }),
     'PATCH /hosts/{id}': () => ({ maintenance: false }),
+    'POST /hosts/join-tokens': () => ({ area: w.area.id, expiresIn: 600 }),
   };
   const make = bodies[key];
   if (!make) throw new Error(`no valid body for ${key}`);

@@ -1,11 +1,12 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { DestinationStream } from 'pino';
 import { createLogger } from '@kloudak/common';
-import { freshDatabase, type FreshDatabase } from '@kloudak/testkit';
+import { freshDatabase, TEST_NATS_URL, type FreshDatabase } from '@kloudak/testkit';
 import { systemClock, type Clock } from '../clock.js';
 import { configWith, type OrchestratorConfig } from '../config.js';
-import { startOrchestrator, type Orchestrator } from '../server.js';
+import { startOrchestrator, type Orchestrator, type StartOptions } from '../server.js';
 
 /** The two database engines every API test runs against. */
 export const ENGINES = ['postgres', 'pglite'] as const;
@@ -84,13 +85,14 @@ let seq = 0;
 export const PASSWORD = 'Str0ng-Test-Passphrase';
 
 /**
- * Start a real orchestrator (real HTTP on a free port) on a fresh PostgreSQL database or a fresh
- * embedded PGlite directory. scrypt runs at a lower cost (2^12) to keep the suite fast.
+ * Start a real orchestrator (real HTTP and a real agent link on free ports, real NATS) on a fresh
+ * PostgreSQL database or a fresh embedded PGlite directory. scrypt runs at a lower cost (2^12) to keep the suite fast.
  */
 export async function startHarness(
   engine: Engine,
   overrides: Partial<Parameters<typeof configWith>[0]> = {},
   clock: Clock = systemClock,
+  startOptions: StartOptions & { logDestination?: DestinationStream } = {},
 ): Promise<Harness> {
   const dataDir = mkdtempSync(join(tmpdir(), 'kloudak-test-'));
   let fresh: FreshDatabase | undefined;
@@ -104,10 +106,14 @@ export async function startHarness(
     passwordHashCost: 12,
     logLevel: 'silent',
     loginMaxPerAddress: 10_000,
+    natsUrl: TEST_NATS_URL,
+    agentHost: '127.0.0.1',
+    agentPort: 0,
     ...overrides,
   });
-  const log = createLogger({ component: 'orchestrator-test', level: config.logLevel });
-  const orch = await startOrchestrator(config, log, clock);
+  const { logDestination, ...start } = startOptions;
+  const log = createLogger({ component: 'orchestrator-test', level: config.logLevel, ...(logDestination ? { destination: logDestination } : {}) });
+  const orch = await startOrchestrator(config, log, clock, start);
   const anon = new Client(orch.url);
   const login = async (username: string, password: string): Promise<string> => {
     const r = await anon.post('/api/v1/auth/login', { username, password });

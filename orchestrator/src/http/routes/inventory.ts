@@ -12,6 +12,7 @@ import {
 import { lockNamed } from '../../store/access.js';
 import type { Services } from '../app.js';
 import { route, type RouteSpec } from '../route.js';
+import type { HostLinkStatus } from '../../agent-api/link.js';
 import { Description, ListQuery, Name, NameParams, Page, Timestamp, Uuid } from '../schemas.js';
 import { page } from './paging.js';
 
@@ -110,34 +111,64 @@ function templateView(t: TemplateRow) {
 
 // ---------- hosts ----------
 
+const HostUsageSchema = Type.Object({
+  at: Timestamp,
+  cpuPercent: Type.Number(),
+  memoryUsedBytes: Type.Integer(),
+  memoryTotalBytes: Type.Integer(),
+  diskUsedBytes: Type.Integer(),
+  diskTotalBytes: Type.Integer(),
+});
 const HostSchema = Type.Object({
   id: Uuid,
   name: Type.String(),
   area: Name,
   state: Type.String({ description: 'liveness: unknown, up, suspect, down, fenced' }),
   adminState: Type.String({ description: 'active, maintenance or drained' }),
-  capacity: Type.Object({ cpus: Type.Integer(), ramMb: Type.Integer(), diskGb: Type.Integer() }),
+  capacity: Type.Object({ cpus: Type.Integer(), ramMb: Type.Integer(), diskGb: Type.Integer(), memoryBytes: Type.Integer(), diskBytes: Type.Integer() }),
   agentVersion: Type.String(),
   lastHeartbeatAt: Type.Union([Timestamp, Type.Null()]),
   vms: Type.Integer(),
   createdAt: Timestamp,
+  /** Live view, from the orchestrator holding the host's session. */
+  connected: Type.Boolean({ description: 'the agent has a session open on this orchestrator' }),
+  usage: Type.Union([HostUsageSchema, Type.Null()], { description: 'the last heartbeat\'s usage; null before the first' }),
+  agentStartedAt: Type.Union([Timestamp, Type.Null()]),
+  certificateExpiresAt: Type.Union([Timestamp, Type.Null()]),
 });
 type HostRow = {
   id: string; name: string; state: string; adminState: string; cpuCount: number; ramMb: number; diskGb: number;
+  memoryBytes: bigint; diskBytes: bigint; agentStartedAt: Date | null; certExpiresAt: Date | null;
   agentVersion: string; lastHeartbeatAt: Date | null; createdAt: Date; area: { name: string }; _count: { vms: number };
 };
-function hostView(h: HostRow) {
+function hostView(h: HostRow, link: HostLinkStatus) {
+  // The link's in-memory view is fresher than the row (lastHeartbeatAt is written every 30 s at most).
+  const last = link.lastHeartbeatAt && (!h.lastHeartbeatAt || link.lastHeartbeatAt > h.lastHeartbeatAt) ? link.lastHeartbeatAt : h.lastHeartbeatAt;
+  const u = link.usage;
   return {
     id: h.id,
     name: h.name,
     area: h.area.name,
     state: h.state,
     adminState: h.adminState,
-    capacity: { cpus: h.cpuCount, ramMb: h.ramMb, diskGb: h.diskGb },
+    capacity: { cpus: h.cpuCount, ramMb: h.ramMb, diskGb: h.diskGb, memoryBytes: Number(h.memoryBytes), diskBytes: Number(h.diskBytes) },
     agentVersion: h.agentVersion,
-    lastHeartbeatAt: h.lastHeartbeatAt ? h.lastHeartbeatAt.toISOString() : null,
+    lastHeartbeatAt: last ? last.toISOString() : null,
     vms: h._count.vms,
     createdAt: h.createdAt.toISOString(),
+    connected: link.connected,
+    usage: u
+      ? {
+          at: u.at.toISOString(),
+          cpuPercent: u.cpuPercent,
+          memoryUsedBytes: u.memoryUsedBytes,
+          memoryTotalBytes: u.memoryTotalBytes,
+          diskUsedBytes: u.diskUsedBytes,
+          diskTotalBytes: u.diskTotalBytes,
+        }
+      : null,
+    agentStartedAt: h.agentStartedAt?.toISOString() ?? null,
+    certificateExpiresAt: h.certExpiresAt?.toISOString() ?? null,
   };
 }
 const hostInclude = { area: { select: { name: true } }, _count: { select: { vms: true } } } as const;
@@ -393,14 +424,14 @@ export function inventoryRoutes(s: Services): RouteSpec[] {
       async handler({ query }) {
         const limit = query.limit ?? 100;
         const rows = await db.host.findMany({ where: listQuery(query.after), include: hostInclude, orderBy: { name: 'asc' }, take: limit + 1 });
-        return page(rows, limit, (r) => r.name, hostView);
+        return page(rows, limit, (r) => r.name, (r) => hostView(r, s.agents.status(r.id)));
       },
     }),
     route({
       method: 'get',
       path: '/hosts/{id}',
       operationId: 'getHost',
-      summary: 'One host',
+      summary: 'One host: state, capacity, current usage and last heartbeat',
       tag: 'hosts',
       access: 'admin',
       params: IdParams,
@@ -409,7 +440,7 @@ export function inventoryRoutes(s: Services): RouteSpec[] {
       async handler({ params }) {
         const h = await db.host.findUnique({ where: { id: params.id }, include: hostInclude });
         if (!h) throw new NotFoundError('host', params.id);
-        return hostView(h);
+        return hostView(h, s.agents.status(h.id));
       },
     }),
     route({
@@ -431,7 +462,7 @@ export function inventoryRoutes(s: Services): RouteSpec[] {
           data: { adminState: body.maintenance ? 'maintenance' : 'active' },
           include: hostInclude,
         });
-        return hostView(updated);
+        return hostView(updated, s.agents.status(updated.id));
       },
     }),
     route({
@@ -451,6 +482,8 @@ export function inventoryRoutes(s: Services): RouteSpec[] {
           if (h._count.vms > 0) throw new ConflictError(`host holds ${h._count.vms} VMs; move or delete them first`);
           await tx.host.delete({ where: { id: h.id } });
         });
+        // Its agent's session ends now (PERMISSION_DENIED), and it can never connect again.
+        s.agents.hostDeleted(params.id);
         return undefined;
       },
     }),

@@ -1,0 +1,208 @@
+import { randomUUID } from 'node:crypto';
+import type { Logger } from '@kloudak/common';
+import type * as pb from '@kloudak/proto/agent';
+import type { Clock } from '../clock.js';
+import type { AgentCommand, CommandResult } from '../domain/agent.js';
+import { commandToProto } from './convert.js';
+
+/** Options of {@link AgentChannel.sendCommand}. */
+export interface SendOptions {
+  /** After this instant the command must not start; the promise then gives DEADLINE_EXCEEDED. */
+  deadline: Date | number;
+}
+
+/**
+ * The orchestrator's port to its agents: send a command to a host and await its one result.
+ * The promise never rejects for a command failure: a failed, refused or timed-out command is a
+ * CommandResult with `ok: false` and an error code (`deadline_exceeded` when the deadline passes
+ * first, `unavailable` when the orchestrator shuts down).
+ */
+export interface AgentChannel {
+  sendCommand(hostId: string, command: AgentCommand, opts: SendOptions): Promise<CommandResult>;
+}
+
+/** Writes a command on a host's current session; false when the stream could not take it. */
+export type CommandWriter = (command: pb.Command) => boolean;
+
+interface Pending {
+  id: string;
+  hostId: string;
+  /** Serialisation key: the VM id, or null for commands not about a VM. */
+  key: string | null;
+  proto: pb.Command;
+  deadline: number;
+  resolve: (r: CommandResult) => void;
+  timer: NodeJS.Timeout;
+  /** True once it is the command in flight for its key (it may be on the wire). */
+  inFlight: boolean;
+}
+
+interface HostQueue {
+  /** Commands in flight, in the order they were released (resent in that order). */
+  inFlight: Map<string, Pending>;
+  /** VM id → commands waiting for the one in flight on that VM. */
+  waiting: Map<string, Pending[]>;
+  /** VM ids with a command in flight. */
+  busy: Set<string>;
+}
+
+/**
+ * The agent link's implementation of {@link AgentChannel} (AGENT-LINK.md, "Commands").
+ *
+ * - A command gets a UUID and stays pending in memory until its result or its deadline.
+ * - At most one command per VM id is in flight; the next waits for the first one's result (or
+ *   deadline), so the agent never sees two commands for one VM from this orchestrator at once.
+ * - A command in flight is written on the host's session when there is one, and again on every
+ *   new session (after Hello): a result lost with a cut stream is recovered because the agent
+ *   answers a repeated command id from memory or joins the run in progress.
+ * - With no session, a command simply waits (until its deadline) for one.
+ */
+export class CommandChannel implements AgentChannel {
+  private readonly hosts = new Map<string, HostQueue>();
+  private readonly writers = new Map<string, CommandWriter>();
+  private closed = false;
+
+  constructor(
+    private readonly clock: Clock,
+    private readonly log: Logger,
+  ) {}
+
+  sendCommand(hostId: string, command: AgentCommand, opts: SendOptions): Promise<CommandResult> {
+    const id = randomUUID();
+    const deadline = typeof opts.deadline === 'number' ? opts.deadline : opts.deadline.getTime();
+    if (this.closed) return Promise.resolve(failure(id, 'unavailable', 'the orchestrator is shutting down', this.clock.now()));
+    return new Promise<CommandResult>((resolve) => {
+      const key = command.vmId ? command.vmId.toLowerCase() : null;
+      const p: Pending = {
+        id,
+        hostId,
+        key,
+        proto: commandToProto(id, new Date(deadline), command),
+        deadline,
+        resolve,
+        // Timers run on real time; the delay is computed from the injected clock.
+        timer: setTimeout(() => this.expire(p), Math.max(0, deadline - this.clock.now())),
+        inFlight: false,
+      };
+      const q = this.queue(hostId);
+      if (key !== null && q.busy.has(key)) {
+        const list = q.waiting.get(key) ?? [];
+        list.push(p);
+        q.waiting.set(key, list);
+        this.log.debug({ component: 'agent-link', host_id: hostId, vm_id: key, command_id: id }, 'command waits for the one in flight on its VM');
+        return;
+      }
+      this.release(q, p);
+    });
+  }
+
+  /** Commands pending (in flight or waiting) for a host. */
+  pendingCount(hostId: string): number {
+    const q = this.hosts.get(hostId);
+    if (!q) return 0;
+    let n = q.inFlight.size;
+    for (const l of q.waiting.values()) n += l.length;
+    return n;
+  }
+
+  /** A session of `hostId` said Hello: from now on commands go to `writer`; in-flight ones are resent. */
+  attach(hostId: string, writer: CommandWriter): void {
+    this.writers.set(hostId, writer);
+    const q = this.hosts.get(hostId);
+    if (!q) return;
+    for (const p of q.inFlight.values()) {
+      this.log.info({ component: 'agent-link', host_id: hostId, vm_id: p.key ?? undefined, command_id: p.id }, 'command sent again on the new session');
+      writer(p.proto);
+    }
+  }
+
+  /** The session that owned `writer` ended; a newer session's writer is left alone. */
+  detach(hostId: string, writer: CommandWriter): void {
+    if (this.writers.get(hostId) === writer) this.writers.delete(hostId);
+  }
+
+  /** A result arrived from `hostId`. Unknown ids (a late answer after the deadline) are ignored. */
+  deliver(hostId: string, result: CommandResult): void {
+    const q = this.hosts.get(hostId);
+    const p = q?.inFlight.get(result.commandId);
+    if (!q || !p) {
+      this.log.debug({ component: 'agent-link', host_id: hostId, command_id: result.commandId }, 'result of a command no longer pending');
+      return;
+    }
+    this.finish(q, p, result);
+  }
+
+  /** Answer every pending command with `unavailable` (shutdown). */
+  close(): void {
+    this.closed = true;
+    for (const q of this.hosts.values()) {
+      const all = [...q.inFlight.values(), ...[...q.waiting.values()].flat()];
+      for (const p of all) {
+        clearTimeout(p.timer);
+        p.resolve(failure(p.id, 'unavailable', 'the orchestrator is shutting down', this.clock.now()));
+      }
+    }
+    this.hosts.clear();
+    this.writers.clear();
+  }
+
+  private queue(hostId: string): HostQueue {
+    let q = this.hosts.get(hostId);
+    if (!q) {
+      q = { inFlight: new Map(), waiting: new Map(), busy: new Set() };
+      this.hosts.set(hostId, q);
+    }
+    return q;
+  }
+
+  private release(q: HostQueue, p: Pending): void {
+    p.inFlight = true;
+    q.inFlight.set(p.id, p);
+    if (p.key !== null) q.busy.add(p.key);
+    const w = this.writers.get(p.hostId);
+    if (w) w(p.proto);
+    else this.log.debug({ component: 'agent-link', host_id: p.hostId, command_id: p.id }, 'no session; command waits for one');
+  }
+
+  private expire(p: Pending): void {
+    const q = this.hosts.get(p.hostId);
+    if (!q) return;
+    if (!p.inFlight && p.key !== null) {
+      const list = q.waiting.get(p.key);
+      const i = list?.indexOf(p) ?? -1;
+      if (list && i >= 0) list.splice(i, 1);
+      if (list?.length === 0) q.waiting.delete(p.key);
+      this.settle(p, failure(p.id, 'deadline_exceeded', 'the deadline passed before the command was sent', this.clock.now()));
+      this.cleanup(p.hostId, q);
+      return;
+    }
+    this.log.warn({ component: 'agent-link', host_id: p.hostId, vm_id: p.key ?? undefined, command_id: p.id }, 'command deadline passed without a result');
+    this.finish(q, p, failure(p.id, 'deadline_exceeded', 'no result before the deadline', this.clock.now()));
+  }
+
+  private finish(q: HostQueue, p: Pending, result: CommandResult): void {
+    q.inFlight.delete(p.id);
+    this.settle(p, result);
+    if (p.key !== null) {
+      q.busy.delete(p.key);
+      const list = q.waiting.get(p.key);
+      const next = list?.shift();
+      if (list?.length === 0) q.waiting.delete(p.key);
+      if (next) this.release(q, next);
+    }
+    this.cleanup(p.hostId, q);
+  }
+
+  private settle(p: Pending, result: CommandResult): void {
+    clearTimeout(p.timer);
+    p.resolve(result);
+  }
+
+  private cleanup(hostId: string, q: HostQueue): void {
+    if (q.inFlight.size === 0 && q.waiting.size === 0) this.hosts.delete(hostId);
+  }
+}
+
+function failure(commandId: string, code: 'deadline_exceeded' | 'unavailable', message: string, now: number): CommandResult {
+  return { commandId, ok: false, error: { code, message }, completedAt: new Date(now) };
+}

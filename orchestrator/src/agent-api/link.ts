@@ -1,0 +1,505 @@
+// The orchestrator's side of the agent link (proto/AGENT-LINK.md): the AgentLink gRPC service
+// over TLS (Enroll and Connect), sessions, leases, liveness, usage and the command channel.
+import { randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import type { SecureContextOptions } from 'node:tls';
+import { ConflictError, KloudakError, UnauthenticatedError, ValidationError, type Logger } from '@kloudak/common';
+import type { Database } from '@kloudak/prisma';
+import {
+  AgentLinkService,
+  type AgentMessage,
+  type EnrollRequest,
+  type EnrollResponse,
+  type OrchestratorMessage,
+} from '@kloudak/proto/agent';
+import type { Clock } from '../clock.js';
+import type { AgentHello, HostInventory } from '../domain/agent.js';
+import type { EventBus } from '../events/bus.js';
+import { SUBJECTS } from '../events/bus.js';
+import {
+  createEnrolledHost,
+  hostIdentity,
+  hostsHoldingLeases,
+  reconcileHello,
+  storeFenceReport,
+  writeHostState,
+  writeLastHeartbeat,
+} from '../store/agent-hosts.js';
+import { consumeJoinToken, parseJoinToken } from '../store/join-tokens.js';
+import type { CertificateAuthority, ServerKeyPair } from './ca.js';
+import { CommandChannel, type CommandWriter } from './channel.js';
+import {
+  commandResultFromProto,
+  domainEventFromProto,
+  fenceReportFromProto,
+  heartbeatFromProto,
+  helloFromProto,
+  leaseGrantToProto,
+} from './convert.js';
+import { toGrpcError } from './grpc-status.js';
+import { Liveness, type LiveState, type Transition } from './liveness.js';
+import { UsageRecorder, type CurrentUsage } from './usage.js';
+
+/** How long an agent has to send Hello after opening Connect. */
+export const HELLO_TIMEOUT_MS = 10_000;
+/** Host.lastHeartbeatAt is written at most this often (and on every state change). */
+export const LAST_HEARTBEAT_WRITE_MS = 30_000;
+const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+
+/** Settings of the agent link. */
+export interface AgentLinkOptions {
+  host: string;
+  /** 0 picks a free port. */
+  port: number;
+  heartbeatIntervalMs: number;
+  leaseMs: number;
+  downMarginMs: number;
+  /** Defaults to {@link HELLO_TIMEOUT_MS}; shorter in tests. */
+  helloTimeoutMs?: number;
+  /** How often liveness is evaluated; defaults to a quarter heartbeat interval (50 ms – 1 s). */
+  tickMs?: number;
+}
+
+/** Dependencies of the agent link. */
+export interface AgentLinkDeps {
+  db: Database;
+  ca: CertificateAuthority;
+  bus: EventBus;
+  clock: Clock;
+  log: Logger;
+}
+
+/** What the REST API shows of a host's link. */
+export interface HostLinkStatus {
+  /** A session is open on this orchestrator. */
+  connected: boolean;
+  /** Liveness as this orchestrator sees it. */
+  state: LiveState;
+  lastHeartbeatAt: Date | null;
+  usage: CurrentUsage | null;
+}
+
+/**
+ * TLS server credentials that REQUEST a client certificate without requiring one: Enroll comes
+ * before the agent has a certificate. grpc-js's createSsl(…, true) would require it for every
+ * call, so this subclass passes requestCert without rejectUnauthorized to node's TLS server.
+ * A certificate that does not verify against our CA leaves the connection up but unauthorized;
+ * grpc-js then reports no peer certificate, and Connect refuses it (and checks it again itself).
+ */
+class OptionalClientCertCredentials extends grpc.ServerCredentials {
+  constructor(caPem: string, pair: ServerKeyPair) {
+    super({ requestCert: true, rejectUnauthorized: false }, OptionalClientCertCredentials.context(caPem, pair));
+  }
+
+  static context(caPem: string, pair: ServerKeyPair): SecureContextOptions {
+    return { ca: Buffer.from(caPem), cert: Buffer.from(pair.chainPem), key: Buffer.from(pair.keyPem), minVersion: 'TLSv1.2' };
+  }
+
+  /** Swap the server certificate on the running server (renewal). */
+  replace(caPem: string, pair: ServerKeyPair): void {
+    this.updateSecureContextOptions(OptionalClientCertCredentials.context(caPem, pair));
+  }
+
+  override _equals(other: grpc.ServerCredentials): boolean {
+    return other === this;
+  }
+}
+
+type Call = grpc.ServerDuplexStream<AgentMessage, OrchestratorMessage>;
+
+/** One Connect stream. */
+class Session {
+  readonly id = randomUUID();
+  ended = false;
+  hello: AgentHello | null = null;
+  readonly writer: CommandWriter;
+
+  constructor(
+    readonly hostId: string,
+    private readonly call: Call,
+  ) {
+    this.writer = (command) => this.send({ body: { $case: 'command', command } });
+  }
+
+  send(msg: OrchestratorMessage): boolean {
+    if (this.ended || this.call.destroyed || this.call.writableEnded) return false;
+    this.call.write(msg);
+    return true;
+  }
+
+  /** End the stream with a status (the agent sees it as the call's error). */
+  end(code: grpc.status, details: string): void {
+    if (this.ended) return;
+    this.ended = true;
+    if (this.call.destroyed || this.call.writableEnded) return;
+    if (code === grpc.status.OK) this.call.end();
+    else this.call.emit('error', { code, details, metadata: new grpc.Metadata() });
+  }
+}
+
+/** The running agent link: the gRPC server, its sessions, liveness, usage and the command channel. */
+export class AgentLink {
+  /** Send commands to hosts. */
+  readonly channel: CommandChannel;
+  readonly liveness: Liveness;
+  readonly usage: UsageRecorder;
+  private readonly sessions = new Map<string, Session>();
+  private readonly inventories = new Map<string, HostInventory>();
+  private readonly heartbeatWrittenAt = new Map<string, number>();
+  /** Per-host chain of database writes, so state changes are written in the order they happened. */
+  private readonly writes = new Map<string, Promise<void>>();
+  private readonly log: Logger;
+  private timers: NodeJS.Timeout[] = [];
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly deps: AgentLinkDeps,
+    private readonly opts: AgentLinkOptions,
+    private readonly server: grpc.Server,
+    private readonly creds: OptionalClientCertCredentials,
+    /** The port actually bound. */
+    readonly port: number,
+  ) {
+    this.log = deps.log.child({ component: 'agent-link' });
+    this.channel = new CommandChannel(deps.clock, this.log);
+    this.liveness = new Liveness(deps.clock, { heartbeatIntervalMs: opts.heartbeatIntervalMs, downMarginMs: opts.downMarginMs });
+    this.usage = new UsageRecorder(deps.db.client, deps.clock, this.log);
+  }
+
+  /** Bind the agent port and serve. */
+  static async start(deps: AgentLinkDeps, opts: AgentLinkOptions): Promise<AgentLink> {
+    if (opts.leaseMs <= opts.heartbeatIntervalMs) {
+      throw new KloudakError('validation_failed', `agent lease (${opts.leaseMs} ms) must be longer than the heartbeat interval (${opts.heartbeatIntervalMs} ms)`);
+    }
+    const server = new grpc.Server({
+      // Agents may ping to keep NAT state; do not answer a ping every 10 s with GOAWAY.
+      'grpc.http2.min_ping_interval_without_data_ms': 10_000,
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+    });
+    const creds = new OptionalClientCertCredentials(deps.ca.caCertPem, deps.ca.serverKeyPair());
+    const address = opts.host.includes(':') ? `[${opts.host}]:${opts.port}` : `${opts.host}:${opts.port}`;
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(address, creds, (err, p) => (err ? reject(new KloudakError('unavailable', `cannot listen on ${address} for agents: ${err.message}`, { cause: err })) : resolve(p))),
+    );
+    const link = new AgentLink(deps, opts, server, creds, port);
+    server.addService(AgentLinkService, {
+      enroll: (call: grpc.ServerUnaryCall<EnrollRequest, EnrollResponse>, cb: grpc.sendUnaryData<EnrollResponse>) => {
+        link.enroll(call.request).then(
+          (r) => cb(null, r),
+          (err: unknown) => cb(link.enrollError(err, call.request)),
+        );
+      },
+      connect: (call: Call) => link.connect(call),
+    });
+    // Hosts a previous run left up still hold leases it granted; they go down only after those end.
+    for (const h of await hostsHoldingLeases(deps.db.client)) link.liveness.adopt(h.id, h.state, opts.leaseMs);
+    const tick = opts.tickMs ?? Math.min(1000, Math.max(50, Math.floor(opts.heartbeatIntervalMs / 4)));
+    link.timers.push(setInterval(() => link.tick(), tick));
+    link.timers.push(setInterval(() => void link.usage.flushDue(), 10_000));
+    link.timers.push(setInterval(() => void link.renewServerCertificate(), 12 * 3600_000));
+    for (const t of link.timers) t.unref();
+    link.log.info({ port, host: opts.host, ca_fingerprint: deps.ca.fingerprint }, 'agent link listening');
+    return link;
+  }
+
+  /** Evaluate liveness now (also called by the timer). */
+  tick(): Transition[] {
+    const ts = this.liveness.tick();
+    for (const t of ts) this.applyTransition(t);
+    return ts;
+  }
+
+  /** Wait until every queued database write of the link is done (tests, shutdown). */
+  async settled(): Promise<void> {
+    while (this.writes.size > 0) await Promise.all([...this.writes.values()]);
+  }
+
+  /** The link's view of a host for the REST API. */
+  status(hostId: string): HostLinkStatus {
+    const at = this.liveness.lastHeartbeatAt(hostId);
+    const s = this.sessions.get(hostId);
+    return {
+      connected: s !== undefined && s.hello !== null,
+      state: this.liveness.state(hostId),
+      lastHeartbeatAt: at === undefined ? null : new Date(at),
+      usage: this.usage.latest(hostId) ?? null,
+    };
+  }
+
+  /** The inventory the host reported in its last Hello. */
+  inventory(hostId: string): HostInventory | undefined {
+    return this.inventories.get(hostId);
+  }
+
+  /** Number of open sessions that said Hello. */
+  sessionCount(): number {
+    return [...this.sessions.values()].filter((s) => s.hello !== null).length;
+  }
+
+  /** A host was deleted: end its session with PERMISSION_DENIED and forget it. */
+  hostDeleted(hostId: string): void {
+    this.sessions.get(hostId)?.end(grpc.status.PERMISSION_DENIED, 'the host was deleted');
+    this.sessions.delete(hostId);
+    this.liveness.forget(hostId);
+    this.usage.forget(hostId);
+    this.inventories.delete(hostId);
+  }
+
+  /** End every session, stop the server, flush usage. Idempotent. */
+  close(graceMs = 5000): Promise<void> {
+    return (this.closing ??= (async () => {
+      for (const t of this.timers) clearInterval(t);
+      this.channel.close();
+      // Long-lived streams never end by themselves: end them so tryShutdown can finish; the
+      // agents reconnect (to this orchestrator after a restart, or to another instance).
+      for (const s of this.sessions.values()) s.end(grpc.status.UNAVAILABLE, 'the orchestrator is shutting down');
+      this.sessions.clear();
+      await new Promise<void>((resolve) => {
+        const force = setTimeout(() => {
+          this.server.forceShutdown();
+          resolve();
+        }, graceMs);
+        this.server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
+      await this.usage.flushDue(true);
+      await this.settled();
+      this.log.info({}, 'agent link stopped');
+    })());
+  }
+
+  // ---------- Enroll ----------
+
+  private async enroll(req: EnrollRequest): Promise<EnrollResponse> {
+    const token = parseJoinToken(req.joinToken.trim());
+    if (!token) throw new UnauthenticatedError('invalid join token');
+    if (token.caFingerprint !== this.deps.ca.fingerprint) throw new UnauthenticatedError('the join token was made for another orchestrator');
+    if (!HOST_NAME.test(req.hostName)) throw new ValidationError('host_name must be a DNS host name (letters, digits, "-" and ".")');
+    if (!req.publicKeyPem.includes('-----BEGIN PUBLIC KEY-----') || req.publicKeyPem.length > 4096) {
+      throw new ValidationError('public_key_pem must be a PEM SubjectPublicKeyInfo');
+    }
+    const agentVersion = req.agentVersion.slice(0, 64);
+    const hostId = randomUUID();
+    const now = new Date(this.deps.clock.now());
+    const issued = await this.deps.db.client.$transaction(async (tx) => {
+      const t = await consumeJoinToken(tx, token, now);
+      if (!t) throw new UnauthenticatedError('invalid, expired, used or revoked join token');
+      const dup = await tx.host.findUnique({ where: { name: req.hostName }, select: { id: true } });
+      if (dup) throw new ConflictError(`a host named '${req.hostName}' exists`);
+      const cert = await this.deps.ca.signClient(hostId, req.publicKeyPem);
+      await createEnrolledHost(tx, { id: hostId, name: req.hostName, areaId: t.areaId, agentVersion, certSerial: cert.serial, certExpiresAt: cert.notAfter });
+      await tx.joinToken.update({ where: { id: token.id }, data: { usedByHostId: hostId } });
+      return cert;
+    });
+    this.log.info({ host_id: hostId, host_name: req.hostName, join_token_id: token.id, agent_version: agentVersion, cert_serial: issued.serial }, 'host enrolled');
+    return { hostId, clientCertificatePem: issued.certPem, caCertificatePem: this.deps.ca.caCertPem, certificateExpiresAt: issued.notAfter };
+  }
+
+  private enrollError(err: unknown, req: EnrollRequest): grpc.ServiceError {
+    let e = err;
+    // Two enrollments of one name racing past the check: the unique index decides.
+    if ((err as { code?: string }).code === 'P2002') e = new ConflictError(`a host named '${req.hostName}' exists`);
+    const tokenId = parseJoinToken(req.joinToken.trim())?.id;
+    if (e instanceof KloudakError && e.code !== 'internal') {
+      this.log.warn({ host_name: req.hostName.slice(0, 253), join_token_id: tokenId, code: e.code, reason: e.message }, 'enrollment refused');
+    } else {
+      this.log.error({ err, host_name: req.hostName.slice(0, 253), join_token_id: tokenId }, 'enrollment failed');
+    }
+    return toGrpcError(e) as grpc.ServiceError;
+  }
+
+  // ---------- Connect ----------
+
+  private connect(call: Call): void {
+    const peer = call.getAuthContext()?.sslPeerCertificate;
+    let hostId: string;
+    let serial: string;
+    try {
+      if (!peer?.raw) throw new UnauthenticatedError('a client certificate signed by this orchestrator is required');
+      ({ hostId, serial } = this.deps.ca.verifyClient(peer.raw));
+    } catch (err) {
+      const reason = err instanceof KloudakError ? err.message : 'bad client certificate';
+      this.log.warn({ peer: call.getPeer(), reason }, 'connection refused');
+      call.emit('error', { code: grpc.status.UNAUTHENTICATED, details: reason, metadata: new grpc.Metadata() });
+      return;
+    }
+    const session = new Session(hostId, call);
+    const log = this.log.child({ host_id: hostId, session_id: session.id });
+    let chain: Promise<void> = Promise.resolve();
+    const helloTimer = setTimeout(() => {
+      if (session.hello === null) {
+        log.warn({}, 'no Hello in time');
+        session.end(grpc.status.INVALID_ARGUMENT, `Hello must be the first message, within ${this.opts.helloTimeoutMs ?? HELLO_TIMEOUT_MS} ms`);
+      }
+    }, this.opts.helloTimeoutMs ?? HELLO_TIMEOUT_MS);
+    const identity = hostIdentity(this.deps.db.client, hostId);
+    // Messages are handled one after the other, in stream order: a FenceReport is stored before
+    // the grant of any later heartbeat is sent, which is what lets the agent delete its record.
+    call.on('data', (msg: AgentMessage) => {
+      chain = chain.then(async () => {
+        if (session.ended) return;
+        try {
+          await this.handle(session, msg, identity, serial, log);
+        } catch (err) {
+          const e = err instanceof KloudakError ? err : new KloudakError('internal', 'internal error', { cause: err });
+          if (e.code === 'internal') log.error({ err }, 'session failed');
+          const g = toGrpcError(e);
+          session.end(g.code, g.details);
+        }
+      });
+    });
+    const finished = (why: string) => {
+      clearTimeout(helloTimer);
+      session.ended = true;
+      if (this.sessions.get(hostId) === session) {
+        this.sessions.delete(hostId);
+        log.info({ why }, 'session closed');
+      }
+      this.channel.detach(hostId, session.writer);
+    };
+    call.on('end', () => {
+      finished('agent ended the stream');
+      session.end(grpc.status.OK, 'bye');
+    });
+    call.on('cancelled', () => finished('cancelled'));
+    call.on('error', () => finished('stream error'));
+    call.on('close', () => finished('closed'));
+  }
+
+  private async handle(
+    s: Session,
+    msg: AgentMessage,
+    identity: Promise<{ name: string; certSerial: string | null } | null>,
+    serial: string,
+    log: Logger,
+  ): Promise<void> {
+    const body = msg.body;
+    if (s.hello === null) {
+      if (body?.$case !== 'hello') throw new ValidationError('the first message must be Hello');
+      const host = await identity;
+      if (!host) throw new KloudakError('forbidden', 'this host is not (or no longer) enrolled');
+      // A certificate from an earlier enrollment of the same id (re-issued since) is not accepted.
+      if (host.certSerial !== null && host.certSerial !== serial) throw new UnauthenticatedError('this client certificate has been replaced');
+      const hello = helloFromProto(body.hello);
+      if (hello.hostId !== s.hostId) throw new ValidationError('Hello.host_id does not match the client certificate');
+      if (hello.hostName !== host.name) throw new ValidationError(`Hello.host_name must be '${host.name}', the enrolled name`);
+      const now = new Date(this.deps.clock.now());
+      if (!(await reconcileHello(this.deps.db.client, hello, now))) throw new KloudakError('forbidden', 'this host is not (or no longer) enrolled');
+      if (s.ended) return;
+      s.hello = hello;
+      this.inventories.set(s.hostId, hello.inventory);
+      const older = this.sessions.get(s.hostId);
+      this.sessions.set(s.hostId, s);
+      if (older && older !== s) {
+        log.info({ replaced_session: older.id }, 'newer session replaces the older one');
+        older.end(grpc.status.ABORTED, 'replaced by a newer session');
+        this.channel.detach(s.hostId, older.writer);
+      }
+      const t = this.liveness.alive(s.hostId);
+      if (t) this.applyTransition(t);
+      s.send({
+        body: {
+          $case: 'helloAck',
+          helloAck: { hostId: s.hostId, heartbeatIntervalMs: this.opts.heartbeatIntervalMs, lease: leaseGrantToProto(0n, this.opts.leaseMs, now) },
+        },
+      });
+      this.liveness.granted(s.hostId, this.opts.leaseMs);
+      log.info({ agent_version: hello.agentVersion, domains: hello.inventory.domains.length }, 'session open');
+      this.channel.attach(s.hostId, s.writer);
+      return;
+    }
+    switch (body?.$case) {
+      case 'hello':
+        throw new ValidationError('Hello was already sent on this stream');
+      case 'heartbeat': {
+        const hb = heartbeatFromProto(body.heartbeat);
+        const t = this.liveness.alive(s.hostId);
+        if (t) this.applyTransition(t);
+        this.usage.record(s.hostId, hb.usage);
+        const now = this.deps.clock.now();
+        // The grant goes out before anything slow: the agent measures its lease from the send
+        // time of the heartbeat, so a late grant only shortens the lease it holds.
+        if (s.send({ body: { $case: 'leaseGrant', leaseGrant: leaseGrantToProto(hb.sequence, this.opts.leaseMs, new Date(now)) } })) {
+          this.liveness.granted(s.hostId, this.opts.leaseMs);
+        }
+        const written = this.heartbeatWrittenAt.get(s.hostId) ?? 0;
+        if (now - written >= LAST_HEARTBEAT_WRITE_MS) {
+          this.heartbeatWrittenAt.set(s.hostId, now);
+          this.queueWrite(s.hostId, () => writeLastHeartbeat(this.deps.db.client, s.hostId, new Date(now)));
+        }
+        return;
+      }
+      case 'commandResult':
+        this.channel.deliver(s.hostId, commandResultFromProto(body.commandResult, new Date(this.deps.clock.now())));
+        return;
+      case 'domainEvent': {
+        const e = domainEventFromProto(body.domainEvent);
+        log.debug({ vm_id: e.vmId || undefined, event: e.event }, 'domain event');
+        this.deps.bus.publish(SUBJECTS.domainEvent, {
+          hostId: s.hostId,
+          vmId: e.vmId,
+          domainName: e.domainName,
+          event: e.event,
+          detail: e.detail,
+          occurredAt: e.occurredAt?.toISOString() ?? null,
+        });
+        return;
+      }
+      case 'fenceReport': {
+        const now = new Date(this.deps.clock.now());
+        const f = fenceReportFromProto(body.fenceReport, now);
+        const id = await storeFenceReport(this.deps.db.client, s.hostId, f, now);
+        log.warn({ fence_report_id: id, reason: f.reason, domains: f.domains.length }, 'agent fenced itself');
+        this.deps.bus.publish(SUBJECTS.hostFenced, {
+          hostId: s.hostId,
+          name: s.hello.hostName,
+          fencedAt: f.fencedAt.toISOString(),
+          leaseExpiredAt: f.leaseExpiredAt.toISOString(),
+          reason: f.reason,
+          domains: f.domains,
+        });
+        return;
+      }
+      default:
+        // An empty message or a kind from a newer agent: ignored, the stream stays up.
+        log.debug({}, 'message without a known body ignored');
+    }
+  }
+
+  /** Write a liveness change and publish it; a host deleted meanwhile is forgotten. */
+  private applyTransition(t: Transition): void {
+    const at = new Date(t.at);
+    const last = this.liveness.lastHeartbeatAt(t.hostId);
+    this.heartbeatWrittenAt.set(t.hostId, this.deps.clock.now());
+    this.queueWrite(t.hostId, async () => {
+      const name = await writeHostState(this.deps.db.client, t.hostId, t.to, last === undefined ? undefined : new Date(last));
+      if (name === null) {
+        this.liveness.forget(t.hostId);
+        return;
+      }
+      this.log.info({ host_id: t.hostId, from: t.from, to: t.to }, 'host state changed');
+      this.deps.bus.publish(SUBJECTS.hostState, { hostId: t.hostId, name, from: t.from, to: t.to, at: at.toISOString() });
+    });
+  }
+
+  private queueWrite(hostId: string, fn: () => Promise<void>): void {
+    const next = (this.writes.get(hostId) ?? Promise.resolve())
+      .then(fn)
+      .catch((err: unknown) => this.log.error({ host_id: hostId, err }, 'host write failed'));
+    this.writes.set(hostId, next);
+    void next.then(() => {
+      if (this.writes.get(hostId) === next) this.writes.delete(hostId);
+    });
+  }
+
+  private async renewServerCertificate(): Promise<void> {
+    try {
+      if (await this.deps.ca.renewServerIfDue()) this.creds.replace(this.deps.ca.caCertPem, this.deps.ca.serverKeyPair());
+    } catch (err) {
+      this.log.error({ err }, 'server certificate renewal failed');
+    }
+  }
+}

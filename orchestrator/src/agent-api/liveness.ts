@@ -1,0 +1,119 @@
+import type { Clock } from '../clock.js';
+
+/** Liveness states the agent link drives (Host.state; `fenced` is set by failover, later). */
+export type LiveState = 'unknown' | 'up' | 'suspect' | 'down';
+
+/** A change of a host's liveness. */
+export interface Transition {
+  hostId: string;
+  from: LiveState;
+  to: LiveState;
+  /** Clock time of the change (ms since the epoch). */
+  at: number;
+}
+
+/** Timings of {@link Liveness}. */
+export interface LivenessTimings {
+  heartbeatIntervalMs: number;
+  /** Margin after the last granted lease surely ended before a host is down. */
+  downMarginMs: number;
+}
+
+interface Entry {
+  state: LiveState;
+  lastHeartbeatAt: number;
+  /** When the last lease was granted (sent) and for how long. */
+  lastGrantAt: number;
+  lastGrantMs: number;
+}
+
+/** Heartbeat intervals without a heartbeat after which a host is suspect. */
+export const SUSPECT_AFTER_INTERVALS = 3;
+
+/**
+ * In-memory liveness of hosts (AGENT-LINK.md, "Liveness on the orchestrator"):
+ * `up` while heartbeats arrive; `suspect` after 3 intervals without one; `down` once the last
+ * lease granted has surely expired (grant time + duration + margin), and only then. Pure
+ * bookkeeping over an injected clock: the caller applies the transitions (database, NATS) and
+ * calls {@link tick} periodically, so tests drive time by hand.
+ */
+export class Liveness {
+  private readonly hosts = new Map<string, Entry>();
+
+  constructor(
+    private readonly clock: Clock,
+    private readonly timings: LivenessTimings,
+  ) {}
+
+  /** Current state of a host as this process sees it; `unknown` if never seen. */
+  state(hostId: string): LiveState {
+    return this.hosts.get(hostId)?.state ?? 'unknown';
+  }
+
+  /** When the last heartbeat (or Hello) of a host arrived, ms since the epoch. */
+  lastHeartbeatAt(hostId: string): number | undefined {
+    return this.hosts.get(hostId)?.lastHeartbeatAt;
+  }
+
+  /**
+   * Track a host that another process (or an earlier run) may have granted a lease to, as if a
+   * full lease had been granted now: it cannot be declared down before that lease surely ended.
+   */
+  adopt(hostId: string, state: LiveState, leaseMs: number): void {
+    if (this.hosts.has(hostId)) return;
+    const now = this.clock.now();
+    this.hosts.set(hostId, { state, lastHeartbeatAt: now, lastGrantAt: now, lastGrantMs: leaseMs });
+  }
+
+  /** A Hello or a heartbeat arrived: the host is up. Returns the transition, if any. */
+  alive(hostId: string): Transition | null {
+    const now = this.clock.now();
+    const e = this.hosts.get(hostId);
+    if (!e) {
+      this.hosts.set(hostId, { state: 'up', lastHeartbeatAt: now, lastGrantAt: 0, lastGrantMs: 0 });
+      return { hostId, from: 'unknown', to: 'up', at: now };
+    }
+    e.lastHeartbeatAt = now;
+    if (e.state === 'up') return null;
+    const from = e.state;
+    e.state = 'up';
+    return { hostId, from, to: 'up', at: now };
+  }
+
+  /** A lease was granted (sent) now for `durationMs`. */
+  granted(hostId: string, durationMs: number): void {
+    const e = this.hosts.get(hostId);
+    if (!e) return;
+    e.lastGrantAt = this.clock.now();
+    e.lastGrantMs = durationMs;
+  }
+
+  /** When the last granted lease surely ended (ms since the epoch), or undefined. */
+  downAt(hostId: string): number | undefined {
+    const e = this.hosts.get(hostId);
+    return e ? e.lastGrantAt + e.lastGrantMs + this.timings.downMarginMs : undefined;
+  }
+
+  /** Stop tracking a host (deleted). */
+  forget(hostId: string): void {
+    this.hosts.delete(hostId);
+  }
+
+  /** Evaluate every host against the clock; returns the transitions made. */
+  tick(): Transition[] {
+    const now = this.clock.now();
+    const out: Transition[] = [];
+    for (const [hostId, e] of this.hosts) {
+      if (e.state === 'down' || e.state === 'unknown') continue;
+      // Down is judged on the lease alone: a host is never down while a lease it holds may still run.
+      if (now >= e.lastGrantAt + e.lastGrantMs + this.timings.downMarginMs) {
+        out.push({ hostId, from: e.state, to: 'down', at: now });
+        e.state = 'down';
+      } else if (e.state === 'up' && now - e.lastHeartbeatAt >= SUSPECT_AFTER_INTERVALS * this.timings.heartbeatIntervalMs) {
+        out.push({ hostId, from: 'up', to: 'suspect', at: now });
+        e.state = 'suspect';
+      }
+    }
+    return out;
+  }
+}

@@ -1,0 +1,93 @@
+// Host rows as the agent link writes them: enrollment, Hello reconciliation, liveness, fencing.
+import type { Prisma, PrismaClient } from '@kloudak/prisma';
+import type { AgentHello, FenceEvidence } from '../domain/agent.js';
+
+const MIB = 1024n * 1024n;
+const GIB = MIB * 1024n;
+const INT_MAX = 2_147_483_647n;
+
+function clampInt(v: bigint): number {
+  return Number(v > INT_MAX ? INT_MAX : v < 0n ? 0n : v);
+}
+
+/** Create the host of an enrollment (inside the enrollment's transaction). */
+export async function createEnrolledHost(
+  tx: Prisma.TransactionClient,
+  h: { id: string; name: string; areaId: string; agentVersion: string; certSerial: string; certExpiresAt: Date },
+): Promise<void> {
+  await tx.host.create({
+    data: { id: h.id, name: h.name, areaId: h.areaId, state: 'unknown', agentVersion: h.agentVersion, certSerial: h.certSerial, certExpiresAt: h.certExpiresAt },
+  });
+}
+
+/** Name and certificate serial of a host, or null when it does not exist. */
+export async function hostIdentity(db: PrismaClient, hostId: string): Promise<{ name: string; certSerial: string | null } | null> {
+  return db.host.findUnique({ where: { id: hostId }, select: { name: true, certSerial: true } });
+}
+
+/** Write what a Hello says about the host: capacity, version, bridges, pools, agent start. False if the host is gone. */
+export async function reconcileHello(db: PrismaClient, hello: AgentHello, now: Date): Promise<boolean> {
+  const r = await db.host.updateMany({
+    where: { id: hello.hostId },
+    data: {
+      agentVersion: hello.agentVersion,
+      cpuCount: hello.capacity.cpuCount,
+      memoryBytes: hello.capacity.memoryBytes,
+      diskBytes: hello.capacity.diskBytes,
+      ramMb: clampInt(hello.capacity.memoryBytes / MIB),
+      diskGb: clampInt(hello.capacity.diskBytes / GIB),
+      bridges: hello.bridges as unknown as Prisma.InputJsonValue,
+      pools: hello.pools as unknown as Prisma.InputJsonValue,
+      agentStartedAt: hello.agentStartedAt,
+      lastHelloAt: now,
+    },
+  });
+  return r.count === 1;
+}
+
+/** Write a liveness change (and the last heartbeat time); returns the host's name, null if gone. */
+export async function writeHostState(
+  db: PrismaClient,
+  hostId: string,
+  state: 'unknown' | 'up' | 'suspect' | 'down',
+  lastHeartbeatAt: Date | undefined,
+): Promise<string | null> {
+  try {
+    const h = await db.host.update({
+      where: { id: hostId },
+      data: { state, ...(lastHeartbeatAt ? { lastHeartbeatAt } : {}) },
+      select: { name: true },
+    });
+    return h.name;
+  } catch (err) {
+    if ((err as { code?: string }).code === 'P2025') return null;
+    throw err;
+  }
+}
+
+/** Write the last heartbeat time alone (at most every 30 s per host). */
+export async function writeLastHeartbeat(db: PrismaClient, hostId: string, at: Date): Promise<void> {
+  await db.host.updateMany({ where: { id: hostId }, data: { lastHeartbeatAt: at } });
+}
+
+/** Hosts a previous run left up or suspect: they hold leases this process must honour. */
+export async function hostsHoldingLeases(db: PrismaClient): Promise<{ id: string; state: 'up' | 'suspect' }[]> {
+  const rows = await db.host.findMany({ where: { state: { in: ['up', 'suspect'] } }, select: { id: true, state: true } });
+  return rows.map((r) => ({ id: r.id, state: r.state as 'up' | 'suspect' }));
+}
+
+/** Store an agent's fence report. */
+export async function storeFenceReport(db: PrismaClient, hostId: string, f: FenceEvidence, receivedAt: Date): Promise<string> {
+  const r = await db.fenceReport.create({
+    data: {
+      hostId,
+      fencedAt: f.fencedAt,
+      leaseExpiredAt: f.leaseExpiredAt,
+      reason: f.reason.slice(0, 1000),
+      domains: f.domains as unknown as Prisma.InputJsonValue,
+      receivedAt,
+    },
+    select: { id: true },
+  });
+  return r.id;
+}
