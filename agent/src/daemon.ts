@@ -150,6 +150,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
     bridge: cfg.bridge,
     dataDir: cfg.dataDir,
     simulated: isSimulatedHost(cfg.libvirtUri),
+    log: hlog.child({ component: 'telemetry' }),
   });
   const dispatcher = new CommandDispatcher({ ops, inventory: () => telemetry.inventory(), defaultBridge: cfg.bridge, log: hlog.child({ component: 'runner' }) });
   const fenceStore = new FenceStore(cfg.dataDir);

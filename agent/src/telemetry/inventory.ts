@@ -10,6 +10,8 @@ import { DomainStatsGroup } from '@kloudak/libvirt';
 import { domainStateName } from '../hypervisor/libvirt-hypervisor.js';
 import type { HostOperations } from '../ops/host-ops.js';
 import type { CommandRunner, DomainState, Storage } from '../ports.js';
+import { CommandError } from '../system/command-runner.js';
+import type { Logger } from 'pino';
 import { collectPools, collectVmStats, type PoolFigures, type VmCounters } from './libvirt-stats.js';
 import type { HostUsageSample, ProcSampler } from './proc.js';
 
@@ -61,6 +63,7 @@ export interface TelemetryDeps {
   simulated: boolean;
   /** Where network interfaces are described (default /sys/class/net). */
   sysNet?: string;
+  log?: Logger;
 }
 
 /** Reads the host's facts and figures. */
@@ -134,23 +137,38 @@ export class HostTelemetry {
   async inventory(): Promise<InventoryReport> {
     const pools = (await collectPools(this.d.lv)).map((p) => p.name);
     const bridges = [...new Set([this.d.bridge, ...(await this.ovsBridges())])];
-    const inv = await this.d.ops.inventory(pools, bridges);
+    let inv: Awaited<ReturnType<HostOperations['inventory']>>;
+    try {
+      inv = await this.d.ops.inventory(pools, bridges);
+    } catch (err) {
+      // Open vSwitch unreachable must not keep the host from reporting its domains and volumes.
+      if (!(err instanceof CommandError)) throw err;
+      this.d.log?.warn({ err: { message: err.message } }, 'cannot list OVS ports; inventory without ports');
+      inv = await this.d.ops.inventory(pools, []);
+    }
     const records = await this.d.lv.getAllDomainStats({ stats: DomainStatsGroup.STATE | DomainStatsGroup.BALLOON | DomainStatsGroup.VCPU });
     const byName = new Map(records.map((r) => [r.domain.name, r]));
-    const domains: InventoryReport['domains'] = inv.domains.map((d) => {
+    const domains: InventoryReport['domains'] = [];
+    for (const d of inv.domains) {
       const r = byName.get(d.name);
-      const vcpus = r?.values.get('vcpu.current') ?? r?.values.get('vcpu.maximum');
-      const memKiB = r?.values.get('balloon.maximum') ?? r?.values.get('balloon.current');
+      let vcpus: number | undefined = numberOf(r?.values.get('vcpu.current') ?? r?.values.get('vcpu.maximum'));
+      let memKiB: bigint | undefined = bigOf(r?.values.get('balloon.maximum') ?? r?.values.get('balloon.current'));
+      if (r && (vcpus === undefined || memKiB === undefined)) {
+        // Drivers without those stat groups (the test driver) still answer DOMAIN_GET_INFO.
+        const info = await this.d.lv.getDomainInfo(r.domain).catch(() => null);
+        vcpus ??= info?.vcpus;
+        memKiB ??= info?.maxMemoryKiB;
+      }
       const st = r?.values.get('state.state');
-      return {
+      domains.push({
         name: d.name,
         uuid: r ? uuidToString(r.domain.uuid) : '',
         vmId: d.vmId,
         state: st === undefined ? d.state : domainStateName(Number(st)),
-        vcpus: vcpus === undefined ? 0 : Number(vcpus),
-        memoryBytes: memKiB === undefined ? 0n : BigInt(memKiB as number | bigint) * 1024n,
-      };
-    });
+        vcpus: vcpus ?? 0,
+        memoryBytes: (memKiB ?? 0n) * 1024n,
+      });
+    }
     const volumes: InventoryReport['volumes'] = [];
     const byPool = new Map<string, Map<string, { path: string; capacityBytes: bigint; allocationBytes: bigint }>>();
     for (const v of inv.volumes) {
@@ -191,4 +209,12 @@ export class HostTelemetry {
       throw err;
     }
   }
+}
+
+function numberOf(v: unknown): number | undefined {
+  return typeof v === 'number' || typeof v === 'bigint' ? Number(v) : undefined;
+}
+
+function bigOf(v: unknown): bigint | undefined {
+  return typeof v === 'bigint' ? v : typeof v === 'number' ? BigInt(Math.trunc(v)) : undefined;
 }
