@@ -1,0 +1,7 @@
+// `@kloudak/orchestrator`: start an orchestrator in-process (tests, benchmarks, tools).
+export { startOrchestrator, type Orchestrator, type StartOptions } from './server.js';
+export { configWith, readConfig, type OrchestratorConfig } from './config.js';
+export { systemClock, type Clock } from './clock.js';
+export type { AgentChannel, SendOptions } from './agent-api/channel.js';
+export type { AgentCommand, CommandAction, CommandResult, CommandErrorCode, NicSpec } from './domain/agent.js';
+export { SUBJECTS, type EventBus } from './events/bus.js';
