@@ -16,6 +16,11 @@ export TURBO_TELEMETRY_DISABLED=1 TURBO_NO_UPDATE_NOTIFIER=1
 
 ensure_postgres
 ensure_nats
+# host-ops and libvirt-calls: libvirtd with the QEMU driver (and genisoimage for seeds), Open
+# vSwitch, and the tiny test guest host-ops boots (cached: a second run takes well under a second).
+ensure_libvirt
+ensure_ovs
+bash "$KLOUDAK_ROOT/scripts/build-test-guest.sh" >&2
 ensure_node_deps
 log "building (turbo run gen build)"
 npx --no -- turbo run gen build --log-order=grouped
