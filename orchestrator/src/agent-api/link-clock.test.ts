@@ -1,0 +1,141 @@
+// The agent link under a fake clock: liveness transitions at their exact instants (written to
+// PostgreSQL, published to an in-memory bus: this file covers the timing, link.test.ts covers NATS),
+// and usage downsampling into minute rows.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createLogger } from '@kloudak/common';
+import { openDatabase, type Database } from '@kloudak/prisma';
+import { freshDatabase, waitFor, type FreshDatabase } from '@kloudak/testkit';
+import { MemoryEventBus } from '../events/memory.js';
+import { createJoinToken } from '../store/join-tokens.js';
+import { CertificateAuthority } from './ca.js';
+import { AgentLink } from './link.js';
+import { UsageRecorder } from './usage.js';
+import { enrollSimAgent, SimAgent, type SimIdentity } from './testing/sim-agent.js';
+
+describe('agent link with a fake clock', () => {
+  let fresh: FreshDatabase;
+  let db: Database;
+  let dir: string;
+  let link: AgentLink;
+  let bus: MemoryEventBus;
+  let now = Date.now();
+  const clock = { now: () => now };
+  const log = createLogger({ component: 'test', level: 'silent' });
+  let id: SimIdentity;
+  let agent: SimAgent;
+
+  before(async () => {
+    fresh = await freshDatabase();
+    db = await openDatabase({ url: fresh.url });
+    await db.migrate();
+    dir = mkdtempSync(join(tmpdir(), 'kloudak-clock-'));
+    const ca = await CertificateAuthority.open({ dataDir: dir, extraNames: [], clock, log });
+    bus = new MemoryEventBus();
+    // The timer tick is an hour: only the test's explicit tick() moves liveness.
+    link = await AgentLink.start({ db, ca, bus, clock, log }, { host: '127.0.0.1', port: 0, heartbeatIntervalMs: 1000, leaseMs: 15_000, downMarginMs: 5000, tickMs: 3600_000 });
+    const area = await db.client.area.create({ data: { name: 'a1', subnet: '10.77.0.0/24', gateway: '10.77.0.1', vlanFirst: 100, vlanLast: 199 } });
+    const { token } = await createJoinToken(db.client, { areaId: area.id, expiresAt: new Date(now + 600_000), createdById: null, caFingerprint: ca.fingerprint });
+    id = await enrollSimAgent({ address: `127.0.0.1:${link.port}`, joinToken: token, hostName: 'clocked' });
+    // Heartbeats only when the test sends them.
+    agent = new SimAgent({ address: `127.0.0.1:${link.port}`, identity: id, heartbeatMs: 3600_000, reconnect: false });
+  });
+  after(async () => {
+    await agent?.stop();
+    await link?.close(1000);
+    await db?.close();
+    await fresh?.drop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const states = () => bus.events.filter((e) => e.subject === 'kloudak.infra.host.state').map((e) => `${String(e.payload['from'])}>${String(e.payload['to'])}`);
+  const dbState = async () => (await db.client.host.findUniqueOrThrow({ where: { id: id.hostId } })).state;
+  async function beat(): Promise<void> {
+    const before = agent.stats.leaseGrants;
+    agent.heartbeat();
+    await waitFor(async () => agent.stats.leaseGrants > before, 5000, 'a lease grant');
+  }
+  async function tick(): Promise<string[]> {
+    const t = link.tick().map((x) => x.to);
+    await link.settled();
+    return t;
+  }
+
+  it('up on Hello; suspect after exactly 3 intervals; up on the next heartbeat; down exactly at last grant + lease + margin; up again with the next heartbeat', async () => {
+    await agent.start();
+    await link.settled();
+    assert.deepEqual(states(), ['unknown>up']);
+    assert.equal(await dbState(), 'up');
+    now += 2999;
+    assert.deepEqual(await tick(), []);
+    now += 1;
+    assert.deepEqual(await tick(), ['suspect']);
+    assert.equal(await dbState(), 'suspect');
+    await beat();
+    await link.settled();
+    assert.deepEqual(states(), ['unknown>up', 'up>suspect', 'suspect>up']);
+    const lastGrant = now;
+    now += 3000;
+    assert.deepEqual(await tick(), ['suspect']);
+    now = lastGrant + 15_000 + 5000 - 1;
+    assert.deepEqual(await tick(), [], 'not down a millisecond before the lease surely ended');
+    now += 1;
+    assert.deepEqual(await tick(), ['down']);
+    assert.equal(await dbState(), 'down');
+    const row = await db.client.host.findUniqueOrThrow({ where: { id: id.hostId } });
+    assert.equal(row.lastHeartbeatAt?.getTime(), lastGrant, 'the last heartbeat is written with the state');
+    await beat();
+    await link.settled();
+    assert.deepEqual(states(), ['unknown>up', 'up>suspect', 'suspect>up', 'up>suspect', 'suspect>down', 'down>up']);
+    assert.equal(await dbState(), 'up');
+    const ev = bus.events.at(-1)?.payload;
+    assert.deepEqual([ev?.['hostId'], ev?.['name'], ev?.['at']], [id.hostId, 'clocked', new Date(now).toISOString()]);
+  });
+
+  it('writes lastHeartbeatAt at most every 30 s, not once per heartbeat', async () => {
+    const read = async () => (await db.client.host.findUniqueOrThrow({ where: { id: id.hostId } })).lastHeartbeatAt?.getTime();
+    const start = await read();
+    for (let i = 0; i < 5; i++) {
+      now += 1000;
+      await beat();
+    }
+    await link.settled();
+    assert.equal(await read(), start, 'five heartbeats within 30 s: no write');
+    now += 30_000;
+    await beat();
+    await link.settled();
+    assert.equal(await read(), now);
+  });
+
+  it('downsamples usage into one row per host per minute, merging a minute written twice', async () => {
+    const u = new UsageRecorder(db.client, clock, log);
+    const minute = Math.floor(now / 60_000) * 60_000 + 60_000;
+    const sample = (cpu: number, memGiB: number) => ({ cpuPercent: cpu, memoryUsedBytes: memGiB * 2 ** 30, memoryTotalBytes: 8 * 2 ** 30, diskUsedBytes: 2 ** 30, diskTotalBytes: 4 * 2 ** 30 });
+    for (const [offset, cpu] of [[1000, 10], [20_000, 20], [59_999, 30]] as const) {
+      now = minute + offset;
+      u.record(id.hostId, sample(cpu, 2));
+    }
+    now = minute + 60_000 + 5;
+    u.record(id.hostId, sample(50, 4)); // a new minute: the first one is written
+    u.record(id.hostId, sample(70, 4));
+    await u.flushDue(true); // shutdown: the open minute is written as it is
+    now += 1000;
+    u.record(id.hostId, sample(90, 4)); // same minute again, after the flush
+    await u.flushDue(true);
+    const rows = await db.client.hostUsageSample.findMany({ where: { hostId: id.hostId, at: { gte: new Date(minute) } }, orderBy: { at: 'asc' } });
+    assert.deepEqual(
+      rows.map((r) => [r.at.getTime() - minute, r.resolution, Math.round(r.cpuPct * 1000) / 1000, r.memUsedMb, r.memTotalMb, r.samples, r.diskUsedGb, r.diskTotalGb]),
+      [
+        [0, 60, 20, 2048, 8192, 3, 1, 4],
+        [60_000, 60, 70, 4096, 8192, 3, 1, 4],
+      ],
+    );
+    assert.equal(u.latest(id.hostId)?.cpuPercent, 90);
+    // A deleted host's late bucket is dropped, not an error.
+    u.record('00000000-0000-4000-8000-000000000000', sample(1, 1));
+    await u.flushDue(true);
+  });
+});
