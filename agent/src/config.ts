@@ -153,9 +153,9 @@ export interface ConfigInputs {
 export function loadAgentConfig(inputs: ConfigInputs = {}): AgentConfig {
   const env = inputs.env ?? process.env;
   const argv = inputs.argv ?? [];
-  const flags = normalise(flagLayer(argv, { ...FLAG_NAMES, config: '__config' }), 'flags');
-  const explicitPath = (flags['__config'] as string | undefined) ?? env['KLOUDAK_AGENT_CONFIG'];
-  delete flags['__config'];
+  const flags = normalise(flagLayer(argv, FLAG_NAMES), 'flags');
+  const configFlag = flagLayer(argv, { config: 'path' })['path'] as string | undefined;
+  const explicitPath = configFlag ?? env['KLOUDAK_AGENT_CONFIG'];
   const file = yamlLayer(explicitPath ?? DEFAULT_CONFIG_PATH, explicitPath !== undefined && explicitPath !== '');
   const fromEnv = normalise(envLayer(env, ENV_NAMES), 'environment');
   const started: Record<string, unknown> = {

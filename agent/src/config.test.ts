@@ -1,0 +1,82 @@
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir, hostname } from 'node:os';
+import { join } from 'node:path';
+import { ConfigError } from '@kloudak/common';
+import { hostSettingsOf, loadAgentConfig } from './config.js';
+
+describe('agent config', () => {
+  let dir: string;
+  let file: string;
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'kcfg-'));
+    file = join(dir, 'agent.yaml');
+    writeFileSync(file, ['orchestrator: orch.example:8443', 'heartbeat_ms: 2000', 'bridge: br-file', 'nic_offload: off', 'dataDir: /srv/agent', 'log-level: debug', ''].join('\n'));
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('has defaults', () => {
+    writeFileSync(join(dir, 'empty.yaml'), '');
+    const c = loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: join(dir, 'empty.yaml') }, argv: [] });
+    assert.equal(c.dataDir, '/var/lib/kloudak-agent');
+    assert.equal(c.hostname, hostname());
+    assert.equal(c.heartbeatMs, 1000);
+    assert.equal(c.fenceLeaseMs, 15_000);
+    assert.equal(c.libvirtUri, 'qemu:///system');
+    assert.equal(c.seedDir, undefined);
+    assert.equal(c.underSystemd, false);
+    assert.ok(Object.isFrozen(c));
+  });
+
+  it('applies file < env < flags, snake_case keys in the file, on/off booleans', () => {
+    const c = loadAgentConfig({
+      env: { KLOUDAK_AGENT_CONFIG: file, KLOUDAK_AGENT_HEARTBEAT_MS: '3000', KLOUDAK_AGENT_BRIDGE: 'br-env', KLOUDAK_AGENT_JOIN_TOKEN: 'kjt1.x' },
+      argv: ['--bridge', 'br-flag', '--fence-lease-ms=9000'],
+    });
+    assert.equal(c.orchestrator, 'orch.example:8443', 'file');
+    assert.equal(c.dataDir, '/srv/agent', 'file (camelCase)');
+    assert.equal(c.logLevel, 'debug', 'file (kebab-case)');
+    assert.equal(c.nicOffload, false, 'off → false');
+    assert.equal(c.heartbeatMs, 3000, 'env over file');
+    assert.equal(c.bridge, 'br-flag', 'flag over env');
+    assert.equal(c.fenceLeaseMs, 9000);
+    assert.equal(c.joinToken, 'kjt1.x');
+    assert.equal(hostSettingsOf(c).bridge, 'br-flag');
+  });
+
+  it('takes the config path from --config over KLOUDAK_AGENT_CONFIG, and refuses a named file that is missing', () => {
+    const c = loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: join(dir, 'nope.yaml') }, argv: [`--config=${file}`] });
+    assert.equal(c.bridge, 'br-file');
+    assert.throws(() => loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: join(dir, 'nope.yaml') } }), ConfigError);
+  });
+
+  it('a test:/// URI is a simulated host: seeds default to <dataDir>/seeds', () => {
+    const c = loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file, KLOUDAK_AGENT_LIBVIRT_URI: 'test:///tmp/h.xml' } });
+    assert.equal(c.seedDir, '/srv/agent/seeds');
+    assert.equal(hostSettingsOf(c).seedDir, '/srv/agent/seeds');
+  });
+
+  it('knows when systemd started it', () => {
+    const c = loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file, INVOCATION_ID: 'abc', NOTIFY_SOCKET: '/run/systemd/notify' } });
+    assert.equal(c.underSystemd, true);
+    assert.equal(c.notifySocket, '/run/systemd/notify');
+  });
+
+  it('refuses bad values, unknown keys and env-only keys in the file, with the path in the message', () => {
+    const bad = (env: NodeJS.ProcessEnv, re: RegExp) => assert.throws(() => loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file, ...env } }), (e: unknown) => e instanceof ConfigError && re.test((e as Error).message));
+    bad({ KLOUDAK_AGENT_DOMAIN_TYPE: 'xen' }, /domainType/);
+    bad({ KLOUDAK_AGENT_HEARTBEAT_MS: 'soon' }, /heartbeatMs/);
+    bad({ KLOUDAK_AGENT_ORCHESTRATOR: 'no-port' }, /orchestrator/);
+    bad({ KLOUDAK_AGENT_DATA_DIR: 'relative/dir' }, /dataDir/);
+    const typo = join(dir, 'typo.yaml');
+    writeFileSync(typo, 'hearbeat_ms: 5\n');
+    assert.throws(() => loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: typo } }), ConfigError);
+    const envOnly = join(dir, 'envonly.yaml');
+    writeFileSync(envOnly, 'under_systemd: true\n');
+    assert.throws(() => loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: envOnly } }), /cannot be set here/);
+    const notYaml = join(dir, 'bad.yaml');
+    writeFileSync(notYaml, 'a: [1, 2\n');
+    assert.throws(() => loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: notYaml } }), /not valid YAML/);
+  });
+});
