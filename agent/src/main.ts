@@ -12,5 +12,17 @@ if (argv.includes('--version') || argv.includes('-V')) {
 }
 
 // The daemon is imported lazily so that `--version` never pays for (or fails on) its modules.
-const { runDaemon } = await import('./daemon.js');
-process.exitCode = await runDaemon(argv);
+// No top-level await: the file must also bundle to CommonJS (esbuild --format=cjs).
+else {
+  void import('./daemon.js')
+    .then(({ runDaemon }) => runDaemon(argv))
+    .then(
+      (code) => {
+        process.exitCode = code;
+      },
+      (err: unknown) => {
+        process.stderr.write(`kloudak-agent: ${(err as Error)?.stack ?? String(err)}\n`);
+        process.exitCode = 1;
+      },
+    );
+}

@@ -29,7 +29,8 @@ export function loadJournaldBinding(): { binding: JournaldBinding } | { binding:
   // the native addon cannot be bundled, and its absence must only cost journald logging.
   const name = 'systemd-journald';
   try {
-    const req = createRequire(import.meta.url);
+    // In a CommonJS bundle `require` exists (and import.meta.url does not); in ESM, the reverse.
+    const req = typeof require === 'function' ? require : createRequire(import.meta.url);
     return { binding: req(name) as JournaldBinding };
   } catch (err) {
     return { binding: null, reason: (err as Error).message };
