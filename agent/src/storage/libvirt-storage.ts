@@ -4,12 +4,17 @@
  * through an upload stream.
  *
  * Files can appear in a pool directory without libvirt knowing (a template copied in by an
- * operator): a lookup that misses refreshes the pool once and looks again.
+ * operator, a volume another host of the area made on shared storage): a lookup that misses
+ * refreshes the pool once and looks again — but only when the file may exist. For directory-backed
+ * pools the agent checks the path first, since a refresh reads every volume of the pool
+ * (measured: with 300 volumes in the pool, two refreshes per CreateVm cost about 45 ms).
  *
  * Changes to one volume (clone, put, delete) are serialised per pool and name: libvirt lists a
  * volume as soon as its creation starts, so a concurrent "already exists → no-op" would otherwise
  * report a half-built volume (its size not yet the final one).
  */
+import { access } from 'node:fs/promises';
+import { join } from 'node:path';
 import { AlreadyExistsError, NotFoundError } from '@kloudak/libvirt';
 import type { Libvirt, StoragePoolRef, StorageVolRef } from '@kloudak/libvirt';
 import type { Storage, VolumeStatus } from '../ports.js';
@@ -103,14 +108,45 @@ export class LibvirtStorage implements Storage {
     }
   }
 
-  /** The volume, or null; refreshes the pool once on a miss. */
+  /** Target directory of directory-backed pools (dir, fs, netfs), null for others; cached per pool (name and UUID). */
+  private readonly poolDirs = new Map<string, Promise<string | null>>();
+
+  private poolDir(pool: StoragePoolRef): Promise<string | null> {
+    const key = `${pool.name}\0${Buffer.from(pool.uuid).toString('hex')}`;
+    let dir = this.poolDirs.get(key);
+    if (!dir) {
+      dir = this.lv.getStoragePoolXml(pool).then((xml) => {
+        const type = /<pool\s+type=(['"])([^'"]+)\1/.exec(xml)?.[2];
+        const path = /<target>[\s\S]*?<path>([^<]*)<\/path>/.exec(xml)?.[1];
+        return type !== undefined && ['dir', 'fs', 'netfs'].includes(type) && path !== undefined ? unescapeXml(path) : null;
+      });
+      dir.catch(() => this.poolDirs.delete(key));
+      this.poolDirs.set(key, dir);
+    }
+    return dir;
+  }
+
+  /** Whether a volume libvirt does not list may still exist (so a refresh could find it). */
+  private async mayExist(pool: StoragePoolRef, name: string): Promise<boolean> {
+    const dir = await this.poolDir(pool).catch(() => null);
+    if (dir === null) return true;
+    return access(join(dir, name)).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  /** The volume, or null; refreshes the pool once on a miss when the volume may exist. */
   private async lookup(pool: StoragePoolRef, name: string): Promise<StorageVolRef | null> {
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         return await this.lv.lookupVolumeByName(pool, name);
       } catch (e) {
         if (!(e instanceof NotFoundError)) throw e;
-        if (attempt === 0) await this.refresh(pool);
+        if (attempt === 0) {
+          if (!(await this.mayExist(pool, name))) return null;
+          await this.refresh(pool);
+        }
       }
     }
     return null;
