@@ -274,7 +274,9 @@ for (const engine of ENGINES) {
       const admin = h.admin.client;
       const list = await admin.get('/api/v1/hosts');
       assert.equal(list.body.items[0].name, 'kvm-1');
-      assert.deepEqual(list.body.items[0].capacity, { cpus: 16, ramMb: 65536, diskGb: 900 });
+      // Bytes come from the agent's Hello; a host inserted by hand has none, and no session or usage.
+      assert.deepEqual(list.body.items[0].capacity, { cpus: 16, ramMb: 65536, diskGb: 900, memoryBytes: 0, diskBytes: 0 });
+      assert.deepEqual([list.body.items[0].connected, list.body.items[0].usage], [false, null]);
       const m = await admin.patch(`/api/v1/hosts/${host.id}`, { maintenance: true });
       assert.equal(m.body.adminState, 'maintenance');
       assert.equal((await admin.patch(`/api/v1/hosts/${host.id}`, { maintenance: false })).body.adminState, 'active');
