@@ -42,7 +42,10 @@ async function main(argv: string[]): Promise<number> {
   if (command === 'serve') {
     const orch = await startOrchestrator(config, log, systemClock);
     const where = config.databaseUrl ? 'PostgreSQL' : `embedded PGlite in ${config.dataDir}/pglite`;
-    process.stderr.write(`\nKloudak is up: ${orch.url}  (API ${orch.url}/api/v1, OpenAPI ${orch.url}/api/v1/openapi.json)\ndatabase: ${where}\n\n`);
+    process.stderr.write(
+      `\nKloudak is up: ${orch.url}  (API ${orch.url}/api/v1, OpenAPI ${orch.url}/api/v1/openapi.json)\ndatabase: ${where}\n` +
+        `agents: ${orch.agentUrl} (TLS; agent CA fingerprint ${orch.ca.fingerprint})\n\n`,
+    );
     await new Promise<void>((resolve) => {
       const stop = (sig: string) => {
         log.info({ signal: sig }, 'shutting down');

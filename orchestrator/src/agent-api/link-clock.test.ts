@@ -1,5 +1,5 @@
 // The agent link under a fake clock: liveness transitions at their exact instants (written to
-// PostgreSQL, published to an in-memory bus: this file covers the timing, link.test.ts covers NATS),
+// PostgreSQL and PGlite, published to an in-memory bus: this file covers the timing, link.test.ts covers NATS),
 // and usage downsampling into minute rows.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,8 +16,8 @@ import { AgentLink } from './link.js';
 import { UsageRecorder } from './usage.js';
 import { enrollSimAgent, SimAgent, type SimIdentity } from './testing/sim-agent.js';
 
-describe('agent link with a fake clock', () => {
-  let fresh: FreshDatabase;
+for (const engine of ['postgres', 'pglite'] as const) describe(`agent link with a fake clock on ${engine}`, () => {
+  let fresh: FreshDatabase | undefined;
   let db: Database;
   let dir: string;
   let link: AgentLink;
@@ -29,8 +29,8 @@ describe('agent link with a fake clock', () => {
   let agent: SimAgent;
 
   before(async () => {
-    fresh = await freshDatabase();
-    db = await openDatabase({ url: fresh.url });
+    if (engine === 'postgres') fresh = await freshDatabase();
+    db = await openDatabase(fresh ? { url: fresh.url } : { inMemory: true });
     await db.migrate();
     dir = mkdtempSync(join(tmpdir(), 'kloudak-clock-'));
     const ca = await CertificateAuthority.open({ dataDir: dir, extraNames: [], clock, log });

@@ -325,16 +325,24 @@ describe('agent link over TLS on PostgreSQL and NATS', () => {
       sub.unsubscribe();
     });
 
-    it('stores and publishes fence reports', async () => {
+    it('stores and publishes fence reports, and publishes domain events', async () => {
       const id = await enrolled();
       const sub = nc.subscribe('kloudak.infra.host.fenced', { max: 1 });
       const got = (async () => {
         for await (const m of sub) return m.json<Record<string, unknown>>();
         return null;
       })();
+      const evSub = nc.subscribe('kloudak.infra.vm.domain', { max: 1 });
+      const domainEvent = (async () => {
+        for await (const m of evSub) return m.json<Record<string, unknown>>();
+        return null;
+      })();
       await nc.flush();
       const a = sim(id);
       await a.start();
+      a.send({ body: { $case: 'domainEvent', domainEvent: { vmId: 'v9', domainName: 'kloudak-v9', event: pb.DomainEventType.DOMAIN_EVENT_TYPE_CRASHED, detail: 'crashed', occurredAt: new Date() } } });
+      const de = await domainEvent;
+      assert.deepEqual([de?.['hostId'], de?.['vmId'], de?.['event']], [id.hostId, 'v9', 'crashed']);
       const fencedAt = new Date(Date.now() - 5000);
       a.send({ body: { $case: 'fenceReport', fenceReport: { domains: [{ domainName: 'kloudak-v1', vmId: 'v1' }], fencedAt, leaseExpiredAt: fencedAt, reason: 'lease expired' } } });
       const ev = await got;
@@ -484,6 +492,31 @@ describe('agent link over TLS on PostgreSQL and NATS', () => {
       assert.equal(none.error?.code, 'deadline_exceeded');
       await a.stop();
     });
+  });
+
+  it('stops gracefully: sessions end with UNAVAILABLE, the agent port closes, pending commands are answered', async () => {
+    const own = await startHarness('postgres', TIMINGS);
+    try {
+      const area = await freshArea(own.orch.db.client);
+      const r = await own.admin.client.post('/api/v1/hosts/join-tokens', { area: area.id });
+      const id = await enrollSimAgent({ address: own.orch.agentUrl, joinToken: r.body.token, hostName: 'leaving' });
+      const a = new SimAgent({ address: own.orch.agentUrl, identity: id, reconnect: false, onCommand: () => new Promise(() => undefined) });
+      agents.push(a);
+      await a.start();
+      const ended = new Promise<grpc.StatusObject>((resolve) => a.once('end', resolve));
+      const pending = own.orch.agents.sendCommand(id.hostId, { action: { kind: 'getInventory' } }, { deadline: Date.now() + 60_000 });
+      await waitFor(async () => a.stats.commandsReceived === 1, 5000, 'the command reached the agent');
+      const started = Date.now();
+      await own.close();
+      assert.ok(Date.now() - started < 5000, 'close does not wait for the streams to end by themselves');
+      assert.equal(statusName(await ended), 'UNAVAILABLE');
+      assert.equal((await pending).error?.code, 'unavailable');
+      const again = new SimAgent({ address: own.orch.agentUrl, identity: id, reconnect: false });
+      agents.push(again);
+      assert.equal(grpcCode(await again.start().catch((e: unknown) => e)), 'UNAVAILABLE');
+    } finally {
+      await own.close();
+    }
   });
 
   it('never logs join token secrets or private keys', async () => {

@@ -336,6 +336,8 @@ export class AgentLink {
       }
     }, this.opts.helloTimeoutMs ?? HELLO_TIMEOUT_MS);
     const identity = hostIdentity(this.deps.db.client, hostId);
+    // Awaited by the Hello; if none comes, a failed lookup must not become an unhandled rejection.
+    identity.catch(() => undefined);
     // Messages are handled one after the other, in stream order: a FenceReport is stored before
     // the grant of any later heartbeat is sent, which is what lets the agent delete its record.
     call.on('data', (msg: AgentMessage) => {
