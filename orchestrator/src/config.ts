@@ -58,7 +58,6 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_DATA_DIR: 'dataDir',
   DATABASE_URL: 'databaseUrl',
   NATS_URL: 'natsUrl',
-  KLOUDAK_NATS_URL: 'natsUrl',
   KLOUDAK_AGENT_PORT: 'agentPort',
   KLOUDAK_AGENT_HOST: 'agentHost',
   KLOUDAK_AGENT_TLS_NAMES: 'agentTlsNames',
