@@ -18,7 +18,7 @@ export const OrchestratorConfigSchema = Type.Object(
     /** Extra DNS names or IPs for the agent link's server certificate, comma-separated. */
     agentTlsNames: Type.String({ default: '' }),
     /** How often agents send a heartbeat (told in HelloAck). */
-    heartbeatIntervalMs: Type.Integer({ minimum: 50, maximum: 600_000, default: 5000 }),
+    heartbeatIntervalMs: Type.Integer({ minimum: 50, maximum: 600_000, default: 1000 }),
     /** Length of the lease granted for each heartbeat. */
     agentLeaseMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 15000 }),
     /** Safety margin after a lease surely ended before a host counts as down. */

@@ -420,7 +420,7 @@ export class AgentLink {
         const hb = heartbeatFromProto(body.heartbeat);
         const t = this.liveness.alive(s.hostId);
         if (t) this.applyTransition(t);
-        this.usage.record(s.hostId, hb.usage);
+        this.usage.record(s.hostId, hb.usage, hb.libvirtConnected);
         const now = this.deps.clock.now();
         // The grant goes out before anything slow: the agent measures its lease from the send
         // time of the heartbeat, so a late grant only shortens the lease it holds.

@@ -13,6 +13,8 @@ const GIB = 1024 * MIB;
 export interface CurrentUsage extends HostUsage {
   /** When it arrived (orchestrator clock). */
   at: Date;
+  /** Whether the agent's libvirt connection was up (false while libvirtd restarts). */
+  libvirtConnected: boolean;
 }
 
 interface Bucket {
@@ -61,9 +63,9 @@ export class UsageRecorder {
   }
 
   /** Record one heartbeat's usage. */
-  record(hostId: string, u: HostUsage): void {
+  record(hostId: string, u: HostUsage, libvirtConnected = true): void {
     const now = this.clock.now();
-    this.current.set(hostId, { ...u, at: new Date(now) });
+    this.current.set(hostId, { ...u, at: new Date(now), libvirtConnected });
     const start = Math.floor(now / BUCKET_MS) * BUCKET_MS;
     let b = this.buckets.get(hostId);
     if (b && b.start !== start) {

@@ -118,6 +118,7 @@ const HostUsageSchema = Type.Object({
   memoryTotalBytes: Type.Integer(),
   diskUsedBytes: Type.Integer(),
   diskTotalBytes: Type.Integer(),
+  libvirtConnected: Type.Boolean({ description: "whether the agent's libvirt connection was up (false while libvirtd restarts)" }),
 });
 const HostSchema = Type.Object({
   id: Uuid,
@@ -165,6 +166,7 @@ function hostView(h: HostRow, link: HostLinkStatus) {
           memoryTotalBytes: u.memoryTotalBytes,
           diskUsedBytes: u.diskUsedBytes,
           diskTotalBytes: u.diskTotalBytes,
+          libvirtConnected: u.libvirtConnected,
         }
       : null,
     agentStartedAt: h.agentStartedAt?.toISOString() ?? null,
