@@ -1,0 +1,497 @@
+// The agent link end to end: a real orchestrator (PostgreSQL, NATS, gRPC over mutual TLS, in this
+// process so the test can call its AgentChannel) and real agent processes (`agent/dist/main.js`)
+// enrolled with join tokens — three on simulated hosts (libvirt's test driver through libvirtd) and
+// one on qemu:///system with Open vSwitch that boots the test guest through sendCommand.
+//
+// Every agent dials the orchestrator through a TCP relay owned by the test, so a test can cut the
+// network between one agent and the orchestrator (streams reset, new connections refused) without
+// touching either process: that is how "stream cut mid-command" and "orchestrator unreachable past
+// the lease" are made.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createLogger } from '@kloudak/common';
+import { Flags, Libvirt, type StoragePoolRef } from '@kloudak/libvirt';
+import { ensureLibvirtd, stopLibvirtd } from '@kloudak/libvirt/testing';
+import { domainName } from '@kloudak/agent';
+import { createSimHost, createTestNet, ensureOvs, type SimHost, type TestNet } from '@kloudak/agent/testing';
+import { configWith, startOrchestrator, systemClock, type CommandAction, type Orchestrator } from '@kloudak/orchestrator';
+import { Cleanup, freePort, freshDatabase, waitFor, TEST_NATS_URL, type FreshDatabase } from '@kloudak/testkit';
+
+const REPO = fileURLToPath(new URL('../../../', import.meta.url));
+const AGENT_MAIN = join(REPO, 'agent/dist/main.js');
+const GUEST = process.env['KLOUDAK_TEST_GUEST_DIR'] ?? join(REPO, '.cache', 'test-guest');
+const RUN = `ke${randomBytes(3).toString('hex')}`;
+const ADMIN = { username: 'root-admin', password: 'e2e-Agent-Link-Pass-2026!' };
+const HEARTBEAT_MS = 200;
+const LEASE_MS = 2_500;
+// The margin must cover the agent's destroy of its HA domains (about 1.5 s under TCG here): the
+// orchestrator may restart them elsewhere once the host is down, so they must be off by then.
+const DOWN_MARGIN_MS = 3_000;
+
+/** A TCP relay from a local port to the orchestrator's agent port that the test can cut. */
+class Relay {
+  private readonly sockets = new Set<Socket>();
+  private open = true;
+  private constructor(
+    private readonly server: Server,
+    readonly port: number,
+  ) {}
+
+  static async start(targetPort: number): Promise<Relay> {
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const address = server.address();
+    const relay = new Relay(server, typeof address === 'object' && address ? address.port : 0);
+    server.on('connection', (client) => {
+      if (!relay.open) return client.destroy();
+      const upstream = connect(targetPort, '127.0.0.1');
+      for (const s of [client, upstream]) {
+        relay.sockets.add(s);
+        s.on('close', () => relay.sockets.delete(s));
+        s.on('error', () => undefined);
+      }
+      client.pipe(upstream).pipe(client);
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+    });
+    return relay;
+  }
+
+  /** Reset every connection and refuse new ones until {@link heal}. */
+  cut(): void {
+    this.open = false;
+    for (const s of this.sockets) s.resetAndDestroy();
+  }
+
+  heal(): void {
+    this.open = true;
+  }
+
+  async close(): Promise<void> {
+    this.cut();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+/** An agent running as its own process, with its JSON log lines. */
+interface AgentProcess {
+  name: string;
+  dataDir: string;
+  relay: Relay;
+  env: Record<string, string>;
+  child: ChildProcess;
+  lines(): Array<Record<string, unknown>>;
+  output(): string;
+  exited: Promise<number | null>;
+}
+
+describe('the agent link end to end: real orchestrator, real agents', { timeout: 300_000 }, () => {
+  const cleanup = new Cleanup();
+  let db: FreshDatabase;
+  let orch: Orchestrator;
+  let token: string;
+  let areaId: string;
+  let net: TestNet;
+  let lv: Libvirt;
+  let pool: StoragePoolRef;
+  let bridge: string;
+  let consoleDir: string;
+  const sims: SimHost[] = [];
+  const agents = new Map<string, AgentProcess>();
+  /** VMs made on qemu:///system; removed by DeleteVm in the last test, or here if a test failed first. */
+  const qemuVms: string[] = [];
+
+  /** Fallback cleanup straight through libvirt (the agents may be gone by then). */
+  async function removeQemuVms(): Promise<void> {
+    for (const vmId of qemuVms) {
+      const dom = await lv.lookupDomainByName(domainName(vmId)).catch(() => null);
+      if (!dom) continue;
+      await lv.destroyDomain(dom).catch(() => undefined);
+      await lv.undefineDomain(dom).catch(() => undefined);
+    }
+  }
+
+  async function api(method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
+    const res = await fetch(`${orch.url}/api/v1${path}`, {
+      method,
+      headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+  }
+
+  async function joinToken(): Promise<string> {
+    const r = await api('POST', '/hosts/join-tokens', { area: areaId, expiresIn: 600 });
+    assert.equal(r.status, 201, JSON.stringify(r.body));
+    return r.body['token'] as string;
+  }
+
+  async function host(name: string): Promise<Record<string, unknown>> {
+    const list = await api('GET', '/hosts?limit=100');
+    const items = (list.body['items'] ?? list.body['hosts'] ?? []) as Array<Record<string, unknown>>;
+    const h = items.find((x) => x['name'] === name);
+    assert.ok(h, `host ${name} listed: ${JSON.stringify(list.body)}`);
+    return (await api('GET', `/hosts/${String(h['id'])}`)).body;
+  }
+
+  function spawnAgent(name: string, env: Record<string, string>, relay: Relay, dataDir: string): AgentProcess {
+    let out = '';
+    const fullEnv = {
+      PATH: process.env['PATH'] ?? '',
+      KLOUDAK_AGENT_ORCHESTRATOR: `127.0.0.1:${relay.port}`,
+      KLOUDAK_AGENT_DATA_DIR: dataDir,
+      KLOUDAK_AGENT_HOSTNAME: name,
+      KLOUDAK_AGENT_HEARTBEAT_MS: String(HEARTBEAT_MS),
+      KLOUDAK_AGENT_FENCE_LEASE_MS: String(LEASE_MS),
+      KLOUDAK_AGENT_LOG_TARGET: 'stdout',
+      KLOUDAK_AGENT_LOG_LEVEL: 'debug',
+      ...env,
+    };
+    const child = spawn(process.execPath, [AGENT_MAIN], { env: fullEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const a: AgentProcess = {
+      name,
+      dataDir,
+      relay,
+      env,
+      child,
+      exited,
+      output: () => out,
+      lines: () =>
+        out
+          .split('\n')
+          .filter((l) => l.startsWith('{'))
+          .map((l) => {
+            try {
+              return JSON.parse(l) as Record<string, unknown>;
+            } catch {
+              return {};
+            }
+          }),
+    };
+    agents.set(name, a);
+    return a;
+  }
+
+  async function startAgent(name: string, env: Record<string, string>): Promise<AgentProcess> {
+    const relay = await Relay.start(orch.agentPort);
+    cleanup.add(() => relay.close());
+    const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-agent-`));
+    cleanup.add(async () => rmSync(dataDir, { recursive: true, force: true }));
+    const a = spawnAgent(name, { KLOUDAK_AGENT_JOIN_TOKEN: await joinToken(), ...env }, relay, dataDir);
+    cleanup.add(async () => {
+      if (a.child.exitCode === null && a.child.signalCode === null) a.child.kill('SIGKILL');
+      await a.exited;
+    });
+    return a;
+  }
+
+  async function stopAgent(a: AgentProcess, signal: NodeJS.Signals): Promise<number | null> {
+    a.child.kill(signal);
+    return a.exited;
+  }
+
+  async function waitState(name: string, state: string, timeoutMs = 20_000): Promise<Record<string, unknown>> {
+    let last: Record<string, unknown> = {};
+    await waitFor(async () => {
+      last = await host(name);
+      return last['state'] === state && (state !== 'up' || last['connected'] === true);
+    }, timeoutMs, `host ${name} ${state}`).catch((e: unknown) => {
+      throw new Error(`${(e as Error).message}; last: ${JSON.stringify(last)}; agent output:\n${agents.get(name)?.output().slice(-3000) ?? ''}`);
+    });
+    return last;
+  }
+
+  async function hostId(name: string): Promise<string> {
+    return (await host(name))['id'] as string;
+  }
+
+  function createVmAction(vmId: string, ha: boolean, ip: string): CommandAction {
+    return {
+      kind: 'createVm',
+      hostname: `e2e-${vmId.slice(0, 8)}`,
+      cpu: 1,
+      ramMb: 128,
+      diskGb: 1,
+      pool: RUN,
+      templateVolume: 'testguest.qcow2',
+      nics: [{ networkId: randomUUID(), mac: `52:54:00:4e:00:${ip.split('.').at(-1)?.padStart(2, '0') ?? '01'}`, bridge, vlan: 100, address: `${ip}/24`, gateway: '', dnsServers: [] }],
+      sshAuthorizedKeys: [],
+      passwordHash: '',
+      ha,
+      boot: { kernel: join(GUEST, 'vmlinux'), initrd: join(GUEST, 'initrd.img'), cmdline: 'console=ttyS0 panic=-1 root=/dev/vda quiet' },
+    };
+  }
+
+  before(async () => {
+    if (!existsSync(join(GUEST, 'template.qcow2'))) throw new Error(`test guest missing in ${GUEST}: run scripts/build-test-guest.sh`);
+    await ensureLibvirtd();
+    await ensureOvs();
+    db = await freshDatabase('kloudak_e2e_agent');
+    cleanup.add(() => db.drop());
+    const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-orch-`));
+    cleanup.add(async () => rmSync(dataDir, { recursive: true, force: true }));
+    const config = configWith({
+      port: 0,
+      host: '127.0.0.1',
+      agentPort: await freePort(),
+      agentHost: '127.0.0.1',
+      dataDir,
+      databaseUrl: db.url,
+      natsUrl: TEST_NATS_URL,
+      adminUser: ADMIN.username,
+      adminPassword: ADMIN.password,
+      passwordHashCost: 12,
+      heartbeatIntervalMs: HEARTBEAT_MS,
+      agentLeaseMs: LEASE_MS,
+      agentDownMarginMs: DOWN_MARGIN_MS,
+      logLevel: 'warn',
+    });
+    orch = await startOrchestrator(config, createLogger({ component: 'orchestrator', level: 'warn' }), systemClock, { livenessTickMs: 100 });
+    cleanup.add(() => orch.close());
+    token = '';
+    const login = await api('POST', '/auth/login', ADMIN);
+    assert.equal(login.status, 200);
+    token = login.body['token'] as string;
+    const area = await api('POST', '/areas', { name: 'e2e', subnet: '10.243.0.0/24', gateway: '10.243.0.1', vlanRange: '100-199' });
+    assert.equal(area.status, 201, JSON.stringify(area.body));
+    areaId = area.body['id'] as string;
+
+    // The qemu host's world: a storage pool with the test guest's template, an OVS bridge, a console dir.
+    lv = await Libvirt.connect({ uri: 'qemu:///system' });
+    cleanup.add(() => lv.close());
+    net = await createTestNet('ke-');
+    cleanup.add(() => net.cleanup());
+    bridge = await net.addBridge('br');
+    const poolDir = join(mkdtempSync(join(tmpdir(), `${RUN}-pool-`)), 'pool');
+    chmodSync(join(poolDir, '..'), 0o755);
+    cleanup.add(async () => rmSync(join(poolDir, '..'), { recursive: true, force: true }));
+    pool = await lv.defineStoragePool(`<pool type='dir'><name>${RUN}</name><target><path>${poolDir}</path></target></pool>`);
+    cleanup.add(async () => {
+      await lv.destroyStoragePool(pool).catch(() => undefined);
+      await lv.undefineStoragePool(pool).catch(() => undefined);
+    });
+    await lv.createStoragePool(pool, Flags.POOL_CREATE_WITH_BUILD);
+    copyFileSync(join(GUEST, 'template.qcow2'), join(poolDir, 'testguest.qcow2'));
+    consoleDir = mkdtempSync(join(tmpdir(), `${RUN}-console-`));
+    chmodSync(consoleDir, 0o755);
+    cleanup.add(async () => rmSync(consoleDir, { recursive: true, force: true }));
+    // Runs before the pool, bridge and libvirt connection go (cleanup runs newest first).
+    cleanup.add(() => removeQemuVms());
+  });
+
+  after(async () => {
+    await cleanup.run();
+  });
+
+  it('agents on three simulated hosts and one qemu host enroll with join tokens and come up', async () => {
+    for (let i = 0; i < 3; i++) {
+      const dir = mkdtempSync(join(tmpdir(), `${RUN}-sim${i}-`));
+      cleanup.add(async () => rmSync(dir, { recursive: true, force: true }));
+      const sim = createSimHost({ dir, cpus: 4 + i, memoryMb: 8192 });
+      sims.push(sim);
+      await startAgent(`${RUN}-sim-${i}`, {
+        KLOUDAK_AGENT_LIBVIRT_URI: sim.uri,
+        KLOUDAK_AGENT_DOMAIN_TYPE: 'qemu',
+        KLOUDAK_AGENT_OVS_DATAPATH: 'netdev',
+        KLOUDAK_AGENT_NIC_OFFLOAD: 'off',
+        KLOUDAK_AGENT_BRIDGE: bridge,
+        KLOUDAK_AGENT_CONSOLE_DIR: dir,
+      });
+    }
+    await startAgent(`${RUN}-qemu`, {
+      KLOUDAK_AGENT_LIBVIRT_URI: 'qemu:///system',
+      KLOUDAK_AGENT_DOMAIN_TYPE: 'qemu',
+      KLOUDAK_AGENT_OVS_DATAPATH: 'netdev',
+      KLOUDAK_AGENT_NIC_OFFLOAD: 'off',
+      KLOUDAK_AGENT_BRIDGE: bridge,
+      KLOUDAK_AGENT_CONSOLE_DIR: consoleDir,
+    });
+    for (let i = 0; i < 3; i++) {
+      const h = await waitState(`${RUN}-sim-${i}`, 'up');
+      assert.equal((h['capacity'] as Record<string, unknown>)['cpus'], 4 + i, 'capacity of the simulated node, from Hello');
+      assert.ok(h['lastHeartbeatAt']);
+    }
+    const q = await waitState(`${RUN}-qemu`, 'up');
+    assert.ok(((q['capacity'] as Record<string, unknown>)['cpus'] as number) >= 1);
+    await waitFor(async () => (await host(`${RUN}-qemu`))['usage'] !== null, 10_000, 'usage from heartbeats');
+    for (const a of agents.values()) {
+      assert.ok(!a.output().includes(a.env['KLOUDAK_AGENT_JOIN_TOKEN'] ?? '\u0000'), `${a.name}: the join token never appears in its log`);
+      assert.ok(!/BEGIN [A-Z ]*PRIVATE KEY/.test(a.output()), `${a.name}: no private key in its log`);
+    }
+  });
+
+  it('a used join token is refused: the agent exits with a clear error and writes no identity', async () => {
+    const used = agents.get(`${RUN}-sim-0`)?.env['KLOUDAK_AGENT_JOIN_TOKEN'] ?? '';
+    const relay = await Relay.start(orch.agentPort);
+    cleanup.add(() => relay.close());
+    const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-agent-`));
+    cleanup.add(async () => rmSync(dataDir, { recursive: true, force: true }));
+    const sim = sims[0];
+    assert.ok(sim);
+    const a = spawnAgent(`${RUN}-reuse`, { KLOUDAK_AGENT_JOIN_TOKEN: used, KLOUDAK_AGENT_LIBVIRT_URI: sim.uri, KLOUDAK_AGENT_BRIDGE: bridge, KLOUDAK_AGENT_OVS_DATAPATH: 'netdev' }, relay, dataDir);
+    const code = await Promise.race([a.exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 30_000))]);
+    if (code === 'hung') a.child.kill('SIGKILL');
+    assert.notEqual(code, 0, `agent with a used token must fail: ${a.output().slice(-1500)}`);
+    assert.notEqual(code, 'hung');
+    assert.match(a.output(), /join token|already used|UNAUTHENTICATED/i);
+    assert.ok(!a.output().includes(used.split('.')[2] ?? '\u0000'), 'the token secret is not in the error');
+    assert.ok(!existsSync(join(dataDir, 'identity.json')));
+  });
+
+  it('sendCommand boots the test guest on the qemu host; the same VM on a simulated host runs too', async () => {
+    const qemuId = await hostId(`${RUN}-qemu`);
+    const vmId = randomUUID();
+    qemuVms.push(vmId);
+    const created = await orch.agents.sendCommand(qemuId, { vmId, action: createVmAction(vmId, true, '10.243.0.41') }, { deadline: Date.now() + 60_000 });
+    assert.equal(created.ok, true, JSON.stringify(created.error));
+    let consoleText = '';
+    await waitFor(async () => {
+      const r = await orch.agents.sendCommand(qemuId, { vmId, action: { kind: 'readConsole', maxBytes: 65536 } }, { deadline: Date.now() + 10_000 });
+      consoleText = r.console?.data.toString('utf8') ?? '';
+      return consoleText.includes('KLOUDAK-READY');
+    }, 90_000, 'the guest prints its ready line').catch((e: unknown) => {
+      throw new Error(`${(e as Error).message}\n${consoleText.slice(-2000)}`);
+    });
+    assert.match(consoleText, new RegExp(`KLOUDAK-READY instance-id=${vmId} .*ip=10\\.243\\.0\\.41`));
+    const inv = await orch.agents.sendCommand(qemuId, { action: { kind: 'getInventory' } }, { deadline: Date.now() + 10_000 });
+    assert.ok(inv.inventory?.domains.some((d) => d.vmId === vmId && d.state === 'running'), JSON.stringify(inv.inventory?.domains));
+
+    // The same create on a simulated host (seed as a file there; the test driver cannot upload).
+    const simId = await hostId(`${RUN}-sim-1`);
+    const simVm = randomUUID();
+    const sim = sims[1];
+    assert.ok(sim);
+    const simAction = { ...createVmAction(simVm, true, '10.243.0.42'), pool: sim.poolName, templateVolume: sim.templateVolume };
+    delete (simAction as { boot?: unknown }).boot;
+    const r = await orch.agents.sendCommand(simId, { vmId: simVm, action: simAction }, { deadline: Date.now() + 30_000 });
+    assert.equal(r.ok, true, JSON.stringify(r.error));
+    const simInv = await orch.agents.sendCommand(simId, { action: { kind: 'getInventory' } }, { deadline: Date.now() + 10_000 });
+    assert.deepEqual(simInv.inventory?.domains.map((d) => d.vmId), [simVm], 'the simulated host has exactly its own VM');
+    (globalThis as Record<string, unknown>)['__qemuVm'] = vmId;
+  });
+
+  it('a stream cut mid-command: the result arrives after the reconnect and the command ran once', async () => {
+    const a = agents.get(`${RUN}-qemu`);
+    assert.ok(a);
+    const qemuId = await hostId(a.name);
+    const vmId = (globalThis as Record<string, unknown>)['__qemuVm'] as string;
+    // A graceful stop takes the guest a second or more: long enough to cut the stream meanwhile.
+    const pending = orch.agents.sendCommand(qemuId, { vmId, action: { kind: 'stopVm', timeoutMs: 20_000, force: false } }, { deadline: Date.now() + 60_000 });
+    await new Promise((r) => setTimeout(r, 200));
+    const cutAt = Date.now();
+    a.relay.cut();
+    await new Promise((r) => setTimeout(r, 1_000));
+    a.relay.heal();
+    const result = await pending;
+    assert.equal(result.ok, true, JSON.stringify(result.error));
+    assert.ok(result.completedAt.getTime() > cutAt, 'the stop was still running when the stream was cut');
+    const runs = a.lines().filter((l) => l['command_id'] === result.commandId && l['msg'] === 'command succeeded');
+    assert.equal(runs.length, 1, `ran once: ${JSON.stringify(a.lines().filter((l) => l['command_id'] === result.commandId))}`);
+    assert.equal((await lv.getDomainState(await lv.lookupDomainByName(domainName(vmId)))).state, 5, 'shut off');
+    const start = await orch.agents.sendCommand(qemuId, { vmId, action: { kind: 'startVm' } }, { deadline: Date.now() + 30_000 });
+    assert.equal(start.ok, true, JSON.stringify(start.error));
+  });
+
+  it('the agent killed and restarted: Hello reconciles, the VM kept running', async () => {
+    const a = agents.get(`${RUN}-qemu`);
+    assert.ok(a);
+    const before = await host(a.name);
+    await stopAgent(a, 'SIGKILL');
+    const vmId = (globalThis as Record<string, unknown>)['__qemuVm'] as string;
+    // Restarted with the same data dir: no join token needed, the identity is on disk.
+    const env = { ...a.env };
+    delete env['KLOUDAK_AGENT_JOIN_TOKEN'];
+    const again = spawnAgent(a.name, env, a.relay, a.dataDir);
+    cleanup.add(async () => {
+      if (again.child.exitCode === null && again.child.signalCode === null) again.child.kill('SIGKILL');
+      await again.exited;
+    });
+    await waitFor(async () => {
+      const h = await host(a.name);
+      return h['connected'] === true && h['agentStartedAt'] !== before['agentStartedAt'];
+    }, 20_000, 'a new session with a new agent start time');
+    const h = await host(a.name);
+    assert.equal(h['id'], before['id'], 'the same host, not a new one');
+    assert.equal(h['state'], 'up');
+    const inv = await orch.agents.sendCommand(h['id'] as string, { action: { kind: 'getInventory' } }, { deadline: Date.now() + 10_000 });
+    assert.ok(inv.inventory?.domains.some((d) => d.vmId === vmId && d.state === 'running'), 'the VM survived the agent');
+  });
+
+  it('libvirtd restarted: heartbeats continue and say libvirt is down, then up again', async () => {
+    const name = `${RUN}-qemu`;
+    await stopLibvirtd();
+    try {
+      await waitFor(async () => {
+        const h = await host(name);
+        return h['state'] === 'up' && (h['usage'] as Record<string, unknown> | null)?.['libvirtConnected'] === false;
+      }, 15_000, 'heartbeats reporting libvirt down');
+    } finally {
+      await ensureLibvirtd();
+    }
+    await waitFor(async () => (await host(name)) ['usage'] !== null && ((await host(name))['usage'] as Record<string, unknown>)['libvirtConnected'] === true, 30_000, 'libvirt up again');
+    assert.equal((await host(name))['state'], 'up', 'the host never left up');
+    // Our own connection reconnects too (the restart was real).
+    await waitFor(async () => lv.state === 'ready', 30_000, 'test libvirt client reconnected');
+  });
+
+  it('the orchestrator unreachable past the lease: the HA VM is fenced, the non-HA one keeps running, and it is reported', async () => {
+    const a = agents.get(`${RUN}-qemu`);
+    assert.ok(a);
+    const qemuId = await hostId(a.name);
+    const haVm = (globalThis as Record<string, unknown>)['__qemuVm'] as string;
+    const plainVm = randomUUID();
+    qemuVms.push(plainVm);
+    const c = await orch.agents.sendCommand(qemuId, { vmId: plainVm, action: createVmAction(plainVm, false, '10.243.0.43') }, { deadline: Date.now() + 60_000 });
+    assert.equal(c.ok, true, JSON.stringify(c.error));
+    const state = async (vm: string) => (await lv.getDomainState(await lv.lookupDomainByName(domainName(vm)))).state;
+    assert.equal(await state(haVm), 1, 'HA VM running before the partition');
+
+    const cutAt = Date.now();
+    a.relay.cut();
+    // Watch both sides at once: the agent's fencing (through libvirt) and the orchestrator's verdict.
+    let fencedAfter: number | null = null;
+    let downAfter: number | null = null;
+    while (fencedAfter === null || downAfter === null) {
+      assert.ok(Date.now() - cutAt < LEASE_MS + DOWN_MARGIN_MS + 15_000, `fenced after ${fencedAfter} ms, down after ${downAfter} ms`);
+      if (fencedAfter === null && (await state(haVm)) === 5) fencedAfter = Date.now() - cutAt;
+      if (downAfter === null && (await host(a.name))['state'] === 'down') downAfter = Date.now() - cutAt;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.ok(fencedAfter <= downAfter, `the HA VM was off (${fencedAfter} ms) before the orchestrator declared the host down (${downAfter} ms)`);
+    assert.equal(await state(plainVm), 1, 'the non-HA VM keeps running');
+    a.relay.heal();
+    await waitState(a.name, 'up');
+    await waitFor(async () => (await orch.db.client.fenceReport.count({ where: { hostId: qemuId } })) > 0, 10_000, 'fence report stored');
+    const [report] = await orch.db.client.fenceReport.findMany({ where: { hostId: qemuId } });
+    assert.ok(JSON.stringify(report).includes(haVm), `the report names the fenced VM: ${JSON.stringify(report, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}`);
+    assert.ok(!JSON.stringify(report).includes(plainVm));
+    console.log(`# HA VM off ${fencedAfter} ms after the cut, host down after ${downAfter} ms (lease ${LEASE_MS} ms, margin ${DOWN_MARGIN_MS} ms)`);
+  });
+
+  it('DeleteVm through the link leaves nothing; SIGTERM stops every agent cleanly (exit 0)', async () => {
+    const qemuId = await hostId(`${RUN}-qemu`);
+    for (const vmId of qemuVms) {
+      const r = await orch.agents.sendCommand(qemuId, { vmId, action: { kind: 'deleteVm', pool: RUN, bridges: [bridge] } }, { deadline: Date.now() + 60_000 });
+      assert.equal(r.ok, true, JSON.stringify(r.error));
+      await assert.rejects(lv.lookupDomainByName(domainName(vmId)), 'domain gone');
+    }
+    const inv = await orch.agents.sendCommand(qemuId, { action: { kind: 'getInventory' } }, { deadline: Date.now() + 10_000 });
+    assert.deepEqual(inv.inventory?.domains.filter((d) => qemuVms.includes(d.vmId)), []);
+    assert.deepEqual(inv.inventory?.volumes.filter((v) => qemuVms.includes(v.vmId)), []);
+    for (const a of agents.values()) {
+      if (a.child.exitCode !== null || a.child.signalCode !== null) continue;
+      assert.equal(await stopAgent(a, 'SIGTERM'), 0, `${a.name} exits 0:\n${a.output().slice(-1500)}`);
+    }
+  });
+});
