@@ -262,8 +262,15 @@ export async function runDaemon(argv: string[]): Promise<number> {
   try {
     handle = await startAgent(cfg, { log, runner, signal: early.signal });
   } catch (err) {
+    // Stopped while still waiting for the orchestrator or libvirt: a requested stop, not a failure.
+    if (early.signal.aborted) {
+      log.info('stopped before it was up');
+      return 0;
+    }
     log.fatal({ err: { message: (err as Error).message, name: (err as Error).name } }, 'agent cannot start');
-    return 1;
+    // A setting that is missing for this start (no join token yet) is a configuration error: exit 2,
+    // which the unit's RestartPreventExitStatus keeps systemd from restarting in a loop.
+    return err instanceof ConfigError ? 2 : 1;
   } finally {
     process.off('SIGTERM', onEarlySignal);
     process.off('SIGINT', onEarlySignal);

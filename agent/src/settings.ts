@@ -1,7 +1,7 @@
 /**
  * Host-operation settings of the agent: the facts about this hypervisor host that shape the
- * domain XML and how the agent talks to libvirt and Open vSwitch. Loading and validating them
- * from the agent's configuration file comes later; for now this is the type and its defaults.
+ * domain XML and how the agent talks to libvirt and Open vSwitch. The daemon's configuration
+ * (config.ts) is read and validated once and turned into these.
  */
 
 /** Settings of host operations on one hypervisor host. */
