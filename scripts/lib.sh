@@ -202,12 +202,10 @@ libvirt_ready() {
 }
 
 # ensure_libvirt — libvirtd (monolithic, Debian 12), virtlogd and the QEMU driver, for the
-# packages/libvirt and agent tests. No systemd here: start the daemons by hand when they are down.
+# packages/libvirt and agent tests and the local host of up.sh. No systemd here: start the daemons
+# by hand when they are down.
 ensure_libvirt() {
   apt_install libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils genisoimage
-  # Test-only validators: virt-xml-validate needs xmllint; `cloud-init schema` checks user-data.
-  # (Never on a real hypervisor: cloud-init would enable its own services there.)
-  apt_install libxml2-utils cloud-init
   if libvirt_ready; then
     log "libvirtd already running, reusing it"
     return 0
@@ -216,6 +214,13 @@ ensure_libvirt() {
   as_root libvirtd -d
   wait_for 30 "libvirtd" libvirt_ready || die "libvirtd did not come up"
   log "libvirtd is up"
+}
+
+# ensure_test_validators — for the tests only: virt-xml-validate needs xmllint; `cloud-init schema`
+# checks user-data. Never on a hypervisor or a developer's machine through up.sh: cloud-init would
+# enable its own services at the next boot.
+ensure_test_validators() {
+  apt_install libxml2-utils cloud-init
 }
 
 # ensure_ovs — Open vSwitch (ovsdb-server + ovs-vswitchd) for the agent's network tests, plus the

@@ -60,6 +60,7 @@ export TURBO_TELEMETRY_DISABLED=1 TURBO_NO_UPDATE_NOTIFIER=1
 step "postgres" ensure_postgres
 step "nats" ensure_nats
 step "libvirt" ensure_libvirt
+step "validators" ensure_test_validators
 step "openvswitch" ensure_ovs
 step "rpm tools" ensure_rpm_tools
 # The tiny bootable guest of the VM tests (cached under .cache/test-guest; a rebuild only when its inputs change).

@@ -1,0 +1,212 @@
+// The README's "up" command (scripts/up.sh, `npm start`) end to end: it starts the orchestrator on
+// its embedded database and a local agent that it enrolls itself, on a simulated host (libvirt's
+// test driver) and on a qemu host (libvirt's QEMU driver, a pool holding the test guest's image,
+// Open vSwitch); a second start reuses the agent's identity; SIGTERM stops everything it started.
+// The build is skipped (KLOUDAK_UP_SKIP_BUILD=1): the test command has just built everything.
+import { describe, it, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Cleanup, freePort, waitFor, TEST_NATS_URL } from '@kloudak/testkit';
+
+const REPO = fileURLToPath(new URL('../../../', import.meta.url));
+const GUEST = process.env['KLOUDAK_TEST_GUEST_DIR'] ?? join(REPO, '.cache', 'test-guest');
+const RUN = `ku${randomBytes(3).toString('hex')}`;
+const cleanup = new Cleanup();
+after(() => cleanup.run());
+
+/** One run of scripts/up.sh. */
+interface Up {
+  child: ChildProcess;
+  base: string;
+  agentPort: number;
+  output(): string;
+  exited: Promise<number | null>;
+}
+
+async function startUp(dataDir: string, env: Record<string, string>): Promise<Up> {
+  const httpPort = await freePort();
+  const agentPort = await freePort();
+  const child = spawn('bash', [join(REPO, 'scripts/up.sh')], {
+    cwd: REPO,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: {
+      ...process.env,
+      KLOUDAK_UP_SKIP_BUILD: '1',
+      KLOUDAK_DATA_DIR: dataDir,
+      KLOUDAK_PORT: String(httpPort),
+      KLOUDAK_AGENT_PORT: String(agentPort),
+      NATS_URL: TEST_NATS_URL,
+      // Hashing cost of the one admin password; the default is made for production.
+      KLOUDAK_PASSWORD_HASH_COST: '12',
+      KLOUDAK_LOG_LEVEL: 'warn',
+      KLOUDAK_AGENT_LOG_LEVEL: 'info',
+      ...env,
+    },
+  });
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code, sig) => resolve(code ?? (sig ? 128 : null))));
+  // Whatever happens in the test, the script is stopped (it stops its own children).
+  cleanup.add(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      await exited;
+    }
+  });
+  const up: Up = { child, base: `http://127.0.0.1:${httpPort}`, agentPort, output: () => out, exited };
+  let gone = false;
+  void exited.then(() => (gone = true));
+  await waitFor(async () => {
+    if (gone) throw new Error(`up.sh exited early:\n${out}`);
+    return out.includes('Kloudak is ready.');
+  }, 180_000, 'up.sh to print "Kloudak is ready."');
+  return up;
+}
+
+async function stopUp(up: Up): Promise<void> {
+  up.child.kill('SIGTERM');
+  const code = await up.exited;
+  assert.equal(code, 143, `up.sh ends on SIGTERM with 128+15:\n${up.output().slice(-2000)}`);
+}
+
+/** Pids of processes whose environment names `needle` (the orchestrator's and agent's data dirs). */
+function processesWith(needle: string): number[] {
+  const pids: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${d}/environ`).includes(needle)) pids.push(Number(d));
+    } catch {
+      // gone meanwhile, or not ours to read
+    }
+  }
+  return pids;
+}
+
+async function api(base: string, token: string, path: string): Promise<{ status: number; body: Record<string, unknown> }> {
+  const res = await fetch(`${base}/api/v1${path}`, { headers: { authorization: `Bearer ${token}` } });
+  return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+}
+
+async function login(up: Up, dataDir: string): Promise<string> {
+  const password = readFileSync(join(dataDir, 'admin-password'), 'utf8').trim();
+  assert.ok(!up.output().includes(password), 'the admin password is never printed');
+  const res = await fetch(`${up.base}/api/v1/auth/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ username: 'admin', password }),
+  });
+  assert.equal(res.status, 200);
+  return ((await res.json()) as { token: string }).token;
+}
+
+type Host = { id: string; name: string; state: string; connected: boolean; capacity: { cpus: number }; area: string };
+
+async function waitHostUp(up: Up, token: string, name: string): Promise<Host> {
+  let found: Host | undefined;
+  await waitFor(async () => {
+    const r = await api(up.base, token, '/hosts');
+    found = (r.body['items'] as Host[]).find((h) => h.name === name);
+    return found?.state === 'up' && found.connected;
+  }, 60_000, `host ${name} up and connected:\n${up.output().slice(-3000)}`);
+  return found as Host;
+}
+
+function assertNoSecrets(up: Up): void {
+  assert.ok(!/kjt1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{8,}/.test(up.output()), 'no join token in the output');
+  assert.ok(!/BEGIN [A-Z ]*PRIVATE KEY/.test(up.output()), 'no private key in the output');
+  assert.ok(!/DeprecationWarning|ERROR|"level":("?(error|fatal)"?|50|60)\b/.test(up.output()), `no warning or error:\n${up.output().slice(-3000)}`);
+}
+
+describe('npm start (scripts/up.sh)', { timeout: 600_000 }, () => {
+  it('brings up the orchestrator with a SIMULATED local host, enrolled by itself; a second start reuses its identity; SIGTERM stops everything', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-sim-`));
+    cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }));
+    const hostName = `${RUN}-sim`;
+    const env = { KLOUDAK_UP_HOST: 'simulated', KLOUDAK_AGENT_HOSTNAME: hostName, KLOUDAK_AGENT_BRIDGE: `${RUN}s` };
+    cleanup.add(() => void execFileSync('ovs-vsctl', ['--timeout=10', '--if-exists', 'del-br', `${RUN}s`]));
+
+    const up = await startUp(dataDir, env);
+    assert.match(up.output(), /local host +\S+: SIMULATED host — libvirt's test driver/);
+    assert.match(up.output(), new RegExp(`API +http://127\\.0\\.0\\.1:\\d+/api/v1`));
+    const token = await login(up, dataDir);
+    const host = await waitHostUp(up, token, hostName);
+    assert.equal(host.capacity.cpus, 8, "the simulated node's CPUs, from the agent's Hello");
+    assert.equal(host.area, 'local');
+    for (const [path, field, want] of [
+      ['/areas/local', 'name', 'local'],
+      ['/pools/kloudak-local', 'area', 'local'],
+      ['/templates/test-guest', 'image', 'kloudak-test-guest.qcow2'],
+    ] as const) {
+      const r = await api(up.base, token, path);
+      assert.equal(r.status, 200, path);
+      assert.equal(r.body[field], want, path);
+    }
+    assert.ok(existsSync(join(dataDir, 'agent-sim', 'identity.json')), "the agent's identity is kept in the data dir");
+    assertNoSecrets(up);
+    await stopUp(up);
+    assert.deepEqual(processesWith(dataDir), [], 'no orchestrator or agent process is left');
+
+    // Second start: the same host, no new enrollment.
+    const again = await startUp(dataDir, env);
+    const token2 = await login(again, dataDir);
+    const host2 = await waitHostUp(again, token2, hostName);
+    assert.equal(host2.id, host.id, 'the same host record');
+    const tokens = await api(again.base, token2, '/hosts/join-tokens');
+    assert.equal((tokens.body['items'] as unknown[]).length, 1, 'one join token was ever made');
+    assertNoSecrets(again);
+    await stopUp(again);
+    assert.deepEqual(processesWith(dataDir), []);
+  });
+
+  it('brings up a qemu local host: a libvirt pool holding the test guest, Open vSwitch, the agent enrolled and up', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-q-`));
+    const hostDir = mkdtempSync(join(tmpdir(), `${RUN}-qh-`));
+    // libvirt runs QEMU as libvirt-qemu: the pool's directories must be searchable by it.
+    chmodSync(hostDir, 0o755);
+    const pool = `${RUN}-pool`;
+    const bridge = `${RUN}q`;
+    cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }));
+    cleanup.add(() => rmSync(hostDir, { recursive: true, force: true }));
+    cleanup.add(() => {
+      for (const cmd of [['pool-destroy', pool], ['pool-undefine', pool]]) {
+        try {
+          execFileSync('virsh', ['-q', '-c', 'qemu:///system', ...cmd], { stdio: 'ignore' });
+        } catch {
+          // not there
+        }
+      }
+    });
+    cleanup.add(() => void execFileSync('ovs-vsctl', ['--timeout=10', '--if-exists', 'del-br', bridge]));
+    const hostName = `${RUN}-qemu`;
+    const up = await startUp(dataDir, {
+      KLOUDAK_UP_HOST: 'qemu',
+      KLOUDAK_UP_HOST_DIR: hostDir,
+      KLOUDAK_UP_POOL: pool,
+      KLOUDAK_TEST_GUEST_DIR: GUEST,
+      KLOUDAK_AGENT_HOSTNAME: hostName,
+      KLOUDAK_AGENT_BRIDGE: bridge,
+      KLOUDAK_AGENT_OVS_DATAPATH: 'netdev',
+      KLOUDAK_AGENT_NIC_OFFLOAD: 'off',
+    });
+    assert.match(up.output(), /local host +\S+: qemu host — libvirt (kvm|qemu) driver/);
+    const vols = execFileSync('virsh', ['-q', '-c', 'qemu:///system', 'vol-list', pool], { encoding: 'utf8' });
+    assert.match(vols, /kloudak-test-guest\.qcow2/, 'the pool holds the test guest image');
+    for (const f of ['vmlinuz', 'initrd.img', 'cmdline']) assert.ok(existsSync(join(hostDir, 'boot', f)), `boot/${f}`);
+    const token = await login(up, dataDir);
+    const host = await waitHostUp(up, token, hostName);
+    assert.ok(host.capacity.cpus >= 1);
+    const pools = await api(up.base, token, `/pools/${pool}`);
+    assert.equal(pools.status, 200);
+    assert.equal(pools.body['path'], join(hostDir, 'pool'));
+    assertNoSecrets(up);
+    await stopUp(up);
+    assert.deepEqual(processesWith(dataDir), [], 'no orchestrator or agent process is left');
+  });
+});
