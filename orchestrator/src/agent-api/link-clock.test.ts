@@ -10,10 +10,11 @@ import { createLogger } from '@kloudak/common';
 import { openDatabase, type Database } from '@kloudak/prisma';
 import { freshDatabase, waitFor, type FreshDatabase } from '@kloudak/testkit';
 import { MemoryEventBus } from '../events/memory.js';
+import { writeLastHeartbeats } from '../store/agent-hosts.js';
 import { createJoinToken } from '../store/join-tokens.js';
 import { CertificateAuthority } from './ca.js';
 import { AgentLink } from './link.js';
-import { UsageRecorder } from './usage.js';
+import { upsertUsage, UsageRecorder } from './usage.js';
 import { enrollSimAgent, SimAgent, type SimIdentity } from './testing/sim-agent.js';
 
 for (const engine of ['postgres', 'pglite'] as const) describe(`agent link with a fake clock on ${engine}`, () => {
@@ -137,5 +138,35 @@ for (const engine of ['postgres', 'pglite'] as const) describe(`agent link with 
     // A deleted host's late bucket is dropped, not an error.
     u.record('00000000-0000-4000-8000-000000000000', sample(1, 1));
     await u.flushDue(true);
+  });
+
+  it('writes the usage rows and heartbeat times of many hosts in one batch, merging repeats, skipping deleted hosts, never moving a time back', async () => {
+    const areaId = (await db.client.host.findUniqueOrThrow({ where: { id: id.hostId } })).areaId;
+    const hosts = await Promise.all([1, 2, 3].map((i) => db.client.host.create({ data: { name: `batch-${i}`, areaId } })));
+    const [h1, h2, h3] = hosts.map((h) => h.id) as [string, string, string];
+    const at = new Date(Math.floor(now / 60_000) * 60_000 + 10 * 60_000);
+    const row = (hostId: string, cpuPct: number, samples: number) => ({ hostId, at, cpuPct, memUsedMb: 100 * samples, memTotalMb: 1000, diskUsedGb: 1, diskTotalGb: 2, samples });
+    await upsertUsage(db.client, [row(h1, 10, 1), row(h2, 20, 2), row(h1, 40, 3), row('00000000-0000-4000-8000-000000000001', 5, 1), row(h3, 30, 1)]);
+    const got = await db.client.hostUsageSample.findMany({ where: { at }, orderBy: { cpuPct: 'asc' } });
+    assert.deepEqual(
+      got.map((r) => [r.hostId, r.cpuPct, r.samples, r.memUsedMb]),
+      [
+        [h2, 20, 2, 200],
+        [h3, 30, 1, 100],
+        [h1, 32.5, 4, 250], // (10×1 + 40×3) / 4; memory (100×1 + 300×3) / 4
+      ],
+    );
+
+    const t = new Date(now + 90_000);
+    await db.client.host.update({ where: { id: h1 }, data: { lastHeartbeatAt: t } });
+    await writeLastHeartbeats(db.client, [
+      { hostId: h1, at: new Date(t.getTime() - 5000) },
+      { hostId: h2, at: new Date(t.getTime() + 1) },
+      { hostId: '00000000-0000-4000-8000-000000000002', at: t },
+    ]);
+    const beats = Object.fromEntries((await db.client.host.findMany({ where: { id: { in: [h1, h2, h3] } } })).map((h) => [h.id, h.lastHeartbeatAt?.getTime() ?? null]));
+    assert.deepEqual(beats, { [h1]: t.getTime(), [h2]: t.getTime() + 1, [h3]: null });
+    await db.client.hostUsageSample.deleteMany({ where: { hostId: { in: [h1, h2, h3] } } });
+    await db.client.host.deleteMany({ where: { id: { in: [h1, h2, h3] } } });
   });
 });

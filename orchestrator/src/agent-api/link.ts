@@ -23,7 +23,7 @@ import {
   reconcileHello,
   storeFenceReport,
   writeHostState,
-  writeLastHeartbeat,
+  writeLastHeartbeats,
 } from '../store/agent-hosts.js';
 import { consumeJoinToken, parseJoinToken } from '../store/join-tokens.js';
 import type { CertificateAuthority, ServerKeyPair } from './ca.js';
@@ -146,6 +146,9 @@ export class AgentLink {
   private readonly sessions = new Map<string, Session>();
   private readonly inventories = new Map<string, HostInventory>();
   private readonly heartbeatWrittenAt = new Map<string, number>();
+  /** lastHeartbeatAt values to write, batched: one statement a second for all hosts, not one per host. */
+  private readonly beatsToWrite = new Map<string, Date>();
+  private beatsWriting: Promise<void> = Promise.resolve();
   /** Per-host chain of database writes, so state changes are written in the order they happened. */
   private readonly writes = new Map<string, Promise<void>>();
   private readonly log: Logger;
@@ -197,6 +200,7 @@ export class AgentLink {
     const tick = opts.tickMs ?? Math.min(1000, Math.max(50, Math.floor(opts.heartbeatIntervalMs / 4)));
     link.timers.push(setInterval(() => link.tick(), tick));
     link.timers.push(setInterval(() => void link.usage.flushDue(), 10_000));
+    link.timers.push(setInterval(() => void link.flushHeartbeatWrites(), 1000));
     link.timers.push(setInterval(() => void link.renewServerCertificate(), 12 * 3600_000));
     for (const t of link.timers) t.unref();
     link.log.info({ port, host: opts.host, ca_fingerprint: deps.ca.fingerprint }, 'agent link listening');
@@ -212,7 +216,22 @@ export class AgentLink {
 
   /** Wait until every queued database write of the link is done (tests, shutdown). */
   async settled(): Promise<void> {
+    await this.flushHeartbeatWrites();
     while (this.writes.size > 0) await Promise.all([...this.writes.values()]);
+  }
+
+  /**
+   * Write the queued lastHeartbeatAt values in one statement. Hosts that connected together
+   * would otherwise write together every 30 s, a burst of single-row updates that delays grants.
+   */
+  private flushHeartbeatWrites(): Promise<void> {
+    if (this.beatsToWrite.size === 0) return this.beatsWriting;
+    const batch = [...this.beatsToWrite].map(([hostId, at]) => ({ hostId, at }));
+    this.beatsToWrite.clear();
+    this.beatsWriting = this.beatsWriting
+      .then(() => writeLastHeartbeats(this.deps.db.client, batch))
+      .catch((err: unknown) => this.log.error({ err, hosts: batch.length }, 'lastHeartbeatAt not written'));
+    return this.beatsWriting;
   }
 
   /** The link's view of a host for the REST API. */
@@ -430,7 +449,7 @@ export class AgentLink {
         const written = this.heartbeatWrittenAt.get(s.hostId) ?? 0;
         if (now - written >= LAST_HEARTBEAT_WRITE_MS) {
           this.heartbeatWrittenAt.set(s.hostId, now);
-          this.queueWrite(s.hostId, () => writeLastHeartbeat(this.deps.db.client, s.hostId, new Date(now)));
+          this.beatsToWrite.set(s.hostId, new Date(now));
         }
         return;
       }

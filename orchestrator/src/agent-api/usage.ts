@@ -49,6 +49,9 @@ export interface UsageRow {
 export class UsageRecorder {
   private readonly current = new Map<string, CurrentUsage>();
   private readonly buckets = new Map<string, Bucket>();
+  /** Finished buckets waiting for the next batched write (hosts cross a minute all at once). */
+  private readonly finished: UsageRow[] = [];
+  private finishTimer: NodeJS.Timeout | undefined;
   private writing: Promise<void> = Promise.resolve();
 
   constructor(
@@ -69,7 +72,13 @@ export class UsageRecorder {
     const start = Math.floor(now / BUCKET_MS) * BUCKET_MS;
     let b = this.buckets.get(hostId);
     if (b && b.start !== start) {
-      this.write([toRow(hostId, b)]);
+      // Every host crosses the minute within one heartbeat interval: gather their rows for a
+      // second and write them in one statement instead of one each.
+      this.finished.push(toRow(hostId, b));
+      this.finishTimer ??= setTimeout(() => {
+        this.finishTimer = undefined;
+        this.write(this.finished.splice(0));
+      }, 1000).unref();
       b = undefined;
     }
     if (!b) {
@@ -93,7 +102,9 @@ export class UsageRecorder {
   /** Write the buckets whose minute is over (all of them with `all`, at shutdown). */
   async flushDue(all = false): Promise<void> {
     const now = this.clock.now();
-    const rows: UsageRow[] = [];
+    clearTimeout(this.finishTimer);
+    this.finishTimer = undefined;
+    const rows: UsageRow[] = this.finished.splice(0);
     for (const [hostId, b] of this.buckets) {
       if (all || b.start + BUCKET_MS <= now) {
         rows.push(toRow(hostId, b));
@@ -130,14 +141,39 @@ function toRow(hostId: string, b: Bucket): UsageRow {
   };
 }
 
-/** Insert buckets, or average them into existing rows of the same host and minute. */
-export async function upsertUsage(db: PrismaClient, rows: UsageRow[]): Promise<void> {
+/** Rows of one statement at most (each row is 9 parameters in arrays; this bounds the statement). */
+const UPSERT_CHUNK = 2000;
+
+/**
+ * Insert buckets, or average them into existing rows of the same host and minute, in one statement
+ * per {@link UPSERT_CHUNK} rows. Rows of the same host and minute are merged first: one statement
+ * may not update a row twice.
+ */
+export async function upsertUsage(db: PrismaClient, rows: readonly UsageRow[]): Promise<void> {
+  const merged = new Map<string, UsageRow>();
   for (const r of rows) {
-    // A host deleted meanwhile: the INSERT ... SELECT finds no host row and inserts nothing.
+    const key = `${r.hostId}/${r.at.getTime()}`;
+    const m = merged.get(key);
+    merged.set(key, m ? mergeRows(m, r) : r);
+  }
+  const all = [...merged.values()];
+  for (let i = 0; i < all.length; i += UPSERT_CHUNK) {
+    const c = all.slice(i, i + UPSERT_CHUNK);
+    // A host deleted meanwhile: the join finds no host row and inserts nothing for it.
     await db.$executeRaw`
       INSERT INTO "HostUsageSample" ("hostId", "at", "resolution", "cpuPct", "memUsedMb", "memTotalMb", "diskUsedGb", "diskTotalGb", "samples")
-      SELECT ${r.hostId}::uuid, ${r.at}, ${BUCKET_SECONDS}, ${r.cpuPct}, ${r.memUsedMb}, ${r.memTotalMb}, ${r.diskUsedGb}, ${r.diskTotalGb}, ${r.samples}
-      WHERE EXISTS (SELECT 1 FROM "Host" WHERE "id" = ${r.hostId}::uuid)
+      SELECT v."hostId", v."at", ${BUCKET_SECONDS}, v."cpuPct", v."memUsedMb", v."memTotalMb", v."diskUsedGb", v."diskTotalGb", v."samples"
+      FROM unnest(
+        ${c.map((r) => r.hostId)}::uuid[],
+        ${c.map((r) => r.at.toISOString())}::timestamp(3)[],
+        ${c.map((r) => r.cpuPct)}::float8[],
+        ${c.map((r) => r.memUsedMb)}::int[],
+        ${c.map((r) => r.memTotalMb)}::int[],
+        ${c.map((r) => r.diskUsedGb)}::float8[],
+        ${c.map((r) => r.diskTotalGb)}::float8[],
+        ${c.map((r) => r.samples)}::int[]
+      ) AS v("hostId", "at", "cpuPct", "memUsedMb", "memTotalMb", "diskUsedGb", "diskTotalGb", "samples")
+      JOIN "Host" h ON h."id" = v."hostId"
       ON CONFLICT ("hostId", "resolution", "at") DO UPDATE SET
         "cpuPct" = ("HostUsageSample"."cpuPct" * "HostUsageSample"."samples" + EXCLUDED."cpuPct" * EXCLUDED."samples") / ("HostUsageSample"."samples" + EXCLUDED."samples"),
         "memUsedMb" = round(("HostUsageSample"."memUsedMb"::float8 * "HostUsageSample"."samples" + EXCLUDED."memUsedMb"::float8 * EXCLUDED."samples") / ("HostUsageSample"."samples" + EXCLUDED."samples"))::int,
@@ -146,4 +182,20 @@ export async function upsertUsage(db: PrismaClient, rows: UsageRow[]): Promise<v
         "diskTotalGb" = EXCLUDED."diskTotalGb",
         "samples" = "HostUsageSample"."samples" + EXCLUDED."samples"`;
   }
+}
+
+/** Two rows of one host and minute as one, averaged by their sample counts (the later totals kept). */
+function mergeRows(a: UsageRow, b: UsageRow): UsageRow {
+  const n = a.samples + b.samples;
+  const avg = (x: number, y: number) => (x * a.samples + y * b.samples) / n;
+  return {
+    hostId: a.hostId,
+    at: a.at,
+    cpuPct: avg(a.cpuPct, b.cpuPct),
+    memUsedMb: Math.round(avg(a.memUsedMb, b.memUsedMb)),
+    memTotalMb: b.memTotalMb,
+    diskUsedGb: avg(a.diskUsedGb, b.diskUsedGb),
+    diskTotalGb: b.diskTotalGb,
+    samples: n,
+  };
 }

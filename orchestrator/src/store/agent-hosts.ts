@@ -65,9 +65,20 @@ export async function writeHostState(
   }
 }
 
-/** Write the last heartbeat time alone (at most every 30 s per host). */
-export async function writeLastHeartbeat(db: PrismaClient, hostId: string, at: Date): Promise<void> {
-  await db.host.updateMany({ where: { id: hostId }, data: { lastHeartbeatAt: at } });
+/**
+ * Write the last heartbeat time of many hosts in one statement (each at most every 30 s). Never
+ * moves a time back: a state change may have written a later one meanwhile. Deleted hosts match
+ * no row.
+ */
+export async function writeLastHeartbeats(db: PrismaClient, beats: readonly { hostId: string; at: Date }[]): Promise<void> {
+  if (beats.length === 0) return;
+  const ids = beats.map((b) => b.hostId);
+  // Prisma stores DateTime as UTC in timestamp(3); a zone in the text is ignored by the cast.
+  const ats = beats.map((b) => b.at.toISOString());
+  await db.$executeRaw`
+    UPDATE "Host" AS h SET "lastHeartbeatAt" = GREATEST(h."lastHeartbeatAt", v."at")
+    FROM unnest(${ids}::uuid[], ${ats}::timestamp(3)[]) AS v("id", "at")
+    WHERE h."id" = v."id"`;
 }
 
 /** Hosts a previous run left up or suspect: they hold leases this process must honour. */
