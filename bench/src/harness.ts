@@ -88,6 +88,8 @@ export async function startChild(opts: {
   name: string;
   script: string;
   args?: string[];
+  /** Options of node itself, before the script (e.g. --cpu-prof, which NODE_OPTIONS refuses). */
+  nodeArgs?: string[];
   env: Record<string, string>;
   portVar: string;
   readyPath: string;
@@ -95,7 +97,7 @@ export async function startChild(opts: {
 }): Promise<ChildServer> {
   const port = await freePort();
   let out = '';
-  const child = spawn(process.execPath, [opts.script, ...(opts.args ?? [])], {
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), opts.script, ...(opts.args ?? [])], {
     env: { PATH: process.env['PATH'] ?? '', ...opts.env, [opts.portVar]: String(port) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -137,7 +139,7 @@ function ticksPerSecond(): number {
 }
 
 /** CPU seconds (user + system) used so far by process `pid`, or NaN when unreadable. */
-function processCpuSeconds(pid: number): number {
+export function processCpuSeconds(pid: number): number {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
@@ -149,7 +151,7 @@ function processCpuSeconds(pid: number): number {
 }
 
 /** Busy and total CPU seconds of the whole machine, all cores, from /proc/stat. */
-function machineCpuSeconds(): { busy: number; total: number } {
+export function machineCpuSeconds(): { busy: number; total: number } {
   try {
     const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
     const v = line.trim().split(/\s+/).slice(1, 9).map(Number);
@@ -158,6 +160,27 @@ function machineCpuSeconds(): { busy: number; total: number } {
     return { busy: (total - idle) / ticksPerSecond(), total: total / ticksPerSecond() };
   } catch {
     return { busy: NaN, total: NaN };
+  }
+}
+
+/** Resident set size now and its peak since the process started (VmRSS, VmHWM), in KiB. */
+export function memoryKiB(pid: number): { rss: number; hwm: number } {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+    return { rss: field('VmRSS'), hwm: field('VmHWM') };
+  } catch {
+    return { rss: NaN, hwm: NaN };
+  }
+}
+
+/** The soft limit on open files of this process (inherited by the children it starts). */
+export function openFilesLimit(): number {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    return m?.[1] === 'unlimited' ? Infinity : Number(m?.[1] ?? NaN);
+  } catch {
+    return NaN;
   }
 }
 
