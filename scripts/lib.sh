@@ -221,6 +221,8 @@ ensure_libvirt() {
 # enable its own services at the next boot.
 ensure_test_validators() {
   apt_install libxml2-utils cloud-init
+  # The agent's sd_notify test: systemd-notify (package systemd) and a python3 socket listener.
+  apt_install systemd python3
 }
 
 # ensure_ovs — Open vSwitch (ovsdb-server + ovs-vswitchd) for the agent's network tests, plus the
