@@ -141,7 +141,7 @@ function toRow(hostId: string, b: Bucket): UsageRow {
   };
 }
 
-/** Rows of one statement at most (each row is 9 parameters in arrays; this bounds the statement). */
+/** Rows of one statement at most (its columns travel as 8 array parameters; this bounds their size). */
 const UPSERT_CHUNK = 2000;
 
 /**
