@@ -25,13 +25,12 @@
 //   BENCH_ORCHESTRATOR_NODE_ARGS  node options of the orchestrator process (e.g. --cpu-prof)
 //   KLOUDAK_TEST_PG_URL  PostgreSQL server for the fresh database; NATS_URL (nats://127.0.0.1:4222)
 import { fork, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { freePort, freshDatabase } from '@kloudak/testkit';
-import pg from 'pg';
+import { freePort, freshDatabase, withPg } from '@kloudak/testkit';
 import type { Reply, Request, WindowReport } from './agent-link-sim-worker.js';
 import {
   envNumber,
@@ -44,16 +43,17 @@ import {
   processCpuSeconds as cpuSeconds,
   progress,
   quantile,
+  runBench,
   runCleanups,
   startChild,
   table,
+  writeResults,
   type ChildServer,
 } from './harness.js';
 
 const ORCHESTRATOR_MAIN = fileURLToPath(new URL('../../orchestrator/dist/main.js', import.meta.url));
 const BASELINE_SERVER = fileURLToPath(new URL('./agent-link-baseline-server.js', import.meta.url));
 const SIM_WORKER = fileURLToPath(new URL('./agent-link-sim-worker.js', import.meta.url));
-const RESULTS_DIR = fileURLToPath(new URL('../results/', import.meta.url));
 
 const STEPS = (process.env['BENCH_STEPS'] ?? '200,1000')
   .split(',')
@@ -154,16 +154,6 @@ async function joinTokens(base: string, token: string, areaId: string, n: number
 }
 
 // ---------- database figures ----------
-
-async function withPg<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    return await fn(c);
-  } finally {
-    await c.end();
-  }
-}
 
 /** PostgreSQL backends serving the orchestrator's database (its pool), for their CPU time. */
 function backendPids(url: string): Promise<number[]> {
@@ -515,26 +505,17 @@ async function main(): Promise<number> {
   console.log(`setup: ${MAX_HOSTS} join tokens ${setup.tokensS}s; enrollment per step ${setup.enrollS.join(', ')}s; connect ${JSON.stringify(setup.connectS)}`);
 
   const problems = results.filter((r) => r.hosts > 0 && (r.sessionsEnded > 0 || r.outstandingOver2s > 0 || r.grantsPerS < 0.95 * r.hosts));
-  mkdirSync(RESULTS_DIR, { recursive: true });
-  const file = join(RESULTS_DIR, `agent-link-${started.toISOString().replace(/:/g, '-').replace(/\.\d+Z$/, 'Z')}.json`);
-  writeFileSync(
-    file,
-    `${JSON.stringify(
-      {
-        bench: 'agent-link',
-        startedAt: started.toISOString(),
-        finishedAt: new Date().toISOString(),
-        machine: { ...machine(), busyPctBeforeStart: busyBefore, openFilesLimit: nofile },
-        settings: { steps: STEPS, warmupS: WARMUP_S, windowS: WINDOW_S, workers: WORKERS, heartbeatMs: HEARTBEAT_MS, enrollConcurrency: ENROLL_CONCURRENCY, startConcurrency: START_CONCURRENCY },
-        setup,
-        results,
-        usageByMinute: minutes,
-        usageTotals: totals,
-      },
-      null,
-      2,
-    )}\n`,
-  );
+  const file = writeResults('agent-link', started, {
+    bench: 'agent-link',
+    startedAt: started.toISOString(),
+    finishedAt: new Date().toISOString(),
+    machine: { ...machine(), busyPctBeforeStart: busyBefore, openFilesLimit: nofile },
+    settings: { steps: STEPS, warmupS: WARMUP_S, windowS: WINDOW_S, workers: WORKERS, heartbeatMs: HEARTBEAT_MS, enrollConcurrency: ENROLL_CONCURRENCY, startConcurrency: START_CONCURRENCY },
+    setup,
+    results,
+    usageByMinute: minutes,
+    usageTotals: totals,
+  });
   console.log(`\nresults: ${file}`);
   if (problems.length > 0) {
     console.error(`FAILED: sims did not keep up or sessions ended in: ${problems.map((p) => `${p.server} ${p.hosts}`).join(', ')}`);
@@ -543,10 +524,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    console.error('agent-link.bench: failed:', err);
-    process.exit(1);
-  },
-);
+runBench('agent-link', main);

@@ -1,8 +1,10 @@
 // Shared plumbing for the benchmarks: settings from the environment, a cleanup stack that also runs
 // on Ctrl-C, servers run as child processes, and an autocannon run reduced to the figures we print.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release, platform } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { freePort, waitFor } from '@kloudak/testkit';
 import autocannon from 'autocannon';
 
@@ -315,4 +317,27 @@ export function table(rows: (string | number)[][]): string {
   const [head, ...body] = cells;
   if (!head) return '';
   return [line(head, true), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map((r) => line(r, false))].join('\n');
+}
+
+// ---------- results and the process ----------
+
+const RESULTS_DIR = fileURLToPath(new URL('../results/', import.meta.url));
+
+/** Write a benchmark's full results to bench/results/<name>-<start time>.json; returns the path. */
+export function writeResults(name: string, started: Date, data: Record<string, unknown>): string {
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const file = join(RESULTS_DIR, `${name}-${started.toISOString().replace(/:/g, '-').replace(/\.\d+Z$/, 'Z')}.json`);
+  writeFileSync(file, `${JSON.stringify(data, null, 2)}\n`);
+  return file;
+}
+
+/** Run a benchmark's main and exit with its code (1, with the error, when it throws). */
+export function runBench(name: string, main: () => Promise<number>): void {
+  main().then(
+    (code) => process.exit(code),
+    (err: unknown) => {
+      console.error(`${name}.bench: failed:`, err);
+      process.exit(1);
+    },
+  );
 }

@@ -33,7 +33,7 @@
 // starts or restarts them itself.
 import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -60,12 +60,11 @@ import {
 } from '@kloudak/agent';
 import { createTestNet } from '@kloudak/agent/testing';
 import { DomainState, Flags, Libvirt, NotFoundError } from '@kloudak/libvirt';
-import { envNumber, machine, machineBusyPct, onCleanup, progress, quantile, runCleanups, table } from './harness.js';
+import { envNumber, machine, machineBusyPct, onCleanup, progress, quantile, runBench, runCleanups, table, writeResults } from './harness.js';
 
 const execFileP = promisify(execFile);
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
-const RESULTS_DIR = fileURLToPath(new URL('../results/', import.meta.url));
 const GUEST = process.env['KLOUDAK_TEST_GUEST_DIR'] ?? join(REPO, '.cache', 'test-guest');
 const URI = 'qemu:///system';
 /** Every name this run creates starts with it (pool, temp dirs; the test net has its own `kb-<hex>`). */
@@ -510,34 +509,19 @@ async function main(): Promise<number> {
   console.log('\nmean time per step (the same steps on both paths; (rest) = total minus the steps):\n');
   console.log(table(stepRows));
 
-  mkdirSync(RESULTS_DIR, { recursive: true });
-  const file = join(RESULTS_DIR, `host-ops-${started.toISOString().replace(/:/g, '-').replace(/\.\d+Z$/, 'Z')}.json`);
-  writeFileSync(
-    file,
-    `${JSON.stringify(
-      {
-        bench: 'host-ops',
-        startedAt: started.toISOString(),
-        finishedAt: new Date().toISOString(),
-        machine: { ...machine(), busyPctBeforeStart: busyBefore },
-        settings: { iterations: ITERATIONS, warmup: WARMUP, poolVolumes: POOL_VOLUMES, uri: URI, guest: GUEST, vlan: VLAN },
-        summary: sum,
-        summaryWithoutLibvirtStep: sumRest,
-        ratio: { create: ratio('create'), delete: ratio('delete'), createWithoutStart: ratioOf(sumRest.create), deleteWithoutDestroy: ratioOf(sumRest.delete) },
-        samples,
-      },
-      null,
-      2,
-    )}\n`,
-  );
+  const file = writeResults('host-ops', started, {
+    bench: 'host-ops',
+    startedAt: started.toISOString(),
+    finishedAt: new Date().toISOString(),
+    machine: { ...machine(), busyPctBeforeStart: busyBefore },
+    settings: { iterations: ITERATIONS, warmup: WARMUP, poolVolumes: POOL_VOLUMES, uri: URI, guest: GUEST, vlan: VLAN },
+    summary: sum,
+    summaryWithoutLibvirtStep: sumRest,
+    ratio: { create: ratio('create'), delete: ratio('delete'), createWithoutStart: ratioOf(sumRest.create), deleteWithoutDestroy: ratioOf(sumRest.delete) },
+    samples,
+  });
   console.log(`\nresults: ${file}`);
   return 0;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    console.error('host-ops.bench: failed:', err);
-    process.exit(1);
-  },
-);
+runBench('host-ops', main);

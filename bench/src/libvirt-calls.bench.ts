@@ -22,16 +22,12 @@
 // Needs libvirtd running (scripts/bench.sh starts it); it never starts or restarts it itself.
 import { execFile } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { DomainState, Libvirt, NotFoundError } from '@kloudak/libvirt';
-import { envNumber, machine, machineBusyPct, onCleanup, progress, quantile, runCleanups, table } from './harness.js';
+import { envNumber, machine, machineBusyPct, onCleanup, progress, quantile, runBench, runCleanups, table, writeResults } from './harness.js';
 
 const execFileP = promisify(execFile);
 
-const RESULTS_DIR = fileURLToPath(new URL('../results/', import.meta.url));
 const URI = 'qemu:///system';
 const NAME = `kb${randomBytes(4).toString('hex')}-calls`;
 const CALLS = Math.round(envNumber('BENCH_CALLS', 5000));
@@ -206,31 +202,16 @@ async function main(): Promise<number> {
   );
   console.log(table(rows));
 
-  mkdirSync(RESULTS_DIR, { recursive: true });
-  const file = join(RESULTS_DIR, `libvirt-calls-${started.toISOString().replace(/:/g, '-').replace(/\.\d+Z$/, 'Z')}.json`);
-  writeFileSync(
-    file,
-    `${JSON.stringify(
-      {
-        bench: 'libvirt-calls',
-        startedAt: started.toISOString(),
-        finishedAt: new Date().toISOString(),
-        machine: { ...machine(), busyPctBeforeStart: busyBefore },
-        settings: { uri: URI, calls: CALLS, concurrency: CONCURRENCY, virshCalls: VIRSH_CALLS, rounds: ROUNDS },
-        results,
-      },
-      null,
-      2,
-    )}\n`,
-  );
+  const file = writeResults('libvirt-calls', started, {
+    bench: 'libvirt-calls',
+    startedAt: started.toISOString(),
+    finishedAt: new Date().toISOString(),
+    machine: { ...machine(), busyPctBeforeStart: busyBefore },
+    settings: { uri: URI, calls: CALLS, concurrency: CONCURRENCY, virshCalls: VIRSH_CALLS, rounds: ROUNDS },
+    results,
+  });
   console.log(`\nresults: ${file}`);
   return 0;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    console.error('libvirt-calls.bench: failed:', err);
-    process.exit(1);
-  },
-);
+runBench('libvirt-calls', main);

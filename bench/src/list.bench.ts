@@ -14,18 +14,17 @@
 //   BENCH_CONNECTIONS  concurrent connections             (default 10)
 //   BENCH_ENGINES      comma list of postgres, pglite     (default both)
 //   KLOUDAK_TEST_PG_URL  PostgreSQL server for the fresh database (scripts/lib.sh exports it)
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
 import { freshDatabase } from '@kloudak/testkit';
 import pg from 'pg';
-import { envNumber, load, machine, machineBusyPct, onCleanup, progress, runCleanups, startChild, table, type LoadResult } from './harness.js';
+import { envNumber, load, machine, machineBusyPct, onCleanup, progress, runBench, runCleanups, startChild, table, writeResults, type LoadResult } from './harness.js';
 
 const ORCHESTRATOR_MAIN = fileURLToPath(new URL('../../orchestrator/dist/main.js', import.meta.url));
 const BASELINE_SERVER = fileURLToPath(new URL('./list-baseline-server.js', import.meta.url));
-const RESULTS_DIR = fileURLToPath(new URL('../results/', import.meta.url));
 
 const N = 1000;
 const DURATION_S = envNumber('BENCH_DURATION_S', 10);
@@ -245,23 +244,14 @@ async function main(): Promise<number> {
     [r.kloudak, r.baseline].filter((l) => l.errors + l.timeouts + l.non2xx > 0).map((l) => `${r.engine} ${l.url}`),
   );
 
-  mkdirSync(RESULTS_DIR, { recursive: true });
-  const file = join(RESULTS_DIR, `list-${started.toISOString().replace(/:/g, '-').replace(/\.\d+Z$/, 'Z')}.json`);
-  writeFileSync(
-    file,
-    `${JSON.stringify(
-      {
-        bench: 'list',
-        startedAt: started.toISOString(),
-        finishedAt: new Date().toISOString(),
-        machine: { ...machine(), busyPctBeforeStart: busyBefore },
-        settings: { objects: N, durationS: DURATION_S, warmupS: WARMUP_S, connections: CONNECTIONS, engines: ENGINES },
-        results,
-      },
-      null,
-      2,
-    )}\n`,
-  );
+  const file = writeResults('list', started, {
+    bench: 'list',
+    startedAt: started.toISOString(),
+    finishedAt: new Date().toISOString(),
+    machine: { ...machine(), busyPctBeforeStart: busyBefore },
+    settings: { objects: N, durationS: DURATION_S, warmupS: WARMUP_S, connections: CONNECTIONS, engines: ENGINES },
+    results,
+  });
   console.log(`\nresults: ${file}`);
   if (failures.length > 0) {
     console.error(`FAILED: errors or non-2xx responses in: ${failures.join(', ')}`);
@@ -270,10 +260,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    console.error('list.bench: failed:', err);
-    process.exit(1);
-  },
-);
+runBench('list', main);

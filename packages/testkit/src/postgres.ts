@@ -11,14 +11,19 @@ export interface FreshDatabase {
   drop(): Promise<void>;
 }
 
-async function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: TEST_PG_URL });
+/** Run `fn` with a fresh connection to `url`, closed afterwards (also when `fn` throws). */
+export async function withPg<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: url });
   await c.connect();
   try {
     return await fn(c);
   } finally {
     await c.end();
   }
+}
+
+function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  return withPg(TEST_PG_URL, fn);
 }
 
 /** Create an empty database with a unique name on the test server. */
