@@ -225,23 +225,26 @@ ensure_test_validators() {
   apt_install systemd python3
 }
 
+# ovs_ready — both Open vSwitch daemons answer: the database (all ovs-vsctl talks to) and
+# ovs-vswitchd (without it, every change would hang until ovs-vsctl's timeout).
+ovs_ready() {
+  ovs-vsctl --timeout=5 show >/dev/null 2>&1 && ovs-appctl --timeout=5 -t ovs-vswitchd version >/dev/null 2>&1
+}
+
 # ensure_ovs — Open vSwitch (ovsdb-server + ovs-vswitchd) for the agent's network tests, plus the
 # tools those tests drive (ethtool, ip, ping). No systemd here: start the daemons with OVS's own
 # ovs-ctl when they are down. Its warnings about the file limit and the missing kernel module are
 # harmless: the tests use the userspace datapath (datapath_type=netdev).
 ensure_ovs() {
   apt_install openvswitch-switch ethtool iproute2 iputils-ping
-  # Ready = both daemons answer: the database (all ovs-vsctl talks to) and ovs-vswitchd (without
-  # it, every change would hang until ovs-vsctl's timeout).
-  local ready='ovs-vsctl --timeout=5 show >/dev/null 2>&1 && ovs-appctl --timeout=5 -t ovs-vswitchd version >/dev/null 2>&1'
-  if sh -c "$ready"; then
+  if ovs_ready; then
     log "Open vSwitch already running, reusing it"
     return 0
   fi
   log "starting Open vSwitch (ovs-ctl)"
   # ovs-ctl skips a daemon that already runs; judge success by readiness, not its exit code.
   as_root /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random >&2 || true
-  wait_for 30 "Open vSwitch" sh -c "$ready" || die "Open vSwitch did not come up (see /var/log/openvswitch/)"
+  wait_for 30 "Open vSwitch" ovs_ready || die "Open vSwitch did not come up (see /var/log/openvswitch/)"
   log "Open vSwitch is up"
 }
 

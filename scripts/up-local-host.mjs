@@ -13,6 +13,7 @@
 //   UP_AGENT_ENROLLED      "1" when the agent's data dir already holds an identity
 //   UP_POOL_NAME, UP_POOL_PATH, UP_TEMPLATE_IMAGE   the local pool and the test guest's volume
 //   UP_AREA_SUBNET         the area "local"'s subnet (default 10.250.0.0/24)
+//   UP_WAIT_ONLY=1         only wait until the orchestrator is ready (no local host: prints nothing)
 //
 // Stdout: one line, the decision — `enrolled` (nothing to do), `token <join token>` (enroll with
 // it), or `reenroll <join token>` (the agent's identity names a host the orchestrator no longer
@@ -98,6 +99,11 @@ async function findHost(name) {
 }
 
 async function main() {
+  if (env.UP_WAIT_ONLY === '1') {
+    if (!base) throw new Fail('UP_URL is required');
+    await waitReady(180_000);
+    return;
+  }
   if (!base || !hostName || !poolPath || !image) throw new Fail('UP_URL, UP_HOST_NAME, UP_POOL_PATH and UP_TEMPLATE_IMAGE are required');
   await waitReady(180_000);
   const login = await api('POST', '/auth/login', { username: env.KLOUDAK_ADMIN_USER, password: env.KLOUDAK_ADMIN_PASSWORD });

@@ -94,10 +94,6 @@ image=kloudak-test-guest.qcow2
 machine_name="$(hostname 2>/dev/null | tr -c 'A-Za-z0-9.\n-' '-' | sed 's/^[-.]*//')"
 machine_name="${machine_name:-localhost}"
 
-ovs_ready() {
-  ovs-vsctl --timeout=5 show >/dev/null 2>&1 && ovs-appctl --timeout=5 -t ovs-vswitchd version >/dev/null 2>&1
-}
-
 # qemu_usable — libvirtd answers for QEMU, Open vSwitch runs, and the test guest can be built.
 # Each ensure step runs in a subshell: it exits on failure, which here only means "not usable".
 qemu_usable() {
@@ -274,11 +270,7 @@ if [ "$mode" != none ]; then
   fi
 else
   # Still wait for readiness so the summary below is true when it is printed.
-  UP_URL="$base_url" node -e '
-    const end = Date.now() + 180000;
-    const go = () => fetch(process.env.UP_URL + "/readyz").then((r) => r.ok, () => false)
-      .then((ok) => ok ? process.exit(0) : Date.now() > end ? process.exit(1) : setTimeout(go, 250));
-    go();' || die "the orchestrator did not become ready at $base_url/readyz"
+  UP_URL="$base_url" UP_WAIT_ONLY=1 node scripts/up-local-host.mjs || die "the orchestrator did not become ready"
 fi
 
 cat >&2 <<EOF
