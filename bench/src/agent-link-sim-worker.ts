@@ -46,11 +46,11 @@ export type Reply = { ok: true; [k: string]: unknown } | { ok: false; error: str
 class TimedSimAgent extends SimAgent {
   /** Send time (performance.now()) by heartbeat sequence, of the current session. */
   readonly inFlight = new Map<bigint, number>();
-  private hbSession = -1;
-  private hbSeq = 0n;
 
   constructor(opts: SimAgentOptions, onGrant: (ms: number) => void) {
     super(opts);
+    // Sequences restart in each session: what an ended one left unanswered never will be.
+    this.on('end', () => this.inFlight.clear());
     this.on('lease', (g: { heartbeatSequence: bigint }) => {
       const t = this.inFlight.get(g.heartbeatSequence);
       if (t === undefined) return;
@@ -59,17 +59,11 @@ class TimedSimAgent extends SimAgent {
     });
   }
 
-  // Mirrors SimAgent's private sequence: it restarts at 1 in each session (stats.sessions counts
-  // them) and is incremented on every heartbeat() call, sent or not.
-  override heartbeat(): void {
-    if (this.stats.sessions !== this.hbSession) {
-      this.hbSession = this.stats.sessions;
-      this.hbSeq = 0n;
-      this.inFlight.clear();
-    }
-    this.hbSeq += 1n;
-    this.inFlight.set(this.hbSeq, performance.now());
-    super.heartbeat();
+  override heartbeat(): bigint {
+    const t = performance.now();
+    const seq = super.heartbeat();
+    this.inFlight.set(seq, t);
+    return seq;
   }
 }
 

@@ -220,8 +220,8 @@ export class SimAgent extends EventEmitter {
     return this.call.write(msg);
   }
 
-  /** Send one heartbeat now. */
-  heartbeat(): void {
+  /** Send one heartbeat now; returns its sequence number (sequences restart at 1 in each session). */
+  heartbeat(): bigint {
     const u = this.opts.usage?.() ?? { cpuPercent: 12.5, memoryUsedBytes: 2n << 30n, memoryTotalBytes: 16n << 30n };
     this.seq += 1n;
     if (
@@ -234,6 +234,7 @@ export class SimAgent extends EventEmitter {
     ) {
       this.stats.heartbeatsSent += 1;
     }
+    return this.seq;
   }
 
   private open(): void {
