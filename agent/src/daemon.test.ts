@@ -4,6 +4,7 @@
 // self-fencing when grants stop, with the fence report after reconnecting.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -154,6 +155,34 @@ describe('agent daemon ↔ test orchestrator (mTLS, simulated host)', { timeout:
     // Heartbeats now carry the running VMs' counters.
     const hb = await orch.waitFor('a heartbeat with 2 VMs', () => orch.all('heartbeat').find((h) => h.heartbeat.vms.length === 2));
     assert.ok(hb.heartbeat.vms.every((v) => v.domainName === domainName(v.vmId)));
+  });
+
+  it('keeps its lease while libvirtd is frozen past it: heartbeats go on (libvirt reported down), nothing is fenced', async () => {
+    assert.ok(agent);
+    const pid = Number(execFileSync('pgrep', ['-x', '-o', 'libvirtd'], { encoding: 'utf8' }).trim());
+    assert.ok(pid > 0, 'libvirtd runs');
+    const recordsBefore = await agent.fenceStore.count();
+    const beatsBefore = orch.all('heartbeat').length;
+    // A libvirtd that does not answer (a hang, a slow restart) is not a lost orchestrator: the
+    // heartbeat, which holds the lease, must not wait for libvirt's figures.
+    process.kill(pid, 'SIGSTOP');
+    try {
+      await new Promise((r) => setTimeout(r, 2 * LEASE_MS));
+      assert.ok(agent.lease.valid, 'the lease is still held');
+      assert.equal(await agent.fenceStore.count(), recordsBefore, 'no fencing');
+      const during = orch.all('heartbeat').slice(beatsBefore);
+      assert.ok(during.length >= (2 * LEASE_MS) / 150 / 2, `heartbeats went on: ${during.length}`);
+      assert.ok(
+        during.some((b) => !b.heartbeat.libvirtConnected),
+        'they say libvirt cannot be read',
+      );
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    await orch.waitFor('a heartbeat with libvirt readable again', () => orch.all('heartbeat').slice(beatsBefore).find((b) => b.heartbeat.libvirtConnected && b.heartbeat.vms.length > 0));
+    const hv = new LibvirtHypervisor(agent.libvirt);
+    assert.equal(await hv.state(domainName(haId)), 'running', 'the HA domain kept running');
+    assert.equal(await agent.fenceStore.count(), recordsBefore);
   });
 
   it('fences its HA domain when grants stop, keeps the other, and reports after reconnecting', async () => {

@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import type { Lease } from '../fence/lease.js';
 import type { FenceStore } from '../fence/records.js';
 import type { CommandDispatcher } from '../runner/commands.js';
-import type { HostTelemetry } from '../telemetry/inventory.js';
+import type { HeartbeatSample, HostTelemetry } from '../telemetry/inventory.js';
 import { AGENT_VERSION } from '../version.js';
 import { commandFromProto, fenceReportToProto, heartbeatToProto, helloToProto, resultMessage } from './convert.js';
 import { channelOptions } from './enroll.js';
@@ -86,6 +86,9 @@ export class AgentLink {
   private wake: (() => void) | null = null;
   private sessions = 0;
   private pendingFence = 0;
+  /** The usage sample in progress, if any, and the host usage of the last one that finished. */
+  private sampling: Promise<HeartbeatSample> | undefined;
+  private lastUsage: HeartbeatSample['usage'] | undefined;
   private readonly log: Logger;
 
   constructor(private readonly d: LinkDeps) {
@@ -280,14 +283,22 @@ export class AgentLink {
     if (s.ended || s.heartbeatBusy) return;
     s.heartbeatBusy = true;
     try {
-      let sample;
+      // The heartbeat holds the lease; its figures are best effort. A libvirtd that does not answer
+      // (hung, restarting slowly) must never delay it past the lease, or the host fences VMs for
+      // nothing: after half an interval it goes without them, and VMs read as "unknown".
+      const budgetMs = Math.max(20, Math.floor(s.intervalMs / 2));
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), budgetMs)));
+      let sample: HeartbeatSample | undefined;
       try {
-        sample = await this.d.telemetry.heartbeat();
+        sample = await Promise.race([this.sampleOnce(), late]);
+        if (!sample) this.log.debug({ budget_ms: budgetMs }, 'usage sample late; heartbeat sent without it');
       } catch (err) {
-        // Figures are best effort; the heartbeat itself (the lease) is not. Without figures, VMs are "unknown".
         this.log.warn({ err }, 'usage sample failed');
-        sample = { usage: { cpuPercent: 0, memoryUsedBytes: 0n, memoryTotalBytes: 0n }, pools: [], vms: [], libvirtConnected: false };
+      } finally {
+        clearTimeout(timer);
       }
+      sample ??= { usage: this.lastUsage ?? { cpuPercent: 0, memoryUsedBytes: 0n, memoryTotalBytes: 0n }, pools: [], vms: [], libvirtConnected: false };
       if (s.ended) return;
       s.seq += 1n;
       this.d.lease.noteSent(s.seq);
@@ -295,6 +306,20 @@ export class AgentLink {
     } finally {
       s.heartbeatBusy = false;
     }
+  }
+
+  /** One sample at a time: heartbeats that went on without a slow one share it, never pile up calls. */
+  private sampleOnce(): Promise<HeartbeatSample> {
+    this.sampling ??= this.d.telemetry
+      .heartbeat()
+      .then((sample) => {
+        this.lastUsage = sample.usage;
+        return sample;
+      })
+      .finally(() => {
+        this.sampling = undefined;
+      });
+    return this.sampling;
   }
 
   private async reportFences(s: Session): Promise<void> {

@@ -473,7 +473,10 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     a.relay.heal();
     await waitState(a.name, 'up');
     await waitFor(async () => (await orch.db.client.fenceReport.count({ where: { hostId: qemuId } })) > 0, 10_000, 'fence report stored');
-    const [report] = await orch.db.client.fenceReport.findMany({ where: { hostId: qemuId } });
+    const reports = await orch.db.client.fenceReport.findMany({ where: { hostId: qemuId } });
+    // Exactly one: the earlier tests (a libvirtd restart, an agent killed) must not have fenced.
+    assert.equal(reports.length, 1, `one fence report: ${JSON.stringify(reports.map((r) => [r.leaseExpiredAt, r.domains]))}`);
+    const [report] = reports;
     assert.ok(JSON.stringify(report).includes(haVm), `the report names the fenced VM: ${JSON.stringify(report, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}`);
     assert.ok(!JSON.stringify(report).includes(plainVm));
     console.log(`# HA VM off ${fencedAfter} ms after the cut, host down after ${downAfter} ms (lease ${LEASE_MS} ms, margin ${DOWN_MARGIN_MS} ms)`);
