@@ -118,7 +118,7 @@ const HostUsageSchema = Type.Object({
   memoryTotalBytes: Type.Integer(),
   diskUsedBytes: Type.Integer(),
   diskTotalBytes: Type.Integer(),
-  libvirtConnected: Type.Boolean({ description: "whether the agent's libvirt connection was up (false while libvirtd restarts)" }),
+  libvirtConnected: Type.Boolean({ description: "whether the agent could read libvirt for this heartbeat (false while libvirtd restarts or does not answer)" }),
 });
 const HostSchema = Type.Object({
   id: Uuid,
