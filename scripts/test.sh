@@ -57,6 +57,8 @@ bin() {
 
 export TURBO_TELEMETRY_DISABLED=1 TURBO_NO_UPDATE_NOTIFIER=1
 
+# Node.js >= 22 first on PATH for everything below (Node 24 into .cache/node when the system one is older).
+step "node" ensure_node
 step "postgres" ensure_postgres
 step "nats" ensure_nats
 step "libvirt" ensure_libvirt

@@ -37,6 +37,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$KLOUDAK_ROOT"
 
 export TURBO_TELEMETRY_DISABLED=1 TURBO_NO_UPDATE_NOTIFIER=1
+# Node.js >= 22 first on PATH (fetches Node 24 into .cache/node when the system one is older).
+ensure_node
 
 if [ "${KLOUDAK_UP_SKIP_BUILD:-}" != 1 ]; then
   ensure_node_deps
