@@ -285,7 +285,7 @@ for (const engine of ENGINES) {
       const ws = await db.workspace.create({ data: { name: 'host-ws' } });
       const tpl = await db.template.create({ data: { name: 'host-tpl', os: 'x', cpu: 1, ramMb: 256, diskGb: 1, image: 'i' } });
       const vm = await db.vm.create({ data: { name: 'vm-1', workspaceId: ws.id, areaId: area.id, templateId: tpl.id, hostId: host.id, cpu: 1, ramMb: 256, diskGb: 1, state: 'running' } });
-      await db.ipAllocation.create({ data: { areaId: area.id, address: '10.70.0.10', vmId: vm.id } });
+      await db.ipAllocation.create({ data: { areaId: area.id, scope: `area:${area.id}`, address: '10.70.0.10', vmId: vm.id } });
       const vms = await admin.get('/api/v1/workspaces/host-ws/vms/vm-1');
       assert.equal(vms.body.host, 'kvm-1');
       assert.equal(vms.body.ip, '10.70.0.10');

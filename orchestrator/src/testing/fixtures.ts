@@ -142,7 +142,7 @@ export async function createWorld(
     },
   });
   const base = area.subnet.replace(/\.0\/24$/, '');
-  await db.ipAllocation.create({ data: { areaId: area.id, address: `${base}.10`, vmId: vm.id } });
+  await db.ipAllocation.create({ data: { areaId: area.id, scope: `area:${area.id}`, address: `${base}.10`, vmId: vm.id } });
   const n = ++counter;
   const mac = `52:54:00:${[n >> 16, n >> 8, n].map((b) => (b & 255).toString(16).padStart(2, '0')).join(':')}`;
   await db.vmInterface.create({ data: { vmId: vm.id, networkId: network.id, mac, ip: `${base}.10` } });
