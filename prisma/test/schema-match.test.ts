@@ -65,7 +65,7 @@ function fixtures(): Array<{ model: Prisma.ModelName; key: string; data: Record<
     { model: 'VlanAllocation', key: 'id', data: { id: id(), areaId: area, vlan: 101, networkId: net }, change: { vlan: 102 } },
     {
       model: 'Task', key: 'id',
-      data: { id: task, workspaceId: ws, createdById: user, kind: 'vm.create', targetType: 'vm', targetId: vm, state: 'rolling_back', attempts: 2, maxAttempts: 5, deadline: t('004'), input: { cpu: 2, nested: { a: [1, 2] } }, error: 'boom',
+      data: { id: task, seq: 77n, workspaceId: ws, createdById: user, kind: 'vm.create', targetType: 'vm', targetId: vm, state: 'rolling_back', attempts: 2, maxAttempts: 5, deadline: t('004'), input: { cpu: 2, nested: { a: [1, 2] } }, error: 'boom',
         leaseOwner: 'orch-1', leaseExpiresAt: t('018'), runAfter: t('019'), startedAt: t('020'), finishedAt: t('021'), placement: { host: 'h1' }, rollbackLog: [{ step: 'x', ok: true }] },
       change: { state: 'rolled_back' },
     },

@@ -28,7 +28,8 @@ DROP INDEX "IpAllocation_areaId_address_key";
 ALTER TABLE "IpAllocation" DROP CONSTRAINT "IpAllocation_vmId_fkey";
 
 -- AlterTable
-ALTER TABLE "Task" ADD COLUMN     "leaseOwner" TEXT,
+ALTER TABLE "Task" ADD COLUMN     "seq" BIGSERIAL NOT NULL,
+ADD COLUMN     "leaseOwner" TEXT,
 ADD COLUMN     "leaseExpiresAt" TIMESTAMP(3),
 ADD COLUMN     "runAfter" TIMESTAMP(3),
 ADD COLUMN     "startedAt" TIMESTAMP(3),
@@ -76,6 +77,12 @@ CREATE UNIQUE INDEX "IpAllocation_scope_address_key" ON "IpAllocation"("scope", 
 
 -- CreateIndex
 CREATE INDEX "IpAllocation_areaId_idx" ON "IpAllocation"("areaId");
+
+-- CreateIndex
+CREATE UNIQUE INDEX "Task_seq_key" ON "Task"("seq");
+
+-- CreateIndex
+CREATE INDEX "Task_targetId_idx" ON "Task"("targetId");
 
 -- CreateIndex
 CREATE INDEX "Task_state_runAfter_idx" ON "Task"("state", "runAfter");
