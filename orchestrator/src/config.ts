@@ -38,6 +38,9 @@ export const OrchestratorConfigSchema = Type.Object(
     loginMaxPerUser: Type.Integer({ minimum: 1, default: 10 }),
     loginMaxPerAddress: Type.Integer({ minimum: 1, default: 50 }),
     loginWindowSeconds: Type.Integer({ minimum: 1, default: 300 }),
+    /** Sign-ups and password changes per client address and login window: each costs a 32 MiB scrypt. */
+    signupMaxPerAddress: Type.Integer({ minimum: 1, default: 20 }),
+    passwordChangeMaxPerAddress: Type.Integer({ minimum: 1, default: 20 }),
     /** Trust X-Forwarded-For (only behind a proxy you run). */
     trustProxy: Type.Boolean({ default: false }),
     logLevel: Type.Union(
@@ -75,6 +78,8 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_LOGIN_MAX_PER_USER: 'loginMaxPerUser',
   KLOUDAK_LOGIN_MAX_PER_ADDRESS: 'loginMaxPerAddress',
   KLOUDAK_LOGIN_WINDOW_SECONDS: 'loginWindowSeconds',
+  KLOUDAK_SIGNUP_MAX_PER_ADDRESS: 'signupMaxPerAddress',
+  KLOUDAK_PASSWORD_CHANGE_MAX_PER_ADDRESS: 'passwordChangeMaxPerAddress',
   KLOUDAK_TRUST_PROXY: 'trustProxy',
   KLOUDAK_LOG_LEVEL: 'logLevel',
 };

@@ -21,7 +21,7 @@ export interface TokenClaims {
   username: string;
   email: string;
   admin: boolean;
-  /** The user's token version when issued; a later password or permission change refuses it. */
+  /** The user's token version when issued; a later password change, removal from a workspace or workspace deletion refuses it. */
   ver: number;
   /** Permission flags per workspace name the user belongs to (at most MAX_TOKEN_WORKSPACES). */
   workspaces: Record<string, Permissions>;

@@ -1,8 +1,12 @@
-// Behaviour of the REST API over real HTTP, on PostgreSQL and on embedded PGlite.
+// Behaviour of the REST API over real HTTP, on PostgreSQL and on embedded PGlite. The tests of an
+// engine share one orchestrator but no state: each makes the users, names and rows it needs
+// (unique names, subnets no other test uses) and puts the clock back when it moves it, so any one
+// of them passes alone (--test-name-pattern) or in any order.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { SignJWT, generateKeyPair, decodeJwt } from 'jose';
 import { ENGINES, PASSWORD, startHarness, Client, type Harness } from '../testing/harness.js';
+import { freshArea, freshSubnet, freshTemplate, freshWorkspace, uniq } from '../testing/fixtures.js';
 
 function b64url(o: unknown): string {
   return Buffer.from(JSON.stringify(o)).toString('base64url');
@@ -30,6 +34,13 @@ for (const engine of ENGINES) {
       for (const r of h.orch.api.routes) {
         assert.ok(doc.body.paths[`/api/v1${r.path}`]?.[r.method], `${r.method} ${r.path} missing from OpenAPI`);
       }
+      // Client generators name methods after operationIds: one style (camelCase), each used once.
+      const ids: string[] = Object.values(doc.body.paths as Record<string, Record<string, { operationId: string }>>).flatMap((ops) =>
+        Object.values(ops).map((op) => op.operationId),
+      );
+      assert.equal(ids.length, h.orch.api.routes.length);
+      assert.deepEqual(ids.filter((id) => !/^[a-z][a-zA-Z0-9]*$/.test(id)), [], 'operationIds that are not camelCase');
+      assert.deepEqual(ids.filter((id, i) => ids.indexOf(id) !== i), [], 'operationIds used twice');
       const m = await h.anon.get('/metrics');
       assert.match(m.body as string, /kloudak_http_requests_total\{method="GET",route="\/api\/v1\/openapi.json",status="200"\}/);
       const unknown = await h.anon.get('/api/v1/nope');
@@ -39,21 +50,23 @@ for (const engine of ENGINES) {
     });
 
     it('signs up with validation: weak passwords, bad names and duplicates are refused', async () => {
-      const ok = await h.anon.post('/api/v1/auth/signup', { username: 'carol', email: 'Carol@Example.test', password: PASSWORD });
+      const carol = uniq('carol');
+      const dave = uniq('dave');
+      const ok = await h.anon.post('/api/v1/auth/signup', { username: carol, email: `${carol.toUpperCase()}@Example.test`, password: PASSWORD });
       assert.equal(ok.status, 201);
-      assert.equal(ok.body.email, 'carol@example.test');
+      assert.equal(ok.body.email, `${carol}@example.test`);
       assert.equal(ok.body.passwordHash, undefined);
-      const dup = await h.anon.post('/api/v1/auth/signup', { username: 'carol', email: 'c2@example.test', password: PASSWORD });
+      const dup = await h.anon.post('/api/v1/auth/signup', { username: carol, email: `${carol}-2@example.test`, password: PASSWORD });
       assert.equal(dup.status, 409);
-      const dupMail = await h.anon.post('/api/v1/auth/signup', { username: 'carol2', email: 'carol@example.test', password: PASSWORD });
+      const dupMail = await h.anon.post('/api/v1/auth/signup', { username: `${carol}-2`, email: `${carol}@example.test`, password: PASSWORD });
       assert.equal(dupMail.status, 409);
-      const weak = await h.anon.post('/api/v1/auth/signup', { username: 'dave', email: 'd@example.test', password: 'short' });
+      const weak = await h.anon.post('/api/v1/auth/signup', { username: dave, email: `${dave}@example.test`, password: 'short' });
       assert.equal(weak.status, 400);
       assert.match(weak.body.error.message, /at least 10/);
-      const badName = await h.anon.post('/api/v1/auth/signup', { username: 'Dave Smith', email: 'd@example.test', password: PASSWORD });
+      const badName = await h.anon.post('/api/v1/auth/signup', { username: 'Dave Smith', email: `${dave}@example.test`, password: PASSWORD });
       assert.equal(badName.status, 400);
       assert.equal(badName.body.error.details.problems[0].path, '/username');
-      const extra = await h.anon.post('/api/v1/auth/signup', { username: 'dave', email: 'd@example.test', password: PASSWORD, isAdmin: true });
+      const extra = await h.anon.post('/api/v1/auth/signup', { username: dave, email: `${dave}@example.test`, password: PASSWORD, isAdmin: true });
       assert.equal(extra.status, 400, 'unknown properties (isAdmin) are refused');
     });
 
@@ -113,19 +126,27 @@ for (const engine of ENGINES) {
       assert.equal((await h.anon.req('GET', '/api/v1/me', undefined, { token: 'a b' })).status, 401);
     });
 
-    it('refuses tokens issued before a permission change', async () => {
+    it('applies a permission change from the member\'s next request, without signing them out', async () => {
       const owner = await h.user('gina');
       const member = await h.user('hank');
       const ws = `perm-${owner.username}`;
       await owner.client.post('/api/v1/workspaces', { name: ws });
-      assert.equal((await owner.client.post(`/api/v1/workspaces/${ws}/members`, { username: member.username, permissions: { vm_can_add: true } })).status, 201);
+      assert.equal((await owner.client.post(`/api/v1/workspaces/${ws}/members`, { username: member.username, permissions: { vm_can_add: true, user_can_edit: true } })).status, 201);
       assert.equal((await member.client.get(`/api/v1/workspaces/${ws}`)).status, 200, 'being added keeps tokens valid');
-      assert.equal((await owner.client.patch(`/api/v1/workspaces/${ws}/members/${member.username}`, { permissions: { vm_can_add: false } })).status, 200);
-      assert.equal((await member.client.get(`/api/v1/workspaces/${ws}`)).status, 401, 'stale permissions');
-      const again = new Client(h.url, await h.login(member.username, PASSWORD));
-      const got = await again.get(`/api/v1/workspaces/${ws}`);
-      assert.equal(got.status, 200);
-      assert.equal(got.body.permissions.vm_can_add, false);
+      assert.equal((await member.client.patch(`/api/v1/workspaces/${ws}`, { description: 'by the member' })).status, 200, 'user_can_edit held');
+      const changed = await owner.client.patch(`/api/v1/workspaces/${ws}/members/${member.username}`, { permissions: { vm_can_add: false, user_can_edit: false, network_can_add: true } });
+      assert.equal(changed.status, 200);
+      // The same token, on the very next request: still signed in, with the new flags.
+      const got = await member.client.get(`/api/v1/workspaces/${ws}`);
+      assert.equal(got.status, 200, 'a flag change signs nobody out');
+      assert.deepEqual([got.body.permissions.vm_can_add, got.body.permissions.user_can_edit, got.body.permissions.network_can_add], [false, false, true]);
+      const denied = await member.client.patch(`/api/v1/workspaces/${ws}`, { description: 'again' });
+      assert.equal(denied.status, 403, 'a flag taken away is refused at once');
+      assert.equal((await member.client.get('/api/v1/me')).body.workspaces[ws].network_can_add, true);
+      // Removal still revokes: the removed member's tokens are refused.
+      assert.equal((await owner.client.del(`/api/v1/workspaces/${ws}/members/${member.username}`)).status, 204);
+      assert.equal((await member.client.get('/api/v1/me')).status, 401, 'removal from the workspace signs the member out');
+      assert.equal((await owner.client.get(`/api/v1/workspaces/${ws}`)).status, 200, 'the one who removed keeps their token');
     });
 
     it('rate-limits logins per username with 429 and Retry-After', async () => {
@@ -137,7 +158,11 @@ for (const engine of ENGINES) {
       assert.equal(limited.status, 429);
       assert.ok(Number(limited.headers.get('retry-after')) > 0);
       now += h.config.loginWindowSeconds * 1000 + 1000;
-      assert.equal((await h.anon.post('/api/v1/auth/login', { username: u.username, password: PASSWORD })).status, 200);
+      try {
+        assert.equal((await h.anon.post('/api/v1/auth/login', { username: u.username, password: PASSWORD })).status, 200);
+      } finally {
+        now -= h.config.loginWindowSeconds * 1000 + 1000;
+      }
       // Unknown users are refused like wrong passwords (no user enumeration).
       const ghost = await h.anon.post('/api/v1/auth/login', { username: 'nobody-here', password: PASSWORD });
       assert.equal(ghost.status, 401);
@@ -195,7 +220,7 @@ for (const engine of ENGINES) {
       assert.deepEqual(members.body.items.map((m: { username: string }) => m.username), [b.username]);
       // A network blocks deletion with 409; deleting it frees the workspace.
       const db = h.orch.db.client;
-      const area = await db.area.create({ data: { name: `ar-${a.username}`, subnet: `10.${100 + (Number(/\d+/.exec(a.username)?.[0]) % 100)}.0.0/16`, gateway: '10.0.0.1', vlanFirst: 10, vlanLast: 20 } });
+      const area = await freshArea(db);
       const wsRow = await db.workspace.findUniqueOrThrow({ where: { name: ws } });
       const net = await db.network.create({ data: { name: 'net1', workspaceId: wsRow.id, areaId: area.id } });
       const nets = await bFresh.get(`/api/v1/workspaces/${ws}/networks`);
@@ -213,91 +238,121 @@ for (const engine of ENGINES) {
     it('manages areas with subnet, gateway and VLAN rules; users may read but not write', async () => {
       const admin = h.admin.client;
       const u = await h.user('nora');
-      const ok = await admin.post('/api/v1/areas', { name: 'area-one', subnet: '10.50.0.0/16', gateway: '10.50.0.1', vlanRange: '100-199' });
+      const one = freshSubnet();
+      const two = freshSubnet();
+      const [areaOne, areaTwo, pool1] = [uniq('area-one'), uniq('area-two'), uniq('pool-1')];
+      const ok = await admin.post('/api/v1/areas', { name: areaOne, subnet: one.subnet, gateway: one.gateway, vlanRange: '100-199' });
       assert.equal(ok.status, 201);
       assert.equal(ok.body.vlanRange, '100-199');
-      const overlap = await admin.post('/api/v1/areas', { name: 'area-two', subnet: '10.50.128.0/24', gateway: '10.50.128.1', vlanRange: '100-199' });
+      const overlap = await admin.post('/api/v1/areas', { name: areaTwo, subnet: `${one.base}.128/25`, gateway: `${one.base}.129`, vlanRange: '100-199' });
       assert.equal(overlap.status, 409);
-      assert.match(overlap.body.error.message, /overlaps area 'area-one'/);
-      const gw = await admin.post('/api/v1/areas', { name: 'area-two', subnet: '10.51.0.0/16', gateway: '10.52.0.1', vlanRange: '100-199' });
+      assert.match(overlap.body.error.message, new RegExp(`overlaps area '${areaOne}'`));
+      const gw = await admin.post('/api/v1/areas', { name: areaTwo, subnet: two.subnet, gateway: one.gateway, vlanRange: '100-199' });
       assert.equal(gw.status, 400);
       assert.equal(gw.body.error.details.problems[0].path, '/gateway');
-      const vlan = await admin.post('/api/v1/areas', { name: 'area-two', subnet: '10.51.0.0/16', gateway: '10.51.0.1', vlanRange: '1-5000' });
+      const vlan = await admin.post('/api/v1/areas', { name: areaTwo, subnet: two.subnet, gateway: two.gateway, vlanRange: '1-5000' });
       assert.equal(vlan.status, 400);
-      assert.equal((await u.client.post('/api/v1/areas', { name: 'x', subnet: '10.60.0.0/16', gateway: '10.60.0.1', vlanRange: '2-3' })).status, 403);
-      const read = await u.client.get('/api/v1/areas/area-one');
+      assert.equal((await u.client.post('/api/v1/areas', { name: areaTwo, subnet: two.subnet, gateway: two.gateway, vlanRange: '2-3' })).status, 403);
+      const read = await u.client.get(`/api/v1/areas/${areaOne}`);
       assert.equal(read.status, 200);
-      assert.equal(read.body.subnet, '10.50.0.0/16');
-      const patched = await admin.patch('/api/v1/areas/area-one', { gateway: '10.50.0.254' });
-      assert.equal(patched.body.gateway, '10.50.0.254');
-      assert.equal((await admin.patch('/api/v1/areas/area-one', { gateway: '10.99.0.1' })).status, 400);
+      assert.equal(read.body.subnet, one.subnet);
+      const patched = await admin.patch(`/api/v1/areas/${areaOne}`, { gateway: `${one.base}.254` });
+      assert.equal(patched.body.gateway, `${one.base}.254`);
+      assert.equal((await admin.patch(`/api/v1/areas/${areaOne}`, { gateway: two.gateway })).status, 400);
       // Pools: unknown area, duplicate path in one area.
-      const pool = await admin.post('/api/v1/pools', { name: 'pool-1', area: 'area-one', path: '/var/lib/pool-1', type: 'netfs' });
+      const pool = await admin.post('/api/v1/pools', { name: pool1, area: areaOne, path: `/var/lib/${pool1}`, type: 'netfs' });
       assert.equal(pool.status, 201);
       assert.equal(pool.body.shared, true);
-      assert.equal((await admin.post('/api/v1/pools', { name: 'pool-2', area: 'area-one', path: '/var/lib/pool-1', type: 'dir' })).status, 409);
-      assert.equal((await admin.post('/api/v1/pools', { name: 'pool-3', area: 'no-area', path: '/p3', type: 'dir' })).status, 400);
-      assert.equal((await admin.post('/api/v1/pools', { name: 'pool-4', area: 'area-one', path: '/a/../etc', type: 'dir' })).status, 400);
+      assert.equal((await admin.post('/api/v1/pools', { name: uniq('pool-2'), area: areaOne, path: `/var/lib/${pool1}`, type: 'dir' })).status, 409);
+      assert.equal((await admin.post('/api/v1/pools', { name: uniq('pool-3'), area: uniq('no-area'), path: '/p3', type: 'dir' })).status, 400);
+      assert.equal((await admin.post('/api/v1/pools', { name: uniq('pool-4'), area: areaOne, path: '/a/../etc', type: 'dir' })).status, 400);
       assert.equal((await u.client.get('/api/v1/pools')).status, 403, 'pools are admin-only');
       // An area still used by a pool cannot be deleted.
-      assert.equal((await admin.del('/api/v1/areas/area-one')).status, 409);
-      assert.equal((await admin.del('/api/v1/pools/pool-1')).status, 204);
-      assert.equal((await admin.del('/api/v1/areas/area-one')).status, 204);
-      assert.equal((await admin.get('/api/v1/areas/area-one')).status, 404);
+      assert.equal((await admin.del(`/api/v1/areas/${areaOne}`)).status, 409);
+      assert.equal((await admin.del(`/api/v1/pools/${pool1}`)).status, 204);
+      assert.equal((await admin.del(`/api/v1/areas/${areaOne}`)).status, 204);
+      assert.equal((await admin.get(`/api/v1/areas/${areaOne}`)).status, 404);
     });
 
     it('manages templates and pages through lists', async () => {
       const admin = h.admin.client;
-      for (let i = 0; i < 5; i++) {
-        const r = await admin.post('/api/v1/templates', { name: `tpl-${i}`, os: 'debian-12', cpu: 1, ramMb: 512, diskGb: 4, image: `debian-${i}.qcow2` });
+      // Names of their own, so the pages hold exactly these whatever else the database holds.
+      const prefix = uniq('tpl');
+      const names = [0, 1, 2, 3, 4].map((i) => `${prefix}-${i}`);
+      for (const [i, name] of names.entries()) {
+        const r = await admin.post('/api/v1/templates', { name, os: 'debian-12', cpu: 1, ramMb: 512, diskGb: 4, image: `debian-${i}.qcow2` });
         assert.equal(r.status, 201);
       }
-      assert.equal((await admin.post('/api/v1/templates', { name: 'tpl-0', os: 'x', cpu: 1, ramMb: 512, diskGb: 4, image: 'i' })).status, 409);
-      assert.equal((await admin.post('/api/v1/templates', { name: 'tpl-x', os: 'x', cpu: 0, ramMb: 512, diskGb: 4, image: 'i' })).status, 400);
+      assert.equal((await admin.post('/api/v1/templates', { name: names[0], os: 'x', cpu: 1, ramMb: 512, diskGb: 4, image: 'i' })).status, 409);
+      assert.equal((await admin.post('/api/v1/templates', { name: uniq('tpl-x'), os: 'x', cpu: 0, ramMb: 512, diskGb: 4, image: 'i' })).status, 400);
       const u = await h.user('olga');
-      const p1 = await u.client.get('/api/v1/templates?limit=2');
-      assert.deepEqual(p1.body.items.map((t: { name: string }) => t.name), ['tpl-0', 'tpl-1']);
-      assert.equal(p1.body.nextCursor, 'tpl-1');
-      const p2 = await u.client.get(`/api/v1/templates?limit=10&after=${p1.body.nextCursor}`);
-      assert.deepEqual(p2.body.items.map((t: { name: string }) => t.name), ['tpl-2', 'tpl-3', 'tpl-4']);
-      assert.equal(p2.body.nextCursor, null);
+      const p1 = await u.client.get(`/api/v1/templates?limit=2&after=${prefix}`);
+      assert.deepEqual(p1.body.items.map((t: { name: string }) => t.name), names.slice(0, 2));
+      assert.equal(p1.body.nextCursor, names[1]);
+      const p2 = await u.client.get(`/api/v1/templates?limit=3&after=${p1.body.nextCursor}`);
+      assert.deepEqual(p2.body.items.map((t: { name: string }) => t.name), names.slice(2));
+      const rest = await u.client.get(`/api/v1/templates?limit=1000&after=${names[4]}`);
+      assert.equal(rest.body.nextCursor, null, 'the last page has no cursor');
+      assert.ok(!rest.body.items.some((t: { name: string }) => t.name.startsWith(prefix)));
+      assert.equal(p2.body.nextCursor, rest.body.items.length > 0 ? names[4] : null);
       assert.equal((await u.client.get('/api/v1/templates?limit=0')).status, 400);
       assert.equal((await u.client.get('/api/v1/templates?limit=abc')).status, 400);
-      assert.equal((await admin.patch('/api/v1/templates/tpl-4', { cpu: 2 })).body.cpu, 2);
-      assert.equal((await admin.del('/api/v1/templates/tpl-4')).status, 204);
+      assert.equal((await admin.patch(`/api/v1/templates/${names[4]}`, { cpu: 2 })).body.cpu, 2);
+      assert.equal((await admin.del(`/api/v1/templates/${names[4]}`)).status, 204);
     });
 
     it('shows hosts, toggles maintenance and deletes only empty hosts', async () => {
       const db = h.orch.db.client;
-      const area = await db.area.create({ data: { name: 'host-area', subnet: '10.70.0.0/16', gateway: '10.70.0.1', vlanFirst: 2, vlanLast: 9 } });
-      const host = await db.host.create({ data: { name: 'kvm-1', areaId: area.id, cpuCount: 16, ramMb: 65536, diskGb: 900, state: 'up', lastHeartbeatAt: new Date() } });
+      const area = await freshArea(db);
+      const base = area.subnet.replace(/\.0\/24$/, '');
+      const host = await db.host.create({ data: { name: uniq('kvm'), areaId: area.id, cpuCount: 16, ramMb: 65536, diskGb: 900, state: 'up', lastHeartbeatAt: new Date() } });
       const admin = h.admin.client;
-      const list = await admin.get('/api/v1/hosts');
-      assert.equal(list.body.items[0].name, 'kvm-1');
+      const list = await admin.get('/api/v1/hosts?limit=1000');
+      const listed = list.body.items.find((x: { id: string }) => x.id === host.id);
+      assert.equal(listed.name, host.name);
+      assert.equal(listed.area, area.name);
       // Bytes come from the agent's Hello; a host inserted by hand has none, and no session or usage.
-      assert.deepEqual(list.body.items[0].capacity, { cpus: 16, ramMb: 65536, diskGb: 900, memoryBytes: 0, diskBytes: 0 });
-      assert.deepEqual([list.body.items[0].connected, list.body.items[0].usage], [false, null]);
+      assert.deepEqual(listed.capacity, { cpus: 16, ramMb: 65536, diskGb: 900, memoryBytes: 0, diskBytes: 0 });
+      assert.deepEqual([listed.connected, listed.usage], [false, null]);
       const m = await admin.patch(`/api/v1/hosts/${host.id}`, { maintenance: true });
       assert.equal(m.body.adminState, 'maintenance');
       assert.equal((await admin.patch(`/api/v1/hosts/${host.id}`, { maintenance: false })).body.adminState, 'active');
       assert.equal((await admin.get('/api/v1/hosts/not-a-uuid')).status, 400);
       assert.equal((await admin.get('/api/v1/hosts/00000000-0000-0000-0000-000000000000')).status, 404);
-      const ws = await db.workspace.create({ data: { name: 'host-ws' } });
-      const tpl = await db.template.create({ data: { name: 'host-tpl', os: 'x', cpu: 1, ramMb: 256, diskGb: 1, image: 'i' } });
-      const vm = await db.vm.create({ data: { name: 'vm-1', workspaceId: ws.id, areaId: area.id, templateId: tpl.id, hostId: host.id, cpu: 1, ramMb: 256, diskGb: 1, state: 'running' } });
-      await db.ipAllocation.create({ data: { areaId: area.id, scope: `area:${area.id}`, address: '10.70.0.10', vmId: vm.id } });
-      const vms = await admin.get('/api/v1/workspaces/host-ws/vms/vm-1');
-      assert.equal(vms.body.host, 'kvm-1');
-      assert.equal(vms.body.ip, '10.70.0.10');
-      assert.equal((await admin.get('/api/v1/workspaces/host-ws/vms')).body.items.length, 1);
+      const ws = await freshWorkspace(db, []);
+      const tpl = await freshTemplate(db);
+      const vmName = uniq('vm');
+      const vm = await db.vm.create({ data: { name: vmName, workspaceId: ws.id, areaId: area.id, templateId: tpl.id, hostId: host.id, cpu: 1, ramMb: 256, diskGb: 1, state: 'running' } });
+      await db.ipAllocation.create({ data: { areaId: area.id, scope: `area:${area.id}`, address: `${base}.10`, vmId: vm.id } });
+      const got = await admin.get(`/api/v1/workspaces/${ws.name}/vms/${vmName}`);
+      assert.equal(got.body.host, host.name);
+      assert.equal(got.body.ip, `${base}.10`);
+      assert.equal((await admin.get(`/api/v1/workspaces/${ws.name}/vms`)).body.items.length, 1);
       const blocked = await admin.del(`/api/v1/hosts/${host.id}`);
       assert.equal(blocked.status, 409);
-      assert.equal((await admin.patch('/api/v1/areas/host-area', { subnet: '10.71.0.0/16', gateway: '10.71.0.1' })).status, 409, 'subnet fixed once IPs are allocated');
+      const other = freshSubnet();
+      assert.equal((await admin.patch(`/api/v1/areas/${area.name}`, { subnet: other.subnet, gateway: other.gateway })).status, 409, 'subnet fixed once IPs are allocated');
       await db.vm.delete({ where: { id: vm.id } });
       assert.equal((await admin.del(`/api/v1/hosts/${host.id}`)).status, 204);
       const u = await h.user('pete');
       assert.equal((await u.client.get('/api/v1/hosts')).status, 403);
       assert.equal((await h.anon.get('/api/v1/hosts')).status, 401);
+    });
+
+    it('makes join tokens for an area named like on every other route (its id still accepted)', async () => {
+      const area = await freshArea(h.orch.db.client);
+      const admin = h.admin.client;
+      const byName = await admin.post('/api/v1/hosts/join-tokens', { area: area.name, expiresIn: 600 });
+      assert.equal(byName.status, 201, JSON.stringify(byName.body));
+      assert.deepEqual([byName.body.area, byName.body.areaId], [area.name, area.id]);
+      const byId = await admin.post('/api/v1/hosts/join-tokens', { area: area.id });
+      assert.equal(byId.status, 201, JSON.stringify(byId.body));
+      assert.deepEqual([byId.body.area, byId.body.areaId], [area.name, area.id]);
+      const unknown = await admin.post('/api/v1/hosts/join-tokens', { area: uniq('no-area') });
+      assert.equal(unknown.status, 400);
+      assert.equal(unknown.body.error.details.problems[0].path, '/area');
+      const noId = await admin.post('/api/v1/hosts/join-tokens', { area: '00000000-0000-4000-8000-000000000000' });
+      assert.equal(noId.status, 400);
     });
 
     it('answers malformed bodies with 4xx JSON', async () => {
@@ -329,6 +384,43 @@ describe('login rate limit per client address', () => {
       const limited = await h.anon.post('/api/v1/auth/login', { username: 'nobody-c', password: PASSWORD });
       assert.equal(limited.status, 429);
       assert.equal(limited.body.error.code, 'rate_limited');
+    } finally {
+      await h.close();
+    }
+  });
+});
+
+describe('sign-up and password change rate limits per client address', () => {
+  it('answers 429 with Retry-After once one address has signed up or changed passwords too often, and again after the window', async () => {
+    let now = Date.now();
+    const h = await startHarness('pglite', { signupMaxPerAddress: 3, passwordChangeMaxPerAddress: 2 }, { now: () => now });
+    try {
+      // Each sign-up hashes a password: a flood of them would hold the thread pool logins need.
+      const u = await h.user('flood'); // one sign-up
+      for (let i = 0; i < 2; i++) {
+        const name = uniq('flood');
+        assert.equal((await h.anon.post('/api/v1/auth/signup', { username: name, email: `${name}@example.test`, password: PASSWORD })).status, 201);
+      }
+      const name = uniq('flood');
+      const limited = await h.anon.post('/api/v1/auth/signup', { username: name, email: `${name}@example.test`, password: PASSWORD });
+      assert.equal(limited.status, 429);
+      assert.equal(limited.body.error.code, 'rate_limited');
+      const wait = Number(limited.headers.get('retry-after'));
+      assert.ok(wait > 0 && wait <= h.config.loginWindowSeconds, `Retry-After ${wait}`);
+      assert.equal(await h.orch.db.client.user.count({ where: { username: name } }), 0, 'nothing created');
+      // Password changes: wrong current passwords count too (each one is a hash to check).
+      for (let i = 0; i < 2; i++) {
+        assert.equal((await u.client.post('/api/v1/auth/password', { currentPassword: 'Not-The-Passw0rd!', newPassword: 'An0ther-Long-Passphrase' })).status, 403);
+      }
+      const tooMany = await u.client.post('/api/v1/auth/password', { currentPassword: PASSWORD, newPassword: 'An0ther-Long-Passphrase' });
+      assert.equal(tooMany.status, 429);
+      assert.ok(Number(tooMany.headers.get('retry-after')) > 0);
+      assert.equal((await h.anon.post('/api/v1/auth/login', { username: u.username, password: PASSWORD })).status, 200, 'the password did not change');
+      // Once the window has passed, both work again.
+      now += h.config.loginWindowSeconds * 1000 + 1000;
+      assert.equal((await h.anon.post('/api/v1/auth/signup', { username: name, email: `${name}@example.test`, password: PASSWORD })).status, 201);
+      const fresh = new Client(h.url, await h.login(u.username, PASSWORD));
+      assert.equal((await fresh.post('/api/v1/auth/password', { currentPassword: PASSWORD, newPassword: 'An0ther-Long-Passphrase' })).status, 204);
     } finally {
       await h.close();
     }

@@ -49,6 +49,9 @@ export interface AppDeps {
 export interface Services extends AppDeps {
   loginByUser: RateLimiter;
   loginByAddress: RateLimiter;
+  /** Sign-ups and password changes per client address: each hashes a password (scrypt, 32 MiB). */
+  signupByAddress: RateLimiter;
+  passwordChangeByAddress: RateLimiter;
 }
 
 /** The Koa application, its routes and its metrics registry. */
@@ -95,7 +98,7 @@ async function principalFor(s: Services, token: string): Promise<Principal> {
       revoked: { where: { jti: claims.jti }, select: { jti: true } },
     },
   });
-  // A deleted user, a token from before a password or permission change, or a logged-out token.
+  // A deleted user, a token from before a password change or a removal, or a logged-out token.
   if (!user || user.tokenVersion !== claims.ver || user.revoked.length > 0) {
     throw new UnauthenticatedError('invalid or expired token');
   }
@@ -141,6 +144,8 @@ export function createApi(deps: AppDeps): Api {
     ...deps,
     loginByUser: new RateLimiter(deps.clock, deps.config.loginMaxPerUser, windowMs),
     loginByAddress: new RateLimiter(deps.clock, deps.config.loginMaxPerAddress, windowMs),
+    signupByAddress: new RateLimiter(deps.clock, deps.config.signupMaxPerAddress, windowMs),
+    passwordChangeByAddress: new RateLimiter(deps.clock, deps.config.passwordChangeMaxPerAddress, windowMs),
   };
   const routes: RouteSpec[] = [
     ...authRoutes(services),

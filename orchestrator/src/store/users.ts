@@ -42,7 +42,7 @@ export async function workspaceClaims(
   };
 }
 
-/** Make every token issued so far for these users invalid (password or permission change). */
+/** Make every token issued so far for these users invalid (password change, removal from a workspace). */
 export async function bumpTokenVersion(db: Pick<PrismaClient, 'user'>, userIds: string[]): Promise<void> {
   if (userIds.length === 0) return;
   await db.user.updateMany({ where: { id: { in: userIds } }, data: { tokenVersion: { increment: 1 } } });

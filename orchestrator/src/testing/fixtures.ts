@@ -208,7 +208,7 @@ export function validBody(key: string, w: World, member: string, password = 'Str
     'POST /templates': () => ({ name: uniq('tpl'), os: 'debian-12', cpu: 2, ramMb: 1024, diskGb: 10, image: 'debian-12.qcow2' }),
     'PATCH /templates/{name}': () => ({ description: 'patched by a test' }),
     'PATCH /hosts/{id}': () => ({ maintenance: false }),
-    'POST /hosts/join-tokens': () => ({ area: w.area.id, expiresIn: 600 }),
+    'POST /hosts/join-tokens': () => ({ area: w.area.name, expiresIn: 600 }),
   };
   const make = bodies[key];
   if (!make) throw new Error(`no valid body for ${key}`);

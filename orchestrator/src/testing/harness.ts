@@ -106,6 +106,8 @@ export async function startHarness(
     passwordHashCost: 12,
     logLevel: 'silent',
     loginMaxPerAddress: 10_000,
+    signupMaxPerAddress: 10_000,
+    passwordChangeMaxPerAddress: 10_000,
     natsUrl: TEST_NATS_URL,
     agentHost: '127.0.0.1',
     agentPort: 0,

@@ -3,7 +3,7 @@ import { ConflictError, NotFoundError, ValidationError } from '@kloudak/common';
 import { createJoinToken, joinTokenView } from '../../store/join-tokens.js';
 import type { Services } from '../app.js';
 import { route, type RouteSpec } from '../route.js';
-import { Page, Timestamp, Uuid } from '../schemas.js';
+import { Name, Page, Timestamp, Uuid } from '../schemas.js';
 import { page } from './paging.js';
 
 /** Longest span one usage query may cover. */
@@ -12,6 +12,7 @@ const MAX_USAGE_SPAN_MS = 31 * 86_400_000;
 const JoinTokenCreated = Type.Object({
   id: Uuid,
   token: Type.String({ description: 'kjt1.<id>.<secret>.<caFingerprint>; shown only now' }),
+  area: Name,
   areaId: Uuid,
   expiresAt: Timestamp,
   caFingerprint: Type.String({ description: 'SHA-256 of the agent CA certificate (DER), hex' }),
@@ -41,6 +42,7 @@ const UsagePoint = Type.Object({
   samples: Type.Integer({ description: 'heartbeats averaged into this point' }),
 });
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const IdParams = Type.Object({ id: Uuid }, { additionalProperties: false });
 
 function parseInstant(v: string | undefined, name: string, fallback: number): number {
@@ -61,20 +63,23 @@ export function agentRoutes(s: Services): RouteSpec[] {
       path: '/hosts/join-tokens',
       operationId: 'createJoinToken',
       summary: 'Create a single-use join token with which one new host enrolls in an area',
-      description: 'The token string is returned once; only a hash of its secret is kept.',
+      description: 'The token string is returned once; only a hash of its secret is kept. `area` is the area\'s name, as on every other route (its id is accepted too).',
       tag: 'hosts',
       access: 'admin',
       body: Type.Object(
         {
-          area: Uuid,
+          area: Name,
           expiresIn: Type.Optional(Type.Integer({ minimum: 60, maximum: 604_800, default: 3600, description: 'seconds' })),
         },
         { additionalProperties: false },
       ),
       response: { status: 201, description: 'the token', schema: JoinTokenCreated },
       async handler({ body, principal }) {
-        const area = await db.area.findUnique({ where: { id: body.area }, select: { id: true } });
-        if (!area) throw new ValidationError('invalid body', { in: 'body', problems: [{ path: '/area', message: `area ${body.area} does not exist` }] });
+        // By name like every other route; an id (what this route took first) is still accepted.
+        const area =
+          (await db.area.findUnique({ where: { name: body.area }, select: { id: true, name: true } })) ??
+          (UUID.test(body.area) ? await db.area.findUnique({ where: { id: body.area }, select: { id: true, name: true } }) : null);
+        if (!area) throw new ValidationError('invalid body', { in: 'body', problems: [{ path: '/area', message: `area '${body.area}' does not exist` }] });
         const expiresAt = new Date(s.clock.now() + (body.expiresIn ?? 3600) * 1000);
         const { row, token } = await createJoinToken(db, {
           areaId: area.id,
@@ -82,7 +87,7 @@ export function agentRoutes(s: Services): RouteSpec[] {
           createdById: principal?.userId ?? null,
           caFingerprint: s.agents.caFingerprint,
         });
-        return { id: row.id, token, areaId: row.areaId, expiresAt: row.expiresAt.toISOString(), caFingerprint: s.agents.caFingerprint };
+        return { id: row.id, token, area: area.name, areaId: row.areaId, expiresAt: row.expiresAt.toISOString(), caFingerprint: s.agents.caFingerprint };
       },
     }),
     route({

@@ -2,6 +2,7 @@ import { Type } from '@sinclair/typebox';
 import { ConflictError, KloudakError, RateLimitedError, UnauthenticatedError, ValidationError } from '@kloudak/common';
 import { hashPassword, passwordWeakness, verifyPassword } from '../../auth/passwords.js';
 import { bumpTokenVersion, MAX_TOKEN_WORKSPACES, userView, workspaceClaims } from '../../store/users.js';
+import type { RateLimiter } from '../../auth/rate-limit.js';
 import type { Services } from '../app.js';
 import { route, type Principal, type RouteSpec } from '../route.js';
 import { Email, Password, Permissions, Timestamp, Username, Uuid } from '../schemas.js';
@@ -12,6 +13,13 @@ const TokenSchema = Type.Object({ token: Type.String(), expiresAt: Timestamp });
 // A hash to compare against when the username does not exist, so a login for an unknown user costs
 // the same time as one for a known user and does not reveal which usernames exist.
 let decoyHash: Promise<string> | undefined;
+
+/** Count one attempt of `key`, or refuse it with 429 when its window is full. */
+function limit(l: RateLimiter, key: string): void {
+  const wait = l.retryAfter(key);
+  if (wait > 0) throw new RateLimitedError(wait);
+  l.hit(key);
+}
 
 /** Sign-up, login, token refresh, logout, password change and "who am I". */
 export function authRoutes(s: Services): RouteSpec[] {
@@ -36,13 +44,15 @@ export function authRoutes(s: Services): RouteSpec[] {
       path: '/auth/signup',
       operationId: 'signup',
       summary: 'Create an account',
+      description: 'Rate-limited per client address (429 with Retry-After): each sign-up hashes a password.',
       tag: 'auth',
       access: 'public',
       body: Type.Object({ username: Username, email: Email, password: Password }, { additionalProperties: false }),
       response: { status: 201, description: 'the new user', schema: UserSchema },
-      errors: [403, 409],
-      async handler({ body }) {
+      errors: [403, 409, 429],
+      async handler({ body, clientIp }) {
         if (!s.config.allowSignup) throw new KloudakError('forbidden', 'sign-up is disabled on this installation');
+        limit(s.signupByAddress, clientIp);
         const weak = passwordWeakness(body.password, body.username);
         if (weak) throw new ValidationError(weak, { in: 'body', problems: [{ path: '/password', message: weak }] });
         const email = body.email.toLowerCase();
@@ -121,10 +131,13 @@ export function authRoutes(s: Services): RouteSpec[] {
       summary: 'Change the caller\'s password; every token issued before is refused from then on',
       tag: 'auth',
       access: 'user',
+      description: 'Rate-limited per client address (429 with Retry-After).',
       body: Type.Object({ currentPassword: Password, newPassword: Password }, { additionalProperties: false }),
       response: { status: 204, description: 'changed' },
-      async handler({ body, principal }) {
+      errors: [403, 429],
+      async handler({ body, principal, clientIp }) {
         const p = principal as Principal;
+        limit(s.passwordChangeByAddress, clientIp);
         const u = await db.user.findUniqueOrThrow({ where: { id: p.userId } });
         if (!(await verifyPassword(body.currentPassword, u.passwordHash))) {
           throw new KloudakError('forbidden', 'current password is wrong');

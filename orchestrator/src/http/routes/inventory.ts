@@ -180,12 +180,17 @@ function listQuery(after: string | undefined) {
   return after ? { name: { gt: after } } : {};
 }
 
+/** `area` → `Area`: operationIds are camelCase (`listAreas`, `getArea`), as client generators expect. */
+function capital(word: string): string {
+  return word.charAt(0).toUpperCase() + word.slice(1);
+}
+
 function readRoutes(tag: string, kind: string, access: 'user' | 'admin', schema: TSchema, list: (q: { limit?: number; after?: string }) => Promise<unknown>, get: (name: string) => Promise<unknown>): RouteSpec[] {
   return [
     route({
       method: 'get',
       path: `/${tag}`,
-      operationId: `list_${tag}`,
+      operationId: `list${capital(tag)}`,
       summary: `List ${tag}`,
       tag,
       access,
@@ -196,7 +201,7 @@ function readRoutes(tag: string, kind: string, access: 'user' | 'admin', schema:
     route({
       method: 'get',
       path: `/${tag}/{name}`,
-      operationId: `get_${kind}`,
+      operationId: `get${capital(kind)}`,
       summary: `One ${kind}`,
       tag,
       access,
@@ -212,7 +217,7 @@ function deleteRoute(tag: string, kind: string, del: (name: string) => Promise<v
   return route({
     method: 'delete',
     path: `/${tag}/{name}`,
-    operationId: `delete_${kind}`,
+    operationId: `delete${capital(kind)}`,
     summary: `Delete a ${kind}; 409 while other objects use it`,
     tag,
     access: 'admin',

@@ -148,12 +148,9 @@ export function workspaceRoutes(s: Services): RouteSpec[] {
         const a = await workspaceAccess(db, principal as Principal, params.ws);
         requireFlags(a, 'user_can_edit');
         const ws = await db.$transaction(async (tx) => {
-          const updated = await tx.workspace.update({ where: { id: a.workspace.id }, data: body });
-          // Tokens name workspaces: a rename changes every member's claims.
-          if (body.name !== undefined && body.name !== a.workspace.name) {
-            await bumpMembersTokens(tx, updated.id);
-          }
-          return updated;
+          // No token is revoked: authorization reads live memberships, and the names a token lists
+          // are a convenience that GET /auth/token refreshes.
+          return tx.workspace.update({ where: { id: a.workspace.id }, data: body });
         });
         return wsView(ws, a.permissions);
       },
@@ -240,7 +237,7 @@ export function workspaceRoutes(s: Services): RouteSpec[] {
       method: 'patch',
       path: '/workspaces/{ws}/members/{username}',
       operationId: 'updateMember',
-      summary: 'Change a member\'s permissions (needs user_can_edit; only flags the caller holds can be granted); their older tokens are refused',
+      summary: 'Change a member\'s permissions (needs user_can_edit; only flags the caller holds can be granted); they apply from the member\'s next request, without signing them out',
       tag: 'members',
       access: 'user',
       params: MemberParams,
@@ -260,7 +257,9 @@ export function workspaceRoutes(s: Services): RouteSpec[] {
             include: { user: { select: { username: true, email: true } } },
           });
           if (!canManageMembers(toPermissions(m))) await keepAManager(tx, a.workspace.id);
-          await bumpTokenVersion(tx, [existing.userId]);
+          // Authorization reads the membership on every request, so the change applies from the
+          // member's next request: nobody is signed out (only removal, logout, a password change
+          // and account deletion revoke tokens).
           return memberView(m);
         });
       },
