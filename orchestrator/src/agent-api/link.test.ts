@@ -3,7 +3,7 @@
 // 400 ms, margin 200 ms) so liveness transitions happen within a second.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
+import { createHash, generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -43,6 +43,7 @@ describe('agent link over TLS on PostgreSQL and NATS', () => {
   let h: Harness;
   let logs: LogCapture;
   let areaId: string;
+  let areaName: string;
   let nc: NatsConnection;
   const agents: SimAgent[] = [];
   const secrets: string[] = [];
@@ -57,7 +58,7 @@ describe('agent link over TLS on PostgreSQL and NATS', () => {
   };
   /** A join token made through the REST API, as an admin would. */
   async function newToken(expiresIn = 600): Promise<{ id: string; token: string }> {
-    const r = await h.admin.client.post('/api/v1/hosts/join-tokens', { area: areaId, expiresIn });
+    const r = await h.admin.client.post('/api/v1/hosts/join-tokens', { area: areaName, expiresIn });
     assert.equal(r.status, 201, JSON.stringify(r.body));
     secrets.push(r.body.token, r.body.token.split('.')[2]);
     return r.body;
@@ -80,7 +81,7 @@ describe('agent link over TLS on PostgreSQL and NATS', () => {
   before(async () => {
     logs = new LogCapture();
     h = await startHarness('postgres', { ...TIMINGS, logLevel: 'debug' }, undefined, { helloTimeoutMs: 400, livenessTickMs: 25, logDestination: logs });
-    areaId = (await freshArea(db())).id;
+    ({ id: areaId, name: areaName } = await freshArea(db()));
     nc = await natsConnect({ servers: TEST_NATS_URL });
   });
   after(async () => {
@@ -102,7 +103,11 @@ describe('agent link over TLS on PostgreSQL and NATS', () => {
       const row = await db().joinToken.findUniqueOrThrow({ where: { id: t.id } });
       assert.equal(row.usedByHostId, id.hostId);
       assert.ok(row.usedAt);
-      assert.ok(!row.secretHash.includes(t.token.split('.')[2] as string));
+      // What is stored is SHA-256 of the secret, and no column holds the secret or the token.
+      const secret = t.token.split('.')[2] as string;
+      assert.equal(row.secretHash, createHash('sha256').update(secret, 'utf8').digest('hex'));
+      const stored = JSON.stringify(row);
+      assert.ok(!stored.includes(secret) && !stored.includes(t.token), 'neither the secret nor the token is stored');
       const list = await h.admin.client.get('/api/v1/hosts/join-tokens?limit=1000');
       assert.equal(list.status, 200);
       const mine = list.body.items.find((x: { id: string }) => x.id === t.id);

@@ -5,7 +5,8 @@
 // password or presented token leaks.
 //
 // Reproduce a failure with the seed fast-check prints: KLOUDAK_FUZZ_SEED=<seed> (and
-// KLOUDAK_FUZZ_RUNS=<n> to run more or fewer cases per route).
+// KLOUDAK_FUZZ_RUNS=<n> to run more or fewer cases per route). Every route runs exactly that many
+// cases; one that cannot within KLOUDAK_FUZZ_ROUTE_LIMIT_MS (60 s) fails instead of testing fewer.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
@@ -21,7 +22,10 @@ import { ENGINES, startHarness, type Harness } from '../testing/harness.js';
 import { createWorld, fillPath, pathParams, routeKey, uniq, validBody, validParams, type World } from '../testing/fixtures.js';
 import { MAX_BODY_BYTES } from './app.js';
 
-const RUNS = Number(process.env['KLOUDAK_FUZZ_RUNS'] ?? 25);
+const RUNS = Number(process.env['KLOUDAK_FUZZ_RUNS'] ?? 100);
+// A route's whole property must finish within this; a slower run FAILS (it is never cut short
+// quietly, which would test fewer cases than it says). 100 runs take about 0.3 s a route here.
+const ROUTE_TIME_LIMIT_MS = Number(process.env['KLOUDAK_FUZZ_ROUTE_LIMIT_MS'] ?? 60_000);
 // CI runs a fixed seed so a landing is reproducible; developers' runs explore new seeds each time.
 const SEED = process.env['KLOUDAK_FUZZ_SEED']
   ? Number(process.env['KLOUDAK_FUZZ_SEED'])
@@ -408,9 +412,10 @@ for (const engine of ENGINES) {
                 else if (genuine && r.access === 'admin' && x.auth.kind !== 'admin') assert.equal(res.status, 403, `admins only; ${why}`);
               }
             }),
-            { numRuns: RUNS, seed: SEED + i, interruptAfterTimeLimit: 30_000, markInterruptAsFailure: false, timeout: 25_000 },
+            { numRuns: RUNS, seed: SEED + i, interruptAfterTimeLimit: ROUTE_TIME_LIMIT_MS, markInterruptAsFailure: true, timeout: 25_000 },
           );
           st.diagnostic(`${outcome.numRuns} runs in ${Date.now() - started} ms`);
+          if (outcome.interrupted) assert.fail(`${key}: interrupted after ${outcome.numRuns} of ${RUNS} runs (${ROUTE_TIME_LIMIT_MS} ms): too slow to test what it claims`);
           if (outcome.failed) {
             // fast-check's report (seed, path, counterexample) with over-long lines cut, then the error.
             const report = (fc.defaultReportMessage(outcome) ?? 'failed')
@@ -420,6 +425,7 @@ for (const engine of ENGINES) {
             const error = (outcome.errorInstance as Error | undefined)?.message ?? String(outcome.errorInstance);
             assert.fail(`${key}\n${report}\n${error.slice(0, 1500)}`);
           }
+          assert.equal(outcome.numRuns, RUNS, `${key}: every run was made`);
         });
       }
     });

@@ -30,8 +30,15 @@ describe('join token strings', () => {
     }
   });
 
-  it('stores SHA-256 of the secret, never the secret', () => {
-    assert.match(hashSecret(secret), /^[0-9a-f]{64}$/);
-    assert.notEqual(hashSecret(secret), secret);
+  it('stores SHA-256 of the secret (hex), never the secret', () => {
+    // Known answers, computed outside Node (python3 hashlib.sha256): a change of algorithm, encoding
+    // or input (say, hashing the whole token, or a truncated secret) fails here.
+    assert.equal(secret, 'BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc');
+    assert.equal(hashSecret(secret), 'dc4bf80c77473d130fa0de86ba4018fe98bb214005e6a5891d12ba91446f9e81');
+    assert.equal(hashSecret('abc'), 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');
+    // Secrets one character apart hash to unrelated values: nothing of the secret shows in its hash.
+    const near = hashSecret(secret.slice(0, -1) + 'd');
+    const same = [...near].filter((c, i) => c === hashSecret(secret)[i]).length;
+    assert.ok(same < 16, `${same} of 64 hex digits in common`);
   });
 });
