@@ -48,6 +48,23 @@ export const OrchestratorConfigSchema = Type.Object(
       { default: 'info' },
     ),
     shutdownGraceMs: Type.Integer({ minimum: 0, default: 10000 }),
+    /** Attempts of each task step before rollback (the seed's default: 1 + 2 retries). */
+    taskMaxAttempts: Type.Integer({ minimum: 1, maximum: 20, default: 3 }),
+    /** Backoff before the first retry of a step; doubled each retry, at most taskBackoffMaxMs. */
+    taskBackoffMs: Type.Integer({ minimum: 0, maximum: 600_000, default: 2000 }),
+    taskBackoffMaxMs: Type.Integer({ minimum: 0, maximum: 3_600_000, default: 30_000 }),
+    /** Per-attempt timeout of a step, and the deadline of a whole task (then it rolls back). */
+    taskStepTimeoutMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 180_000 }),
+    taskTimeoutMs: Type.Integer({ minimum: 1000, maximum: 86_400_000, default: 900_000 }),
+    /** A worker's claim on a task lasts this long unless renewed (a crashed worker's tasks resume after it). */
+    taskLeaseMs: Type.Integer({ minimum: 100, maximum: 600_000, default: 15_000 }),
+    /** Tasks one orchestrator runs at the same time. */
+    taskConcurrency: Type.Integer({ minimum: 1, maximum: 1000, default: 32 }),
+    /** Placement: spread (default) or pack, and the overcommit ratios. */
+    placementStrategy: Type.Union([Type.Literal('spread'), Type.Literal('pack')], { default: 'spread' }),
+    cpuOvercommit: Type.Number({ exclusiveMinimum: 0, maximum: 64, default: 4 }),
+    ramOvercommit: Type.Number({ exclusiveMinimum: 0, maximum: 4, default: 1 }),
+    diskOvercommit: Type.Number({ exclusiveMinimum: 0, maximum: 64, default: 1 }),
   },
   { additionalProperties: false },
 );
@@ -82,6 +99,13 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_PASSWORD_CHANGE_MAX_PER_ADDRESS: 'passwordChangeMaxPerAddress',
   KLOUDAK_TRUST_PROXY: 'trustProxy',
   KLOUDAK_LOG_LEVEL: 'logLevel',
+  KLOUDAK_TASK_MAX_ATTEMPTS: 'taskMaxAttempts',
+  KLOUDAK_TASK_BACKOFF_MS: 'taskBackoffMs',
+  KLOUDAK_TASK_STEP_TIMEOUT_MS: 'taskStepTimeoutMs',
+  KLOUDAK_TASK_TIMEOUT_MS: 'taskTimeoutMs',
+  KLOUDAK_PLACEMENT_STRATEGY: 'placementStrategy',
+  KLOUDAK_CPU_OVERCOMMIT: 'cpuOvercommit',
+  KLOUDAK_RAM_OVERCOMMIT: 'ramOvercommit',
 };
 
 const FLAG_NAMES: Record<string, string> = {

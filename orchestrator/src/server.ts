@@ -12,6 +12,11 @@ import type { AgentChannel } from './agent-api/channel.js';
 import { AgentLink } from './agent-api/link.js';
 import type { EventBus } from './events/bus.js';
 import { NatsEventBus } from './events/nats.js';
+import { randomUUID } from 'node:crypto';
+import { DEFAULT_PLACEMENT_POLICY } from './domain/placement.js';
+import { TaskEngine } from './tasks/engine.js';
+import { networkTaskDefinitions } from './tasks/network.js';
+import { vmTaskDefinitions } from './tasks/vm.js';
 
 /** A running orchestrator. */
 export interface Orchestrator {
@@ -28,6 +33,8 @@ export interface Orchestrator {
   /** The agent CA (its fingerprint goes into join tokens). */
   ca: CertificateAuthority;
   bus: EventBus;
+  /** The task worker (VM and network tasks). */
+  tasks: TaskEngine;
   /** Stop accepting, finish in-flight requests (up to the grace period), end agent sessions, close NATS and the database. */
   close(): Promise<void>;
 }
@@ -45,6 +52,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
   const db = await openDatabase({ url: config.databaseUrl || undefined, dataDir: config.dataDir });
   let bus: EventBus | undefined;
   let link: AgentLink | undefined;
+  let engine: TaskEngine | undefined;
   try {
     const m = await db.migrate();
     log.info({ database: db.kind, applied: m.applied, already_applied: m.alreadyApplied }, 'database migrated');
@@ -79,6 +87,25 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       },
     );
     link = agentLink;
+    const taskBus = bus;
+    const tasks = new TaskEngine(
+      { db: db.client, clock, log, bus: taskBus },
+      [
+        ...vmTaskDefinitions({ agents: agentLink.channel, bus: taskBus, stopTimeoutMs: 60_000, pollMs: 500 }),
+        ...networkTaskDefinitions({ agents: agentLink.channel, bus: taskBus, connected: (id) => agentLink.status(id).connected }),
+      ],
+      {
+        owner: `orchestrator-${randomUUID()}`,
+        leaseMs: config.taskLeaseMs,
+        pollMs: 1000,
+        concurrency: config.taskConcurrency,
+        stepTimeoutMs: config.taskStepTimeoutMs,
+        maxAttempts: config.taskMaxAttempts,
+        backoffMs: config.taskBackoffMs,
+        backoffMaxMs: config.taskBackoffMaxMs,
+      },
+    );
+    engine = tasks;
     const api = createApi({
       db,
       tokens,
@@ -86,6 +113,16 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       config,
       log,
       agents: { caFingerprint: ca.fingerprint, status: (id) => agentLink.status(id), hostDeleted: (id) => agentLink.hostDeleted(id) },
+      compute: {
+        db: db.client,
+        clock,
+        agents: agentLink.channel,
+        connected: (id) => agentLink.status(id).connected,
+        kick: () => tasks.kick(),
+        placement: { ...DEFAULT_PLACEMENT_POLICY, strategy: config.placementStrategy, cpuOvercommit: config.cpuOvercommit, ramOvercommit: config.ramOvercommit, diskOvercommit: config.diskOvercommit },
+        taskMaxAttempts: config.taskMaxAttempts,
+        taskTimeoutMs: config.taskTimeoutMs,
+      },
     });
     const server: Server = createServer(api.app.callback());
     server.keepAliveTimeout = 65_000;
@@ -99,6 +136,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     const agentHost = config.agentHost === '0.0.0.0' || config.agentHost === '::' ? '127.0.0.1' : config.agentHost;
     const agentUrl = `${agentHost.includes(':') ? `[${agentHost}]` : agentHost}:${agentLink.port}`;
     log.info({ url, agent_url: agentUrl, database: db.kind }, 'orchestrator listening');
+    tasks.start();
     let closing: Promise<void> | undefined;
     const events = bus;
     return {
@@ -111,11 +149,14 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       agentLink,
       ca,
       bus: events,
+      tasks,
       close: () =>
         (closing ??= (async () => {
           const done = new Promise<void>((resolve) => server.close(() => resolve()));
           server.closeIdleConnections();
           const timer = setTimeout(() => server.closeAllConnections(), config.shutdownGraceMs);
+          // Tasks stop where they wait and release their leases: the next start resumes them at once.
+          await tasks.close();
           // Agent sessions end with UNAVAILABLE (agents reconnect); usage and state writes are flushed.
           await agentLink.close(config.shutdownGraceMs);
           await done;
@@ -125,6 +166,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
         })()),
     };
   } catch (err) {
+    await engine?.close();
     await link?.close(0);
     await bus?.close();
     await db.close();

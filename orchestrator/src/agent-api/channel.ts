@@ -9,6 +9,12 @@ import { commandToProto } from './convert.js';
 export interface SendOptions {
   /** After this instant the command must not start; the promise then gives DEADLINE_EXCEEDED. */
   deadline: Date | number;
+  /**
+   * The command's id. A task step passes its own (derived from the step and attempt), so the same
+   * attempt sent again — after a reconnect, or by a restarted orchestrator — carries the same id
+   * and the agent answers it from memory or joins the run in progress. Default: a random UUID.
+   */
+  commandId?: string;
 }
 
 /**
@@ -35,6 +41,8 @@ interface Pending {
   timer: NodeJS.Timeout;
   /** True once it is the command in flight for its key (it may be on the wire). */
   inFlight: boolean;
+  /** True once written on a session: only then may the agent have acted on it. */
+  written: boolean;
 }
 
 interface HostQueue {
@@ -68,7 +76,7 @@ export class CommandChannel implements AgentChannel {
   ) {}
 
   sendCommand(hostId: string, command: AgentCommand, opts: SendOptions): Promise<CommandResult> {
-    const id = randomUUID();
+    const id = opts.commandId ?? randomUUID();
     const deadline = typeof opts.deadline === 'number' ? opts.deadline : opts.deadline.getTime();
     if (this.closed) return Promise.resolve(failure(id, 'unavailable', 'the orchestrator is shutting down', this.clock.now()));
     return new Promise<CommandResult>((resolve) => {
@@ -83,6 +91,7 @@ export class CommandChannel implements AgentChannel {
         // Timers run on real time; the delay is computed from the injected clock.
         timer: setTimeout(() => this.expire(p), Math.max(0, deadline - this.clock.now())),
         inFlight: false,
+        written: false,
       };
       const q = this.queue(hostId);
       if (key !== null && q.busy.has(key)) {
@@ -112,7 +121,7 @@ export class CommandChannel implements AgentChannel {
     if (!q) return;
     for (const p of q.inFlight.values()) {
       this.log.info({ component: 'agent-link', host_id: hostId, vm_id: p.key ?? undefined, command_id: p.id }, 'command sent again on the new session');
-      writer(p.proto);
+      if (writer(p.proto)) p.written = true;
     }
   }
 
@@ -160,7 +169,9 @@ export class CommandChannel implements AgentChannel {
     q.inFlight.set(p.id, p);
     if (p.key !== null) q.busy.add(p.key);
     const w = this.writers.get(p.hostId);
-    if (w) w(p.proto);
+    if (w) {
+      if (w(p.proto)) p.written = true;
+    }
     else this.log.debug({ component: 'agent-link', host_id: p.hostId, command_id: p.id }, 'no session; command waits for one');
   }
 
@@ -172,12 +183,15 @@ export class CommandChannel implements AgentChannel {
       const i = list?.indexOf(p) ?? -1;
       if (list && i >= 0) list.splice(i, 1);
       if (list?.length === 0) q.waiting.delete(p.key);
-      this.settle(p, failure(p.id, 'deadline_exceeded', 'the deadline passed before the command was sent', this.clock.now()));
+      this.settle(p, { ...failure(p.id, 'deadline_exceeded', 'the deadline passed before the command was sent', this.clock.now()), notSent: true });
       this.cleanup(p.hostId, q);
       return;
     }
     this.log.warn({ component: 'agent-link', host_id: p.hostId, vm_id: p.key ?? undefined, command_id: p.id }, 'command deadline passed without a result');
-    this.finish(q, p, failure(p.id, 'deadline_exceeded', 'no result before the deadline', this.clock.now()));
+    const r = p.written
+      ? failure(p.id, 'deadline_exceeded', 'no result before the deadline', this.clock.now())
+      : { ...failure(p.id, 'deadline_exceeded', 'the host had no session before the deadline: the command was never sent', this.clock.now()), notSent: true };
+    this.finish(q, p, r);
   }
 
   private finish(q: HostQueue, p: Pending, result: CommandResult): void {

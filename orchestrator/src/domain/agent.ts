@@ -91,6 +91,8 @@ export interface CommandResult {
   inventory?: HostInventory;
   /** Answer of readConsole. */
   console?: { data: Buffer; truncated: boolean };
+  /** Set on a failure when the command never reached any session: the agent cannot have acted on it. */
+  notSent?: boolean;
 }
 
 /** Hardware of a host from its Hello. */

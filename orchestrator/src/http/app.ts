@@ -16,6 +16,7 @@ import { authRoutes } from './routes/auth.js';
 import { workspaceRoutes } from './routes/workspaces.js';
 import { inventoryRoutes } from './routes/inventory.js';
 import { resourceRoutes } from './routes/resources.js';
+import type { ComputeDeps } from '../app/compute-deps.js';
 import { agentRoutes } from './routes/agents.js';
 import type { HostLinkStatus } from '../agent-api/link.js';
 
@@ -43,6 +44,8 @@ export interface AppDeps {
   config: OrchestratorConfig;
   log: Logger;
   agents: AgentLinkPort;
+  /** What the VM, network, task and quota use cases need. */
+  compute: ComputeDeps;
 }
 
 /** Dependencies as route modules see them. */
@@ -153,7 +156,7 @@ export function createApi(deps: AppDeps): Api {
     // Before the inventory's /hosts/{id}: /hosts/join-tokens must not be taken for a host id.
     ...agentRoutes(services),
     ...inventoryRoutes(services),
-    ...resourceRoutes(services),
+    ...resourceRoutes(deps.compute),
   ];
   const openapi = buildOpenApi(routes, VERSION);
 

@@ -4,14 +4,17 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { PERMISSION_FLAGS, type PermissionFlag } from '../domain/permissions.js';
-import { ENGINES, PASSWORD, startHarness, Client, type Harness, type Res } from '../testing/harness.js';
+import { ENGINES, PASSWORD, startHarness, connectSimHost, Client, type Harness, type Res } from '../testing/harness.js';
+import type { SimAgent } from '../agent-api/testing/sim-agent.js';
 import {
   createWorld,
   fillPath,
   freshArea,
   freshHost,
   freshJoinToken,
+  freshNetwork,
   freshPool,
+  freshVm,
   freshTemplate,
   freshWorkspace,
   routeKey,
@@ -57,6 +60,18 @@ const RULES: Record<string, Rule> = {
   'GET /workspaces/{ws}/networks/{name}': member(),
   'GET /workspaces/{ws}/vms': member(),
   'GET /workspaces/{ws}/vms/{name}': member(),
+  'POST /workspaces/{ws}/networks': member('network_can_add'),
+  'PATCH /workspaces/{ws}/networks/{name}': member('network_can_edit'),
+  'DELETE /workspaces/{ws}/networks/{name}': member('network_can_delete'),
+  'POST /workspaces/{ws}/vms': member('vm_can_add'),
+  'PATCH /workspaces/{ws}/vms/{name}': member('vm_can_edit'),
+  'DELETE /workspaces/{ws}/vms/{name}': member('vm_can_delete'),
+  'POST /workspaces/{ws}/vms/{name}/actions': member('vm_can_edit'),
+  'GET /workspaces/{ws}/vms/{name}/console': member(),
+  'GET /workspaces/{ws}/tasks': member(),
+  'GET /workspaces/{ws}/tasks/{id}': member(),
+  'GET /workspaces/{ws}/quota': member(),
+  'PUT /workspaces/{ws}/quota': ADMIN,
 
   'GET /areas': USER,
   'GET /areas/{name}': USER,
@@ -124,6 +139,8 @@ for (const engine of ENGINES) {
     let h: Harness;
     let w: World;
     let callers: Caller[];
+    let simHostId: string;
+    let simAgent: SimAgent | undefined;
     /** A member with every flag of every workspace made here, so each keeps a member manager. */
     let owner: { username: string; userId: string };
     /** The user added, changed and removed by the member routes. */
@@ -187,6 +204,14 @@ for (const engine of ENGINES) {
         case 'PATCH /workspaces/{ws}/members/{username}':
         case 'DELETE /workspaces/{ws}/members/{username}':
           return (async () => ({ ...plain, path: fillPath(r.path, { ws: (await wsFor(c, true)).name, username: target.username }) }))();
+        // Each on a fresh object: the first success would change the fixture (state, existence).
+        case 'DELETE /workspaces/{ws}/networks/{name}':
+          return (async () => ({ ...plain, path: fillPath(r.path, { ws: w.workspace.name, name: (await freshNetwork(db(), w)).name }) }))();
+        case 'DELETE /workspaces/{ws}/vms/{name}':
+        case 'POST /workspaces/{ws}/vms/{name}/actions':
+        case 'GET /workspaces/{ws}/vms/{name}/console':
+          // On the simulated host, which answers the console read and the task's commands.
+          return (async () => ({ ...plain, path: fillPath(r.path, { ws: w.workspace.name, name: (await freshVm(db(), w, simHostId)).name }) }))();
         case 'DELETE /areas/{name}':
           return (async () => ({ ...plain, path: fillPath(r.path, { name: (await freshArea(db())).name }) }))();
         case 'DELETE /pools/{name}':
@@ -249,8 +274,13 @@ for (const engine of ENGINES) {
         { userId: target.userId, flags: [] },
         ...callers.filter((c) => c.kind === 'member').map((c) => ({ userId: c.userId, flags: c.flags })),
       ]);
+      // A placeable host, so VM creation can succeed for those allowed to ask.
+      const sim = await connectSimHost(h, w.area.id, w.pool.name);
+      simHostId = sim.hostId;
+      simAgent = sim.agent;
     });
     after(async () => {
+      await simAgent?.stop();
       await h?.close();
     });
 

@@ -13,7 +13,7 @@ export interface WorkspaceAccess {
  * Resolve a workspace for a caller. A workspace the caller does not belong to answers 404, exactly
  * like one that does not exist, so workspace names do not leak. Admins act with every flag.
  */
-export async function workspaceAccess(db: PrismaClient, p: Principal, name: string): Promise<WorkspaceAccess> {
+export async function workspaceAccess(db: PrismaClient, p: Pick<Principal, 'userId' | 'isAdmin'>, name: string): Promise<WorkspaceAccess> {
   const ws = await db.workspace.findUnique({
     where: { name },
     include: { memberships: { where: { userId: p.userId }, take: 1 } },

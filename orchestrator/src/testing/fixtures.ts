@@ -63,6 +63,8 @@ export interface World {
   workspace: Row;
   network: Row;
   vm: Row;
+  /** A finished task of the workspace's VM. */
+  task: { id: string };
 }
 
 export async function freshArea(db: PrismaClient): Promise<World['area']> {
@@ -146,7 +148,11 @@ export async function createWorld(
   const n = ++counter;
   const mac = `52:54:00:${[n >> 16, n >> 8, n].map((b) => (b & 255).toString(16).padStart(2, '0')).join(':')}`;
   await db.vmInterface.create({ data: { vmId: vm.id, networkId: network.id, mac, ip: `${base}.10` } });
+  const task = await db.task.create({
+    data: { kind: 'vm.create', workspaceId: workspace.id, targetType: 'vm', targetId: vm.id, state: 'succeeded', input: { name: vm.name }, finishedAt: new Date() },
+  });
   return {
+    task: { id: task.id },
     area,
     joinToken,
     pool,
@@ -164,7 +170,7 @@ export function validParams(r: Pick<RouteSpec, 'path'>, w: World, member: string
   for (const p of pathParams(r.path)) {
     if (p === 'ws') out[p] = w.workspace.name;
     else if (p === 'username') out[p] = member;
-    else if (p === 'id') out[p] = r.path.startsWith('/hosts/join-tokens/') ? w.joinToken.id : w.host.id;
+    else if (p === 'id') out[p] = r.path.startsWith('/hosts/join-tokens/') ? w.joinToken.id : r.path.includes('/tasks/') ? w.task.id : w.host.id;
     else if (p === 'name') {
       const kind = r.path.startsWith('/workspaces/') ? r.path.split('/')[3] : r.path.split('/')[1];
       const byKind: Record<string, string> = {
@@ -210,7 +216,31 @@ export function validBody(key: string, w: World, member: string, password = 'Str
     'PATCH /hosts/{id}': () => ({ maintenance: false }),
     'POST /hosts/join-tokens': () => ({ area: w.area.name, expiresIn: 600 }),
   };
+  bodies['POST /workspaces/{ws}/networks'] = () => ({ name: uniq('net'), area: w.area.name, description: 'made by a test' });
+  bodies['PATCH /workspaces/{ws}/networks/{name}'] = () => ({ description: 'patched by a test' });
+  bodies['POST /workspaces/{ws}/vms'] = () => ({ name: uniq('vm'), template: w.template.name, networks: [w.network.name], cpu: 1, ramMb: 256 });
+  bodies['PATCH /workspaces/{ws}/vms/{name}'] = () => ({ description: 'patched by a test' });
+  bodies['POST /workspaces/{ws}/vms/{name}/actions'] = () => ({ action: 'stop' });
+  bodies['PUT /workspaces/{ws}/quota'] = () => ({});
   const make = bodies[key];
   if (!make) throw new Error(`no valid body for ${key}`);
   return make();
+}
+
+/** A network of the world's workspace with its own VLAN (nothing attached). */
+export async function freshNetwork(db: PrismaClient, w: World): Promise<Row> {
+  const n = await db.network.create({ data: { name: uniq('net'), workspaceId: w.workspace.id, areaId: w.area.id, state: 'active' } });
+  const used = await db.vlanAllocation.findMany({ where: { areaId: w.area.id }, select: { vlan: true } });
+  const vlan = Math.max(100, ...used.map((u) => u.vlan)) + 1;
+  await db.vlanAllocation.create({ data: { areaId: w.area.id, vlan, networkId: n.id } });
+  return { id: n.id, name: n.name };
+}
+
+/** A running VM of the world's workspace on `hostId` (default: the world's host), with no address. */
+export async function freshVm(db: PrismaClient, w: World, hostId = w.host.id): Promise<Row> {
+  const tpl = await db.template.findUniqueOrThrow({ where: { id: w.template.id } });
+  const vm = await db.vm.create({
+    data: { name: uniq('vm'), workspaceId: w.workspace.id, areaId: w.area.id, templateId: tpl.id, hostId, poolId: w.pool.id, cpu: 1, ramMb: 256, diskGb: tpl.diskGb, state: 'running' },
+  });
+  return { id: vm.id, name: vm.name };
 }

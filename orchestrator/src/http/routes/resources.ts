@@ -1,11 +1,37 @@
 import { Type } from '@sinclair/typebox';
-import { NotFoundError } from '@kloudak/common';
-import { workspaceAccess } from '../../store/access.js';
-import type { Services } from '../app.js';
+import type { ComputeDeps } from '../../app/compute-deps.js';
+import { createNetwork, deleteNetwork, getNetwork, listNetworks, updateNetwork } from '../../app/networks.js';
+import { getQuota, setQuota } from '../../app/quotas.js';
+import { getTask, listTasks } from '../../app/tasks.js';
+import { createVm, deleteVm, getVm, listVms, updateVm, vmAction, vmConsole } from '../../app/vms.js';
 import { route, type Principal, type RouteSpec } from '../route.js';
-import { ListQuery, Name, Page, Timestamp, Uuid, WsParams } from '../schemas.js';
-import { page } from './paging.js';
+import { Description, ListQuery, Name, Page, Timestamp, Uuid, WsParams } from '../schemas.js';
 
+const Nullable = <T extends ReturnType<typeof Type.String>>(t: T) => Type.Union([t, Type.Null()]);
+
+const TaskSchema = Type.Object({
+  id: Uuid,
+  kind: Type.String(),
+  object: Type.Object({ type: Type.String(), id: Uuid, name: Type.Union([Type.String(), Type.Null()]) }),
+  state: Type.String(),
+  attempts: Type.Integer(),
+  error: Type.Union([Type.String(), Type.Null()]),
+  steps: Type.Array(
+    Type.Object({
+      name: Type.String(),
+      state: Type.String(),
+      attempts: Type.Integer(),
+      startedAt: Nullable(Timestamp),
+      finishedAt: Nullable(Timestamp),
+      error: Type.Union([Type.String(), Type.Null()]),
+    }),
+  ),
+  rollbackLog: Type.Array(Type.Unknown()),
+  placement: Type.Unknown(),
+  createdAt: Timestamp,
+  startedAt: Nullable(Timestamp),
+  finishedAt: Nullable(Timestamp),
+});
 const NetworkSchema = Type.Object({
   id: Uuid,
   name: Name,
@@ -13,6 +39,9 @@ const NetworkSchema = Type.Object({
   area: Name,
   state: Type.String(),
   vlan: Type.Union([Type.Integer(), Type.Null()]),
+  subnet: Type.String(),
+  gateway: Type.Union([Type.String(), Type.Null()]),
+  task: Type.Union([Uuid, Type.Null()]),
   createdAt: Timestamp,
 });
 const VmSchema = Type.Object({
@@ -26,50 +55,33 @@ const VmSchema = Type.Object({
   cpu: Type.Integer(),
   ramMb: Type.Integer(),
   diskGb: Type.Integer(),
+  ha: Type.Boolean(),
   ip: Type.Union([Type.String(), Type.Null()]),
-  networks: Type.Array(Type.Object({ network: Name, mac: Type.String(), ip: Type.Union([Type.String(), Type.Null()]) })),
+  interfaces: Type.Array(
+    Type.Object({ network: Name, mac: Type.String(), ip: Type.Union([Type.String(), Type.Null()]), vlan: Type.Union([Type.Integer(), Type.Null()]) }),
+  ),
+  task: Type.Union([Uuid, Type.Null()]),
   createdAt: Timestamp,
 });
 const ItemParams = Type.Object({ ws: Name, name: Name }, { additionalProperties: false });
+const TaskParams = Type.Object({ ws: Name, id: Uuid }, { additionalProperties: false });
+const Cidr = Type.String({ minLength: 9, maxLength: 18, pattern: '^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$', description: 'IPv4 CIDR block, e.g. 192.168.10.0/24' });
+const SshKey = Type.String({ minLength: 16, maxLength: 8192, pattern: '^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\\.com) [A-Za-z0-9+/=]+( [^\\n\\r]*)?$' });
+const Limit = Type.Union([Type.Integer({ minimum: 0, maximum: 1_000_000_000 }), Type.Null()]);
+const Usage = Type.Object({ vms: Type.Integer(), cpu: Type.Integer(), ramMb: Type.Integer(), diskGb: Type.Integer(), networks: Type.Integer(), addresses: Type.Integer() });
+const QuotaSchema = Type.Object({
+  limits: Type.Object({ vms: Limit, cpu: Limit, ramMb: Limit, diskGb: Limit, networks: Limit, addresses: Limit }),
+  usage: Usage,
+});
+const TaskState = Type.Union(['queued', 'running', 'succeeded', 'failed', 'rolling_back', 'rolled_back'].map((s) => Type.Literal(s)));
 
-const networkInclude = { area: { select: { name: true } }, vlan: { select: { vlan: true } } } as const;
-const vmInclude = {
-  area: { select: { name: true } },
-  template: { select: { name: true } },
-  host: { select: { name: true } },
-  ips: { select: { address: true }, orderBy: { createdAt: 'asc' as const }, take: 1 },
-  interfaces: { select: { mac: true, ip: true, network: { select: { name: true } } } },
-} as const;
+const who = (p: Principal | null) => p as Principal;
 
-type NetworkRow = {
-  id: string; name: string; description: string; state: string; createdAt: Date;
-  area: { name: string }; vlan: { vlan: number } | null;
-};
-function networkView(n: NetworkRow) {
-  return {
-    id: n.id, name: n.name, description: n.description, area: n.area.name, state: n.state,
-    vlan: n.vlan ? n.vlan.vlan : null, createdAt: n.createdAt.toISOString(),
-  };
-}
-type VmRow = {
-  id: string; name: string; description: string; state: string; cpu: number; ramMb: number; diskGb: number; createdAt: Date;
-  area: { name: string }; template: { name: string }; host: { name: string } | null; ips: { address: string }[];
-  interfaces: { mac: string; ip: string | null; network: { name: string } }[];
-};
-function vmView(v: VmRow) {
-  return {
-    id: v.id, name: v.name, description: v.description, area: v.area.name, template: v.template.name,
-    host: v.host ? v.host.name : null, state: v.state, cpu: v.cpu, ramMb: v.ramMb, diskGb: v.diskGb,
-    ip: v.ips[0]?.address ?? null,
-    networks: v.interfaces.map((i) => ({ network: i.network.name, mac: i.mac, ip: i.ip })),
-    createdAt: v.createdAt.toISOString(),
-  };
-}
-
-/** Read endpoints of a workspace's networks and VMs (creating them comes with the controller). */
-export function resourceRoutes(s: Services): RouteSpec[] {
-  const db = s.db.client;
-  const ws = (p: Principal | null, name: string) => workspaceAccess(db, p as Principal, name);
+/**
+ * A workspace's networks, VMs, tasks and quota. Thin adapters: each parses, calls its use case in
+ * app/, and returns the view; the rules live in the use cases.
+ */
+export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
   return [
     route({
       method: 'get',
@@ -82,17 +94,21 @@ export function resourceRoutes(s: Services): RouteSpec[] {
       query: ListQuery,
       response: { status: 200, description: 'a page of networks', schema: Page(NetworkSchema) },
       errors: [404],
-      async handler({ params, query, principal }) {
-        const a = await ws(principal, params.ws);
-        const limit = query.limit ?? 100;
-        const rows = await db.network.findMany({
-          where: { workspaceId: a.workspace.id, ...(query.after ? { name: { gt: query.after } } : {}) },
-          include: networkInclude,
-          orderBy: { name: 'asc' },
-          take: limit + 1,
-        });
-        return page(rows, limit, (r) => r.name, networkView);
-      },
+      handler: ({ params, query, principal }) => listNetworks(d, who(principal), params.ws, { limit: query.limit ?? 100, ...(query.after ? { after: query.after } : {}) }),
+    }),
+    route({
+      method: 'post',
+      path: '/workspaces/{ws}/networks',
+      operationId: 'createNetwork',
+      summary: 'Create a network (needs network_can_add); answers at once with the network and its task',
+      description: 'Its VLAN comes from the area\'s range. Without `subnet`, addresses come from the area\'s subnet; with one, it must lie outside every area\'s subnet and overlap no other network of the workspace.',
+      tag: 'networks',
+      access: 'user',
+      params: WsParams,
+      body: Type.Object({ name: Name, area: Name, description: Type.Optional(Description), subnet: Type.Optional(Cidr) }, { additionalProperties: false }),
+      response: { status: 202, description: 'the network (pending) and its task', schema: Type.Object({ network: NetworkSchema, task: TaskSchema }) },
+      errors: [403, 404, 409],
+      handler: ({ params, body, principal }) => createNetwork(d, who(principal), params.ws, body),
     }),
     route({
       method: 'get',
@@ -104,15 +120,32 @@ export function resourceRoutes(s: Services): RouteSpec[] {
       params: ItemParams,
       response: { status: 200, description: 'the network', schema: NetworkSchema },
       errors: [404],
-      async handler({ params, principal }) {
-        const a = await ws(principal, params.ws);
-        const n = await db.network.findUnique({
-          where: { workspaceId_name: { workspaceId: a.workspace.id, name: params.name } },
-          include: networkInclude,
-        });
-        if (!n) throw new NotFoundError('network', params.name);
-        return networkView(n);
-      },
+      handler: ({ params, principal }) => getNetwork(d, who(principal), params.ws, params.name),
+    }),
+    route({
+      method: 'patch',
+      path: '/workspaces/{ws}/networks/{name}',
+      operationId: 'updateNetwork',
+      summary: 'Rename a network or change its description (needs network_can_edit)',
+      tag: 'networks',
+      access: 'user',
+      params: ItemParams,
+      body: Type.Object({ name: Type.Optional(Name), description: Type.Optional(Description) }, { additionalProperties: false }),
+      response: { status: 200, description: 'the network', schema: NetworkSchema },
+      errors: [403, 404, 409],
+      handler: ({ params, body, principal }) => updateNetwork(d, who(principal), params.ws, params.name, body),
+    }),
+    route({
+      method: 'delete',
+      path: '/workspaces/{ws}/networks/{name}',
+      operationId: 'deleteNetwork',
+      summary: 'Delete a network (needs network_can_delete); 409 while VMs are attached',
+      tag: 'networks',
+      access: 'user',
+      params: ItemParams,
+      response: { status: 202, description: 'the network (deleting) and its task', schema: Type.Object({ network: NetworkSchema, task: TaskSchema }) },
+      errors: [403, 404, 409],
+      handler: ({ params, principal }) => deleteNetwork(d, who(principal), params.ws, params.name),
     }),
     route({
       method: 'get',
@@ -125,17 +158,37 @@ export function resourceRoutes(s: Services): RouteSpec[] {
       query: ListQuery,
       response: { status: 200, description: 'a page of VMs', schema: Page(VmSchema) },
       errors: [404],
-      async handler({ params, query, principal }) {
-        const a = await ws(principal, params.ws);
-        const limit = query.limit ?? 100;
-        const rows = await db.vm.findMany({
-          where: { workspaceId: a.workspace.id, ...(query.after ? { name: { gt: query.after } } : {}) },
-          include: vmInclude,
-          orderBy: { name: 'asc' },
-          take: limit + 1,
-        });
-        return page(rows, limit, (r) => r.name, vmView);
-      },
+      handler: ({ params, query, principal }) => listVms(d, who(principal), params.ws, { limit: query.limit ?? 100, ...(query.after ? { after: query.after } : {}) }),
+    }),
+    route({
+      method: 'post',
+      path: '/workspaces/{ws}/vms',
+      operationId: 'createVm',
+      summary: 'Create a VM (needs vm_can_add); answers at once with the VM and its task',
+      description:
+        'Host, pool, addresses and quota are claimed at once: 409 when nothing fits, with the filter that rejected each host. Sizes default to the template\'s; `area` to the networks\'. `sshKeys` and `userData` are kept with the VM only, never in tasks, events or logs.',
+      tag: 'vms',
+      access: 'user',
+      params: WsParams,
+      body: Type.Object(
+        {
+          name: Name,
+          template: Name,
+          area: Type.Optional(Name),
+          networks: Type.Array(Name, { minItems: 1, maxItems: 8 }),
+          description: Type.Optional(Description),
+          cpu: Type.Optional(Type.Integer({ minimum: 1, maximum: 256 })),
+          ramMb: Type.Optional(Type.Integer({ minimum: 64, maximum: 4_194_304 })),
+          diskGb: Type.Optional(Type.Integer({ minimum: 1, maximum: 65_536 })),
+          sshKeys: Type.Optional(Type.Array(SshKey, { maxItems: 32 })),
+          userData: Type.Optional(Type.String({ maxLength: 65_536 })),
+          ha: Type.Optional(Type.Boolean()),
+        },
+        { additionalProperties: false },
+      ),
+      response: { status: 202, description: 'the VM (scheduled) and its task', schema: Type.Object({ vm: VmSchema, task: TaskSchema }) },
+      errors: [403, 404, 409],
+      handler: ({ params, body, principal }) => createVm(d, who(principal), params.ws, body),
     }),
     route({
       method: 'get',
@@ -147,15 +200,136 @@ export function resourceRoutes(s: Services): RouteSpec[] {
       params: ItemParams,
       response: { status: 200, description: 'the VM', schema: VmSchema },
       errors: [404],
-      async handler({ params, principal }) {
-        const a = await ws(principal, params.ws);
-        const v = await db.vm.findUnique({
-          where: { workspaceId_name: { workspaceId: a.workspace.id, name: params.name } },
-          include: vmInclude,
-        });
-        if (!v) throw new NotFoundError('vm', params.name);
-        return vmView(v);
-      },
+      handler: ({ params, principal }) => getVm(d, who(principal), params.ws, params.name),
+    }),
+    route({
+      method: 'patch',
+      path: '/workspaces/{ws}/vms/{name}',
+      operationId: 'updateVm',
+      summary: 'Rename a VM, change its description, or attach and detach networks live (needs vm_can_edit)',
+      description: '`networks` is the full list the VM should be on; the difference is attached or detached, one task per NIC.',
+      tag: 'vms',
+      access: 'user',
+      params: ItemParams,
+      body: Type.Object(
+        { name: Type.Optional(Name), description: Type.Optional(Description), networks: Type.Optional(Type.Array(Name, { minItems: 1, maxItems: 8 })) },
+        { additionalProperties: false },
+      ),
+      response: { status: 200, description: 'the VM and the tasks of its NIC changes', schema: Type.Object({ vm: VmSchema, tasks: Type.Array(TaskSchema) }) },
+      errors: [403, 404, 409],
+      handler: ({ params, body, principal }) => updateVm(d, who(principal), params.ws, params.name, body),
+    }),
+    route({
+      method: 'delete',
+      path: '/workspaces/{ws}/vms/{name}',
+      operationId: 'deleteVm',
+      summary: 'Delete a VM (needs vm_can_delete)',
+      tag: 'vms',
+      access: 'user',
+      params: ItemParams,
+      response: { status: 202, description: 'the VM (deleting) and its task', schema: Type.Object({ vm: VmSchema, task: TaskSchema }) },
+      errors: [403, 404],
+      handler: ({ params, principal }) => deleteVm(d, who(principal), params.ws, params.name),
+    }),
+    route({
+      method: 'post',
+      path: '/workspaces/{ws}/vms/{name}/actions',
+      operationId: 'vmAction',
+      summary: 'Start, stop or reboot a VM (needs vm_can_edit)',
+      tag: 'vms',
+      access: 'user',
+      params: ItemParams,
+      body: Type.Object({ action: Type.Union([Type.Literal('start'), Type.Literal('stop'), Type.Literal('reboot')]) }, { additionalProperties: false }),
+      response: { status: 202, description: 'the VM and the action\'s task', schema: Type.Object({ vm: VmSchema, task: TaskSchema }) },
+      errors: [403, 404, 409],
+      handler: ({ params, body, principal }) => vmAction(d, who(principal), params.ws, params.name, body.action),
+    }),
+    route({
+      method: 'get',
+      path: '/workspaces/{ws}/vms/{name}/console',
+      operationId: 'getVmConsole',
+      summary: 'The tail of a VM\'s serial console log',
+      tag: 'vms',
+      access: 'user',
+      params: ItemParams,
+      query: Type.Object({ bytes: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_048_576 })) }, { additionalProperties: false }),
+      response: { status: 200, description: 'the console text and whether older output was cut', schema: Type.Object({ text: Type.String(), truncated: Type.Boolean() }) },
+      errors: [404, 409, 503],
+      handler: ({ params, query, principal }) => vmConsole(d, who(principal), params.ws, params.name, query.bytes ?? 65_536),
+    }),
+    route({
+      method: 'get',
+      path: '/workspaces/{ws}/tasks',
+      operationId: 'listTasks',
+      summary: 'Tasks of a workspace, newest first',
+      tag: 'tasks',
+      access: 'user',
+      params: WsParams,
+      query: Type.Object(
+        {
+          state: Type.Optional(TaskState),
+          object: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+          limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+          after: Type.Optional(Uuid),
+        },
+        { additionalProperties: false },
+      ),
+      response: { status: 200, description: 'a page of tasks', schema: Page(TaskSchema) },
+      errors: [404],
+      handler: ({ params, query, principal }) =>
+        listTasks(d, who(principal), params.ws, {
+          limit: query.limit ?? 100,
+          ...(query.state ? { state: query.state as never } : {}),
+          ...(query.object ? { object: query.object } : {}),
+          ...(query.after ? { after: query.after } : {}),
+        }),
+    }),
+    route({
+      method: 'get',
+      path: '/workspaces/{ws}/tasks/{id}',
+      operationId: 'getTask',
+      summary: 'One task: its state, steps, error and rollback log',
+      tag: 'tasks',
+      access: 'user',
+      params: TaskParams,
+      response: { status: 200, description: 'the task', schema: TaskSchema },
+      errors: [404],
+      handler: ({ params, principal }) => getTask(d, who(principal), params.ws, params.id),
+    }),
+    route({
+      method: 'get',
+      path: '/workspaces/{ws}/quota',
+      operationId: 'getQuota',
+      summary: 'A workspace\'s limits beside its usage',
+      tag: 'quotas',
+      access: 'user',
+      params: WsParams,
+      response: { status: 200, description: 'limits (null: unlimited) and usage', schema: QuotaSchema },
+      errors: [404],
+      handler: ({ params, principal }) => getQuota(d, who(principal), params.ws),
+    }),
+    route({
+      method: 'put',
+      path: '/workspaces/{ws}/quota',
+      operationId: 'setQuota',
+      summary: 'Set a workspace\'s limits (admins only); a limit left out or null is unlimited',
+      tag: 'quotas',
+      access: 'admin',
+      params: WsParams,
+      body: Type.Object(
+        {
+          vms: Type.Optional(Limit),
+          cpu: Type.Optional(Limit),
+          ramMb: Type.Optional(Limit),
+          diskGb: Type.Optional(Limit),
+          networks: Type.Optional(Limit),
+          addresses: Type.Optional(Limit),
+        },
+        { additionalProperties: false },
+      ),
+      response: { status: 200, description: 'the quota', schema: QuotaSchema },
+      errors: [404],
+      handler: ({ params, body, principal }) => setQuota(d, who(principal), params.ws, body),
     }),
   ];
 }

@@ -1,0 +1,25 @@
+import type { PrismaClient } from '@kloudak/prisma';
+import type { AgentChannel } from '../agent-api/channel.js';
+import type { Clock } from '../clock.js';
+import type { PlacementPolicy } from '../domain/placement.js';
+
+/** The caller of a use case: any signed-in principal has at least these. */
+export interface Caller {
+  userId: string;
+  isAdmin: boolean;
+}
+
+/** What the VM, network, task and quota use cases need. */
+export interface ComputeDeps {
+  db: PrismaClient;
+  clock: Clock;
+  agents: AgentChannel;
+  /** Whether a host's agent holds a session now. */
+  connected(hostId: string): boolean;
+  /** A task was committed: let the worker look now rather than at its next poll. */
+  kick(): void;
+  placement: PlacementPolicy;
+  /** Attempts of each step before rollback, and how long a whole task may take. */
+  taskMaxAttempts: number;
+  taskTimeoutMs: number;
+}

@@ -1,0 +1,273 @@
+import type { PrismaClient } from '@kloudak/prisma';
+import type { AgentChannel } from '../agent-api/channel.js';
+import type { NicSpec } from '../domain/agent.js';
+import { addressPoolFor, formatInterfaceAddress, formatIpv4 } from '../domain/ipam.js';
+import type { EventBus } from '../events/bus.js';
+import { releaseVmClaims } from '../store/claims.js';
+import { runCommand } from './commands.js';
+import { StepError, type StepContext, type TaskDefinition, type TaskView, type TxClient } from './types.js';
+
+/** What the VM tasks need besides the database. */
+export interface VmTaskDeps {
+  agents: AgentChannel;
+  bus: EventBus;
+  /** How long a graceful stop may take before the domain is destroyed. */
+  stopTimeoutMs: number;
+  /** How often to ask the host whether a new VM runs yet. */
+  pollMs: number;
+}
+
+/** Task kinds of VMs. */
+export const VM_TASKS = {
+  create: 'vm.create',
+  delete: 'vm.delete',
+  start: 'vm.start',
+  stop: 'vm.stop',
+  reboot: 'vm.reboot',
+  attach: 'vm.attach',
+  detach: 'vm.detach',
+} as const;
+
+type VmState = 'pending' | 'scheduled' | 'creating' | 'running' | 'stopped' | 'deleting' | 'deleted' | 'error';
+
+async function loadVm(db: PrismaClient, id: string) {
+  const vm = await db.vm.findUnique({
+    where: { id },
+    include: {
+      host: { select: { id: true, name: true } },
+      pool: { select: { name: true } },
+      template: true,
+      area: { select: { subnet: true, gateway: true } },
+      interfaces: { orderBy: { position: 'asc' }, include: { network: { include: { vlan: true } } } },
+    },
+  });
+  if (!vm) throw new StepError('the VM no longer exists', 'not_found', false);
+  return vm;
+}
+type LoadedVm = Awaited<ReturnType<typeof loadVm>>;
+
+function hostOf(vm: LoadedVm): string {
+  if (!vm.hostId) throw new StepError('the VM has no host', 'failed_precondition', false);
+  return vm.hostId;
+}
+
+/** The NIC of an interface as the agent wants it: MAC, access VLAN, address with prefix, gateway. */
+export function nicOf(vm: Pick<LoadedVm, 'area'>, i: LoadedVm['interfaces'][number]): NicSpec {
+  const vlan = i.network.vlan?.vlan;
+  if (vlan === undefined) throw new StepError(`network ${i.network.name} has no VLAN`, 'failed_precondition', false);
+  const pool = addressPoolFor(vm.area, i.network);
+  if ('error' in pool) throw new StepError(pool.error, 'failed_precondition', false);
+  const addr = i.ip ? formatInterfaceAddress(parseDotted(i.ip), pool.subnet) : '';
+  return {
+    networkId: i.networkId,
+    mac: i.mac,
+    bridge: '',
+    vlan,
+    address: addr,
+    gateway: pool.gateway !== null ? formatIpv4(pool.gateway) : '',
+    dnsServers: [],
+  };
+}
+
+function parseDotted(ip: string): number {
+  const p = ip.split('.').map(Number);
+  return (((p[0]! << 24) >>> 0) + (p[1]! << 16) + (p[2]! << 8) + p[3]!) >>> 0;
+}
+
+async function setState(db: PrismaClient | TxClient, bus: EventBus, task: TaskView, state: VmState): Promise<void> {
+  await db.vm.updateMany({ where: { id: task.targetId }, data: { state } });
+  if (task.workspaceId) bus.publish(`kloudak.ws.${task.workspaceId}.vm.state`, { vmId: task.targetId, state, taskId: task.id });
+}
+
+/** The task definitions of VMs: create, delete, start, stop, reboot, attach and detach a NIC. */
+export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
+  const { agents, bus } = deps;
+
+  const ensureNetworks = {
+    name: 'networks',
+    // The VLANs of the VM's networks on its host's uplink; shared with other VMs, so never undone.
+    async run(ctx: StepContext) {
+      const vm = await loadVm(ctx.db, ctx.task.targetId);
+      const host = hostOf(vm);
+      let n = 0;
+      for (const i of vm.interfaces) {
+        const nic = nicOf(vm, i);
+        await runCommand(agents, ctx, host, { action: { kind: 'ensureNetwork', networkId: i.networkId, vlan: nic.vlan, bridge: '' } }, n++);
+      }
+      return { networks: vm.interfaces.length };
+    },
+  };
+
+  const create: TaskDefinition = {
+    kind: VM_TASKS.create,
+    steps: [
+      {
+        name: 'claim',
+        // Host, pool, addresses and quota were claimed with the VM, in the request's transaction
+        // (so a full area answers 409 at once). This step checks the claim and is what rollback
+        // releases, last, once nothing on the host can still use it.
+        async run(ctx) {
+          const vm = await loadVm(ctx.db, ctx.task.targetId);
+          return { hostId: hostOf(vm), host: vm.host?.name ?? null, pool: vm.pool?.name ?? null };
+        },
+        async undo(ctx) {
+          await ctx.db.$transaction((tx) => releaseVmClaims(tx, ctx.task.targetId));
+        },
+      },
+      ensureNetworks,
+      {
+        name: 'create',
+        async run(ctx) {
+          const vm = await loadVm(ctx.db, ctx.task.targetId);
+          await setState(ctx.db, bus, ctx.task, 'creating');
+          const t = vm.template;
+          const boot = t.bootKernel && t.bootInitrd ? { kernel: t.bootKernel, initrd: t.bootInitrd, cmdline: t.bootCmdline ?? '' } : undefined;
+          await runCommand(agents, ctx, hostOf(vm), {
+            vmId: vm.id,
+            action: {
+              kind: 'createVm',
+              hostname: vm.name,
+              cpu: vm.cpu,
+              ramMb: vm.ramMb,
+              diskGb: vm.diskGb,
+              pool: vm.pool?.name ?? '',
+              templateVolume: t.image,
+              nics: vm.interfaces.map((i) => nicOf(vm, i)),
+              sshAuthorizedKeys: Array.isArray(vm.sshKeys) ? (vm.sshKeys as string[]) : [],
+              passwordHash: '',
+              ha: vm.haEnabled,
+              ...(boot ? { boot } : {}),
+            },
+          });
+          return { created: true };
+        },
+        // Delete the domain, its volumes and its ports (idempotent on the agent: a missing VM is success).
+        async undo(ctx) {
+          const vm = await loadVm(ctx.db, ctx.task.targetId);
+          if (!vm.hostId) return;
+          await runCommand(agents, ctx, vm.hostId, { vmId: vm.id, action: { kind: 'deleteVm', pool: vm.pool?.name ?? '', bridges: [] } });
+        },
+      },
+      {
+        name: 'running',
+        // Until the host reports the domain running (its inventory, read through the agent).
+        async run(ctx) {
+          const vm = await loadVm(ctx.db, ctx.task.targetId);
+          const host = hostOf(vm);
+          for (let n = 0; ; n++) {
+            const r = await runCommand(agents, ctx, host, { action: { kind: 'getInventory' } }, n);
+            const d = r.inventory?.domains.find((x) => x.vmId.toLowerCase() === vm.id.toLowerCase());
+            if (d?.state === 'running') return { domain: d.name };
+            if (Date.now() + deps.pollMs >= ctx.deadline.getTime()) throw new StepError(`the domain is ${d?.state ?? 'missing'}, not running`, 'deadline_exceeded', true);
+            await new Promise((res) => setTimeout(res, deps.pollMs));
+            if (ctx.signal.aborted) throw new Error('aborted');
+          }
+        },
+      },
+    ],
+    async onSucceeded(task, tx) {
+      await setState(tx, bus, task, 'running');
+    },
+    async onRolledBack(task, tx) {
+      // Rolled back completely: nothing is left on any host and the claims are released; the VM
+      // stays, in error, so its owner sees why (the task says) and deletes it. Incomplete: the
+      // host may still hold it, so its claims stay until a delete succeeds.
+      await setState(tx, bus, task, 'error');
+    },
+  };
+
+  const del: TaskDefinition = {
+    kind: VM_TASKS.delete,
+    steps: [
+      {
+        name: 'delete',
+        // Stop and delete it on its host (the agent destroys, undefines, and removes volumes and ports).
+        async run(ctx) {
+          const vm = await loadVm(ctx.db, ctx.task.targetId);
+          await setState(ctx.db, bus, ctx.task, 'deleting');
+          if (!vm.hostId) return { host: null };
+          await runCommand(agents, ctx, vm.hostId, { vmId: vm.id, action: { kind: 'deleteVm', pool: vm.pool?.name ?? '', bridges: [] } });
+          return { host: vm.host?.name ?? null };
+        },
+      },
+    ],
+    async onSucceeded(task, tx) {
+      // Gone from the API: the row goes, and with it its interfaces and addresses (cascade).
+      await tx.vm.deleteMany({ where: { id: task.targetId } });
+      if (task.workspaceId) bus.publish(`kloudak.ws.${task.workspaceId}.vm.deleted`, { vmId: task.targetId, taskId: task.id });
+    },
+    async onRolledBack(task, tx) {
+      await setState(tx, bus, task, 'error');
+    },
+  };
+
+  const power = (kind: string, name: string, after: VmState, action: 'startVm' | 'stopVm' | 'rebootVm'): TaskDefinition => ({
+    kind,
+    steps: [
+      {
+        name,
+        async run(ctx) {
+          const vm = await loadVm(ctx.db, ctx.task.targetId);
+          const a = action === 'stopVm' ? { kind: 'stopVm' as const, timeoutMs: deps.stopTimeoutMs, force: false } : { kind: action };
+          await runCommand(agents, ctx, hostOf(vm), { vmId: vm.id, action: a });
+          return { done: true };
+        },
+        timeoutMs: deps.stopTimeoutMs + 30_000,
+      },
+    ],
+    async onSucceeded(task, tx) {
+      await setState(tx, bus, task, after);
+    },
+  });
+
+  const nicChange = (kind: string, attach: boolean): TaskDefinition => ({
+    kind,
+    steps: [
+      ...(attach ? [ensureNetworks] : []),
+      {
+        name: attach ? 'attach' : 'detach',
+        async run(ctx) {
+          const vm = await loadVm(ctx.db, ctx.task.targetId);
+          const networkId = String(ctx.task.input['networkId'] ?? '');
+          const i = vm.interfaces.find((x) => x.networkId === networkId);
+          if (!i) {
+            if (attach) throw new StepError('the interface is gone', 'not_found', false);
+            return { done: true };
+          }
+          await runCommand(agents, ctx, hostOf(vm), { vmId: vm.id, action: { kind: attach ? 'attachInterface' : 'detachInterface', index: i.position, nic: nicOf(vm, i) } });
+          return { done: true };
+        },
+        async undo(ctx) {
+          if (!attach) return;
+          const vm = await loadVm(ctx.db, ctx.task.targetId);
+          const i = vm.interfaces.find((x) => x.networkId === String(ctx.task.input['networkId'] ?? ''));
+          if (!i || !vm.hostId) return;
+          await runCommand(agents, ctx, vm.hostId, { vmId: vm.id, action: { kind: 'detachInterface', index: i.position, nic: nicOf(vm, i) } });
+        },
+      },
+    ],
+    async onSucceeded(task, tx) {
+      // A detached NIC (and its address) goes once the host no longer has it.
+      if (!attach) await tx.vmInterface.deleteMany({ where: { vmId: task.targetId, networkId: String(task.input['networkId'] ?? '') } });
+      if (task.workspaceId) bus.publish(`kloudak.ws.${task.workspaceId}.vm.updated`, { vmId: task.targetId, taskId: task.id });
+    },
+    async onRolledBack(task, tx) {
+      // An attach that failed leaves no NIC record behind (nor its address).
+      if (attach) {
+        const networkId = String(task.input['networkId'] ?? '');
+        await tx.ipAllocation.deleteMany({ where: { vmId: task.targetId, networkId } });
+        await tx.vmInterface.deleteMany({ where: { vmId: task.targetId, networkId } });
+      }
+    },
+  });
+
+  return [
+    create,
+    del,
+    power(VM_TASKS.start, 'start', 'running', 'startVm'),
+    power(VM_TASKS.stop, 'stop', 'stopped', 'stopVm'),
+    power(VM_TASKS.reboot, 'reboot', 'running', 'rebootVm'),
+    nicChange(VM_TASKS.attach, true),
+    nicChange(VM_TASKS.detach, false),
+  ];
+}
