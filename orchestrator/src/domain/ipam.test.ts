@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
   addressPoolFor,
+  addressScope,
   allocateAddresses,
   checkNetworkSubnet,
   cidrContains,
@@ -62,7 +63,13 @@ test('the pool of a network is its own subnet (gateway .1) or else the area\'s s
   const area = addressPoolFor({ subnet: '10.0.0.0/24', gateway: '10.0.0.254' }, { subnet: null });
   assert.ok(!('error' in area));
   assert.deepEqual([formatCidr(area.subnet), area.gateway && formatIpv4(area.gateway)], ['10.0.0.0/24', '10.0.0.254']);
+  const ownGw = addressPoolFor({ subnet: '10.0.0.0/24', gateway: '10.0.0.254' }, { subnet: '172.16.4.0/22', gateway: '172.16.7.254' });
+  assert.ok(!('error' in ownGw));
+  assert.equal(ownGw.gateway && formatIpv4(ownGw.gateway), '172.16.7.254');
+  assert.match((addressPoolFor({ subnet: '10.0.0.0/24', gateway: '10.0.0.1' }, { subnet: '172.16.4.0/22', gateway: '172.16.8.1' }) as { error: string }).error, /network gateway/);
   assert.match((addressPoolFor({ subnet: '10.0.0.0/24', gateway: 'x' }, {}) as { error: string }).error, /gateway/);
+  assert.equal(addressScope('A', { id: 'N', subnet: '172.16.4.0/22' }), 'network:N');
+  assert.equal(addressScope('A', { id: 'N', subnet: null }), 'area:A');
   assert.match((addressPoolFor({ subnet: '10.0.0/24', gateway: '10.0.0.1' }, {}) as { error: string }).error, /area subnet/);
   assert.match((addressPoolFor({ subnet: '10.0.0.0/24', gateway: '10.0.0.1' }, { subnet: '10.1.0.1/24' }) as { error: string }).error, /network subnet/);
 });

@@ -47,23 +47,35 @@ export interface AddressPool {
 }
 
 /**
- * The pool of a network: its own subnet when it has one (gateway: its first host address), else
- * the area's subnet and gateway. Returns an error only for malformed stored values.
+ * The pool of a network: its own subnet when it has one (gateway: its own, else the subnet's first
+ * host address), else the area's subnet and gateway. Returns an error only for malformed stored
+ * values.
  */
 export function addressPoolFor(
   area: { subnet: string; gateway: string },
-  network: { subnet?: string | null },
+  network: { subnet?: string | null; gateway?: string | null },
 ): AddressPool | { error: string } {
   if (network.subnet) {
     const c = parseCidr(network.subnet);
     if ('error' in c) return { error: `network subnet ${network.subnet}: ${c.error}` };
-    return { subnet: c, gateway: defaultGateway(c) };
+    if (!network.gateway) return { subnet: c, gateway: defaultGateway(c) };
+    const g = parseIpv4(network.gateway);
+    if (g === null || !cidrContainsAddress(c, g)) return { error: `network gateway ${network.gateway} is not an address of ${network.subnet}` };
+    return { subnet: c, gateway: g };
   }
   const c = parseCidr(area.subnet);
   if ('error' in c) return { error: `area subnet ${area.subnet}: ${c.error}` };
   const g = parseIpv4(area.gateway);
   if (g === null) return { error: `area gateway ${area.gateway} is not an IPv4 address` };
   return { subnet: c, gateway: g };
+}
+
+/**
+ * The address space a network's addresses are unique in (IpAllocation.scope): `network:<id>` for
+ * a network with its own subnet, `area:<id>` for one that shares its area's subnet.
+ */
+export function addressScope(areaId: string, network: { id: string; subnet?: string | null }): string {
+  return network.subnet ? `network:${network.id}` : `area:${areaId}`;
 }
 
 /** How many addresses the pool can hand out in all. */

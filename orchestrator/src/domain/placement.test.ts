@@ -262,6 +262,8 @@ test('applyPlacement adds the claim to a copy and leaves the original snapshot a
   assert.deepEqual([before?.claimedCpu, before?.claimedRamMb, before?.haVmsByWorkspace], [0, 0, undefined]);
   assert.equal(s.areas.get('a1')?.pools[0]?.claimedGb, 0);
   assert.equal(after.areas.get('a2'), s.areas.get('a2'), 'other areas are shared, not copied');
+  assert.deepEqual(after.areas.get('a1')?.haByWorkspace.get('ws1'), { hostIndexes: [0], counts: [1] });
+  assert.equal(s.areas.get('a1')?.haByWorkspace.get('ws1'), undefined);
   assert.throws(() => applyPlacement(s, req({ areaId: 'a2' }), p), RangeError);
 });
 
@@ -286,6 +288,22 @@ test('100 creates in a row, each seeing the claims before it, never over-commit 
     assert.ok(h.claimedRamMb <= h.ramMb && h.claimedCpu <= h.cpuCount * 4, h.name);
   }
   assert.equal(s.areas.get('a1')?.pools[0]?.claimedGb, 400);
+});
+
+test('after a run of claims the derived indexes equal a snapshot rebuilt from the claimed hosts and pools', () => {
+  const hosts = Array.from({ length: 12 }, (_, i) =>
+    host(`h${String(i).padStart(2, '0')}`, { haVmsByWorkspace: new Map(i % 3 === 0 ? [['ws1', 1], ['ws2', 2]] : []) }),
+  );
+  let s: PlacementSnapshot = snap(hosts, [pool('p1'), pool('p2', { capacityGb: 300 })]);
+  for (let i = 0; i < 60; i++) {
+    const r = req({ workspaceId: `ws${i % 4}`, ha: i % 5 !== 0, cpu: 1 + (i % 3), ramMb: 1024 * (1 + (i % 4)) });
+    const p = placed(schedule(s, r));
+    s = applyPlacement(s, r, p);
+  }
+  const area = s.areas.get('a1');
+  assert.ok(area);
+  const rebuilt = buildPlacementSnapshot(area.hosts, area.pools).areas.get('a1');
+  assert.deepEqual(area, rebuilt);
 });
 
 test('malformed requests and policies are programming errors (RangeError)', () => {
