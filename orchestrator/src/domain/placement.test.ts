@@ -318,11 +318,23 @@ test('malformed requests and policies are programming errors (RangeError)', () =
 /** Straightforward restatement of the rules, written apart from the implementation. */
 function reference(hosts: PlacementHost[], pools: PlacementPool[], r: PlacementRequest, p: PlacementPolicy) {
   const feasible: { host: PlacementHost; score: number }[] = [];
+  /** The first failing filter of each rejected host of the area, by host id. */
+  const rejected = new Map<string, string>();
   for (const h of hosts.filter((x) => x.areaId === r.areaId)) {
-    if (h.state !== 'up' || h.adminState !== 'active' || !h.connected || r.excludeHostIds?.has(h.id)) continue;
     const cpuCap = h.cpuCount * p.cpuOvercommit;
     const ramCap = Math.max(0, h.ramMb - p.reservedRamMb) * p.ramOvercommit;
-    if (h.claimedCpu + r.cpu > cpuCap || h.claimedRamMb + r.ramMb > ramCap) continue;
+    const first =
+      h.state !== 'up' ? 'state'
+      : h.adminState !== 'active' ? 'admin'
+      : !h.connected ? 'agent'
+      : r.excludeHostIds?.has(h.id) ? 'excluded'
+      : h.claimedCpu + r.cpu > cpuCap ? 'cpu'
+      : h.claimedRamMb + r.ramMb > ramCap ? 'ram'
+      : null;
+    if (first !== null) {
+      rejected.set(h.id, first);
+      continue;
+    }
     const poolFits = pools.some((pl) => {
       if (pl.areaId !== r.areaId || (h.activePools && !h.activePools.has(pl.id))) return false;
       if (r.poolIds && !r.poolIds.has(pl.id)) return false;
@@ -333,13 +345,16 @@ function reference(hosts: PlacementHost[], pools: PlacementPool[], r: PlacementR
           : -Infinity;
       return room >= r.diskGb;
     });
-    if (!poolFits) continue;
+    if (!poolFits) {
+      rejected.set(h.id, 'pool');
+      continue;
+    }
     const free = ((cpuCap - h.claimedCpu - r.cpu) / cpuCap + (ramCap - h.claimedRamMb - r.ramMb) / ramCap) / 2;
     const fit = p.strategy === 'pack' ? 1 - free : free;
     const ha = r.ha ? (h.haVmsByWorkspace?.get(r.workspaceId) ?? 0) : 0;
     feasible.push({ host: h, score: p.fitWeight * fit - p.antiAffinityWeight * ha });
   }
-  return feasible;
+  return { feasible, rejected };
 }
 
 test('property: the chosen host passes every filter and scores best; "no placement" means no host fits', () => {
@@ -401,10 +416,10 @@ test('property: the chosen host passes every filter and scores best; "no placeme
           ...(q.excludeFirst && hosts[0] ? { excludeHostIds: new Set([hosts[0].id]) } : {}),
         });
         const res = schedule(buildPlacementSnapshot(hosts, pools), r, policy);
-        const feasible = reference(hosts, pools, r, policy);
+        const { feasible, rejected } = reference(hosts, pools, r, policy);
         if (!res.ok) {
           assert.equal(feasible.length, 0, 'schedule refused but a host fits');
-          assert.equal(res.rejections.length, hosts.filter((h) => h.areaId === 'a1').length);
+          assert.deepEqual(new Map(res.rejections.map((x) => [x.hostId, x.filter])), rejected);
           return;
         }
         const chosen = feasible.find((f) => f.host.id === res.hostId);
