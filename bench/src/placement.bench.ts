@@ -16,6 +16,8 @@
 //   schedule+claim      the same, each decision followed by applyPlacement() — a burst of
 //                       BENCH_BURST (1,000) creates, each seeing the claims before it, then the
 //                       snapshot is reset (and checked: no host or pool over-committed);
+//   schedule, refused   the same with requests larger than any host (1 TB of RAM): the slow path
+//                       that builds the why-not list (one entry and message per host of the area);
 //   schedule, 1 area    the worst case for the index: all hosts in one area, so every decision
 //                       walks all 10,000 hosts;
 //   baseline: naive     a scheduler without an index: one pass over all 10,000 host rows (shuffled,
@@ -233,6 +235,8 @@ async function main(): Promise<number> {
     pools.slice(0, 2).map((p) => ({ ...p, areaId: 'all', capacityGb: 10_000_000, claimedGb: 0 })),
   );
   const oneAreaRequests = requests.map((r) => ({ ...r, areaId: 'all' }));
+  // Larger than any host: every decision ends in the why-not list of the area's 100 hosts.
+  const tooBig = requests.map((r) => ({ ...r, ramMb: 1_048_576 }));
   const claimedCpu = hosts.reduce((a, h) => a + h.claimedCpu, 0);
   const capCpu = hosts.reduce((a, h) => a + h.cpuCount * DEFAULT_PLACEMENT_POLICY.cpuOvercommit, 0);
   const claimedRam = hosts.reduce((a, h) => a + h.claimedRamMb, 0);
@@ -289,6 +293,7 @@ async function main(): Promise<number> {
         burstLeft = 0;
       },
     ),
+    new Way('schedule, refused', HOSTS / AREAS, (i) => schedule(snapshot, tooBig[i % REQUESTS] as PlacementRequest).ok),
     new Way('schedule, 1 area', HOSTS, (i) => schedule(oneArea, oneAreaRequests[i % REQUESTS] as PlacementRequest).ok),
     new Way('baseline: naive scan', HOSTS, (i) => naiveSchedule(hosts, requests[i % REQUESTS] as PlacementRequest) !== null),
     new Way('baseline: build snapshot', HOSTS, () => {

@@ -349,6 +349,7 @@ export function schedule(
   const haSpots = request.ha ? area?.haByWorkspace.get(request.workspaceId) : undefined;
   const haIndexes = haSpots?.hostIndexes ?? [];
   const haCounts = haSpots?.counts ?? [];
+  const haCount = haIndexes.length;
   let haNext = 0; // first entry of haIndexes not below the current host
 
   let bestIndex = -1;
@@ -382,8 +383,9 @@ export function schedule(
     // A host of capacity 0 only gets here for a request of size 0; count it as full.
     const free = ((cpuCap > 0 ? cpuLeft / cpuCap : 0) + (ramCap > 0 ? ramLeft / ramCap : 0)) / 2;
     const fit = pack ? 1 - free : free;
-    while (haNext < haIndexes.length && (haIndexes[haNext] as number) < i) haNext++;
-    const ha = haIndexes[haNext] === i ? (haCounts[haNext] as number) : 0;
+    // (Bounds checked first: an out-of-range array read is a slow path in V8.)
+    while (haNext < haCount && (haIndexes[haNext] as number) < i) haNext++;
+    const ha = haNext < haCount && haIndexes[haNext] === i ? (haCounts[haNext] as number) : 0;
     const score = policy.fitWeight * fit - haWeight * ha;
     if (score > bestScore) {
       bestIndex = i;
