@@ -42,6 +42,20 @@ as_root() {
   fi
 }
 
+# as_daemon CMD... — as_root, with every file descriptor above 2 closed first. A daemon started
+# here outlives the script: it must not inherit a lock (flock), a pipe a CI runner waits on, or
+# anything else the script's parent holds open, or that holder never sees it released.
+as_daemon() {
+  (
+    local fd
+    for fd in /proc/self/fd/*; do
+      fd="${fd##*/}"
+      [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null
+    done
+    as_root "$@"
+  )
+}
+
 # as_postgres CMD... — run a command as the postgres OS user (peer/trust auth over the unix
 # socket works even when TCP auth requires a password). The command travels as positional
 # arguments ("$@" of the inner sh), so SQL with quotes, $$ and newlines needs no re-quoting.
@@ -132,7 +146,7 @@ ensure_postgres() {
       log "starting PostgreSQL cluster $ver/main"
       # --skip-systemctl-redirect: there is no systemd; start the postmaster directly.
       # Tolerate a failure here (e.g. "already running" after a race) and judge by pg_isready.
-      as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+      as_daemon pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
     fi
     wait_for 60 "PostgreSQL on $PG_HOST:$PG_PORT" pg_ready || die "PostgreSQL did not come up"
     log "PostgreSQL is up"
@@ -179,7 +193,7 @@ ensure_nats() {
     as_root mkdir -p "$NATS_STORE_DIR"
     # No systemd: daemonise with start-stop-daemon. --oknodo: not an error if it already runs.
     # -js enables JetStream, with its store in $NATS_STORE_DIR.
-    as_root start-stop-daemon --start --oknodo --background \
+    as_daemon start-stop-daemon --start --oknodo --background \
       --make-pidfile --pidfile "$NATS_PIDFILE" --exec /usr/sbin/nats-server -- \
       -a "$NATS_HOST" -p "$NATS_PORT" -js -sd "$NATS_STORE_DIR" -l "$NATS_LOG"
     if ! wait_for 30 "NATS on $NATS_HOST:$NATS_PORT" nats_ready; then
@@ -250,8 +264,8 @@ ensure_libvirt() {
     log "libvirtd already running, reusing it"
     return 0
   fi
-  pgrep -x virtlogd >/dev/null 2>&1 || as_root virtlogd -d
-  as_root libvirtd -d
+  pgrep -x virtlogd >/dev/null 2>&1 || as_daemon virtlogd -d
+  as_daemon libvirtd -d
   wait_for 30 "libvirtd" libvirt_ready || die "libvirtd did not come up"
   log "libvirtd is up"
 }
@@ -283,7 +297,7 @@ ensure_ovs() {
   fi
   log "starting Open vSwitch (ovs-ctl)"
   # ovs-ctl skips a daemon that already runs; judge success by readiness, not its exit code.
-  as_root /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random >&2 || true
+  as_daemon /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random >&2 || true
   wait_for 30 "Open vSwitch" ovs_ready || die "Open vSwitch did not come up (see /var/log/openvswitch/)"
   log "Open vSwitch is up"
 }

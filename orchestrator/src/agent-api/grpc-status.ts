@@ -9,6 +9,7 @@ export const GRPC_STATUS: Record<ErrorCode, GrpcStatus> = {
   forbidden: GrpcStatus.PERMISSION_DENIED,
   not_found: GrpcStatus.NOT_FOUND,
   conflict: GrpcStatus.ALREADY_EXISTS,
+  unprocessable: GrpcStatus.INVALID_ARGUMENT,
   payload_too_large: GrpcStatus.RESOURCE_EXHAUSTED,
   unsupported_media_type: GrpcStatus.INVALID_ARGUMENT,
   rate_limited: GrpcStatus.RESOURCE_EXHAUSTED,

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import Koa from 'koa';
 import Router from '@koa/router';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { KloudakError, UnauthenticatedError, type Logger } from '@kloudak/common';
+import { KloudakError, UnauthenticatedError, ValidationError, type Logger } from '@kloudak/common';
 import type { Database } from '@kloudak/prisma';
 import type { Clock } from '../clock.js';
 import type { OrchestratorConfig } from '../config.js';
@@ -17,6 +17,10 @@ import { workspaceRoutes } from './routes/workspaces.js';
 import { inventoryRoutes } from './routes/inventory.js';
 import { resourceRoutes } from './routes/resources.js';
 import type { ComputeDeps } from '../app/compute-deps.js';
+import { beginIdempotent, finishIdempotent, requestHash } from '../app/idempotency.js';
+
+/** An Idempotency-Key: printable ASCII, at most 255 characters. */
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
 import { agentRoutes } from './routes/agents.js';
 import type { HostLinkStatus } from '../agent-api/link.js';
 
@@ -248,17 +252,42 @@ export function createApi(deps: AppDeps): Api {
       const params = spec.params ? validate(spec.params, ctx.params, 'params', true) : undefined;
       const query = spec.query ? validate(spec.query, { ...ctx.query }, 'query', true) : undefined;
       const body = spec.body ? validate(spec.body, await readJsonBody(ctx), 'body', false) : undefined;
-      const result = await spec.handler({
-        params,
-        query,
-        body,
-        principal,
-        requestId: ctx.state['requestId'] as string,
-        clientIp: ctx.ip,
-        log: deps.log.child({ request_id: ctx.state['requestId'] }),
-      });
-      ctx.status = spec.response.status;
-      if (spec.response.status !== 204) ctx.body = result;
+      const run = () =>
+        spec.handler({
+          params,
+          query,
+          body,
+          principal,
+          requestId: ctx.state['requestId'] as string,
+          clientIp: ctx.ip,
+          log: deps.log.child({ request_id: ctx.state['requestId'] }),
+        });
+      const key = ctx.get('idempotency-key');
+      if (spec.method !== 'post' || key === '' || principal === null) {
+        const result = await run();
+        ctx.status = spec.response.status;
+        if (spec.response.status !== 204) ctx.body = result;
+        return;
+      }
+      // Idempotency-Key: the same request again gets the first answer; nothing is made twice.
+      if (!IDEMPOTENCY_KEY.test(key)) throw new ValidationError('Idempotency-Key must be 1 to 255 printable characters', { header: 'Idempotency-Key' });
+      const started = await beginIdempotent(deps.db.client, deps.clock, principal.userId, key, 'POST', ctx.path, requestHash('POST', ctx.path, body));
+      if (started.kind === 'replay') {
+        ctx.status = started.status;
+        ctx.set('Idempotent-Replayed', 'true');
+        if (started.status !== 204) ctx.body = started.body;
+        return;
+      }
+      try {
+        const result = await run();
+        await finishIdempotent(deps.db.client, started.id, spec.response.status, spec.response.status === 204 ? null : result);
+        ctx.status = spec.response.status;
+        if (spec.response.status !== 204) ctx.body = result;
+      } catch (err) {
+        const { status, body: errBody } = errorResponse(toKloudakError(err), ctx.state['requestId'] as string);
+        await finishIdempotent(deps.db.client, started.id, status, errBody).catch(() => undefined);
+        throw err;
+      }
     });
   }
   app.use(router.routes());

@@ -47,8 +47,13 @@ export function daemonPid(pidFile: string, name: string): number | null {
   }
 }
 
+/**
+ * Run a command with every file descriptor above 2 closed: the daemons started here outlive the
+ * test, and must not keep what this process inherited open (a test runner's lock or pipe).
+ */
 function run(cmd: string, args: string[]): void {
-  const r = spawnSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
+  const closeFds = 'for fd in /proc/self/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-"; done; exec "$0" "$@"';
+  const r = spawnSync('/bin/bash', ['-c', closeFds, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
   if (r.error) {
     throw new Error(
       `cannot run ${cmd}: ${r.error.message} (install libvirt: apt-get install libvirt-daemon-system qemu-system-x86)`,

@@ -1,0 +1,79 @@
+// The VM and network API's request rules over real HTTP, on PostgreSQL and PGlite: idempotency
+// keys, quotas, the "why not" of a full area, and the claims of concurrent creates. The host is a
+// simulated agent speaking the real protocol (every command succeeds); what runs on real hosts is
+// tested end to end in test/e2e (vms.e2e).
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { ENGINES, connectSimHost, startHarness, type Harness } from '../testing/harness.js';
+import { createWorld, uniq, type World } from '../testing/fixtures.js';
+import type { SimAgent } from '../agent-api/testing/sim-agent.js';
+
+for (const engine of ENGINES) {
+  describe(`VM and network requests on ${engine}`, () => {
+    let h: Harness;
+    let w: World;
+    let sim: SimAgent;
+    const ws = () => `/api/v1/workspaces/${w.workspace.name}`;
+
+    before(async () => {
+      h = await startHarness(engine);
+      w = await createWorld(h.orch.db.client);
+      // The admin acts in the fixture workspace (admins hold every flag everywhere).
+      sim = (await connectSimHost(h, w.area.id, w.pool.name)).agent;
+    });
+    after(async () => {
+      await sim?.stop();
+      await h?.close();
+    });
+
+    it('answers a repeated POST with the same Idempotency-Key with the first answer, and creates nothing twice', async () => {
+      const key = uniq('idem');
+      const body = { name: uniq('vm'), template: w.template.name, networks: [w.network.name], cpu: 1, ramMb: 256 };
+      const first = await h.admin.client.req('POST', `${ws()}/vms`, body, { 'idempotency-key': key });
+      assert.equal(first.status, 202, JSON.stringify(first.body));
+      const again = await h.admin.client.req('POST', `${ws()}/vms`, body, { 'idempotency-key': key });
+      assert.equal(again.status, 202);
+      assert.equal(again.headers.get('idempotent-replayed'), 'true');
+      assert.deepEqual(again.body, first.body);
+      assert.equal(await h.orch.db.client.vm.count({ where: { name: body.name } }), 1);
+      assert.equal(await h.orch.db.client.task.count({ where: { targetId: first.body.vm.id } }), 1);
+      // The same key with another body: 422, and still nothing new.
+      const other = await h.admin.client.req('POST', `${ws()}/vms`, { ...body, name: uniq('vm') }, { 'idempotency-key': key });
+      assert.equal(other.status, 422, JSON.stringify(other.body));
+      assert.equal(other.body.error.code, 'unprocessable');
+      // Another user's identical key is theirs alone (their request is judged on its own: 404 here).
+      const u = await h.user('idem');
+      const theirs = await u.client.req('POST', `${ws()}/vms`, body, { 'idempotency-key': key });
+      assert.equal(theirs.status, 404);
+      // A bad key is a 400 naming the header.
+      const bad = await h.admin.client.req('POST', `${ws()}/vms`, body, { 'idempotency-key': 'with space' });
+      assert.equal(bad.status, 400);
+    });
+
+    it('keeps 100 concurrent creates within the host, the addresses and the quota', async () => {
+      // One host of 64 vCPU (×4 overcommit = 256) and 256 GiB: 100 VMs of 4 vCPU cannot all fit.
+      const quotaWs = w.workspace.name;
+      assert.equal((await h.admin.client.req('PUT', `/api/v1/workspaces/${quotaWs}/quota`, { vms: 60 })).status, 200);
+      const names = Array.from({ length: 100 }, () => uniq('burst'));
+      const answers = await Promise.all(
+        names.map((name) => h.admin.client.post(`${ws()}/vms`, { name, template: w.template.name, networks: [w.network.name], cpu: 4, ramMb: 512 })),
+      );
+      const ok = answers.filter((a) => a.status === 202);
+      const refused = answers.filter((a) => a.status === 409);
+      assert.equal(ok.length + refused.length, 100, JSON.stringify(answers.filter((a) => a.status !== 202 && a.status !== 409).map((a) => a.body)));
+      for (const r of refused) assert.match(r.body.error.message, /quota exceeded|vCPU|no host/i);
+      const db = h.orch.db.client;
+      const vms = await db.vm.count({ where: { workspaceId: w.workspace.id } });
+      assert.ok(vms <= 60, `quota held: ${vms} VMs`);
+      const hosts = await db.vm.groupBy({ by: ['hostId'], where: { hostId: { not: null } }, _sum: { cpu: true, ramMb: true } });
+      for (const s of hosts) {
+        const host = await db.host.findUniqueOrThrow({ where: { id: s.hostId! } });
+        assert.ok((s._sum.cpu ?? 0) <= host.cpuCount * 4, `host ${host.name} over-committed: ${s._sum.cpu} vCPU`);
+        assert.ok((s._sum.ramMb ?? 0) <= host.ramMb, `host ${host.name} over-committed: ${s._sum.ramMb} MB`);
+      }
+      const ips = await db.ipAllocation.findMany({ select: { scope: true, address: true } });
+      assert.equal(new Set(ips.map((i) => `${i.scope}/${i.address}`)).size, ips.length, 'no address twice');
+      assert.equal((await h.admin.client.req('PUT', `/api/v1/workspaces/${quotaWs}/quota`, {})).status, 200);
+    });
+  });
+}
