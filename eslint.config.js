@@ -26,4 +26,76 @@ export default defineConfig(
       'no-console': 'off',
     },
   },
+  // The orchestrator's layers (orchestrator/src/app/README.md): adapters (http/, grpc/) parse and
+  // call app/ use cases; app/ authorizes, validates and runs transactions over store/ queries and
+  // pure domain/ rules. These rules keep each layer to its own imports.
+  {
+    files: ['orchestrator/src/domain/**/*.ts'],
+    ignores: ['**/*.test.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          paths: [
+            ...['fs', 'fs/promises', 'net', 'http', 'https', 'http2', 'child_process', 'dgram', 'dns', 'tls', 'worker_threads', 'readline', 'cluster']
+              .flatMap((m) => [m, `node:${m}`])
+              .map((name) => ({ name, message: 'domain/ is pure: it takes data and returns data, no I/O.' })),
+            ...['@kloudak/prisma', 'koa', '@koa/router', '@grpc/grpc-js', '@nats-io/transport-node', 'pino'].map((name) => ({
+              name,
+              message: 'domain/ is pure: no database, network, bus or logger.',
+            })),
+          ],
+          patterns: [
+            {
+              regex: '(^|/)(store|app|http|grpc|agent-api|events|tasks|auth)(/|$)',
+              message: 'domain/ depends on nothing but itself and @kloudak/common: the layers above call it.',
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    files: ['orchestrator/src/store/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          paths: ['koa', '@koa/router', '@grpc/grpc-js'].map((name) => ({ name, message: 'store/ holds queries: no adapter types.' })),
+          patterns: [{ regex: '(^|/)(app|http|grpc)(/|$)', message: 'store/ holds queries: it never imports app/ or an adapter.' }],
+        },
+      ],
+    },
+  },
+  {
+    files: ['orchestrator/src/app/**/*.ts'],
+    rules: {
+      '@typescript-eslint/no-restricted-imports': [
+        'error',
+        {
+          paths: [
+            { name: '@kloudak/prisma', allowTypeImports: true, message: 'app/ reaches the database through store/ (types only here).' },
+            ...['koa', '@koa/router', '@grpc/grpc-js'].map((name) => ({ name, message: 'app/ never sees an adapter\'s types: every interface shares it.' })),
+          ],
+          patterns: [{ regex: '(^|/)(http|grpc)(/|$)', message: 'app/ never imports an adapter: adapters import app/.' }],
+        },
+      ],
+    },
+  },
+  {
+    files: ['orchestrator/src/http/**/*.ts', 'orchestrator/src/grpc/**/*.ts'],
+    ignores: ['**/*.test.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          paths: [{ name: '@kloudak/prisma', message: 'adapters never touch the database: call an app/ use case.' }],
+          patterns: [
+            { regex: '^@prisma/', message: 'adapters never touch the database: call an app/ use case.' },
+            { regex: '(^|/)store(/|$)', message: 'adapters call app/ use cases, never store/ queries.' },
+          ],
+        },
+      ],
+    },
+  },
 );

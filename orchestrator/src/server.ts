@@ -6,6 +6,7 @@ import { bootstrapAdmin } from './admin.js';
 import { loadOrCreateKeys, TokenService } from './auth/tokens.js';
 import type { Clock } from './clock.js';
 import type { OrchestratorConfig } from './config.js';
+import { createServices, type Services } from './app/services.js';
 import { createApi, type Api } from './http/app.js';
 import { CertificateAuthority } from './agent-api/ca.js';
 import type { AgentChannel } from './agent-api/channel.js';
@@ -35,6 +36,8 @@ export interface Orchestrator {
   bus: EventBus;
   /** The task worker (VM and network tasks). */
   tasks: TaskEngine;
+  /** The application layer's dependencies: what REST (and later gRPC, the CLI) call use cases with. */
+  services: Services;
   /** Stop accepting, finish in-flight requests (up to the grace period), end agent sessions, close NATS and the database. */
   close(): Promise<void>;
 }
@@ -106,7 +109,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       },
     );
     engine = tasks;
-    const api = createApi({
+    const services = createServices({
       db,
       tokens,
       clock,
@@ -123,7 +126,9 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
         taskMaxAttempts: config.taskMaxAttempts,
         taskTimeoutMs: config.taskTimeoutMs,
       },
+      events: bus,
     });
+    const api = createApi(services);
     const server: Server = createServer(api.app.callback());
     server.keepAliveTimeout = 65_000;
     await new Promise<void>((resolve, reject) => {
@@ -150,6 +155,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       ca,
       bus: events,
       tasks,
+      services,
       close: () =>
         (closing ??= (async () => {
           const done = new Promise<void>((resolve) => server.close(() => resolve()));

@@ -1,7 +1,8 @@
 import { ConflictError, NotFoundError, ValidationError } from '@kloudak/common';
 import { checkNetworkSubnet, parseCidr, formatIpv4, defaultGateway } from '../domain/ipam.js';
 import { allocateVlan } from '../domain/vlan.js';
-import { requireFlags, workspaceAccess } from '../store/access.js';
+import { requireFlags } from '../domain/permissions.js';
+import { workspaceAccess } from './access.js';
 import { lockArea, workspaceUsage } from '../store/claims.js';
 import { insertTask } from '../store/tasks.js';
 import { NETWORK_TASKS } from '../tasks/network.js';
@@ -24,7 +25,7 @@ export interface CreateNetworkInput {
  */
 export async function createNetwork(d: ComputeDeps, caller: Caller, ws: string, input: CreateNetworkInput): Promise<{ network: NetworkView; task: TaskView }> {
   const access = await workspaceAccess(d.db, caller, ws);
-  requireFlags(access, 'network_can_add');
+  requireFlags(access.permissions, 'network_can_add');
   const area = await d.db.area.findUnique({ where: { name: input.area } });
   if (!area) throw new ValidationError(`no area named '${input.area}'`, { field: 'area' });
   let subnet: string | null = null;
@@ -82,7 +83,7 @@ export async function createNetwork(d: ComputeDeps, caller: Caller, ws: string, 
 /** Rename a network or change its description. */
 export async function updateNetwork(d: ComputeDeps, caller: Caller, ws: string, name: string, input: { name?: string; description?: string }): Promise<NetworkView> {
   const access = await workspaceAccess(d.db, caller, ws);
-  requireFlags(access, 'network_can_edit');
+  requireFlags(access.permissions, 'network_can_edit');
   const n = await d.db.network.findUnique({ where: { workspaceId_name: { workspaceId: access.workspace.id, name } } });
   if (!n) throw new NotFoundError('network', name);
   const updated = await d.db.network.update({
@@ -96,7 +97,7 @@ export async function updateNetwork(d: ComputeDeps, caller: Caller, ws: string, 
 /** Delete a network: 409 while VMs are attached; its task removes the VLAN from the hosts, then the row. */
 export async function deleteNetwork(d: ComputeDeps, caller: Caller, ws: string, name: string): Promise<{ network: NetworkView; task: TaskView }> {
   const access = await workspaceAccess(d.db, caller, ws);
-  requireFlags(access, 'network_can_delete');
+  requireFlags(access.permissions, 'network_can_delete');
   const workspaceId = access.workspace.id;
   const { id, taskId } = await d.db.$transaction(async (tx) => {
     const n = await tx.network.findUnique({ where: { workspaceId_name: { workspaceId, name } } });

@@ -1,6 +1,6 @@
 import { ForbiddenError, KloudakError } from '@kloudak/common';
 import type { Prisma } from '@kloudak/prisma';
-import { workspaceAccess } from '../store/access.js';
+import { workspaceAccess } from './access.js';
 import { workspaceUsage, type WorkspaceUsage } from '../store/claims.js';
 import type { Caller, ComputeDeps } from './compute-deps.js';
 

@@ -1,6 +1,6 @@
 import { NotFoundError } from '@kloudak/common';
 import type { Prisma } from '@kloudak/prisma';
-import { workspaceAccess } from '../store/access.js';
+import { workspaceAccess } from './access.js';
 import type { Caller, ComputeDeps } from './compute-deps.js';
 import { taskInclude, taskView, type TaskView } from './views.js';
 

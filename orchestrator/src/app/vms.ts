@@ -4,7 +4,8 @@ import type { Prisma } from '@kloudak/prisma';
 import { addressPoolFor, allocateAddresses, formatIpv4 } from '../domain/ipam.js';
 import { deriveMac } from '../domain/mac.js';
 import { schedule } from '../domain/placement.js';
-import { requireFlags, workspaceAccess } from '../store/access.js';
+import { requireFlags } from '../domain/permissions.js';
+import { workspaceAccess } from './access.js';
 import { areaPlacementSnapshot, lockForClaims, usedAddresses, workspaceUsage } from '../store/claims.js';
 import { insertTask } from '../store/tasks.js';
 import { VM_TASKS } from '../tasks/vm.js';
@@ -73,7 +74,7 @@ async function answer(d: ComputeDeps, vmId: string, taskId: string): Promise<{ v
  */
 export async function createVm(d: ComputeDeps, caller: Caller, ws: string, input: CreateVmInput): Promise<{ vm: VmView; task: TaskView }> {
   const access = await workspaceAccess(d.db, caller, ws);
-  requireFlags(access, 'vm_can_add');
+  requireFlags(access.permissions, 'vm_can_add');
   const workspaceId = access.workspace.id;
   const template = await d.db.template.findUnique({ where: { name: input.template } });
   if (!template) throw new ValidationError(`no template named '${input.template}'`, { field: 'template' });
@@ -167,7 +168,7 @@ const ACTION_FROM: Record<VmAction, string[]> = { start: ['stopped'], stop: ['ru
 /** Start, stop or reboot a VM (409 from a state where the action makes no sense). */
 export async function vmAction(d: ComputeDeps, caller: Caller, ws: string, name: string, action: VmAction): Promise<{ vm: VmView; task: TaskView }> {
   const access = await workspaceAccess(d.db, caller, ws);
-  requireFlags(access, 'vm_can_edit');
+  requireFlags(access.permissions, 'vm_can_edit');
   const vm = await findVm(d, access.workspace.id, name);
   if (!ACTION_FROM[action].includes(vm.state)) {
     throw new ConflictError(`cannot ${action} a VM that is ${vm.state}`, { state: vm.state });
@@ -202,7 +203,7 @@ export async function updateVm(
   input: { name?: string; description?: string; networks?: string[] },
 ): Promise<{ vm: VmView; tasks: TaskView[] }> {
   const access = await workspaceAccess(d.db, caller, ws);
-  requireFlags(access, 'vm_can_edit');
+  requireFlags(access.permissions, 'vm_can_edit');
   const workspaceId = access.workspace.id;
   const vm = await findVm(d, workspaceId, name);
   const taskIds: string[] = [];
@@ -277,7 +278,7 @@ export async function updateVm(
 /** Delete a VM: its task stops and deletes it on its host, then releases its claims and removes it. */
 export async function deleteVm(d: ComputeDeps, caller: Caller, ws: string, name: string): Promise<{ vm: VmView; task: TaskView }> {
   const access = await workspaceAccess(d.db, caller, ws);
-  requireFlags(access, 'vm_can_delete');
+  requireFlags(access.permissions, 'vm_can_delete');
   const vm = await findVm(d, access.workspace.id, name);
   const taskId = await d.db.$transaction(async (tx) => {
     if (vm.state === 'deleting') {

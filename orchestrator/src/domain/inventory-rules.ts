@@ -84,3 +84,27 @@ export function parseVlanRange(s: string): { first: number; last: number } | { e
 export function formatVlanRange(first: number, last: number): string {
   return `${first}-${last}`;
 }
+
+/** An area's settings, parsed, or the field at fault (a JSON pointer) and why. */
+export type AreaCheck =
+  | { ok: true; cidr: Cidr; vlanFirst: number; vlanLast: number }
+  | { ok: false; field: '/subnet' | '/gateway' | '/vlanRange'; problem: string };
+
+/** Check an area's subnet, gateway (inside the subnet, not its network or broadcast address) and VLAN range. */
+export function checkArea(subnet: string, gateway: string, vlanRange: string): AreaCheck {
+  const cidr = parseCidr(subnet);
+  if ('error' in cidr) return { ok: false, field: '/subnet', problem: cidr.error };
+  const gw = gatewayProblem(cidr, gateway);
+  if (gw) return { ok: false, field: '/gateway', problem: gw };
+  const vr = parseVlanRange(vlanRange);
+  if ('error' in vr) return { ok: false, field: '/vlanRange', problem: vr.error };
+  return { ok: true, cidr, vlanFirst: vr.first, vlanLast: vr.last };
+}
+
+/** The first of `others` whose subnet overlaps `cidr` (areas never share an address). */
+export function overlappingArea<T extends { subnet: string }>(cidr: Cidr, others: readonly T[]): T | undefined {
+  return others.find((o) => {
+    const oc = parseCidr(o.subnet);
+    return !('error' in oc) && cidrsOverlap(cidr, oc);
+  });
+}

@@ -1,3 +1,5 @@
+import { ForbiddenError } from '@kloudak/common';
+
 /**
  * The seed's nine per-workspace permission flags, by their wire names (snake_case, as the seed's
  * tokens carried them) and their database names.
@@ -76,4 +78,29 @@ export function toColumns(p: Partial<Permissions>): Partial<MembershipFlags> {
  */
 export function canManageMembers(p: Permissions): boolean {
   return p.user_can_add && p.user_can_edit && p.user_can_delete;
+}
+
+/**
+ * The flags a user acts with in a workspace: a member's own; admins every flag, member or not.
+ * Null when the user may not act there, nor learn that it exists.
+ */
+export function effectivePermissions(membership: MembershipFlags | null, isAdmin: boolean): Permissions | null {
+  if (isAdmin) return ALL_PERMISSIONS;
+  return membership ? toPermissions(membership) : null;
+}
+
+/** Throw 403 unless every flag is held. */
+export function requireFlags(p: Permissions, ...flags: PermissionFlag[]): void {
+  const missing = flags.filter((f) => !p[f]);
+  if (missing.length > 0) throw new ForbiddenError(`this needs the permission ${missing.join(' and ')}`);
+}
+
+/**
+ * Nobody grants a flag they do not hold: a member with only user_can_edit cannot give themselves
+ * (or anyone) vm_can_delete, and one with only user_can_add cannot add an all-powerful member.
+ * Admins hold every flag. Taking flags away needs no such check.
+ */
+export function requireGrantable(p: Permissions, requested: Partial<Permissions> | undefined): void {
+  const beyond = PERMISSION_FLAGS.filter((f) => requested?.[f] === true && !p[f]);
+  if (beyond.length > 0) throw new ForbiddenError(`you cannot grant ${beyond.join(', ')}, which you do not hold`);
 }

@@ -2,64 +2,32 @@ import { randomUUID } from 'node:crypto';
 import Koa from 'koa';
 import Router from '@koa/router';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { KloudakError, UnauthenticatedError, ValidationError, type Logger } from '@kloudak/common';
-import type { Database } from '@kloudak/prisma';
-import type { Clock } from '../clock.js';
-import type { OrchestratorConfig } from '../config.js';
-import type { TokenService } from '../auth/tokens.js';
-import { RateLimiter } from '../auth/rate-limit.js';
+import { KloudakError, UnauthenticatedError, ValidationError } from '@kloudak/common';
+import { authenticate } from '../app/auth.js';
+import { readiness } from '../app/health.js';
+import { beginIdempotent, finishIdempotent, requestHash } from '../app/idempotency.js';
+import type { Services } from '../app/services.js';
 import { errorResponse, toKloudakError } from './errors.js';
 import { buildOpenApi } from './openapi.js';
 import type { Principal, RouteSpec } from './route.js';
 import { validate } from './validate.js';
 import { authRoutes } from './routes/auth.js';
 import { workspaceRoutes } from './routes/workspaces.js';
-import { inventoryRoutes } from './routes/inventory.js';
+import { areaRoutes } from './routes/areas.js';
+import { poolRoutes } from './routes/pools.js';
+import { templateRoutes } from './routes/templates.js';
+import { joinTokenRoutes } from './routes/join-tokens.js';
+import { hostRoutes } from './routes/hosts.js';
 import { resourceRoutes } from './routes/resources.js';
-import type { ComputeDeps } from '../app/compute-deps.js';
-import { beginIdempotent, finishIdempotent, requestHash } from '../app/idempotency.js';
 
 /** An Idempotency-Key: printable ASCII, at most 255 characters. */
 const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
-import { agentRoutes } from './routes/agents.js';
-import type { HostLinkStatus } from '../agent-api/link.js';
 
 /** Version reported by the API and metrics. */
 export const VERSION = '0.1.0';
 
 /** Largest JSON body accepted. */
 export const MAX_BODY_BYTES = 1024 * 1024;
-
-/** What the REST API needs of the agent link. */
-export interface AgentLinkPort {
-  /** SHA-256 of the agent CA certificate (DER), hex: goes into join tokens. */
-  readonly caFingerprint: string;
-  /** The link's live view of a host (session, liveness, last heartbeat and usage). */
-  status(hostId: string): HostLinkStatus;
-  /** A host was deleted: its session is ended and it is forgotten. */
-  hostDeleted(hostId: string): void;
-}
-
-/** What the HTTP layer needs; built by main.ts (or a test) and passed in. */
-export interface AppDeps {
-  db: Database;
-  tokens: TokenService;
-  clock: Clock;
-  config: OrchestratorConfig;
-  log: Logger;
-  agents: AgentLinkPort;
-  /** What the VM, network, task and quota use cases need. */
-  compute: ComputeDeps;
-}
-
-/** Dependencies as route modules see them. */
-export interface Services extends AppDeps {
-  loginByUser: RateLimiter;
-  loginByAddress: RateLimiter;
-  /** Sign-ups and password changes per client address: each hashes a password (scrypt, 32 MiB). */
-  signupByAddress: RateLimiter;
-  passwordChangeByAddress: RateLimiter;
-}
 
 /** The Koa application, its routes and its metrics registry. */
 export interface Api {
@@ -73,7 +41,6 @@ export interface Api {
 const BEARER = /^Bearer ([A-Za-z0-9._~+/=-]{1,8192})$/;
 const TOKEN = /^[A-Za-z0-9._~+/=-]{1,8192}$/;
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** The token presented by a request, if any; a malformed header is an authentication failure. */
 function presentedToken(ctx: Koa.Context): string | null {
@@ -89,34 +56,6 @@ function presentedToken(ctx: Koa.Context): string | null {
     return t;
   }
   return null;
-}
-
-async function principalFor(s: Services, token: string): Promise<Principal> {
-  const claims = await s.tokens.verify(token);
-  if (!UUID.test(claims.sub)) throw new UnauthenticatedError('invalid or expired token');
-  const user = await s.db.client.user.findUnique({
-    where: { id: claims.sub },
-    select: {
-      id: true,
-      username: true,
-      email: true,
-      isAdmin: true,
-      tokenVersion: true,
-      revoked: { where: { jti: claims.jti }, select: { jti: true } },
-    },
-  });
-  // A deleted user, a token from before a password change or a removal, or a logged-out token.
-  if (!user || user.tokenVersion !== claims.ver || user.revoked.length > 0) {
-    throw new UnauthenticatedError('invalid or expired token');
-  }
-  return {
-    userId: user.id,
-    username: user.username,
-    email: user.email,
-    isAdmin: user.isAdmin,
-    jti: claims.jti,
-    exp: claims.exp,
-  };
 }
 
 /** Read a JSON body up to MAX_BODY_BYTES; errors are 4xx. */
@@ -144,23 +83,24 @@ async function readJsonBody(ctx: Koa.Context): Promise<unknown> {
   }
 }
 
-/** Build the REST API. Pure wiring: no listening socket, so tests can mount it anywhere. */
-export function createApi(deps: AppDeps): Api {
-  const windowMs = deps.config.loginWindowSeconds * 1000;
-  const services: Services = {
-    ...deps,
-    loginByUser: new RateLimiter(deps.clock, deps.config.loginMaxPerUser, windowMs),
-    loginByAddress: new RateLimiter(deps.clock, deps.config.loginMaxPerAddress, windowMs),
-    signupByAddress: new RateLimiter(deps.clock, deps.config.signupMaxPerAddress, windowMs),
-    passwordChangeByAddress: new RateLimiter(deps.clock, deps.config.passwordChangeMaxPerAddress, windowMs),
-  };
+/**
+ * Build the REST API over the application layer. Pure wiring: no listening socket, so tests can
+ * mount it anywhere. Every route is an adapter: it parses, calls one use case of app/ and answers
+ * its view.
+ */
+export function createApi(services: Services): Api {
+  const deps = services;
   const routes: RouteSpec[] = [
     ...authRoutes(services),
     ...workspaceRoutes(services),
-    // Before the inventory's /hosts/{id}: /hosts/join-tokens must not be taken for a host id.
-    ...agentRoutes(services),
-    ...inventoryRoutes(services),
-    ...resourceRoutes(deps.compute),
+    // Networks, VMs, tasks and quotas of a workspace.
+    ...resourceRoutes(services.compute),
+    ...areaRoutes(services),
+    ...poolRoutes(services),
+    ...templateRoutes(services),
+    // Before /hosts/{id}: /hosts/join-tokens must not be taken for a host id.
+    ...joinTokenRoutes(services),
+    ...hostRoutes(services),
   ];
   const openapi = buildOpenApi(routes, VERSION);
 
@@ -218,15 +158,9 @@ export function createApi(deps: AppDeps): Api {
   });
   router.get('/readyz', async (ctx) => {
     ctx.state['route'] = '/readyz';
-    try {
-      await deps.db.ping();
-      const pending = await deps.db.pending();
-      ctx.status = pending.length === 0 ? 200 : 503;
-      ctx.body = { status: pending.length === 0 ? 'ready' : 'migrations pending', database: deps.db.kind, pending };
-    } catch {
-      ctx.status = 503;
-      ctx.body = { status: 'database unreachable', database: deps.db.kind };
-    }
+    const { ready, ...body } = await readiness(services);
+    ctx.status = ready ? 200 : 503;
+    ctx.body = body;
   });
   router.get('/metrics', async (ctx) => {
     ctx.state['route'] = '/metrics';
@@ -244,7 +178,7 @@ export function createApi(deps: AppDeps): Api {
       ctx.state['route'] = `/api/v1${spec.path}`;
       const token = presentedToken(ctx);
       let principal: Principal | null = null;
-      if (token !== null) principal = await principalFor(services, token);
+      if (token !== null) principal = await authenticate(services, token);
       else if (spec.access !== 'public') throw new UnauthenticatedError();
       if (spec.access === 'admin' && !principal?.isAdmin) {
         throw new KloudakError('forbidden', 'this operation needs an admin');
@@ -252,15 +186,17 @@ export function createApi(deps: AppDeps): Api {
       const params = spec.params ? validate(spec.params, ctx.params, 'params', true) : undefined;
       const query = spec.query ? validate(spec.query, { ...ctx.query }, 'query', true) : undefined;
       const body = spec.body ? validate(spec.body, await readJsonBody(ctx), 'body', false) : undefined;
+      const log = deps.log.child({ request_id: ctx.state['requestId'] });
       const run = () =>
         spec.handler({
           params,
           query,
           body,
           principal,
+          caller: { principal, address: ctx.ip, log },
           requestId: ctx.state['requestId'] as string,
           clientIp: ctx.ip,
-          log: deps.log.child({ request_id: ctx.state['requestId'] }),
+          log,
         });
       const key = ctx.get('idempotency-key');
       if (spec.method !== 'post' || key === '' || principal === null) {

@@ -1,19 +1,11 @@
 import type { Static, TSchema } from '@sinclair/typebox';
 import type { Logger } from '@kloudak/common';
+import type { Caller, Principal } from '../app/principal.js';
+
+export type { Caller, Principal };
 
 /** Who may call a route: anyone, any signed-in user, or admins only. */
 export type Access = 'public' | 'user' | 'admin';
-
-/** The caller, established from a verified token and the current user record. */
-export interface Principal {
-  userId: string;
-  username: string;
-  email: string;
-  isAdmin: boolean;
-  /** Token id and expiry, for logout. */
-  jti: string;
-  exp: number;
-}
 
 /** What a handler receives: validated inputs and the request's context. */
 export interface Request<P, Q, B> {
@@ -22,6 +14,8 @@ export interface Request<P, Q, B> {
   body: B;
   /** Null only on public routes called without a token. */
   principal: Principal | null;
+  /** The same, as use cases take it: principal, client address, logger. */
+  caller: Caller;
   requestId: string;
   clientIp: string;
   log: Logger;

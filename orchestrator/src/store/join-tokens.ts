@@ -2,6 +2,7 @@
 // a new host. The database keeps SHA-256 of the secret only; the token string is shown once.
 import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { Prisma, PrismaClient } from '@kloudak/prisma';
+import type { DbOrTx } from './db.js';
 
 const TOKEN = /^kjt1\.([0-9a-f]{32})\.([A-Za-z0-9_-]{43})\.([0-9a-f]{64})$/;
 
@@ -109,4 +110,22 @@ export async function consumeJoinToken(
   const row = await tx.joinToken.findUniqueOrThrow({ where: { id: t.id }, select: { areaId: true, secretHash: true } });
   if (!timingSafeEqual(Buffer.from(row.secretHash, 'hex'), Buffer.from(hash, 'hex'))) return null;
   return { areaId: row.areaId };
+}
+
+/** Join tokens by id, at most `take` after `after`. */
+export async function listJoinTokens(db: DbOrTx, q: { after?: string; take: number }): Promise<Row[]> {
+  return db.joinToken.findMany({ where: q.after ? { id: { gt: q.after } } : {}, orderBy: { id: 'asc' }, take: q.take });
+}
+
+export async function joinTokenById(db: DbOrTx, id: string): Promise<Row | null> {
+  return db.joinToken.findUnique({ where: { id } });
+}
+
+/**
+ * Revoke a token unless it was used or revoked: one conditional UPDATE, so an enrollment consuming
+ * the token at this very moment wins or loses as a whole. True when this call revoked it.
+ */
+export async function revokeUnusedJoinToken(db: DbOrTx, id: string, now: Date): Promise<boolean> {
+  const n = await db.joinToken.updateMany({ where: { id, usedAt: null, revokedAt: null }, data: { revokedAt: now } });
+  return n.count === 1;
 }

@@ -1,5 +1,16 @@
-import type { PrismaClient } from '@kloudak/prisma';
+import type { DbOrTx } from './db.js';
 import { toPermissions, type Permissions } from '../domain/permissions.js';
+
+/** A user row (the hash never leaves the application layer). */
+export interface UserRow {
+  id: string;
+  username: string;
+  email: string;
+  isAdmin: boolean;
+  passwordHash: string;
+  tokenVersion: number;
+  createdAt: Date;
+}
 
 /** A user as the API shows it (never the password hash). */
 export interface UserView {
@@ -25,7 +36,7 @@ export const MAX_TOKEN_WORKSPACES = 16;
 
 /** A user's permission flags per workspace name, in name order, at most `limit` of them. */
 export async function workspaceClaims(
-  db: PrismaClient,
+  db: DbOrTx,
   userId: string,
   limit?: number,
 ): Promise<{ workspaces: Record<string, Permissions>; truncated: boolean }> {
@@ -43,7 +54,49 @@ export async function workspaceClaims(
 }
 
 /** Make every token issued so far for these users invalid (password change, removal from a workspace). */
-export async function bumpTokenVersion(db: Pick<PrismaClient, 'user'>, userIds: string[]): Promise<void> {
+export async function bumpTokenVersion(db: Pick<DbOrTx, 'user'>, userIds: string[]): Promise<void> {
   if (userIds.length === 0) return;
   await db.user.updateMany({ where: { id: { in: userIds } }, data: { tokenVersion: { increment: 1 } } });
+}
+
+export async function userById(db: DbOrTx, id: string): Promise<UserRow | null> {
+  return db.user.findUnique({ where: { id } });
+}
+
+export async function userByUsername(db: DbOrTx, username: string): Promise<UserRow | null> {
+  return db.user.findUnique({ where: { username } });
+}
+
+/** A user holding this username or this email, if any. */
+export async function userByUsernameOrEmail(db: DbOrTx, username: string, email: string): Promise<UserRow | null> {
+  return db.user.findFirst({ where: { OR: [{ username }, { email }] } });
+}
+
+export async function createUser(db: DbOrTx, u: { username: string; email: string; passwordHash: string }): Promise<UserRow> {
+  return db.user.create({ data: u });
+}
+
+export async function setPasswordHash(db: DbOrTx, userId: string, passwordHash: string): Promise<void> {
+  await db.user.update({ where: { id: userId }, data: { passwordHash } });
+}
+
+/** What authentication checks of a token's user: the row, and whether that token id was revoked. */
+export async function tokenHolder(
+  db: DbOrTx,
+  userId: string,
+  jti: string,
+): Promise<{ id: string; username: string; email: string; isAdmin: boolean; tokenVersion: number; revoked: boolean } | null> {
+  const u = await db.user.findUnique({
+    where: { id: userId },
+    select: { id: true, username: true, email: true, isAdmin: true, tokenVersion: true, revoked: { where: { jti }, select: { jti: true } } },
+  });
+  if (!u) return null;
+  const { revoked, ...rest } = u;
+  return { ...rest, revoked: revoked.length > 0 };
+}
+
+/** Revoke one token (logout) and forget revocations of tokens that have expired anyway. */
+export async function revokeToken(db: DbOrTx, t: { jti: string; userId: string; expiresAt: Date }, now: Date): Promise<void> {
+  await db.revokedToken.upsert({ where: { jti: t.jti }, create: t, update: {} });
+  await db.revokedToken.deleteMany({ where: { expiresAt: { lt: now } } });
 }

@@ -1,0 +1,154 @@
+// Hosts (admin): created by agent enrollment; shown with the link's live view, put in or out of
+// maintenance, forgotten once empty; their usage over time.
+import { ConflictError, NotFoundError } from '@kloudak/common';
+import type { HostLinkStatus } from '../agent-api/link.js';
+import { transaction } from '../store/db.js';
+import { deleteHost as removeHost, hostById, listHosts as hostRows, setAdminState, usageOf, type HostRow } from '../store/hosts.js';
+import { invalidField } from './errors.js';
+import { eventSubject, record } from './events.js';
+import { DEFAULT_LIMIT, page, type ListInput, type Page } from './paging.js';
+import { admin, type Caller } from './principal.js';
+import type { Services } from './services.js';
+
+/** A host as the API shows it: its row, and what the agent link knows now. */
+export interface HostView {
+  id: string;
+  name: string;
+  area: string;
+  state: string;
+  adminState: string;
+  capacity: { cpus: number; ramMb: number; diskGb: number; memoryBytes: number; diskBytes: number };
+  agentVersion: string;
+  lastHeartbeatAt: string | null;
+  vms: number;
+  createdAt: string;
+  connected: boolean;
+  usage: {
+    at: string;
+    cpuPercent: number;
+    memoryUsedBytes: number;
+    memoryTotalBytes: number;
+    diskUsedBytes: number;
+    diskTotalBytes: number;
+    libvirtConnected: boolean;
+  } | null;
+  agentStartedAt: string | null;
+  certificateExpiresAt: string | null;
+}
+
+/** A host's usage series: one point per minute. */
+export interface HostUsageView {
+  hostId: string;
+  from: string;
+  to: string;
+  resolution: number;
+  points: { at: string; cpuPct: number; memUsedMb: number; memTotalMb: number; diskUsedGb: number; diskTotalGb: number; samples: number }[];
+}
+
+/** Longest span one usage query may cover. */
+const MAX_USAGE_SPAN_MS = 31 * 86_400_000;
+/** Most points one usage query returns (31 days of minutes is 44,640). */
+const MAX_USAGE_POINTS = 50_000;
+
+function view(h: HostRow, link: HostLinkStatus): HostView {
+  // The link's in-memory view is fresher than the row (lastHeartbeatAt is written every 30 s at most).
+  const last = link.lastHeartbeatAt && (!h.lastHeartbeatAt || link.lastHeartbeatAt > h.lastHeartbeatAt) ? link.lastHeartbeatAt : h.lastHeartbeatAt;
+  const u = link.usage;
+  return {
+    id: h.id,
+    name: h.name,
+    area: h.area.name,
+    state: h.state,
+    adminState: h.adminState,
+    capacity: { cpus: h.cpuCount, ramMb: h.ramMb, diskGb: h.diskGb, memoryBytes: Number(h.memoryBytes), diskBytes: Number(h.diskBytes) },
+    agentVersion: h.agentVersion,
+    lastHeartbeatAt: last ? last.toISOString() : null,
+    vms: h._count.vms,
+    createdAt: h.createdAt.toISOString(),
+    connected: link.connected,
+    usage: u
+      ? {
+          at: u.at.toISOString(),
+          cpuPercent: u.cpuPercent,
+          memoryUsedBytes: u.memoryUsedBytes,
+          memoryTotalBytes: u.memoryTotalBytes,
+          diskUsedBytes: u.diskUsedBytes,
+          diskTotalBytes: u.diskTotalBytes,
+          libvirtConnected: u.libvirtConnected,
+        }
+      : null,
+    agentStartedAt: h.agentStartedAt?.toISOString() ?? null,
+    certificateExpiresAt: h.certExpiresAt?.toISOString() ?? null,
+  };
+}
+
+export async function listHosts(s: Services, c: Caller, q: ListInput): Promise<Page<HostView>> {
+  admin(c);
+  const limit = q.limit ?? DEFAULT_LIMIT;
+  const rows = await hostRows(s.db.client, { ...(q.after ? { after: q.after } : {}), take: limit + 1 });
+  return page(rows, limit, (r) => r.name, (r) => view(r, s.agents.status(r.id)));
+}
+
+export async function getHost(s: Services, c: Caller, id: string): Promise<HostView> {
+  admin(c);
+  const h = await hostById(s.db.client, id);
+  if (!h) throw new NotFoundError('host', id);
+  return view(h, s.agents.status(h.id));
+}
+
+/** Put a host in or out of maintenance (no new VMs are placed on a host in maintenance). */
+export async function updateHost(s: Services, c: Caller, id: string, input: { maintenance: boolean }): Promise<HostView> {
+  const p = admin(c);
+  const h = await setAdminState(s.db.client, id, input.maintenance ? 'maintenance' : 'active');
+  if (!h) throw new NotFoundError('host', id);
+  record(s, eventSubject.infra('host', 'updated'), { hostId: h.id, name: h.name, adminState: h.adminState, by: p.username });
+  return view(h, s.agents.status(h.id));
+}
+
+/** Forget a host that holds no VMs: its agent's session ends, and it can never connect again. */
+export async function deleteHost(s: Services, c: Caller, id: string): Promise<void> {
+  const p = admin(c);
+  const h = await transaction(s.db.client, async (tx) => {
+    const h = await hostById(tx, id);
+    if (!h) throw new NotFoundError('host', id);
+    if (h._count.vms > 0) throw new ConflictError(`host holds ${h._count.vms} VMs; move or delete them first`);
+    await removeHost(tx, h.id);
+    return h;
+  });
+  s.agents.hostDeleted(h.id);
+  record(s, eventSubject.infra('host', 'deleted'), { hostId: h.id, name: h.name, by: p.username });
+}
+
+function instant(v: string | undefined, field: string, fallback: number): number {
+  if (v === undefined) return fallback;
+  const t = Date.parse(v);
+  if (!/^\d{4}-\d{2}-\d{2}T/.test(v) || Number.isNaN(t)) throw invalidField(`/${field}`, 'must be an ISO 8601 date-time', 'query');
+  return t;
+}
+
+/** Usage of a host over time, one point per minute: `to` defaults to now, `from` to an hour before it; at most 31 days. */
+export async function hostUsage(s: Services, c: Caller, id: string, q: { from?: string; to?: string }): Promise<HostUsageView> {
+  admin(c);
+  const to = instant(q.to, 'to', s.clock.now());
+  const from = instant(q.from, 'from', to - 3600_000);
+  if (from > to) throw invalidField('/from', 'must not be after `to`', 'query');
+  if (to - from > MAX_USAGE_SPAN_MS) throw invalidField('/from', 'the span may be at most 31 days', 'query');
+  const host = await hostById(s.db.client, id);
+  if (!host) throw new NotFoundError('host', id);
+  const rows = await usageOf(s.db.client, host.id, new Date(from), new Date(to), MAX_USAGE_POINTS);
+  return {
+    hostId: host.id,
+    from: new Date(from).toISOString(),
+    to: new Date(to).toISOString(),
+    resolution: 60,
+    points: rows.map((r) => ({
+      at: r.at.toISOString(),
+      cpuPct: r.cpuPct,
+      memUsedMb: r.memUsedMb,
+      memTotalMb: r.memTotalMb,
+      diskUsedGb: r.diskUsedGb,
+      diskTotalGb: r.diskTotalGb,
+      samples: r.samples,
+    })),
+  };
+}

@@ -1,0 +1,62 @@
+import type { Logger } from '@kloudak/common';
+import type { Database } from '@kloudak/prisma';
+import type { HostLinkStatus } from '../agent-api/link.js';
+import { RateLimiter } from '../auth/rate-limit.js';
+import type { TokenService } from '../auth/tokens.js';
+import type { Clock } from '../clock.js';
+import type { OrchestratorConfig } from '../config.js';
+import type { EventBus } from '../events/bus.js';
+import type { ComputeDeps } from './compute-deps.js';
+
+/** What the use cases need of the agent link. */
+export interface AgentLinkPort {
+  /** SHA-256 of the agent CA certificate (DER), hex: goes into join tokens. */
+  readonly caFingerprint: string;
+  /** The link's live view of a host (session, liveness, last heartbeat and usage). */
+  status(hostId: string): HostLinkStatus;
+  /** A host was deleted: its session is ended and it is forgotten. */
+  hostDeleted(hostId: string): void;
+}
+
+/** The dependencies of the application layer, built once by the composition root (or a test). */
+export interface AppDeps {
+  db: Database;
+  tokens: TokenService;
+  clock: Clock;
+  config: OrchestratorConfig;
+  log: Logger;
+  agents: AgentLinkPort;
+  /** Where use cases record their events (after commit). */
+  events: EventBus;
+  /** What the VM, network, task and quota use cases need (the task engine, placement, claims). */
+  compute: ComputeDeps;
+}
+
+/** The attempt counters of the public use cases, in memory per orchestrator instance. */
+export interface Limits {
+  loginByUser: RateLimiter;
+  loginByAddress: RateLimiter;
+  /** Sign-ups and password changes per client address: each hashes a password (scrypt, 32 MiB). */
+  signupByAddress: RateLimiter;
+  passwordChangeByAddress: RateLimiter;
+}
+
+/** Everything a use case receives besides its caller and input. Shared by every interface. */
+export interface Services extends AppDeps {
+  limits: Limits;
+}
+
+/** Build the services once per process: the rate limiters live here, not in an adapter. */
+export function createServices(deps: AppDeps): Services {
+  const windowMs = deps.config.loginWindowSeconds * 1000;
+  const limiter = (max: number) => new RateLimiter(deps.clock, max, windowMs);
+  return {
+    ...deps,
+    limits: {
+      loginByUser: limiter(deps.config.loginMaxPerUser),
+      loginByAddress: limiter(deps.config.loginMaxPerAddress),
+      signupByAddress: limiter(deps.config.signupMaxPerAddress),
+      passwordChangeByAddress: limiter(deps.config.passwordChangeMaxPerAddress),
+    },
+  };
+}

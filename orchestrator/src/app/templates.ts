@@ -1,0 +1,72 @@
+// VM templates: users read them, admins manage them.
+import { NotFoundError } from '@kloudak/common';
+import {
+  createTemplate as insertTemplate,
+  deleteTemplate as removeTemplate,
+  listTemplates as templateRows,
+  templateByName,
+  updateTemplate as writeTemplate,
+  type TemplateFields,
+  type TemplateRow,
+} from '../store/templates.js';
+import { eventSubject, record } from './events.js';
+import { DEFAULT_LIMIT, page, type ListInput, type Page } from './paging.js';
+import { admin, signedIn, type Caller } from './principal.js';
+import type { Services } from './services.js';
+
+/** A template as the API shows it. */
+export interface TemplateView {
+  id: string;
+  name: string;
+  os: string;
+  description: string;
+  cpu: number;
+  ramMb: number;
+  diskGb: number;
+  image: string;
+  createdAt: string;
+}
+
+function view(t: TemplateRow): TemplateView {
+  return { id: t.id, name: t.name, os: t.os, description: t.description, cpu: t.cpu, ramMb: t.ramMb, diskGb: t.diskGb, image: t.image, createdAt: t.createdAt.toISOString() };
+}
+
+async function templateNamed(s: Services, name: string): Promise<TemplateRow> {
+  const t = await templateByName(s.db.client, name);
+  if (!t) throw new NotFoundError('template', name);
+  return t;
+}
+
+export async function listTemplates(s: Services, c: Caller, q: ListInput): Promise<Page<TemplateView>> {
+  signedIn(c);
+  const limit = q.limit ?? DEFAULT_LIMIT;
+  return page(await templateRows(s.db.client, { ...(q.after ? { after: q.after } : {}), take: limit + 1 }), limit, (r) => r.name, view);
+}
+
+export async function getTemplate(s: Services, c: Caller, name: string): Promise<TemplateView> {
+  signedIn(c);
+  return view(await templateNamed(s, name));
+}
+
+export async function createTemplate(s: Services, c: Caller, input: Omit<TemplateFields, 'description'> & { description?: string }): Promise<TemplateView> {
+  const p = admin(c);
+  const t = await insertTemplate(s.db.client, { ...input, description: input.description ?? '' });
+  record(s, eventSubject.infra('template', 'created'), { templateId: t.id, name: t.name, by: p.username });
+  return view(t);
+}
+
+/** Change a template (existing VMs keep their size). */
+export async function updateTemplate(s: Services, c: Caller, name: string, input: Partial<TemplateFields>): Promise<TemplateView> {
+  const p = admin(c);
+  const t = await writeTemplate(s.db.client, (await templateNamed(s, name)).id, input);
+  record(s, eventSubject.infra('template', 'updated'), { templateId: t.id, name: t.name, by: p.username });
+  return view(t);
+}
+
+/** Delete a template no VM uses (409 otherwise). */
+export async function deleteTemplate(s: Services, c: Caller, name: string): Promise<void> {
+  const p = admin(c);
+  const t = await templateNamed(s, name);
+  await removeTemplate(s.db.client, t.id);
+  record(s, eventSubject.infra('template', 'deleted'), { templateId: t.id, name: t.name, by: p.username });
+}

@@ -1,0 +1,119 @@
+import { Type } from '@sinclair/typebox';
+import * as hosts from '../../app/hosts.js';
+import type { Services } from '../../app/services.js';
+import { route, type RouteSpec } from '../route.js';
+import { ListQuery, Name, Page, Timestamp, Uuid } from '../schemas.js';
+
+const HostUsageSchema = Type.Object({
+  at: Timestamp,
+  cpuPercent: Type.Number(),
+  memoryUsedBytes: Type.Integer(),
+  memoryTotalBytes: Type.Integer(),
+  diskUsedBytes: Type.Integer(),
+  diskTotalBytes: Type.Integer(),
+  libvirtConnected: Type.Boolean({ description: "whether the agent could read libvirt for this heartbeat (false while libvirtd restarts or does not answer)" }),
+});
+const HostSchema = Type.Object({
+  id: Uuid,
+  name: Type.String(),
+  area: Name,
+  state: Type.String({ description: 'liveness: unknown, up, suspect, down, fenced' }),
+  adminState: Type.String({ description: 'active, maintenance or drained' }),
+  capacity: Type.Object({ cpus: Type.Integer(), ramMb: Type.Integer(), diskGb: Type.Integer(), memoryBytes: Type.Integer(), diskBytes: Type.Integer() }),
+  agentVersion: Type.String(),
+  lastHeartbeatAt: Type.Union([Timestamp, Type.Null()]),
+  vms: Type.Integer(),
+  createdAt: Timestamp,
+  /** Live view, from the orchestrator holding the host's session. */
+  connected: Type.Boolean({ description: 'the agent has a session open on this orchestrator' }),
+  usage: Type.Union([HostUsageSchema, Type.Null()], { description: 'the last heartbeat\'s usage; null before the first' }),
+  agentStartedAt: Type.Union([Timestamp, Type.Null()]),
+  certificateExpiresAt: Type.Union([Timestamp, Type.Null()]),
+});
+const UsagePoint = Type.Object({
+  at: Timestamp,
+  cpuPct: Type.Number(),
+  memUsedMb: Type.Integer(),
+  memTotalMb: Type.Integer(),
+  diskUsedGb: Type.Number(),
+  diskTotalGb: Type.Number(),
+  samples: Type.Integer({ description: 'heartbeats averaged into this point' }),
+});
+const IdParams = Type.Object({ id: Uuid }, { additionalProperties: false });
+
+/** Hosts (admin; created by agent enrollment) and their usage series. Registered after /hosts/join-tokens. */
+export function hostRoutes(s: Services): RouteSpec[] {
+  return [
+    route({
+      method: 'get',
+      path: '/hosts',
+      operationId: 'listHosts',
+      summary: 'List hosts with area, state, capacity and last heartbeat',
+      tag: 'hosts',
+      access: 'admin',
+      query: ListQuery,
+      response: { status: 200, description: 'a page of hosts', schema: Page(HostSchema) },
+      handler: ({ caller, query }) => hosts.listHosts(s, caller, query),
+    }),
+    route({
+      method: 'get',
+      path: '/hosts/{id}',
+      operationId: 'getHost',
+      summary: 'One host: state, capacity, current usage and last heartbeat',
+      tag: 'hosts',
+      access: 'admin',
+      params: IdParams,
+      response: { status: 200, description: 'the host', schema: HostSchema },
+      errors: [404],
+      handler: ({ caller, params }) => hosts.getHost(s, caller, params.id),
+    }),
+    route({
+      method: 'patch',
+      path: '/hosts/{id}',
+      operationId: 'updateHost',
+      summary: 'Put a host in or out of maintenance (no new VMs are placed on it)',
+      tag: 'hosts',
+      access: 'admin',
+      params: IdParams,
+      body: Type.Object({ maintenance: Type.Boolean() }, { additionalProperties: false }),
+      response: { status: 200, description: 'the host', schema: HostSchema },
+      errors: [404],
+      handler: ({ caller, params, body }) => hosts.updateHost(s, caller, params.id, body),
+    }),
+    route({
+      method: 'delete',
+      path: '/hosts/{id}',
+      operationId: 'deleteHost',
+      summary: 'Forget a host that holds no VMs',
+      tag: 'hosts',
+      access: 'admin',
+      params: IdParams,
+      response: { status: 204, description: 'deleted' },
+      errors: [404, 409],
+      handler: ({ caller, params }) => hosts.deleteHost(s, caller, params.id),
+    }),
+    route({
+      method: 'get',
+      path: '/hosts/{id}/usage',
+      operationId: 'getHostUsage',
+      summary: 'Usage of a host over time: one point per minute (averaged heartbeats)',
+      tag: 'hosts',
+      access: 'admin',
+      params: IdParams,
+      query: Type.Object(
+        {
+          from: Type.Optional(Type.String({ maxLength: 40, description: 'ISO 8601 date-time; default: one hour before `to`' })),
+          to: Type.Optional(Type.String({ maxLength: 40, description: 'ISO 8601 date-time; default: now' })),
+        },
+        { additionalProperties: false },
+      ),
+      response: {
+        status: 200,
+        description: 'the series',
+        schema: Type.Object({ hostId: Uuid, from: Timestamp, to: Timestamp, resolution: Type.Integer(), points: Type.Array(UsagePoint) }),
+      },
+      errors: [404],
+      handler: ({ caller, params, query }) => hosts.hostUsage(s, caller, params.id, query),
+    }),
+  ];
+}

@@ -1,0 +1,38 @@
+// VM templates.
+import type { DbOrTx } from './db.js';
+
+/** A template row. */
+export interface TemplateRow {
+  id: string;
+  name: string;
+  os: string;
+  description: string;
+  cpu: number;
+  ramMb: number;
+  diskGb: number;
+  image: string;
+  createdAt: Date;
+}
+
+/** What an admin sets on a template. */
+export type TemplateFields = Pick<TemplateRow, 'name' | 'os' | 'description' | 'cpu' | 'ramMb' | 'diskGb' | 'image'>;
+
+export async function listTemplates(db: DbOrTx, q: { after?: string; take: number }): Promise<TemplateRow[]> {
+  return db.template.findMany({ where: q.after ? { name: { gt: q.after } } : {}, orderBy: { name: 'asc' }, take: q.take });
+}
+
+export async function templateByName(db: DbOrTx, name: string): Promise<TemplateRow | null> {
+  return db.template.findUnique({ where: { name } });
+}
+
+export async function createTemplate(db: DbOrTx, t: TemplateFields): Promise<TemplateRow> {
+  return db.template.create({ data: t });
+}
+
+export async function updateTemplate(db: DbOrTx, id: string, t: Partial<TemplateFields>): Promise<TemplateRow> {
+  return db.template.update({ where: { id }, data: t });
+}
+
+export async function deleteTemplate(db: DbOrTx, id: string): Promise<void> {
+  await db.template.delete({ where: { id } });
+}
