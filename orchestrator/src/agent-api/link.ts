@@ -1,33 +1,18 @@
 // The orchestrator's side of the agent link (proto/AGENT-LINK.md): the AgentLink gRPC service
-// over TLS (Enroll and Connect), sessions, leases, liveness, usage and the command channel.
-import { randomUUID } from 'node:crypto';
+// over TLS, Connect (Hello, leases, one session per host), liveness, usage and the command channel.
+// Beside it: tls.ts (credentials), enrollment.ts (Enroll), session.ts (one stream),
+// heartbeat-writer.ts (batched lastHeartbeatAt writes).
 import * as grpc from '@grpc/grpc-js';
-import type { SecureContextOptions } from 'node:tls';
-import { ConflictError, KloudakError, UnauthenticatedError, ValidationError, type Logger } from '@kloudak/common';
+import { KloudakError, UnauthenticatedError, ValidationError, type Logger } from '@kloudak/common';
 import type { Database } from '@kloudak/prisma';
-import {
-  AgentLinkService,
-  type AgentMessage,
-  type EnrollRequest,
-  type EnrollResponse,
-  type OrchestratorMessage,
-} from '@kloudak/proto/agent';
+import { AgentLinkService, type AgentMessage, type EnrollRequest, type EnrollResponse } from '@kloudak/proto/agent';
 import type { Clock } from '../clock.js';
-import type { AgentHello, HostInventory } from '../domain/agent.js';
+import type { HostInventory } from '../domain/agent.js';
 import type { EventBus } from '../events/bus.js';
 import { SUBJECTS } from '../events/bus.js';
-import {
-  createEnrolledHost,
-  hostIdentity,
-  hostsHoldingLeases,
-  reconcileHello,
-  storeFenceReport,
-  writeHostState,
-  writeLastHeartbeats,
-} from '../store/agent-hosts.js';
-import { consumeJoinToken, parseJoinToken } from '../store/join-tokens.js';
-import type { CertificateAuthority, ServerKeyPair } from './ca.js';
-import { CommandChannel, type CommandWriter } from './channel.js';
+import { hostIdentity, hostsHoldingLeases, reconcileHello, storeFenceReport, writeHostState } from '../store/agent-hosts.js';
+import type { CertificateAuthority } from './ca.js';
+import { CommandChannel } from './channel.js';
 import {
   commandResultFromProto,
   domainEventFromProto,
@@ -36,15 +21,17 @@ import {
   helloFromProto,
   leaseGrantToProto,
 } from './convert.js';
+import { enroll, enrollmentError } from './enrollment.js';
 import { toGrpcError } from './grpc-status.js';
+import { HeartbeatWriter, LAST_HEARTBEAT_WRITE_MS } from './heartbeat-writer.js';
 import { Liveness, type LiveState, type Transition } from './liveness.js';
+import { Session, type Call } from './session.js';
+import { OptionalClientCertCredentials } from './tls.js';
 import { UsageRecorder, type CurrentUsage } from './usage.js';
 
 /** How long an agent has to send Hello after opening Connect. */
 export const HELLO_TIMEOUT_MS = 10_000;
-/** Host.lastHeartbeatAt is written at most this often (and on every state change). */
-export const LAST_HEARTBEAT_WRITE_MS = 30_000;
-const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+export { LAST_HEARTBEAT_WRITE_MS };
 
 /** Settings of the agent link. */
 export interface AgentLinkOptions {
@@ -79,64 +66,6 @@ export interface HostLinkStatus {
   usage: CurrentUsage | null;
 }
 
-/**
- * TLS server credentials that REQUEST a client certificate without requiring one: Enroll comes
- * before the agent has a certificate. grpc-js's createSsl(…, true) would require it for every
- * call, so this subclass passes requestCert without rejectUnauthorized to node's TLS server.
- * A certificate that does not verify against our CA leaves the connection up but unauthorized;
- * grpc-js then reports no peer certificate, and Connect refuses it (and checks it again itself).
- */
-class OptionalClientCertCredentials extends grpc.ServerCredentials {
-  constructor(caPem: string, pair: ServerKeyPair) {
-    super({ requestCert: true, rejectUnauthorized: false }, OptionalClientCertCredentials.context(caPem, pair));
-  }
-
-  static context(caPem: string, pair: ServerKeyPair): SecureContextOptions {
-    return { ca: Buffer.from(caPem), cert: Buffer.from(pair.chainPem), key: Buffer.from(pair.keyPem), minVersion: 'TLSv1.2' };
-  }
-
-  /** Swap the server certificate on the running server (renewal). */
-  replace(caPem: string, pair: ServerKeyPair): void {
-    this.updateSecureContextOptions(OptionalClientCertCredentials.context(caPem, pair));
-  }
-
-  override _equals(other: grpc.ServerCredentials): boolean {
-    return other === this;
-  }
-}
-
-type Call = grpc.ServerDuplexStream<AgentMessage, OrchestratorMessage>;
-
-/** One Connect stream. */
-class Session {
-  readonly id = randomUUID();
-  ended = false;
-  hello: AgentHello | null = null;
-  readonly writer: CommandWriter;
-
-  constructor(
-    readonly hostId: string,
-    private readonly call: Call,
-  ) {
-    this.writer = (command) => this.send({ body: { $case: 'command', command } });
-  }
-
-  send(msg: OrchestratorMessage): boolean {
-    if (this.ended || this.call.destroyed || this.call.writableEnded) return false;
-    this.call.write(msg);
-    return true;
-  }
-
-  /** End the stream with a status (the agent sees it as the call's error). */
-  end(code: grpc.status, details: string): void {
-    if (this.ended) return;
-    this.ended = true;
-    if (this.call.destroyed || this.call.writableEnded) return;
-    if (code === grpc.status.OK) this.call.end();
-    else this.call.emit('error', { code, details, metadata: new grpc.Metadata() });
-  }
-}
-
 /** The running agent link: the gRPC server, its sessions, liveness, usage and the command channel. */
 export class AgentLink {
   /** Send commands to hosts. */
@@ -145,10 +74,7 @@ export class AgentLink {
   readonly usage: UsageRecorder;
   private readonly sessions = new Map<string, Session>();
   private readonly inventories = new Map<string, HostInventory>();
-  private readonly heartbeatWrittenAt = new Map<string, number>();
-  /** lastHeartbeatAt values to write, batched: one statement a second for all hosts, not one per host. */
-  private readonly beatsToWrite = new Map<string, Date>();
-  private beatsWriting: Promise<void> = Promise.resolve();
+  private readonly heartbeats: HeartbeatWriter;
   /** Per-host chain of database writes, so state changes are written in the order they happened. */
   private readonly writes = new Map<string, Promise<void>>();
   private readonly log: Logger;
@@ -167,6 +93,7 @@ export class AgentLink {
     this.channel = new CommandChannel(deps.clock, this.log);
     this.liveness = new Liveness(deps.clock, { heartbeatIntervalMs: opts.heartbeatIntervalMs, downMarginMs: opts.downMarginMs });
     this.usage = new UsageRecorder(deps.db.client, deps.clock, this.log);
+    this.heartbeats = new HeartbeatWriter(deps.db.client, this.log);
   }
 
   /** Bind the agent port and serve. */
@@ -188,9 +115,9 @@ export class AgentLink {
     const link = new AgentLink(deps, opts, server, creds, port);
     server.addService(AgentLinkService, {
       enroll: (call: grpc.ServerUnaryCall<EnrollRequest, EnrollResponse>, cb: grpc.sendUnaryData<EnrollResponse>) => {
-        link.enroll(call.request).then(
+        enroll({ db: deps.db, ca: deps.ca, clock: deps.clock, log: link.log }, call.request).then(
           (r) => cb(null, r),
-          (err: unknown) => cb(link.enrollError(err, call.request)),
+          (err: unknown) => cb(enrollmentError(link.log, err, call.request)),
         );
       },
       connect: (call: Call) => link.connect(call),
@@ -200,7 +127,7 @@ export class AgentLink {
     const tick = opts.tickMs ?? Math.min(1000, Math.max(50, Math.floor(opts.heartbeatIntervalMs / 4)));
     link.timers.push(setInterval(() => link.tick(), tick));
     link.timers.push(setInterval(() => void link.usage.flushDue(), 10_000));
-    link.timers.push(setInterval(() => void link.flushHeartbeatWrites(), 1000));
+    link.timers.push(setInterval(() => void link.heartbeats.flush(), 1000));
     link.timers.push(setInterval(() => void link.renewServerCertificate(), 12 * 3600_000));
     for (const t of link.timers) t.unref();
     link.log.info({ port, host: opts.host, ca_fingerprint: deps.ca.fingerprint }, 'agent link listening');
@@ -216,22 +143,8 @@ export class AgentLink {
 
   /** Wait until every queued database write of the link is done (tests, shutdown). */
   async settled(): Promise<void> {
-    await this.flushHeartbeatWrites();
+    await this.heartbeats.flush();
     while (this.writes.size > 0) await Promise.all([...this.writes.values()]);
-  }
-
-  /**
-   * Write the queued lastHeartbeatAt values in one statement. Hosts that connected together
-   * would otherwise write together every 30 s, a burst of single-row updates that delays grants.
-   */
-  private flushHeartbeatWrites(): Promise<void> {
-    if (this.beatsToWrite.size === 0) return this.beatsWriting;
-    const batch = [...this.beatsToWrite].map(([hostId, at]) => ({ hostId, at }));
-    this.beatsToWrite.clear();
-    this.beatsWriting = this.beatsWriting
-      .then(() => writeLastHeartbeats(this.deps.db.client, batch))
-      .catch((err: unknown) => this.log.error({ err, hosts: batch.length }, 'lastHeartbeatAt not written'));
-    return this.beatsWriting;
   }
 
   /** The link's view of a host for the REST API. */
@@ -288,46 +201,6 @@ export class AgentLink {
       await this.settled();
       this.log.info({}, 'agent link stopped');
     })());
-  }
-
-  // ---------- Enroll ----------
-
-  private async enroll(req: EnrollRequest): Promise<EnrollResponse> {
-    const token = parseJoinToken(req.joinToken.trim());
-    if (!token) throw new UnauthenticatedError('invalid join token');
-    if (token.caFingerprint !== this.deps.ca.fingerprint) throw new UnauthenticatedError('the join token was made for another orchestrator');
-    if (!HOST_NAME.test(req.hostName)) throw new ValidationError('host_name must be a DNS host name (letters, digits, "-" and ".")');
-    if (!req.publicKeyPem.includes('-----BEGIN PUBLIC KEY-----') || req.publicKeyPem.length > 4096) {
-      throw new ValidationError('public_key_pem must be a PEM SubjectPublicKeyInfo');
-    }
-    const agentVersion = req.agentVersion.slice(0, 64);
-    const hostId = randomUUID();
-    const now = new Date(this.deps.clock.now());
-    const issued = await this.deps.db.client.$transaction(async (tx) => {
-      const t = await consumeJoinToken(tx, token, now);
-      if (!t) throw new UnauthenticatedError('invalid, expired, used or revoked join token');
-      const dup = await tx.host.findUnique({ where: { name: req.hostName }, select: { id: true } });
-      if (dup) throw new ConflictError(`a host named '${req.hostName}' exists`);
-      const cert = await this.deps.ca.signClient(hostId, req.publicKeyPem);
-      await createEnrolledHost(tx, { id: hostId, name: req.hostName, areaId: t.areaId, agentVersion, certSerial: cert.serial, certExpiresAt: cert.notAfter });
-      await tx.joinToken.update({ where: { id: token.id }, data: { usedByHostId: hostId } });
-      return cert;
-    });
-    this.log.info({ host_id: hostId, host_name: req.hostName, join_token_id: token.id, agent_version: agentVersion, cert_serial: issued.serial }, 'host enrolled');
-    return { hostId, clientCertificatePem: issued.certPem, caCertificatePem: this.deps.ca.caCertPem, certificateExpiresAt: issued.notAfter };
-  }
-
-  private enrollError(err: unknown, req: EnrollRequest): grpc.ServiceError {
-    let e = err;
-    // Two enrollments of one name racing past the check: the unique index decides.
-    if ((err as { code?: string }).code === 'P2002') e = new ConflictError(`a host named '${req.hostName}' exists`);
-    const tokenId = parseJoinToken(req.joinToken.trim())?.id;
-    if (e instanceof KloudakError && e.code !== 'internal') {
-      this.log.warn({ host_name: req.hostName.slice(0, 253), join_token_id: tokenId, code: e.code, reason: e.message }, 'enrollment refused');
-    } else {
-      this.log.error({ err, host_name: req.hostName.slice(0, 253), join_token_id: tokenId }, 'enrollment failed');
-    }
-    return toGrpcError(e) as grpc.ServiceError;
   }
 
   // ---------- Connect ----------
@@ -446,11 +319,7 @@ export class AgentLink {
         if (s.send({ body: { $case: 'leaseGrant', leaseGrant: leaseGrantToProto(hb.sequence, this.opts.leaseMs, new Date(now)) } })) {
           this.liveness.granted(s.hostId, this.opts.leaseMs);
         }
-        const written = this.heartbeatWrittenAt.get(s.hostId) ?? 0;
-        if (now - written >= LAST_HEARTBEAT_WRITE_MS) {
-          this.heartbeatWrittenAt.set(s.hostId, now);
-          this.beatsToWrite.set(s.hostId, new Date(now));
-        }
+        this.heartbeats.beat(s.hostId, now);
         return;
       }
       case 'commandResult':
@@ -494,7 +363,7 @@ export class AgentLink {
   private applyTransition(t: Transition): void {
     const at = new Date(t.at);
     const last = this.liveness.lastHeartbeatAt(t.hostId);
-    this.heartbeatWrittenAt.set(t.hostId, this.deps.clock.now());
+    this.heartbeats.writtenWithState(t.hostId, this.deps.clock.now());
     this.queueWrite(t.hostId, async () => {
       const name = await writeHostState(this.deps.db.client, t.hostId, t.to, last === undefined ? undefined : new Date(last));
       if (name === null) {

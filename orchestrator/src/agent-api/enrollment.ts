@@ -1,0 +1,63 @@
+// Enrollment (AGENT-LINK.md, "Join tokens and enrollment"): a new host presents a join token,
+// its name and a public key, and gets a client certificate for its new host id. The token is
+// consumed in the same transaction that creates the host, so one token enrolls one host.
+import { randomUUID } from 'node:crypto';
+import type * as grpc from '@grpc/grpc-js';
+import { ConflictError, KloudakError, UnauthenticatedError, ValidationError, type Logger } from '@kloudak/common';
+import type { Database } from '@kloudak/prisma';
+import type { EnrollRequest, EnrollResponse } from '@kloudak/proto/agent';
+import type { Clock } from '../clock.js';
+import { createEnrolledHost } from '../store/agent-hosts.js';
+import { consumeJoinToken, parseJoinToken } from '../store/join-tokens.js';
+import type { CertificateAuthority } from './ca.js';
+import { toGrpcError } from './grpc-status.js';
+
+const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+
+/** What enrollment needs. */
+export interface EnrollmentDeps {
+  db: Database;
+  ca: CertificateAuthority;
+  clock: Clock;
+  log: Logger;
+}
+
+/** Enroll a host: check the token (pinned to this CA), name and key; create the host and sign its certificate. */
+export async function enroll(deps: EnrollmentDeps, req: EnrollRequest): Promise<EnrollResponse> {
+  const token = parseJoinToken(req.joinToken.trim());
+  if (!token) throw new UnauthenticatedError('invalid join token');
+  if (token.caFingerprint !== deps.ca.fingerprint) throw new UnauthenticatedError('the join token was made for another orchestrator');
+  if (!HOST_NAME.test(req.hostName)) throw new ValidationError('host_name must be a DNS host name (letters, digits, "-" and ".")');
+  if (!req.publicKeyPem.includes('-----BEGIN PUBLIC KEY-----') || req.publicKeyPem.length > 4096) {
+    throw new ValidationError('public_key_pem must be a PEM SubjectPublicKeyInfo');
+  }
+  const agentVersion = req.agentVersion.slice(0, 64);
+  const hostId = randomUUID();
+  const now = new Date(deps.clock.now());
+  const issued = await deps.db.client.$transaction(async (tx) => {
+    const t = await consumeJoinToken(tx, token, now);
+    if (!t) throw new UnauthenticatedError('invalid, expired, used or revoked join token');
+    const dup = await tx.host.findUnique({ where: { name: req.hostName }, select: { id: true } });
+    if (dup) throw new ConflictError(`a host named '${req.hostName}' exists`);
+    const cert = await deps.ca.signClient(hostId, req.publicKeyPem);
+    await createEnrolledHost(tx, { id: hostId, name: req.hostName, areaId: t.areaId, agentVersion, certSerial: cert.serial, certExpiresAt: cert.notAfter });
+    await tx.joinToken.update({ where: { id: token.id }, data: { usedByHostId: hostId } });
+    return cert;
+  });
+  deps.log.info({ host_id: hostId, host_name: req.hostName, join_token_id: token.id, agent_version: agentVersion, cert_serial: issued.serial }, 'host enrolled');
+  return { hostId, clientCertificatePem: issued.certPem, caCertificatePem: deps.ca.caCertPem, certificateExpiresAt: issued.notAfter };
+}
+
+/** The gRPC error an enrollment failure answers (logged here: refusals as warnings, faults as errors; never the token). */
+export function enrollmentError(log: Logger, err: unknown, req: EnrollRequest): grpc.ServiceError {
+  let e = err;
+  // Two enrollments of one name racing past the check: the unique index decides.
+  if ((err as { code?: string }).code === 'P2002') e = new ConflictError(`a host named '${req.hostName}' exists`);
+  const tokenId = parseJoinToken(req.joinToken.trim())?.id;
+  if (e instanceof KloudakError && e.code !== 'internal') {
+    log.warn({ host_name: req.hostName.slice(0, 253), join_token_id: tokenId, code: e.code, reason: e.message }, 'enrollment refused');
+  } else {
+    log.error({ err, host_name: req.hostName.slice(0, 253), join_token_id: tokenId }, 'enrollment failed');
+  }
+  return toGrpcError(e) as grpc.ServiceError;
+}
