@@ -1,9 +1,11 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import {
+  checkArea,
   cidrsOverlap,
   formatIpv4,
   gatewayProblem,
+  overlappingArea,
   parseCidr,
   parseIpv4,
   parseVlanRange,
@@ -58,4 +60,27 @@ test('parseVlanRange keeps ranges within 2-4094 and ordered', () => {
   for (const bad of ['1-10', '100-4095', '200-100', '100', '100-', 'a-b', '-5-10']) {
     assert.ok('error' in parseVlanRange(bad), bad);
   }
+});
+
+test('checkArea names the field at fault, in order: subnet, gateway, VLAN range', () => {
+  assert.deepEqual(checkArea('10.20.0.0/16', '10.20.0.1', '100-199'), { ok: true, cidr: cidr('10.20.0.0/16'), vlanFirst: 100, vlanLast: 199 });
+  const bad = (s: string, g: string, v: string) => {
+    const c = checkArea(s, g, v);
+    return c.ok ? 'ok' : c.field;
+  };
+  assert.equal(bad('10.20.0.1/16', '10.20.0.1', '1-5000'), '/subnet');
+  assert.equal(bad('10.20.0.0/16', '10.21.0.1', '1-5000'), '/gateway');
+  assert.equal(bad('10.20.0.0/16', '10.20.0.0', '100-199'), '/gateway');
+  assert.equal(bad('10.20.0.0/16', '10.20.0.1', '1-5000'), '/vlanRange');
+});
+
+test('overlappingArea finds the first area sharing an address, ignoring unparsable rows', () => {
+  const areas = [
+    { name: 'a', subnet: 'garbage' },
+    { name: 'b', subnet: '10.1.0.0/24' },
+    { name: 'c', subnet: '10.2.0.0/16' },
+  ];
+  assert.equal(overlappingArea(cidr('10.2.5.0/24'), areas)?.name, 'c');
+  assert.equal(overlappingArea(cidr('10.0.0.0/8'), areas)?.name, 'b');
+  assert.equal(overlappingArea(cidr('10.1.1.0/24'), areas), undefined);
 });
