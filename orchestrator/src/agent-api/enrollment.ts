@@ -7,8 +7,9 @@ import { ConflictError, KloudakError, UnauthenticatedError, ValidationError, typ
 import type { Database } from '@kloudak/prisma';
 import type { EnrollRequest, EnrollResponse } from '@kloudak/proto/agent';
 import type { Clock } from '../clock.js';
-import { createEnrolledHost } from '../store/agent-hosts.js';
-import { consumeJoinToken, parseJoinToken } from '../store/join-tokens.js';
+import { createEnrolledHost, hostNamed } from '../store/agent-hosts.js';
+import { transaction } from '../store/db.js';
+import { consumeJoinToken, parseJoinToken, recordEnrolledHost } from '../store/join-tokens.js';
 import type { CertificateAuthority } from './ca.js';
 import { toGrpcError } from './grpc-status.js';
 
@@ -34,14 +35,13 @@ export async function enroll(deps: EnrollmentDeps, req: EnrollRequest): Promise<
   const agentVersion = req.agentVersion.slice(0, 64);
   const hostId = randomUUID();
   const now = new Date(deps.clock.now());
-  const issued = await deps.db.client.$transaction(async (tx) => {
+  const issued = await transaction(deps.db.client, async (tx) => {
     const t = await consumeJoinToken(tx, token, now);
     if (!t) throw new UnauthenticatedError('invalid, expired, used or revoked join token');
-    const dup = await tx.host.findUnique({ where: { name: req.hostName }, select: { id: true } });
-    if (dup) throw new ConflictError(`a host named '${req.hostName}' exists`);
+    if (await hostNamed(tx, req.hostName)) throw new ConflictError(`a host named '${req.hostName}' exists`);
     const cert = await deps.ca.signClient(hostId, req.publicKeyPem);
     await createEnrolledHost(tx, { id: hostId, name: req.hostName, areaId: t.areaId, agentVersion, certSerial: cert.serial, certExpiresAt: cert.notAfter });
-    await tx.joinToken.update({ where: { id: token.id }, data: { usedByHostId: hostId } });
+    await recordEnrolledHost(tx, token.id, hostId);
     return cert;
   });
   deps.log.info({ host_id: hostId, host_name: req.hostName, join_token_id: token.id, agent_version: agentVersion, cert_serial: issued.serial }, 'host enrolled');

@@ -20,6 +20,11 @@ export async function createEnrolledHost(
   });
 }
 
+/** The id of the host with this name, if any. */
+export async function hostNamed(db: Prisma.TransactionClient | PrismaClient, name: string): Promise<{ id: string } | null> {
+  return db.host.findUnique({ where: { name }, select: { id: true } });
+}
+
 /** Name and certificate serial of a host, or null when it does not exist. */
 export async function hostIdentity(db: PrismaClient, hostId: string): Promise<{ name: string; certSerial: string | null } | null> {
   return db.host.findUnique({ where: { id: hostId }, select: { name: true, certSerial: true } });

@@ -129,3 +129,8 @@ export async function revokeUnusedJoinToken(db: DbOrTx, id: string, now: Date): 
   const n = await db.joinToken.updateMany({ where: { id, usedAt: null, revokedAt: null }, data: { revokedAt: now } });
   return n.count === 1;
 }
+
+/** Note which host a consumed token enrolled (inside the enrollment's transaction). */
+export async function recordEnrolledHost(db: DbOrTx, tokenId: string, hostId: string): Promise<void> {
+  await db.joinToken.update({ where: { id: tokenId }, data: { usedByHostId: hostId } });
+}
