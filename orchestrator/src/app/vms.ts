@@ -307,6 +307,8 @@ export async function vmConsole(d: ComputeDeps, caller: Caller, ws: string, name
   const access = await workspaceAccess(d.db, caller, ws);
   const vm = await findVm(d, access.workspace.id, name);
   if (!vm.hostId) throw new ConflictError(`the VM is ${vm.state} and has no host yet`, { state: vm.state });
+  // Without a session the command would wait out its deadline (and hold the VM's queue): say so now.
+  if (!d.connected(vm.hostId)) throw new ConflictError("the VM's host is not connected now; try again once it is", { state: vm.state });
   const r = await d.agents.sendCommand(vm.hostId, { vmId: vm.id, action: { kind: 'readConsole', maxBytes } }, { deadline: d.clock.now() + 10_000 });
   if (!r.ok) {
     if (r.error?.code === 'not_found') return { text: '', truncated: false };
