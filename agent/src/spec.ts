@@ -24,7 +24,11 @@ export interface NicSpec {
   mac: string;
   /** OVS bridge; default: the host's bridge (`HostSettings.bridge`). */
   bridge?: string;
-  /** Access VLAN tag, 1–4094; 0 for untagged. */
+  /**
+   * Access VLAN tag, {@link VLAN_MIN}–{@link VLAN_MAX}. There is no untagged NIC: an OVS port with
+   * neither tag nor trunks is a trunk of EVERY VLAN, so such a guest would see and inject traffic
+   * on every tenant network of the bridge.
+   */
   vlan: number;
   /** Static address; absent: DHCP. */
   ip?: NicIp;
@@ -86,6 +90,14 @@ const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
 /** crypt(3) hashes in modular format: `$id$…` (`$1$`, `$5$`, `$6$`, `$2b$`, `$y$`, `$7$`, …). */
 const CRYPT_HASH = /^\$[0-9a-z]{1,3}\$[./0-9A-Za-z$=,-]+$/;
 
+/**
+ * Smallest usable tenant VLAN. 0 would mean "untagged" (a trunk of every VLAN in Open vSwitch) and
+ * 1 is the default (native) VLAN of most physical switches; the orchestrator allocates from 2 too.
+ */
+export const VLAN_MIN = 2;
+/** Largest usable VLAN: 4095 is reserved by 802.1Q (and parks the uplink, see network/ovs.ts). */
+export const VLAN_MAX = 4094;
+
 function fail(message: string): never {
   throw new SpecError(message);
 }
@@ -133,13 +145,24 @@ export function checkIp(what: string, ip: string): 4 | 6 {
   return family as 4 | 6;
 }
 
+/**
+ * Throws a {@link SpecError} unless `vlan` is a tenant VLAN id ({@link VLAN_MIN}–{@link VLAN_MAX}).
+ * Every VLAN that reaches the host (NICs, hot-plugged NICs, network commands) goes through it.
+ */
+export function checkVlan(what: string, vlan: number): number {
+  if (typeof vlan !== 'number' || !Number.isInteger(vlan) || vlan < VLAN_MIN || vlan > VLAN_MAX) {
+    fail(`${what} must be a VLAN id in ${VLAN_MIN}..${VLAN_MAX} (0 = untagged would carry every VLAN; 1 and 4095 are reserved), got ${String(vlan)}`);
+  }
+  return vlan;
+}
+
 /** Validates a NIC (see {@link NicSpec}). */
 export function checkNic(nic: NicSpec, index = 0): void {
   const what = `nic ${index}`;
   checkId(nic.networkId);
   normalizeMac(nic.mac);
   if (nic.bridge !== undefined) checkIfName(`${what} bridge`, nic.bridge);
-  checkInt(`${what} vlan`, nic.vlan, 0, 4094);
+  checkVlan(`${what} vlan`, nic.vlan);
   if (nic.ip) {
     const { family } = parseCidr(nic.ip.address);
     if (nic.ip.gateway !== undefined && checkIp(`${what} gateway`, nic.ip.gateway) !== family) {

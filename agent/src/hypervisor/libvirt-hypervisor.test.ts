@@ -252,7 +252,7 @@ describe('qemu:///system: a VM from its spec (XML, overlay disk, seed, OVS NICs,
         templateVolume: template,
         nics: [
           { networkId: randomUUID(), mac: '52:54:00:7e:00:01', vlan: 101, ip: { address: '10.9.0.5/24', gateway: '10.9.0.1', dns: ['10.9.0.1'] } },
-          { networkId: randomUUID(), mac: '52:54:00:7e:00:02', vlan: 0 },
+          { networkId: randomUUID(), mac: '52:54:00:7e:00:02', vlan: 2 },
         ],
         sshKeys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA test@kloudak'],
         ha: true,
@@ -276,7 +276,7 @@ describe('qemu:///system: a VM from its spec (XML, overlay disk, seed, OVS NICs,
       const tag = (port: string): string => sh('ovs-vsctl', '--timeout=5', 'get', 'port', port, 'tag');
       assert.deepEqual(sh('ovs-vsctl', '--timeout=5', 'list-ports', bridge).split('\n').sort(), [tapName(spec.vmId, 0), tapName(spec.vmId, 1)].sort());
       assert.equal(tag(tapName(spec.vmId, 0)), '101');
-      assert.equal(tag(tapName(spec.vmId, 1)), '[]', 'VLAN 0: untagged');
+      assert.equal(tag(tapName(spec.vmId, 1)), '2');
       assert.ok(existsSync(consoleLogPath(spec.vmId, settings)), 'console log file');
 
       const live = await hv.xml(name);

@@ -6,7 +6,7 @@ import * as pb from '@kloudak/proto/agent';
 import { DomainEventType as LvEvent, type DomainLifecycleEvent } from '@kloudak/libvirt';
 import { checkId, vmIdOfDomain } from '../names.js';
 import type { DomainState } from '../ports.js';
-import { SpecError, type NicSpec, type VmSpec } from '../spec.js';
+import { SpecError, checkVlan, type NicSpec, type VmSpec } from '../spec.js';
 import type { AgentAction, AgentCommand, CommandErrorCode, CommandOutcome } from '../runner/commands.js';
 import type { FenceRecord } from '../fence/records.js';
 import type { PoolFigures, VmCounters } from '../telemetry/libvirt-stats.js';
@@ -55,8 +55,7 @@ export function vmSpecFromProto(vmId: string, c: pb.CreateVm): VmSpec {
 }
 
 function vlanOf(v: number): number {
-  if (!Number.isInteger(v) || v < 1 || v > 4094) throw new SpecError(`vlan must be 1..4094, got ${v}`);
-  return v;
+  return checkVlan('vlan', v);
 }
 
 function bridgeOf(b: string): string | undefined {

@@ -36,7 +36,7 @@ describe('OvsNetworkDriver with a fake runner', () => {
       await assert.rejects(ovs.listPorts(bad), /invalid OVS bridge name/);
       await assert.rejects(ovs.deletePort('br0', bad), /invalid OVS port name/);
     }
-    for (const vlan of [0, 4095, -1, 1.5, Number.NaN]) {
+    for (const vlan of [0, 1, 4095, -1, 1.5, Number.NaN]) {
       await assert.rejects(ovs.ensureVlan('br0', vlan), /invalid VLAN/);
       await assert.rejects(ovs.removeVlan('br0', vlan), /invalid VLAN/);
     }
@@ -58,6 +58,7 @@ describe('OvsNetworkDriver with a fake runner', () => {
     const fake = new FakeRunner((argv) => {
       if (argv[0] === 'ovs-appctl') return { stdout: 'other\nbr0\n' };
       if (argv.includes('list-ports')) return { stdout: 'p1\nup0\n' };
+      if (argv.includes('--columns=tag,trunks')) return { stdout: JSON.stringify({ data: [[['set', []], ['set', []]]], headings: ['tag', 'trunks'] }) };
       return {};
     });
     const ovs = new OvsNetworkDriver(fake, { datapathType: 'system', uplink: 'up0', timeoutMs: 2500 });
@@ -70,10 +71,18 @@ describe('OvsNetworkDriver with a fake runner', () => {
       [
         ['ovs-vsctl', '--timeout=3', '--', '--may-exist', 'add-br', 'br0', '--', 'set', 'bridge', 'br0', 'datapath_type=system'],
         ['ovs-appctl', '--timeout=3', 'ofproto/list'],
+        // The uplink has neither tag nor trunks (it carries every VLAN): parked at once.
         ['ovs-vsctl', '--timeout=3', 'list-ports', 'br0'],
-        ['ovs-vsctl', '--timeout=3', 'add', 'port', 'up0', 'trunks', '100'],
+        ['ovs-vsctl', '--timeout=3', '--format=json', '--columns=tag,trunks', 'list', 'port', 'up0'],
+        ['ovs-vsctl', '--timeout=3', 'add', 'port', 'up0', 'trunks', '4095'],
+        ['ovs-appctl', '--timeout=3', 'revalidator/wait'],
+        // Each transaction that removes a value adds another: the set is never empty.
         ['ovs-vsctl', '--timeout=3', 'list-ports', 'br0'],
-        ['ovs-vsctl', '--timeout=3', 'remove', 'port', 'up0', 'trunks', '100'],
+        ['ovs-vsctl', '--timeout=3', '--', 'add', 'port', 'up0', 'trunks', '100', '--', 'remove', 'port', 'up0', 'trunks', '4095'],
+        ['ovs-vsctl', '--timeout=3', 'list-ports', 'br0'],
+        ['ovs-vsctl', '--timeout=3', '--', 'add', 'port', 'up0', 'trunks', '4095', '--', 'remove', 'port', 'up0', 'trunks', '100'],
+        // ...and returns once the datapath's cached flows follow.
+        ['ovs-appctl', '--timeout=3', 'revalidator/wait'],
         ['ovs-vsctl', '--timeout=3', '--if-exists', 'del-port', 'br0', 'p1'],
       ],
     );
@@ -179,12 +188,15 @@ describe('OvsNetworkDriver against Open vSwitch', { timeout: 120_000 }, () => {
     assert.match(err.message, /cannot create OVS bridge .*-sys: .*ovs-vswitchd does not run it \(datapath_type=system: is the openvswitch kernel module loaded\?/);
   });
 
-  test('ensureVlan and removeVlan edit the uplink trunks one value at a time', async () => {
+  test('ensureVlan and removeVlan edit the uplink trunks one value at a time, never leaving the set empty', async () => {
     const br = await driverBridge('br2');
     await addInternalPort(br, uplink);
-    assert.equal(await trunks(uplink), '[]');
+    assert.equal(await trunks(uplink), '[]', 'as an operator adds it: every VLAN');
+    await ovs.ensureBridge(br);
+    assert.equal(await trunks(uplink), '[4095]', 'ensureBridge parks an unrestricted uplink');
 
     await ovs.ensureVlan(br, 100);
+    assert.equal(await trunks(uplink), '[100]', 'the parked value goes once a VLAN is in');
     await ovs.ensureVlan(br, 100); // idempotent
     await ovs.ensureVlan(br, 200);
     assert.equal(await trunks(uplink), '[100, 200]');
@@ -192,6 +204,10 @@ describe('OvsNetworkDriver against Open vSwitch', { timeout: 120_000 }, () => {
     await ovs.removeVlan(br, 100);
     await ovs.removeVlan(br, 100); // idempotent
     await ovs.removeVlan(br, 300); // never there
+    assert.equal(await trunks(uplink), '[200, 4095]');
+    await ovs.removeVlan(br, 200);
+    assert.equal(await trunks(uplink), '[4095]', 'the last VLAN removed: parked, not empty (empty = every VLAN)');
+    await ovs.ensureVlan(br, 200);
     assert.equal(await trunks(uplink), '[200]');
 
     // A bridge without the uplink: ensureVlan refuses, removeVlan has nothing to do.

@@ -11,10 +11,16 @@
  *   provide (`system` without the kernel module) is still committed to the database; it only
  *   prints "Error detected while setting up". {@link OvsNetworkDriver.ensureBridge} therefore
  *   asks ovs-vswitchd (`ovs-appctl ofproto/list`) whether the bridge really exists.
- * - A port's `trunks` set, when EMPTY, means "carry every VLAN". Removing the uplink's last VLAN
- *   therefore opens it to all VLANs; whoever creates the uplink port decides its initial trunks.
+ * - A port's `trunks` set, when EMPTY, means "carry every VLAN" (and a port with neither `tag` nor
+ *   `trunks` is such a trunk). The uplink's set must therefore never become empty while the uplink
+ *   is on the bridge: removing a VLAN adds {@link PARKED_VLAN} in the same transaction, adding one
+ *   removes it, and {@link OvsNetworkDriver.ensureBridge} parks an uplink it finds unrestricted.
+ *   Each ovs-vsctl invocation is one OVSDB transaction (verified and retried by ovs-vsctl on a
+ *   concurrent change), and each one that removes a value also adds one, so no interleaving of
+ *   concurrent network commands can leave the set empty.
  */
 import type { CommandResult, CommandRunner, NetworkDriver, OvsPort } from '../ports.js';
+import { SpecError, VLAN_MAX, VLAN_MIN } from '../spec.js';
 import { CommandError } from '../system/command-runner.js';
 
 /** Settings of the driver. */
@@ -44,11 +50,22 @@ export function checkOvsName(kind: 'bridge' | 'port' | 'uplink', name: string): 
   return name;
 }
 
-/** Throws unless `vlan` is a usable 802.1Q VLAN id (1-4094; 0 and 4095 are reserved). */
+/**
+ * Throws a SpecError unless `vlan` is a tenant VLAN id (2-4094): 0 would be untagged, 1 is the
+ * default VLAN of most switches, 4095 is reserved (and is {@link PARKED_VLAN}).
+ */
 export function checkVlan(vlan: number): number {
-  if (!Number.isInteger(vlan) || vlan < 1 || vlan > 4094) throw new Error(`invalid VLAN id ${String(vlan)}: want an integer 1-4094`);
+  if (!Number.isInteger(vlan) || vlan < VLAN_MIN || vlan > VLAN_MAX) throw new SpecError(`invalid VLAN id ${String(vlan)}: want an integer ${VLAN_MIN}-${VLAN_MAX}`);
   return vlan;
 }
+
+/**
+ * The value that keeps the uplink's `trunks` set from ever being empty (empty = every VLAN). 802.1Q
+ * reserves VLAN 4095 (no frame may carry it) and no tenant network or NIC can use it, so an uplink
+ * trunking only 4095 carries nothing: tagged frames of other VLANs and untagged frames (VLAN 0) are
+ * dropped on the way in, and no frame of the bridge is sent out through it.
+ */
+export const PARKED_VLAN = 4095;
 
 /** Exit code of `ovs-vsctl br-exists` for a missing bridge. */
 const BR_EXISTS_MISSING = 2;
@@ -78,6 +95,12 @@ export class OvsNetworkDriver implements NetworkDriver {
     const context = `cannot create OVS bridge ${bridge}`;
     const argv = this.vsctlArgv(['--', '--may-exist', 'add-br', bridge, '--', 'set', 'bridge', bridge, `datapath_type=${this.datapathType}`]);
     const r = await this.exec(argv, context);
+    await this.checkBridgeRuns(bridge, argv, r, context);
+    await this.restrictUplink(bridge, context);
+  }
+
+  /** Throws unless ovs-vswitchd really runs `bridge` (see the module comment). */
+  private async checkBridgeRuns(bridge: string, argv: string[], r: CommandResult, context: string): Promise<void> {
     // The transaction is committed even when ovs-vswitchd cannot build the bridge (it only warns
     // "Error detected while setting up"), so ask ovs-vswitchd itself which bridges it runs.
     const list = await this.exec(['ovs-appctl', `--timeout=${this.timeoutS}`, 'ofproto/list'], context);
@@ -107,8 +130,9 @@ export class OvsNetworkDriver implements NetworkDriver {
         detail: ports === null ? `found no bridge ${bridge}` : `found no port ${this.uplink} on bridge ${bridge}`,
       }).withContext(context);
     }
-    // Set semantics: adding a value already present changes nothing.
-    await this.vsctl(['add', 'port', this.uplink, 'trunks', String(vlan)], context);
+    // Set semantics: adding a value already present changes nothing. One transaction: the set is
+    // never empty in between (the parked value goes only once the VLAN is in).
+    await this.vsctl(['--', 'add', 'port', this.uplink, 'trunks', String(vlan), '--', 'remove', 'port', this.uplink, 'trunks', String(PARKED_VLAN)], context);
   }
 
   async removeVlan(bridge: string, vlan: number): Promise<void> {
@@ -119,8 +143,48 @@ export class OvsNetworkDriver implements NetworkDriver {
     // No bridge, or no uplink on it: nothing of this bridge carries the VLAN.
     const ports = await this.portNames(bridge, context);
     if (ports === null || !ports.includes(this.uplink)) return;
-    // Removing a value that is not in the set changes nothing.
-    await this.vsctl(['remove', 'port', this.uplink, 'trunks', String(vlan)], context);
+    // Removing a value that is not in the set changes nothing. The parked value goes in by the same
+    // transaction: removing the last VLAN must not leave an empty set, which would carry them all.
+    await this.vsctl(['--', 'add', 'port', this.uplink, 'trunks', String(PARKED_VLAN), '--', 'remove', 'port', this.uplink, 'trunks', String(vlan)], context);
+    await this.revalidated(context);
+  }
+
+  /**
+   * Waits until the datapath's cached flows follow a change that takes traffic away from a port.
+   * ovs-vsctl returns once ovs-vswitchd has reconfigured the bridge, but flows already in the
+   * datapath are revalidated by background threads a little later: until then a frame can still
+   * take the old way out (measured: one broadcast frame of a removed VLAN). A removal is only done
+   * once nothing can follow the old path any more.
+   */
+  private async revalidated(context: string): Promise<void> {
+    await this.exec(['ovs-appctl', `--timeout=${this.timeoutS}`, 'revalidator/wait'], context);
+  }
+
+  /**
+   * Parks the uplink when it is a port of `bridge` with neither a tag nor any trunks (as an
+   * operator typically adds it: `ovs-vsctl add-port br-vm eth1`), which carries every VLAN.
+   * Between the read and the write another command may add a VLAN; the parked value then sits
+   * beside it, which is harmless.
+   */
+  private async restrictUplink(bridge: string, context: string): Promise<void> {
+    if (this.uplink === undefined) return;
+    const ports = await this.portNames(bridge, context);
+    if (ports === null || !ports.includes(this.uplink)) return;
+    const r = await this.vsctl(['--format=json', '--columns=tag,trunks', 'list', 'port', this.uplink], context);
+    let open: boolean;
+    try {
+      open = isUnrestricted(r.stdout);
+    } catch (err) {
+      throw new CommandError({
+        argv: this.vsctlArgv(['--format=json', '--columns=tag,trunks', 'list', 'port', this.uplink]),
+        reason: 'unexpected_output',
+        detail: `returned output that is not a port row (${err instanceof Error ? err.message : String(err)})`,
+        cause: err,
+      }).withContext(context);
+    }
+    if (!open) return;
+    await this.vsctl(['add', 'port', this.uplink, 'trunks', String(PARKED_VLAN)], context);
+    await this.revalidated(context);
   }
 
   async listPorts(bridge: string): Promise<OvsPort[]> {
@@ -226,6 +290,21 @@ export function parsePortTable(stdout: string, bridge: string): Map<string, OvsP
     ports.set(name, { name, bridge, tag: decodeTag(row[tagCol]), externalIds: decodeStringMap(row[idsCol]) });
   }
   return ports;
+}
+
+/** Whether `ovs-vsctl --format=json --columns=tag,trunks list port X` shows a port with no tag and no trunks. */
+export function isUnrestricted(stdout: string): boolean {
+  const table: unknown = JSON.parse(stdout);
+  if (!isObject(table) || !Array.isArray(table.headings) || !Array.isArray(table.data) || table.data.length !== 1) {
+    throw new Error('expected one row of {"headings": [...], "data": [...]}');
+  }
+  const row: unknown = table.data[0];
+  const [tagCol, trunksCol] = [table.headings.indexOf('tag'), table.headings.indexOf('trunks')];
+  if (!Array.isArray(row) || tagCol < 0 || trunksCol < 0) throw new Error('no tag or trunks column');
+  const trunks: unknown = row[trunksCol];
+  // A set of several values is ["set", [...]]; a set of one value is that value.
+  const noTrunks = Array.isArray(trunks) && trunks[0] === 'set' && Array.isArray(trunks[1]) && trunks[1].length === 0;
+  return decodeTag(row[tagCol]) === null && noTrunks;
 }
 
 function decodeTag(value: unknown): number | null {

@@ -4,7 +4,7 @@ import { domainName, rootVolumeName, seedVolumeName, tapName, vmIdOfDomain, chec
 import type { DomainState, Hypervisor, NetworkDriver, OvsPort, SeedBuilder, Storage, VolumeStatus } from '../ports.js';
 import { RevertStack } from '../runner/revert.js';
 import type { HostSettings } from '../settings.js';
-import { checkNic, checkVmSpec, normalizeMac, type NicSpec, type VmSpec } from '../spec.js';
+import { checkNic, checkVlan, checkVmSpec, normalizeMac, type NicSpec, type VmSpec } from '../spec.js';
 import { consoleLogPath, domainXml, nicXml, seedFilePath } from '../xml/domain.js';
 
 /** What host operations need: the ports and this host's settings. */
@@ -65,7 +65,7 @@ export class HostOperations {
     for (const nic of nics) {
       const bridge = this.bridgeOf(nic);
       await this.d.network.ensureBridge(bridge);
-      if (nic.vlan > 0) await this.d.network.ensureVlan(bridge, nic.vlan);
+      await this.d.network.ensureVlan(bridge, nic.vlan);
     }
   }
 
@@ -192,12 +192,14 @@ export class HostOperations {
 
   /** What a VLAN network needs on this host: its bridge, and the VLAN on the bridge's uplink. */
   async ensureNetwork(vlan: number, bridge = this.d.settings.bridge): Promise<void> {
+    checkVlan('network vlan', vlan);
     await this.d.network.ensureBridge(bridge);
     await this.d.network.ensureVlan(bridge, vlan);
   }
 
   /** Stop carrying a network's VLAN on this host's uplink. */
   async deleteNetwork(vlan: number, bridge = this.d.settings.bridge): Promise<void> {
+    checkVlan('network vlan', vlan);
     await this.d.network.removeVlan(bridge, vlan);
   }
 

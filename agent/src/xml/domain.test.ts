@@ -137,9 +137,9 @@ describe('domainXml', () => {
     for (const f of ['csum', 'tso4', 'tso6', 'ecn', 'ufo']) assert.equal(xpath(doc, `string(${drv}/guest/@${f})`), 'off', `guest ${f}`);
   });
 
-  test('several NICs: own bridge or the host default, untagged VLAN 0, tap names by index', () => {
+  test('several NICs: own bridge or the host default, every one tagged, tap names by index', () => {
     const nics: NicSpec[] = [
-      { networkId: NET_A, mac: '52:54:00:00:00:01', vlan: 0 },
+      { networkId: NET_A, mac: '52:54:00:00:00:01', vlan: 2 },
       { networkId: NET_B, mac: '52:54:00:00:00:02', vlan: 4094, bridge: 'br-ext' },
       { networkId: NET_A, mac: '52:54:00:00:00:03', vlan: 7, ip: { address: 'fd00::5/64', gateway: 'fd00::1' } },
     ];
@@ -152,7 +152,7 @@ describe('domainXml', () => {
         assert.equal(xpath(doc, `string(${nic}/target/@dev)`), tapName(VM, i));
         assert.equal(xpath(doc, `string(${nic}/mac/@address)`), nics[i]!.mac);
       }
-      assert.equal(xpath(doc, 'count(/domain/devices/interface[1]/vlan)'), '0', 'VLAN 0 means untagged');
+      assert.equal(xpath(doc, 'string(/domain/devices/interface[1]/vlan/tag/@id)'), '2');
       assert.equal(xpath(doc, 'string(/domain/devices/interface[1]/source/@bridge)'), 'br-vm');
       assert.equal(xpath(doc, 'string(/domain/devices/interface[2]/source/@bridge)'), 'br-ext');
       assert.equal(xpath(doc, 'string(/domain/devices/interface[2]/vlan/tag/@id)'), '4094');
@@ -199,6 +199,9 @@ describe('domainXml', () => {
       ['multicast MAC', { nics: [{ ...nic, mac: '01:00:5e:00:00:01' }] }],
       ['duplicate MAC', { nics: [nic, { ...nic, mac: nic.mac.toUpperCase() }] }],
       ['VLAN 4095', { nics: [{ ...nic, vlan: 4095 }] }],
+      // No untagged NIC: an OVS port without a tag trunks every VLAN of the bridge.
+      ['VLAN 0', { nics: [{ ...nic, vlan: 0 }] }],
+      ['VLAN 1', { nics: [{ ...nic, vlan: 1 }] }],
       ['negative VLAN', { nics: [{ ...nic, vlan: -1 }] }],
       ['bridge with a slash', { nics: [{ ...nic, bridge: '../x' }] }],
       ['bridge too long', { nics: [{ ...nic, bridge: 'br-0123456789abc' }] }],

@@ -42,7 +42,8 @@ export function nicXml(vmId: string, index: number, nic: NicSpec, settings: Pick
 function nicFragment(vmId: string, index: number, nic: NicSpec, settings: Pick<HostSettings, 'nicOffload' | 'bridge'>): XmlFragment {
   checkNic(nic, index);
   const bridge = nic.bridge ?? checkIfName('settings.bridge', settings.bridge);
-  const vlan = nic.vlan === 0 ? null : xml`
+  // Always tagged (checkNic refuses VLAN 0): a port without a tag would trunk every VLAN.
+  const vlan = xml`
       <vlan><tag id='${nic.vlan}'/></vlan>`;
   // Offloads off on both sides: the host part covers the tap, the guest part virtio-net's features.
   const offload = settings.nicOffload
