@@ -12,8 +12,9 @@ import type { Logger } from 'pino';
 import { GenisoimageSeedBuilder } from './cloudinit/seed.js';
 import { hostSettingsOf, isSimulatedHost, loadAgentConfig, type AgentConfig } from './config.js';
 import { Lease, systemLeaseClock, type LeaseClock, type LeaseExpiry } from './fence/lease.js';
+import { Fencer } from './fence/fencer.js';
 import { FenceStore } from './fence/records.js';
-import { selfFence } from './fence/self-fence.js';
+import { StartGate } from './fence/start-gate.js';
 import { LibvirtHypervisor } from './hypervisor/libvirt-hypervisor.js';
 import { domainEventToProto } from './link/convert.js';
 import { EnrollmentError, enroll, isRetryableEnrollError } from './link/enroll.js';
@@ -140,7 +141,11 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
   const storage = new LibvirtStorage(lv);
   const network = deps.network ?? new OvsNetworkDriver(runner, cfg.ovsUplink ? { datapathType: cfg.ovsDatapath, uplink: cfg.ovsUplink } : { datapathType: cfg.ovsDatapath });
   const seeds = deps.seeds ?? new GenisoimageSeedBuilder(runner);
-  const ops = new HostOperations({ hypervisor, storage, network, seeds, settings });
+  // eslint-disable-next-line prefer-const -- assigned below; the gate only reads it when a command runs
+  let lease: Lease;
+  // No domain define/start without the lease (fence/start-gate.ts).
+  const gate = new StartGate(() => lease.valid);
+  const ops = new HostOperations({ hypervisor, storage, network, seeds, settings, gate });
   const telemetry = new HostTelemetry({
     lv,
     ops,
@@ -156,28 +161,17 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
   const fenceStore = new FenceStore(cfg.dataDir);
   const flog = hlog.child({ component: 'fence' });
 
-  // Self-fencing runs one at a time; waiters (tests) learn when each finishes.
-  let fenceChain: Promise<void> = Promise.resolve();
-  let fenceWaiters: Array<() => void> = [];
   // eslint-disable-next-line prefer-const -- assigned once the link exists; the lease needs the callback first
   let link: AgentLink;
+  // Self-fencing runs one at a time, each fence in two passes (fence/fencer.ts).
+  const fencer = new Fencer({ hypervisor, store: fenceStore, gate, log: flog, retryDelayMs: deps.fenceRetryMs ?? 1000, onRecord: () => link?.fenceRecorded() });
   const onExpire = (e: LeaseExpiry): void => {
     flog.error({ lease_expired_at: e.expiredAt.toISOString() }, 'lease expired without a new grant');
     // The stream may be stuck rather than closed: a new session is the way back.
     link?.dropSession('lease expired');
-    fenceChain = fenceChain
-      .then(() => selfFence({ hypervisor, store: fenceStore, log: flog, retryDelayMs: deps.fenceRetryMs ?? 1000 }, e.expiredAt, 'lease expired'))
-      .then(
-        () => link?.refreshPendingFences(),
-        (err: unknown) => flog.error({ err }, 'self-fencing failed'),
-      )
-      .finally(() => {
-        const w = fenceWaiters;
-        fenceWaiters = [];
-        for (const f of w) f();
-      });
+    fencer.onExpire(e);
   };
-  const lease = new Lease({ maxMs: cfg.fenceLeaseMs, clock: deps.clock ?? systemLeaseClock, onExpire });
+  lease = new Lease({ maxMs: cfg.fenceLeaseMs, clock: deps.clock ?? systemLeaseClock, onExpire });
   // A previous agent process may have held a lease until now: fence if no grant comes within one lease.
   lease.startProvisional();
 
@@ -223,7 +217,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
     fenceStore,
     libvirt: lv,
     status: () => link.status(),
-    fencing: () => new Promise<void>((r) => fenceWaiters.push(r)),
+    fencing: () => fencer.fenced(),
     stop: () => {
       stopping ??= (async () => {
         abort.abort();
@@ -233,7 +227,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
         await link.stop();
         lease.stop();
         await events.unsubscribe().catch(() => undefined);
-        await fenceChain;
+        await fencer.idle();
         await lv.close();
         hlog.info('agent stopped');
       })();

@@ -1,23 +1,35 @@
 // The lease with a fake monotonic clock, and self-fencing of REAL domains on a simulated host:
-// the HA one is destroyed, the other kept, and the record is on disk before and after.
+// the HA one is destroyed, the other kept, the record written after (and a record that cannot be
+// written, on a read-only data dir, stops nothing); the lease gate of domain starts and the second
+// fencing pass, with a createVm in flight when the lease runs out.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Libvirt } from '@kloudak/libvirt';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import { pino } from 'pino';
+import { GenisoimageSeedBuilder } from '../cloudinit/seed.js';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor.js';
 import { domainName } from '../names.js';
+import { OvsNetworkDriver } from '../network/ovs.js';
+import { HostOperations } from '../ops/host-ops.js';
 import type { Hypervisor } from '../ports.js';
-import { DEFAULT_HOST_SETTINGS } from '../settings.js';
-import { createSimHost } from '../testing/sim-host.js';
+import { CommandDispatcher } from '../runner/commands.js';
+import { DEFAULT_HOST_SETTINGS, type HostSettings } from '../settings.js';
+import type { VmSpec } from '../spec.js';
+import { LibvirtStorage } from '../storage/libvirt-storage.js';
+import { ProcessRunner } from '../system/command-runner.js';
+import { createSimHost, type SimHost } from '../testing/sim-host.js';
 import { domainXml } from '../xml/domain.js';
+import { Fencer } from './fencer.js';
 import { Lease, type LeaseClock, type LeaseExpiry } from './lease.js';
 import { FenceStore } from './records.js';
 import { isHaDomainXml, selfFence } from './self-fence.js';
+import { LeaseExpiredError, StartGate } from './start-gate.js';
 
 /** A manual clock: time moves only when the test says so; timers fire as it passes them. */
 class FakeClock implements LeaseClock {
@@ -148,21 +160,21 @@ describe('self-fencing of real domains on a simulated host', { timeout: 60_000 }
     assert.equal(isHaDomainXml('<domain><metadata><x:vm xmlns:x="urn:other"><x:ha>true</x:ha></x:vm></metadata></domain>'), false);
   });
 
-  it('writes the record first, destroys running HA domains only, and rewrites the record', async () => {
+  it('destroys running HA domains only, then writes one finished record', async () => {
     const store = new FenceStore(join(dir, 'data'));
-    // The record must exist (and list nothing yet) when the first destroy happens.
+    // Nothing is written before the destroys: they must never wait on (or fail with) the disk.
     const seenAtDestroy: string[] = [];
     const watching: Hypervisor = Object.create(hv) as Hypervisor;
     watching.destroy = async (name: string) => {
-      const files = readdirSync(store.dir);
-      seenAtDestroy.push(...files.map((f) => readFileSync(join(store.dir, f), 'utf8')));
+      seenAtDestroy.push(...(existsSync(store.dir) ? readdirSync(store.dir) : []));
       return hv.destroy(name);
     };
     const expired = new Date('2026-11-25T10:00:00.000Z');
     const { file, record } = await selfFence({ hypervisor: watching, store, log }, expired, 'lease expired');
     assert.equal(file, '2026-11-25T10:00:00.000Z.json');
-    assert.equal(seenAtDestroy.length, 1);
-    assert.deepEqual(JSON.parse(seenAtDestroy[0]!).domains, [], 'on disk before the destroy, without domains yet');
+    assert.deepEqual(seenAtDestroy, [], 'no record on disk while destroying');
+    assert.deepEqual(readdirSync(store.dir), [file], 'one file, written once');
+    assert.ok(JSON.parse(readFileSync(join(store.dir, file!), 'utf8')).fencedAt, 'finished when written');
 
     assert.equal(await hv.state(domainName(ha)), 'shutoff');
     assert.equal(await hv.state(domainName(plain)), 'running', 'non-HA keeps running');
@@ -172,7 +184,135 @@ describe('self-fencing of real domains on a simulated host', { timeout: 60_000 }
     assert.equal(onDisk.leaseExpiredAt, expired.toISOString());
     assert.ok(onDisk.fencedAt);
 
-    await store.delete(file);
+    await store.delete(file!);
     assert.equal(await store.count(), 0);
+  });
+
+  it('on a read-only data dir it still destroys the HA domains, and logs that the record failed', async () => {
+    await hv.start(domainName(ha));
+    assert.equal(await hv.state(domainName(ha)), 'running');
+    // A real read-only file system: a bind mount remounted read-only (as root, chmod stops nothing).
+    const data = join(dir, 'ro-data');
+    mkdirSync(data);
+    execFileSync('mount', ['--bind', data, data]);
+    try {
+      execFileSync('mount', ['-o', 'remount,bind,ro', data]);
+      assert.throws(() => writeFileSync(join(data, 'probe'), 'x'), /EROFS/, 'the data dir really is read-only');
+      const lines: string[] = [];
+      const recording = pino({ level: 'error' }, { write: (l: string) => void lines.push(l) });
+      const store = new FenceStore(data);
+      const { file, record } = await selfFence({ hypervisor: hv, store, log: recording }, new Date(), 'lease expired');
+      assert.equal(await hv.state(domainName(ha)), 'shutoff', 'the HA domain was destroyed anyway');
+      assert.equal(await hv.state(domainName(plain)), 'running');
+      assert.deepEqual(record.domains, [{ domainName: domainName(ha), vmId: ha }]);
+      assert.equal(file, null, 'no record');
+      assert.ok(
+        // (node's recursive mkdir reports a read-only parent as ENOENT; the error is logged as it comes)
+        lines.some((l) => /record cannot be written/.test(l) && /"code":"E[A-Z]+"/.test(l) && l.includes(data)),
+        `the failure is logged: ${lines.join('')}`,
+      );
+    } finally {
+      execFileSync('umount', [data]);
+    }
+  });
+});
+
+describe('the lease gate of domain starts, and the second fencing pass (simulated host)', { timeout: 60_000 }, () => {
+  let dir: string;
+  let sim: SimHost;
+  let lv: Libvirt;
+  let hv: LibvirtHypervisor;
+  let lease: Lease;
+  let gate: StartGate;
+  let fencer: Fencer;
+  let store: FenceStore;
+  let settings: HostSettings;
+  const log = pino({ level: 'silent' });
+  const inFlight = randomUUID();
+
+  const spec = (vmId: string, ha = true): VmSpec => ({ vmId, hostname: 'g', cpu: 1, ramMb: 128, diskGb: 1, pool: sim.poolName, templateVolume: sim.templateVolume, nics: [], sshKeys: [], ha });
+  const opsWith = (hypervisor: Hypervisor): HostOperations =>
+    new HostOperations({
+      hypervisor,
+      storage: new LibvirtStorage(lv),
+      network: new OvsNetworkDriver(new ProcessRunner(), { datapathType: 'netdev' }),
+      seeds: new GenisoimageSeedBuilder(new ProcessRunner()),
+      settings,
+      gate,
+    });
+
+  before(async () => {
+    await ensureLibvirtd();
+    dir = mkdtempSync(join(tmpdir(), 'kgate-'));
+    sim = createSimHost({ dir });
+    lv = await Libvirt.connect({ uri: sim.uri });
+    hv = new LibvirtHypervisor(lv);
+    settings = { ...DEFAULT_HOST_SETTINGS, domainType: 'qemu', ovsDatapath: 'netdev', nicOffload: false, consoleDir: dir, seedDir: dir };
+    store = new FenceStore(join(dir, 'data'));
+    gate = new StartGate(() => lease.valid);
+    fencer = new Fencer({ hypervisor: hv, store, gate, log, retryDelayMs: 50 });
+    // The real clock: a lease of 3 s from now, then nothing (no orchestrator grants it).
+    lease = new Lease({ maxMs: 3000, onExpire: (e) => fencer.onExpire(e) });
+  });
+
+  after(async () => {
+    lease?.stop();
+    await fencer?.idle();
+    await lv?.close(); // the simulated host, and every domain and volume on it, goes with the connection
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a createVm in flight when the lease runs out leaves no running HA domain', async () => {
+    // Fault injection: this VM's define is slow. It passes the gate while the lease is held, and
+    // goes on only once the lease has run out and the first fencing pass has listed the domains.
+    let entered!: () => void;
+    const defineEntered = new Promise<void>((r) => (entered = r));
+    const slow = Object.create(hv) as Hypervisor;
+    slow.define = async (xml: string) => {
+      entered();
+      while (lease.valid || (await store.count()) === 0) await new Promise((r) => setTimeout(r, 20));
+      return hv.define(xml);
+    };
+    const fenced = fencer.fenced();
+    lease.startProvisional();
+    const create = opsWith(slow).createVm(spec(inFlight));
+    await defineEntered;
+    await create; // it started on the old lease
+    await fenced; // both passes
+    assert.equal(await hv.state(domainName(inFlight)), 'shutoff', 'the HA domain started by the command in flight was destroyed');
+    const records = await store.finished();
+    assert.deepEqual(
+      records.map((r) => r.record.domains.map((d) => d.vmId)),
+      [[], [inFlight]],
+      'pass 1 found nothing running; pass 2 destroyed what the in-flight command started',
+    );
+  });
+
+  it('without a lease, createVm and startVm are refused (UNAVAILABLE) and leave nothing behind', async () => {
+    assert.equal(lease.valid, false);
+    const ops = opsWith(hv);
+    const dispatcher = new CommandDispatcher({ ops, inventory: () => Promise.reject(new Error('unused')), defaultBridge: settings.bridge, log });
+    const fresh = randomUUID();
+    const volumesBefore = (await new LibvirtStorage(lv).list(sim.poolName)).map((v) => v.name).sort();
+    for (const action of [{ kind: 'createVm', spec: spec(fresh) }, { kind: 'createVm', spec: spec(randomUUID(), false) }, { kind: 'startVm', vmId: inFlight }] as const) {
+      const out = await dispatcher.dispatch({ commandId: randomUUID(), action });
+      assert.equal(out.ok, false, action.kind);
+      assert.equal(out.error?.code, 'UNAVAILABLE', `${action.kind}: ${out.error?.message}`);
+      assert.match(out.error?.message ?? '', /lease has run out/);
+    }
+    assert.equal(await hv.state(domainName(fresh)), null, 'no domain defined');
+    assert.equal(await hv.state(domainName(inFlight)), 'shutoff', 'not started');
+    assert.deepEqual((await new LibvirtStorage(lv).list(sim.poolName)).map((v) => v.name).sort(), volumesBefore, 'no volume left');
+    await assert.rejects(ops.createVm(spec(randomUUID())), LeaseExpiredError);
+
+    // Control: with a lease again, the same start goes through.
+    lease.newSession();
+    lease.noteSent(0n);
+    assert.ok(lease.grant(0n, 3000));
+    const again = await dispatcher.dispatch({ commandId: randomUUID(), action: { kind: 'startVm', vmId: inFlight } });
+    assert.equal(again.ok, true, JSON.stringify(again.error));
+    assert.equal(await hv.state(domainName(inFlight)), 'running');
+    lease.stop();
+    await hv.destroy(domainName(inFlight));
   });
 });

@@ -1,8 +1,9 @@
 /**
  * Fence records (AGENT-LINK.md, "Self-fencing"): `<dataDir>/fence/<ISO time>.json` holding
- * `{leaseExpiredAt, reason, domains, fencedAt}`. A record is written and fsynced BEFORE any domain
- * is destroyed, so a crash mid-fence still leaves evidence that fencing began; it is rewritten with
- * the domains destroyed; it is deleted once the orchestrator has surely processed its report.
+ * `{leaseExpiredAt, reason, domains, fencedAt}`. A record is written (fsynced, atomically) once,
+ * AFTER its fencing destroyed the domains, so a record on disk is a finished one; it is deleted
+ * once the orchestrator has surely processed its report. (Agents before this rule wrote a record
+ * without `fencedAt` first; such a file is never reported, see {@link isFinished}.)
  */
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -32,6 +33,24 @@ export interface StoredFenceRecord {
   record: FenceRecord;
 }
 
+/**
+ * Oldest first: by the lease expiry in the name, then by the suffix of records of the same expiry
+ * (`X.json`, `X-1.json`, `X-2.json`; a plain string sort would put `X-1.json` before `X.json`).
+ */
+function byAge(a: string, b: string): number {
+  const key = (n: string): [string, number] => {
+    const m = /^(.*?)(?:-(\d+))?\.json$/.exec(n);
+    return m && m[1]!.endsWith('Z') ? [m[1]!, Number(m[2] ?? 0)] : [n, 0];
+  };
+  const [ka, kb] = [key(a), key(b)];
+  return ka[0] < kb[0] ? -1 : ka[0] > kb[0] ? 1 : ka[1] - kb[1];
+}
+
+/** Whether a record describes a finished fencing (it has `fencedAt`); only those are reported. */
+export function isFinished(record: FenceRecord): boolean {
+  return typeof record.fencedAt === 'string' && record.fencedAt !== '';
+}
+
 /** The fence/ directory of a data dir. */
 export class FenceStore {
   readonly dir: string;
@@ -51,11 +70,6 @@ export class FenceStore {
     return file;
   }
 
-  /** Rewrites a record (fsynced, atomically). */
-  async update(file: string, record: FenceRecord): Promise<void> {
-    await writeFileAtomic(join(this.dir, file), `${JSON.stringify(record, null, 2)}\n`, 0o600);
-  }
-
   /** Every record, oldest first. Unreadable files are skipped (and left for an operator). */
   async list(): Promise<StoredFenceRecord[]> {
     let names: string[];
@@ -66,7 +80,7 @@ export class FenceStore {
       throw err;
     }
     const out: StoredFenceRecord[] = [];
-    for (const file of names.filter((n) => n.endsWith('.json')).sort()) {
+    for (const file of names.filter((n) => n.endsWith('.json')).sort(byAge)) {
       try {
         const record = JSON.parse(await readFile(join(this.dir, file), 'utf8')) as FenceRecord;
         if (typeof record.leaseExpiredAt !== 'string' || !Array.isArray(record.domains)) continue;
@@ -78,9 +92,14 @@ export class FenceStore {
     return out;
   }
 
-  /** Number of records on disk. */
+  /** The finished records (see {@link isFinished}), oldest first: the ones to report. */
+  async finished(): Promise<StoredFenceRecord[]> {
+    return (await this.list()).filter((r) => isFinished(r.record));
+  }
+
+  /** Number of finished records on disk (not yet acknowledged by the orchestrator). */
   async count(): Promise<number> {
-    return (await this.list()).length;
+    return (await this.finished()).length;
   }
 
   async delete(file: string): Promise<void> {

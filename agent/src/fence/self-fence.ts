@@ -1,8 +1,12 @@
 /**
  * Self-fencing (AGENT-LINK.md, "Self-fencing"): when the lease ends without a new grant, the agent
- * writes a record, destroys every running domain whose metadata says `<kloudak:ha>true</kloudak:ha>`
- * (no graceful shutdown: another host may be about to start the same VM), and rewrites the record
- * with what it destroyed. Non-HA domains keep running.
+ * destroys every running domain whose metadata says `<kloudak:ha>true</kloudak:ha>` (no graceful
+ * shutdown: another host may be about to start the same VM), then writes a record of what it
+ * destroyed. Non-HA domains keep running.
+ *
+ * Destroying comes first and never depends on the disk: a full disk or a read-only data dir must
+ * not keep an HA domain running after the lease. The record is evidence for the orchestrator, best
+ * effort: its failure is logged, and the fence still counts as done.
  */
 import type { Logger } from 'pino';
 import { vmIdOfDomain } from '../names.js';
@@ -34,17 +38,29 @@ export interface SelfFenceDeps {
   maxAttempts?: number;
 }
 
+/** Options of one {@link selfFence}. */
+export interface SelfFenceOptions {
+  /** Only these domain names are candidates (a targeted second pass); default: every domain. */
+  only?: ReadonlySet<string>;
+  /** Write no record when nothing was destroyed and nothing failed (a second pass that found nothing). */
+  skipEmptyRecord?: boolean;
+}
+
+/** What a fence did. `file` is null when no record was written (it failed, or was not needed). */
+export interface SelfFenceResult {
+  file: string | null;
+  record: FenceRecord;
+}
+
 /**
- * Fences the host: record, destroy HA domains, rewrite the record. Domains that fail to be
+ * Fences the host: destroy HA domains, then record what was destroyed. Domains that fail to be
  * destroyed (libvirt restarting) are tried again until `maxAttempts`; the record lists the
- * failures left. Returns the final record and its file name.
+ * failures left. Never throws for the record: a record that cannot be written is logged.
  */
-export async function selfFence(d: SelfFenceDeps, leaseExpiredAt: Date, reason: string): Promise<{ file: string; record: FenceRecord }> {
+export async function selfFence(d: SelfFenceDeps, leaseExpiredAt: Date, reason: string, o: SelfFenceOptions = {}): Promise<SelfFenceResult> {
   const now = d.now ?? Date.now;
   const record: FenceRecord = { leaseExpiredAt: leaseExpiredAt.toISOString(), reason, domains: [] };
-  // On disk (fsynced) before anything is destroyed: a crash from here on still leaves evidence.
-  const file = await d.store.create(record);
-  d.log.error({ lease_expired_at: record.leaseExpiredAt, reason, record: file }, 'lease expired: fencing HA domains');
+  d.log.error({ lease_expired_at: record.leaseExpiredAt, reason, only: o.only ? [...o.only] : undefined }, 'lease expired: fencing HA domains');
   const destroyed = new Map<string, string>();
   let failures: Array<{ domainName: string; error: string }> = [];
   const attempts = d.maxAttempts ?? 30;
@@ -60,7 +76,7 @@ export async function selfFence(d: SelfFenceDeps, leaseExpiredAt: Date, reason: 
     }
     await Promise.all(
       domains
-        .filter((dom) => !NOT_RUNNING.has(dom.state) && !destroyed.has(dom.name))
+        .filter((dom) => !NOT_RUNNING.has(dom.state) && !destroyed.has(dom.name) && (o.only === undefined || o.only.has(dom.name)))
         .map(async (dom) => {
           try {
             if (!isHaDomainXml(await d.hypervisor.xml(dom.name))) return;
@@ -80,7 +96,17 @@ export async function selfFence(d: SelfFenceDeps, leaseExpiredAt: Date, reason: 
   record.domains = [...destroyed].map(([domainName, vmId]) => ({ domainName, vmId }));
   record.fencedAt = new Date(now()).toISOString();
   if (failures.length > 0) record.failures = failures;
-  await d.store.update(file, record);
+  if (o.skipEmptyRecord && destroyed.size === 0 && failures.length === 0) {
+    d.log.info({ reason }, 'fencing pass found nothing to destroy');
+    return { file: null, record };
+  }
+  // Written once, finished (with fencedAt): only finished records are ever on disk to be reported.
+  let file: string | null = null;
+  try {
+    file = await d.store.create(record);
+  } catch (err) {
+    d.log.error({ err, domains: record.domains, store: d.store.dir }, 'fencing done, but its record cannot be written; the orchestrator will not get this report');
+  }
   d.log.warn({ record: file, destroyed: record.domains.length, failed: failures.length }, 'fencing done');
   return { file, record };
 }

@@ -2,7 +2,9 @@
  * The agent's side of the Connect stream (AGENT-LINK.md, "The session"): one mTLS stream at a
  * time, Hello first, heartbeats at the granted interval, lease grants fed to the {@link Lease},
  * commands handed to the dispatcher and their results sent back, domain events, and fence
- * reports after Hello (their records deleted once a grant answers a later heartbeat). A lost
+ * reports of finished records after Hello and after each fence, each record once per session
+ * (deleted once a grant answers a later heartbeat). Failures of the fence store (an unreadable
+ * data dir) are logged, never thrown: the link and the lease must outlive a broken disk. A lost
  * stream is opened again after a jittered exponential backoff (reset after a healthy session).
  */
 import { credentials, type ClientDuplexStream } from '@grpc/grpc-js';
@@ -73,6 +75,8 @@ interface Session {
   heartbeatBusy: boolean;
   /** Fence records reported in this session, deleted once a grant answers heartbeat ≥ `afterSeq`. */
   reported: Array<{ file: string; afterSeq: bigint }>;
+  /** Every record file reported in this session: none is reported twice on one session. */
+  reportedFiles: Set<string>;
   ended: boolean;
 }
 
@@ -205,6 +209,7 @@ export class AgentLink {
       timer: null,
       heartbeatBusy: false,
       reported: [],
+      reportedFiles: new Set(),
       ended: false,
     };
     this.session = s;
@@ -322,11 +327,21 @@ export class AgentLink {
     return this.sampling;
   }
 
+  /** Sends the finished fence records this session has not reported yet. Never throws. */
   private async reportFences(s: Session): Promise<void> {
-    const records = await this.d.fenceStore.list();
+    let records;
+    try {
+      records = await this.d.fenceStore.finished();
+    } catch (err) {
+      this.log.error({ err, store: this.d.fenceStore.dir }, 'cannot read the fence records; not reported in this session');
+      return;
+    }
     this.pendingFence = records.length;
+    // No await below: concurrent calls (Hello's and a fence's) each see the other's files in the set.
     for (const r of records) {
       if (s.ended) return;
+      if (s.reportedFiles.has(r.file)) continue;
+      s.reportedFiles.add(r.file);
       s.call.write(fenceReportToProto(r.record));
       // The next heartbeat is sent after this report; a grant for it proves the report was processed.
       s.reported.push({ file: r.file, afterSeq: s.seq + 1n });
@@ -334,19 +349,39 @@ export class AgentLink {
     }
   }
 
+  /** Deletes the records whose report a grant has acknowledged. Never throws. */
   private async acknowledgeFences(s: Session, seq: bigint): Promise<void> {
     const done = s.reported.filter((r) => seq >= r.afterSeq);
     if (done.length === 0) return;
     s.reported = s.reported.filter((r) => seq < r.afterSeq);
     for (const r of done) {
-      await this.d.fenceStore.delete(r.file);
-      this.log.info({ record: r.file }, 'fence report acknowledged; record deleted');
+      try {
+        await this.d.fenceStore.delete(r.file);
+        this.log.info({ record: r.file }, 'fence report acknowledged; record deleted');
+      } catch (err) {
+        // Kept: it is reported again on the next session (never twice on this one).
+        this.log.error({ err, record: r.file }, 'fence report acknowledged, but its record cannot be deleted');
+      }
     }
-    this.pendingFence = await this.d.fenceStore.count();
+    await this.refreshPendingFences();
   }
 
-  /** Refreshes the count of fence records reported in heartbeats (after a new fencing). */
+  /** Refreshes the count of fence records reported in heartbeats. Never throws. */
   async refreshPendingFences(): Promise<void> {
-    this.pendingFence = await this.d.fenceStore.count();
+    try {
+      this.pendingFence = await this.d.fenceStore.count();
+    } catch (err) {
+      this.log.error({ err, store: this.d.fenceStore.dir }, 'cannot count the fence records');
+    }
+  }
+
+  /**
+   * A fence wrote a record: count it, and report it now if a session is open and accepted (the
+   * lease may have come back while the fence was finishing); otherwise the next Hello reports it.
+   */
+  async fenceRecorded(): Promise<void> {
+    await this.refreshPendingFences();
+    const s = this.session;
+    if (s && s.acked && !s.ended) await this.reportFences(s);
   }
 }

@@ -2,6 +2,7 @@ import { open, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { seedFiles } from '../cloudinit/seed.js';
 import { domainName, rootVolumeName, seedVolumeName, tapName, vmIdOfDomain, checkId } from '../names.js';
 import type { DomainState, Hypervisor, NetworkDriver, OvsPort, SeedBuilder, Storage, VolumeStatus } from '../ports.js';
+import type { DomainStartGate } from '../fence/start-gate.js';
 import { RevertStack } from '../runner/revert.js';
 import type { HostSettings } from '../settings.js';
 import { checkNic, checkVlan, checkVmSpec, normalizeMac, type NicSpec, type VmSpec } from '../spec.js';
@@ -16,6 +17,11 @@ export interface HostOpsDeps {
   settings: HostSettings;
   /** Waits between polls (injected so tests can run fast). */
   sleep?: (ms: number) => Promise<void>;
+  /**
+   * The lease gate: every domain define and start goes through it, so none happens once the
+   * host's lease has run out (fence/start-gate.ts). Absent: no lease (tools, tests of other parts).
+   */
+  gate?: DomainStartGate;
 }
 
 /** What really exists on this host, for reconciliation against the orchestrator's records. */
@@ -76,6 +82,8 @@ export class HostOperations {
    */
   async createVm(spec: VmSpec): Promise<{ domain: string; root: VolumeStatus; seed: VolumeStatus }> {
     checkVmSpec(spec);
+    // Refused at once without a lease (no volume work for nothing); checked again at the define.
+    this.d.gate?.check(spec.vmId, 'create');
     const name = domainName(spec.vmId);
     await this.ensureNicNetworks(spec.nics);
     return RevertStack.run(async (undo) => {
@@ -91,8 +99,10 @@ export class HostOperations {
         await this.d.hypervisor.undefine(name);
         await this.removeNicPorts(spec.vmId, spec.nics.map((n) => this.bridgeOf(n)));
       });
-      await this.d.hypervisor.define(domainXml(spec, this.d.settings));
-      await this.d.hypervisor.start(name);
+      await this.gated(spec.vmId, 'create', async () => {
+        await this.d.hypervisor.define(domainXml(spec, this.d.settings));
+        await this.d.hypervisor.start(name);
+      });
       return { domain: name, root, seed };
     });
   }
@@ -142,7 +152,12 @@ export class HostOperations {
 
   /** Start a stopped VM; a running one is left alone. */
   async startVm(vmId: string): Promise<void> {
-    await this.d.hypervisor.start(domainName(vmId));
+    await this.gated(vmId, 'start', () => this.d.hypervisor.start(domainName(vmId)));
+  }
+
+  /** Runs a domain define/start through the lease gate, when there is one. */
+  private gated<T>(vmId: string, what: string, fn: () => Promise<T>): Promise<T> {
+    return this.d.gate ? this.d.gate.run(vmId, what, fn) : fn();
   }
 
   /**

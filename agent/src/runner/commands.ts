@@ -19,6 +19,7 @@ import {
   NotSupportedError,
   OperationFailedError,
 } from '@kloudak/libvirt';
+import { LeaseExpiredError } from '../fence/start-gate.js';
 import { VmNotFoundError, type HostOperations } from '../ops/host-ops.js';
 import { SpecError, type NicSpec, type VmSpec } from '../spec.js';
 import { CommandError } from '../system/command-runner.js';
@@ -135,6 +136,8 @@ export function scrubMessage(message: string): string {
 /** Maps a failure to the contract's error code. */
 export function errorCodeOf(err: unknown): CommandErrorCode {
   if (err instanceof SpecError) return 'INVALID_ARGUMENT';
+  // No lease: the host is fencing. Retryable: once it reconnects and holds a lease, it may start VMs.
+  if (err instanceof LeaseExpiredError) return 'UNAVAILABLE';
   if (err instanceof VmNotFoundError) return 'NOT_FOUND';
   if (err instanceof LibvirtNotFoundError) return 'NOT_FOUND';
   if (err instanceof NotSupportedError) return 'UNIMPLEMENTED';
