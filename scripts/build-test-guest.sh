@@ -77,7 +77,8 @@ die() {
 pkg_missing() {
   local pkg
   for pkg in "$@"; do
-    dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null | grep -q '^ii' || echo "$pkg"
+    # Captured, not piped into `grep -q`: under pipefail that fails when grep exits first.
+    [[ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null)" == ii* ]] || echo "$pkg"
   done
 }
 
@@ -102,7 +103,8 @@ apt_install() {
 
 apt_install linux-image-amd64 busybox-static e2fsprogs cpio qemu-utils kmod
 
-BUSYBOX="$(dpkg -L busybox-static | grep -E '/bin/busybox$' | head -n1)"
+busybox_files="$(dpkg -L busybox-static)"
+BUSYBOX="$(grep -m1 -E '/bin/busybox$' <<<"$busybox_files")" || true
 [ -x "$BUSYBOX" ] || die "busybox-static is installed but its busybox binary was not found"
 
 # --- kernel --------------------------------------------------------------------------------

@@ -77,7 +77,8 @@ as_postgres() {
 apt_install() {
   local pkg missing=()
   for pkg in "$@"; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed'; then
+    # Captured, not piped into `grep -q`: under pipefail that fails when grep exits first.
+    if [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" != *"ok installed"* ]]; then
       missing+=("$pkg")
     fi
   done

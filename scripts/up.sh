@@ -123,9 +123,16 @@ setup_qemu_host() {
     virsh -q -c qemu:///system pool-autostart "$pool_name" >/dev/null
     log "defined the libvirt pool $pool_name at $pool_dir"
   fi
-  virsh -q -c qemu:///system pool-info "$pool_name" | grep -q 'running' \
-    || virsh -q -c qemu:///system pool-start "$pool_name" >/dev/null
-  pool_dir="$(virsh -q -c qemu:///system pool-dumpxml "$pool_name" | sed -n 's:.*<path>\(.*\)</path>.*:\1:p' | head -n 1)"
+  # Capture, then match: `virsh … | grep -q` under pipefail fails whenever grep exits at its
+  # match before virsh has written everything (virsh dies of SIGPIPE, the pipeline counts as
+  # failed) — which made a second `npm start` try to start the running pool most of the time.
+  local info xml
+  info="$(virsh -q -c qemu:///system pool-info "$pool_name")"
+  if ! [[ "$info" =~ (^|$'\n')State:[[:space:]]+running ]]; then
+    virsh -q -c qemu:///system pool-start "$pool_name" >/dev/null
+  fi
+  xml="$(virsh -q -c qemu:///system pool-dumpxml "$pool_name")"
+  pool_dir="$(sed -n 's:.*<path>\(.*\)</path>.*:\1:p;T;q' <<<"$xml")"
   # Overlays of existing VMs name this file as their backing file: never replace it under them.
   if [ ! -f "$pool_dir/$image" ]; then
     install -m 644 "$guest_dir/template.qcow2" "$pool_dir/$image"
@@ -157,7 +164,11 @@ setup_qemu_host() {
     KLOUDAK_AGENT_CONSOLE_DIR="${KLOUDAK_AGENT_CONSOLE_DIR:-$host_dir/console}"
   )
   up_pool_path="$pool_dir"
-  host_label="qemu host — libvirt $domain_type driver$([ "$domain_type" = qemu ] && printf ' (no usable KVM: guests are emulated, slowly)'), OVS $datapath datapath, pool $pool_name ($pool_dir)"
+  # Not `$([ … ] && printf …)` inside the assignment: with KVM its status is 1, the function's
+  # last status, and set -e ended the script there.
+  local emulated=""
+  [ "$domain_type" = kvm ] || emulated=" (no usable KVM: guests are emulated, slowly)"
+  host_label="qemu host — libvirt $domain_type driver$emulated, OVS $datapath datapath, pool $pool_name ($pool_dir)"
 }
 
 # setup_simulated_host — a test-driver node file; each agent connection to it is a fresh host.

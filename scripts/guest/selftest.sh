@@ -199,8 +199,9 @@ http_get() {
 # The id of the user-mode netdev (libvirt calls it hostnet0); `info network` shows it as
 #   net0: index=0,type=nic,model=virtio-net-pci,macaddr=52:54:00:12:34:56
 #    \ hostnet0: index=0,type=user,net=10.0.2.0,restrict=off
-netdev="$(virsh_ qemu-monitor-command "$NAME" --hmp 'info network' | tr -d '\r' \
-  | sed -n 's/^[[:space:]\\]*\([^:[:space:]]*\): .*type=user.*/\1/p' | head -n1)"
+# Captured first: under pipefail, `virsh … | … | head -n1` fails when head exits before the rest.
+netinfo="$(virsh_ qemu-monitor-command "$NAME" --hmp 'info network')"
+netdev="$(sed -n 's/\r$//; /: .*type=user/{s/^[[:space:]\\]*\([^:[:space:]]*\): .*/\1/p;q}' <<<"$netinfo")"
 netdev="${netdev:-hostnet0}"
 port=""
 for _ in 1 2 3 4 5; do
