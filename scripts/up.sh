@@ -227,10 +227,29 @@ esac
 
 # ---------- processes ----------
 
+# The lifeline: a pipe whose write end only this script holds. The orchestrator and the agent run
+# in their own sessions (so a Ctrl-C reaches only this script, which stops them in order) and watch
+# its read end (KLOUDAK_LIFELINE_FD, KLOUDAK_AGENT_LIFELINE_FD). When this script ends, however it
+# ends (a supervisor's SIGKILL included), the kernel closes the write end: they read end-of-file
+# and stop as on SIGTERM instead of holding their ports forever. Bash cannot make an anonymous
+# pipe, so: a FIFO in a private directory, opened at both ends, then unlinked. The write end is
+# opened read-write (which never blocks) and must reach no other process that outlives this one:
+# every child below gets `{lifeline_w}>&-`. Opened only now: NATS, libvirtd and Open vSwitch,
+# which the steps above may have started, never saw it.
+lifeline_dir="$(mktemp -d)"
+mkfifo -m 600 "$lifeline_dir/lifeline"
+exec {lifeline_w}<>"$lifeline_dir/lifeline"
+exec {lifeline_r}<"$lifeline_dir/lifeline"
+rm -rf "$lifeline_dir"
+
 orch_pid=""
 agent_pid=""
 stop_all() {
-  trap - EXIT INT TERM
+  # Further INT/TERM are ignored while the children stop in order: `npm start` forwards the
+  # terminal's Ctrl-C (or a supervisor's SIGTERM) that reached its whole group, so this script
+  # gets each signal twice. The lifeline still stops the children if this script is killed.
+  trap - EXIT
+  trap '' INT TERM
   # The agent first: it finishes its running commands while the orchestrator can still hear them.
   local p
   for p in "$agent_pid" "$orch_pid"; do
@@ -247,15 +266,17 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # setsid: Ctrl-C reaches this script only, which then stops each child once, in order.
-setsid node orchestrator/dist/main.js serve "$@" &
+KLOUDAK_LIFELINE_FD="$lifeline_r" setsid node orchestrator/dist/main.js serve "$@" {lifeline_w}>&- &
 orch_pid=$!
 
 if [ "$mode" != none ]; then
   enrolled=0
   [ -f "$agent_dir/identity.json" ] && enrolled=1
-  if decision="$(UP_URL="$base_url" UP_HOST_NAME="$agent_host_name" UP_AGENT_ENROLLED="$enrolled" \
+  # The command substitution's subshell closes the write end too: it outlives a SIGKILLed script
+  # for as long as up-local-host.mjs runs.
+  if decision="$(exec {lifeline_w}>&-; UP_URL="$base_url" UP_HOST_NAME="$agent_host_name" UP_AGENT_ENROLLED="$enrolled" \
       UP_POOL_NAME="$pool_name" UP_POOL_PATH="$up_pool_path" UP_TEMPLATE_IMAGE="$image" \
-      node scripts/up-local-host.mjs)"; then
+      exec node scripts/up-local-host.mjs)"; then
     join_token=""
     case "$decision" in
       enrolled) ;;
@@ -274,8 +295,8 @@ if [ "$mode" != none ]; then
     # about; the certificate is still checked against the IP, which the server certificate holds.
     env "${agent_env[@]}" KLOUDAK_AGENT_HOSTNAME="$agent_host_name" KLOUDAK_AGENT_JOIN_TOKEN="$join_token" \
       KLOUDAK_AGENT_ORCHESTRATOR="127.0.0.1:$agent_port" KLOUDAK_AGENT_DATA_DIR="$agent_dir" \
-      KLOUDAK_AGENT_LOG_TARGET="${KLOUDAK_AGENT_LOG_TARGET:-stdout}" \
-      setsid node --disable-warning=DEP0123 agent/dist/main.js &
+      KLOUDAK_AGENT_LOG_TARGET="${KLOUDAK_AGENT_LOG_TARGET:-stdout}" KLOUDAK_AGENT_LIFELINE_FD="$lifeline_r" \
+      setsid node --disable-warning=DEP0123 agent/dist/main.js {lifeline_w}>&- &
     agent_pid=$!
   else
     kill -0 "$orch_pid" 2>/dev/null || { wait "$orch_pid" || true; die "the orchestrator exited during start (see its log above)"; }
@@ -283,7 +304,7 @@ if [ "$mode" != none ]; then
   fi
 else
   # Still wait for readiness so the summary below is true when it is printed.
-  UP_URL="$base_url" UP_WAIT_ONLY=1 node scripts/up-local-host.mjs || die "the orchestrator did not become ready"
+  UP_URL="$base_url" UP_WAIT_ONLY=1 node scripts/up-local-host.mjs {lifeline_w}>&- || die "the orchestrator did not become ready"
 fi
 
 cat >&2 <<EOF

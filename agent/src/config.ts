@@ -57,6 +57,11 @@ export const AgentConfigSchema = Type.Object(
     underSystemd: Type.Boolean({ default: false }),
     /** Set from the environment only (NOTIFY_SOCKET): sd_notify is wanted. */
     notifySocket: Type.Optional(Type.String({ minLength: 1 })),
+    /**
+     * Set from the environment only (KLOUDAK_AGENT_LIFELINE_FD): the read end of a pipe whose write
+     * end only the starting process holds (scripts/up.sh); at its end-of-file the agent stops as on SIGTERM.
+     */
+    lifelineFd: Type.Optional(Type.Integer({ minimum: 0 })),
   },
   { additionalProperties: false },
 );
@@ -95,7 +100,7 @@ const FLAG_NAMES: Record<string, string> = Object.fromEntries(
 );
 
 /** Keys only the environment may set (facts about how the process was started). */
-const ENV_ONLY = new Set(['underSystemd', 'notifySocket']);
+const ENV_ONLY = new Set(['underSystemd', 'notifySocket', 'lifelineFd']);
 
 /** snake_case / kebab-case → camelCase, so `join_token:` and `joinToken:` both work in the file. */
 function camel(key: string): string {
@@ -161,6 +166,7 @@ export function loadAgentConfig(inputs: ConfigInputs = {}): AgentConfig {
   const started: Record<string, unknown> = {
     underSystemd: Boolean(env['INVOCATION_ID'] || env['JOURNAL_STREAM']),
     notifySocket: env['NOTIFY_SOCKET'] || undefined,
+    lifelineFd: env['KLOUDAK_AGENT_LIFELINE_FD'] || undefined,
   };
   const defaults = { hostname: osHostname() };
   const merged = { ...defaults, ...file };

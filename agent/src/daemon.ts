@@ -7,7 +7,7 @@
  */
 import { mkdir } from 'node:fs/promises';
 import { Libvirt } from '@kloudak/libvirt';
-import { ConfigError } from '@kloudak/common';
+import { ConfigError, watchLifeline, type Lifeline } from '@kloudak/common';
 import type { Logger } from 'pino';
 import { GenisoimageSeedBuilder } from './cloudinit/seed.js';
 import { hostSettingsOf, isSimulatedHost, loadAgentConfig, type AgentConfig } from './config.js';
@@ -246,6 +246,21 @@ export async function runDaemon(argv: string[]): Promise<number> {
     return 2;
   }
   const { logger: log } = createAgentLogger({ level: cfg.logLevel, target: cfg.logTarget, underSystemd: cfg.underSystemd });
+  // The lifeline (scripts/up.sh): its end-of-file means the starting process is gone, however it
+  // ended; it stops the agent like SIGTERM, while starting or running.
+  const lifelineLost = new AbortController();
+  let lifeline: Lifeline | undefined;
+  if (cfg.lifelineFd !== undefined) {
+    try {
+      lifeline = watchLifeline(cfg.lifelineFd, (reason) => {
+        log.warn({ reason }, 'lifeline lost: the process that started the agent is gone');
+        lifelineLost.abort();
+      });
+    } catch (err) {
+      process.stderr.write(`kloudak-agent: ${(err as Error).message}\n`);
+      return 2;
+    }
+  }
   const runner = new ProcessRunner();
   const notify = new SdNotifier(runner, cfg.notifySocket);
   let handle: AgentHandle;
@@ -253,6 +268,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
   const onEarlySignal = (): void => early.abort();
   process.once('SIGTERM', onEarlySignal);
   process.once('SIGINT', onEarlySignal);
+  lifelineLost.signal.addEventListener('abort', onEarlySignal);
   try {
     handle = await startAgent(cfg, { log, runner, signal: early.signal });
   } catch (err) {
@@ -268,8 +284,10 @@ export async function runDaemon(argv: string[]): Promise<number> {
   } finally {
     process.off('SIGTERM', onEarlySignal);
     process.off('SIGINT', onEarlySignal);
+    lifelineLost.signal.removeEventListener('abort', onEarlySignal);
   }
   if (early.signal.aborted) {
+    lifeline?.close();
     await handle.stop();
     return 0;
   }
@@ -281,7 +299,10 @@ export async function runDaemon(argv: string[]): Promise<number> {
     };
     process.once('SIGTERM', () => onSignal('SIGTERM'));
     process.once('SIGINT', () => onSignal('SIGINT'));
+    if (lifelineLost.signal.aborted) onSignal('lifeline');
+    else lifelineLost.signal.addEventListener('abort', () => onSignal('lifeline'));
   });
+  lifeline?.close();
   await notify.stopping().catch((err: unknown) => log.warn({ err }, 'sd_notify STOPPING failed'));
   await handle.stop();
   return 0;

@@ -18,7 +18,11 @@ else {
     .then(({ runDaemon }) => runDaemon(argv))
     .then(
       (code) => {
-        process.exitCode = code;
+        // The daemon has stopped everything it started (and the logger writes synchronously), but
+        // grpc-js keeps a closed channel's HTTP/2 connection in its subchannel pool until a 10 s
+        // sweep: waiting for the event loop to drain would hold the exit (and the orchestrator's
+        // own graceful stop, which waits on that connection) for up to 10 s.
+        process.exit(code);
       },
       (err: unknown) => {
         process.stderr.write(`kloudak-agent: ${(err as Error)?.stack ?? String(err)}\n`);

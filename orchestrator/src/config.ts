@@ -65,6 +65,11 @@ export const OrchestratorConfigSchema = Type.Object(
     cpuOvercommit: Type.Number({ exclusiveMinimum: 0, maximum: 64, default: 4 }),
     ramOvercommit: Type.Number({ exclusiveMinimum: 0, maximum: 4, default: 1 }),
     diskOvercommit: Type.Number({ exclusiveMinimum: 0, maximum: 64, default: 1 }),
+    /**
+     * Read end of a pipe whose write end only the starting process holds (scripts/up.sh): at its
+     * end-of-file, that process is gone and `serve` stops as on SIGTERM. Unset: no lifeline.
+     */
+    lifelineFd: Type.Optional(Type.Integer({ minimum: 0 })),
   },
   { additionalProperties: false },
 );
@@ -106,6 +111,7 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_PLACEMENT_STRATEGY: 'placementStrategy',
   KLOUDAK_CPU_OVERCOMMIT: 'cpuOvercommit',
   KLOUDAK_RAM_OVERCOMMIT: 'ramOvercommit',
+  KLOUDAK_LIFELINE_FD: 'lifelineFd',
 };
 
 const FLAG_NAMES: Record<string, string> = {

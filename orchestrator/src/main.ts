@@ -2,7 +2,7 @@
 // The orchestrator's composition root: reads config once, builds every dependency, and runs the
 // chosen command. Nothing else in the orchestrator constructs global state.
 import { createInterface } from 'node:readline';
-import { ConfigError, createLogger, KloudakError } from '@kloudak/common';
+import { ConfigError, createLogger, KloudakError, watchLifeline } from '@kloudak/common';
 import { openDatabase } from '@kloudak/prisma';
 import { createAdmin } from './admin.js';
 import { systemClock } from './clock.js';
@@ -40,6 +40,10 @@ async function main(argv: string[]): Promise<number> {
   const log = createLogger({ component: 'orchestrator', level: config.logLevel });
 
   if (command === 'serve') {
+    // Watched from the start: a parent that dies while this one is still starting is noticed too.
+    let onLifelineLost: (reason: string) => void = () => undefined;
+    const lifelineLost = new Promise<string>((resolve) => (onLifelineLost = resolve));
+    const lifeline = config.lifelineFd === undefined ? undefined : watchLifeline(config.lifelineFd, (reason) => onLifelineLost(reason));
     const orch = await startOrchestrator(config, log, systemClock);
     const where = config.databaseUrl ? 'PostgreSQL' : `embedded PGlite in ${config.dataDir}/pglite`;
     process.stderr.write(
@@ -53,7 +57,12 @@ async function main(argv: string[]): Promise<number> {
       };
       process.once('SIGTERM', () => stop('SIGTERM'));
       process.once('SIGINT', () => stop('SIGINT'));
+      void lifelineLost.then((reason) => {
+        log.warn({ reason }, 'lifeline lost: the process that started the orchestrator is gone');
+        stop('lifeline');
+      });
     });
+    lifeline?.close();
     await orch.close();
     log.flush();
     return 0;

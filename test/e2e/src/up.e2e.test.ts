@@ -5,124 +5,18 @@
 // The build is skipped (KLOUDAK_UP_SKIP_BUILD=1): the test command has just built everything.
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { Cleanup, freePort, waitFor, TEST_NATS_URL } from '@kloudak/testkit';
+import { Cleanup } from '@kloudak/testkit';
+import { GUEST, api, assertNoSecrets, login, processesWith, startUp as start, stopUp, waitHostUp, type Up } from './up-harness.js';
 
-const REPO = fileURLToPath(new URL('../../../', import.meta.url));
-const GUEST = process.env['KLOUDAK_TEST_GUEST_DIR'] ?? join(REPO, '.cache', 'test-guest');
 const RUN = `ku${randomBytes(3).toString('hex')}`;
 const cleanup = new Cleanup();
 after(() => cleanup.run());
-
-/** One run of scripts/up.sh. */
-interface Up {
-  child: ChildProcess;
-  base: string;
-  agentPort: number;
-  output(): string;
-  exited: Promise<number | null>;
-}
-
-async function startUp(dataDir: string, env: Record<string, string>): Promise<Up> {
-  const httpPort = await freePort();
-  const agentPort = await freePort();
-  const child = spawn('bash', [join(REPO, 'scripts/up.sh')], {
-    cwd: REPO,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      ...process.env,
-      KLOUDAK_UP_SKIP_BUILD: '1',
-      KLOUDAK_DATA_DIR: dataDir,
-      KLOUDAK_PORT: String(httpPort),
-      KLOUDAK_AGENT_PORT: String(agentPort),
-      NATS_URL: TEST_NATS_URL,
-      // Hashing cost of the one admin password; the default is made for production.
-      KLOUDAK_PASSWORD_HASH_COST: '12',
-      KLOUDAK_LOG_LEVEL: 'warn',
-      KLOUDAK_AGENT_LOG_LEVEL: 'info',
-      ...env,
-    },
-  });
-  let out = '';
-  child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code, sig) => resolve(code ?? (sig ? 128 : null))));
-  // Whatever happens in the test, the script is stopped (it stops its own children).
-  cleanup.add(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      await exited;
-    }
-  });
-  const up: Up = { child, base: `http://127.0.0.1:${httpPort}`, agentPort, output: () => out, exited };
-  let gone = false;
-  void exited.then(() => (gone = true));
-  await waitFor(async () => {
-    if (gone) throw new Error(`up.sh exited early:\n${out}`);
-    return out.includes('Kloudak is ready.');
-  }, 180_000, 'up.sh to print "Kloudak is ready."');
-  return up;
-}
-
-async function stopUp(up: Up): Promise<void> {
-  up.child.kill('SIGTERM');
-  const code = await up.exited;
-  assert.equal(code, 143, `up.sh ends on SIGTERM with 128+15:\n${up.output().slice(-2000)}`);
-}
-
-/** Pids of processes whose environment names `needle` (the orchestrator's and agent's data dirs). */
-function processesWith(needle: string): number[] {
-  const pids: number[] = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
-    try {
-      if (readFileSync(`/proc/${d}/environ`).includes(needle)) pids.push(Number(d));
-    } catch {
-      // gone meanwhile, or not ours to read
-    }
-  }
-  return pids;
-}
-
-async function api(base: string, token: string, path: string): Promise<{ status: number; body: Record<string, unknown> }> {
-  const res = await fetch(`${base}/api/v1${path}`, { headers: { authorization: `Bearer ${token}` } });
-  return { status: res.status, body: (await res.json()) as Record<string, unknown> };
-}
-
-async function login(up: Up, dataDir: string): Promise<string> {
-  const password = readFileSync(join(dataDir, 'admin-password'), 'utf8').trim();
-  assert.ok(!up.output().includes(password), 'the admin password is never printed');
-  const res = await fetch(`${up.base}/api/v1/auth/login`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ username: 'admin', password }),
-  });
-  assert.equal(res.status, 200);
-  return ((await res.json()) as { token: string }).token;
-}
-
-type Host = { id: string; name: string; state: string; connected: boolean; capacity: { cpus: number }; area: string };
-
-async function waitHostUp(up: Up, token: string, name: string): Promise<Host> {
-  let found: Host | undefined;
-  await waitFor(async () => {
-    const r = await api(up.base, token, '/hosts');
-    found = (r.body['items'] as Host[]).find((h) => h.name === name);
-    return found?.state === 'up' && found.connected;
-  }, 60_000, `host ${name} up and connected:\n${up.output().slice(-3000)}`);
-  return found as Host;
-}
-
-function assertNoSecrets(up: Up): void {
-  assert.ok(!/kjt1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{8,}/.test(up.output()), 'no join token in the output');
-  assert.ok(!/BEGIN [A-Z ]*PRIVATE KEY/.test(up.output()), 'no private key in the output');
-  assert.ok(!/DeprecationWarning|ERROR|"level":("?(error|fatal)"?|50|60)\b/.test(up.output()), `no warning or error:\n${up.output().slice(-3000)}`);
-}
+const startUp = (dataDir: string, env: Record<string, string>): Promise<Up> => start(cleanup, dataDir, env);
 
 describe('npm start (scripts/up.sh)', { timeout: 600_000 }, () => {
   it('brings up the orchestrator with a SIMULATED local host, enrolled by itself; a second start reuses its identity; SIGTERM stops everything', async () => {
