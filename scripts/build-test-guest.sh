@@ -4,7 +4,7 @@
 #   bash scripts/build-test-guest.sh [OUTDIR]
 #
 # OUTDIR defaults to $KLOUDAK_TEST_GUEST_DIR, else <repo>/.cache/test-guest. It receives:
-#   vmlinuz         the Debian kernel (copy of /boot/vmlinuz-<kver>)
+#   vmlinuz         the Debian kernel (boot/vmlinuz-<kver> of its package)
 #   initrd.img      initramfs: static busybox, the virtio/ext4/iso9660 modules, and
 #                   scripts/guest/initramfs-init.sh as /init (mounts /dev/vda, switch_roots)
 #   template.qcow2  64 MiB ext4 root: static busybox and scripts/guest/init.sh as /sbin/init
@@ -15,7 +15,8 @@
 #                   decompression, which under TCG costs ~2.5 s of a ~7 s boot. Use it instead
 #                   of vmlinuz in <kernel> if boot time matters; everything else is the same.
 #   cmdline         the kernel command line to boot it with
-#   VERSION         hash of the inputs (kernel, busybox, these scripts)
+#   KERNEL          the kernel package and version it was built from
+#   VERSION         hash of the inputs (kernel package and version, busybox, these scripts)
 # Boot it with <kernel>, <initrd> and <cmdline> in the domain XML, the root disk (an overlay of
 # template.qcow2) as the first virtio disk (vda) and the seed ISO as another virtio disk;
 # scripts/guest/selftest.sh does exactly that.
@@ -25,13 +26,17 @@
 # the previous template.qcow2 must not be reused after that (their backing file changed).
 # Concurrent runs are serialised with a lock file (OUTDIR.lock).
 #
-# Missing packages are installed with apt (linux-image-amd64, busybox-static, e2fsprogs, cpio,
-# qemu-utils, kmod; xz-utils/zstd only when the modules or the kernel image need them).
+# The kernel is never installed on the host: the package that linux-image-amd64 depends on
+# (linux-image-<kver>, apt's candidate) is fetched with `apt-get download` into
+# <repo>/.cache/debs and unpacked with `dpkg-deb -x` into the build's temporary directory (no
+# postinst, so no initramfs regenerated for the host; depmod runs on the unpacked tree).
+# Other missing packages are installed with apt (busybox-static, e2fsprogs, cpio, qemu-utils,
+# kmod; xz-utils/zstd only when the modules or the kernel image need them).
 #
 # Environment:
 #   KLOUDAK_TEST_GUEST_DIR     default OUTDIR
-#   KLOUDAK_TEST_GUEST_KERNEL  kernel version to use (a /boot/vmlinuz-<version> with modules);
-#                              default: the one linux-image-amd64 depends on
+#   KLOUDAK_TEST_GUEST_KERNEL  use this kernel version installed on the host instead
+#                              (/boot/vmlinuz-<version> and /lib/modules/<version>)
 #
 # Everything in OUTDIR is world-readable (files 0644, directory 0755) because libvirt runs
 # QEMU as libvirt-qemu; every directory above OUTDIR must be searchable by it too (o+x), which
@@ -44,7 +49,7 @@ SELF="$ROOT/scripts/build-test-guest.sh"
 
 case "${1:-}" in
   -h | --help)
-    sed -n '2,38p' "$0"
+    sed -n '2,43p' "$0"
     exit 0
     ;;
   -*)
@@ -82,51 +87,107 @@ pkg_missing() {
   done
 }
 
-# apt_install PKG... — install what is missing. `apt-get update` at most once per run (shared
-# with scripts/lib.sh through KLOUDAK_APT_UPDATED); waits for a dpkg lock held by another apt.
+SUDO=()
+[ "$(id -u)" -eq 0 ] || SUDO=(sudo -n)
+
+# apt_update — `apt-get update` at most once per run (shared with scripts/lib.sh through
+# KLOUDAK_APT_UPDATED); waits for a dpkg lock held by another apt.
+apt_update() {
+  [ "${KLOUDAK_APT_UPDATED:-0}" != 1 ] || return 0
+  command -v apt-get >/dev/null 2>&1 || die "apt-get is not available"
+  log "apt-get update"
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -q >&2
+  export KLOUDAK_APT_UPDATED=1
+}
+
+# apt_install PKG... — install what is missing.
 apt_install() {
   local missing
   mapfile -t missing < <(pkg_missing "$@")
   [ "${#missing[@]}" -eq 0 ] && return 0
   command -v apt-get >/dev/null 2>&1 || die "need ${missing[*]} but apt-get is not available"
-  local sudo=()
-  [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
-  if [ "${KLOUDAK_APT_UPDATED:-0}" != 1 ]; then
-    log "apt-get update"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -q >&2
-    export KLOUDAK_APT_UPDATED=1
-  fi
+  local sudo=("${SUDO[@]}")
+  apt_update
   log "apt-get install ${missing[*]}"
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q \
     --no-install-recommends "${missing[@]}" >&2
 }
 
-apt_install linux-image-amd64 busybox-static e2fsprogs cpio qemu-utils kmod
+apt_install busybox-static e2fsprogs cpio qemu-utils kmod
 
 busybox_files="$(dpkg -L busybox-static)"
 BUSYBOX="$(grep -m1 -E '/bin/busybox$' <<<"$busybox_files")" || true
 [ -x "$BUSYBOX" ] || die "busybox-static is installed but its busybox binary was not found"
 
 # --- kernel --------------------------------------------------------------------------------
-# Never `uname -r`: the host may run a different (non-Debian) kernel.
-kernel_ok() { [ -f "/boot/vmlinuz-$1" ] && [ -f "/lib/modules/$1/modules.dep" ]; }
+# Never `uname -r`: the host may run a different (non-Debian) kernel. KROOT is the root of the
+# kernel's files ($KROOT/boot/vmlinuz-$KVER, $KROOT/lib/modules/$KVER): the host's ("") for
+# KLOUDAK_TEST_GUEST_KERNEL, else the unpacked package, set by unpack_kernel during the build.
+DEB_CACHE="$ROOT/.cache/debs"
+KROOT=""
+KPKG=""
+KPKG_VERSION=""
 KVER="${KLOUDAK_TEST_GUEST_KERNEL:-}"
-if [ -z "$KVER" ]; then
-  # linux-image-amd64 depends on "linux-image-<kver> (= <version>)".
-  KVER="$(dpkg-query -W -f='${Depends}' linux-image-amd64 | sed -n 's/^linux-image-\([^ ,]*\).*/\1/p')"
-  if ! kernel_ok "$KVER"; then
-    KVER="$(find /boot -maxdepth 1 -name 'vmlinuz-*' -printf '%f\n' | sed 's/^vmlinuz-//' | sort -V \
-      | while read -r v; do kernel_ok "$v" && echo "$v"; done | tail -n1)"
+if [ -n "$KVER" ]; then
+  [ -f "/boot/vmlinuz-$KVER" ] && [ -f "/lib/modules/$KVER/modules.dep" ] \
+    || die "KLOUDAK_TEST_GUEST_KERNEL=$KVER: no /boot/vmlinuz-$KVER with /lib/modules/$KVER on this host"
+  KERNEL_ID="host $KVER $(stat -c '%s %Y' "/boot/vmlinuz-$KVER")"
+elif [ -s "$OUTDIR/KERNEL" ] && [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -newer "$OUTDIR/KERNEL" -print -quit 2>/dev/null)" ]; then
+  # What the last build found, while apt's package lists have not changed since (asking apt-cache
+  # costs ~0.6 s, which every `npm start` would pay).
+  read -r KPKG KPKG_VERSION <"$OUTDIR/KERNEL" || true
+  KPKG_REMEMBERED=1
+else
+  # linux-image-amd64 (apt's candidate) depends on "linux-image-<kver> (= <version>)".
+  meta="$(apt-cache show --no-all-versions linux-image-amd64 2>/dev/null)" || true
+  if [ -z "$meta" ]; then
+    apt_update
+    meta="$(apt-cache show --no-all-versions linux-image-amd64)" || die "apt knows no package linux-image-amd64"
   fi
+  dep="$(sed -n 's/^Depends: \(linux-image-[^ ,]*\) (= \([^)]*\)).*/\1 \2/p' <<<"$meta")"
+  read -r KPKG KPKG_VERSION <<<"$dep" || true
 fi
-if [ -z "$KVER" ] || ! kernel_ok "$KVER"; then
-  die "no kernel with modules found (/boot/vmlinuz-${KVER:-?}, /lib/modules/${KVER:-?})"
+if [ -z "${KLOUDAK_TEST_GUEST_KERNEL:-}" ]; then
+  [ -n "$KPKG" ] && [ -n "$KPKG_VERSION" ] || die "cannot tell which kernel package linux-image-amd64 depends on"
+  KVER="${KPKG#linux-image-}"
+  KERNEL_ID="package $KPKG $KPKG_VERSION"
 fi
+
+# unpack_kernel DIR — the kernel package's files under DIR (KROOT=DIR), with the module index
+# (modules.dep) that its postinst would have made. The .deb is kept in DEB_CACHE for rebuilds.
+unpack_kernel() {
+  local dir="$1" deb="$DEB_CACHE/${KPKG}_${KPKG_VERSION}_amd64.deb" dl
+  mkdir -p "$DEB_CACHE"
+  # Builds of other OUTDIRs share the cache (test.sh's and up.sh's): one download at a time.
+  exec 8>"$DEB_CACHE/.lock"
+  flock 8
+  if [ ! -s "$deb" ]; then
+    dl="$(mktemp -d "$DEB_CACHE/.download.XXXXXX")"
+    # apt downloads as the unprivileged _apt user when run as root: let it write there.
+    [ "$(id -u)" -ne 0 ] || ! id _apt >/dev/null 2>&1 || chown _apt "$dl"
+    log "apt-get download $KPKG=$KPKG_VERSION"
+    (cd "$dl" && apt-get download -q "$KPKG=$KPKG_VERSION" >&2) || { rm -rf "$dl"; die "could not download $KPKG=$KPKG_VERSION"; }
+    local got=("$dl"/*.deb)
+    [ "${#got[@]}" -eq 1 ] && [ -s "${got[0]}" ] || { rm -rf "$dl"; die "apt-get download left no package in $dl"; }
+    # Older kernels' packages are of no further use.
+    find "$DEB_CACHE" -maxdepth 1 -name 'linux-image-*.deb' -delete
+    mv "${got[0]}" "$deb"
+    rm -rf "$dl"
+  fi
+  [ "$(dpkg-deb -f "$deb" Package Version | tr '\n' ' ')" = "Package: $KPKG Version: $KPKG_VERSION " ] \
+    || die "$deb is not $KPKG $KPKG_VERSION"
+  log "unpacking $(basename "$deb")"
+  dpkg-deb -x "$deb" "$dir"
+  exec 8>&-
+  [ -f "$dir/boot/vmlinuz-$KVER" ] && [ -d "$dir/lib/modules/$KVER" ] || die "$deb holds no boot/vmlinuz-$KVER with lib/modules/$KVER"
+  depmod -b "$dir" "$KVER"
+  KROOT="$dir"
+}
 
 # --- cache ---------------------------------------------------------------------------------
 inputs_hash() {
   {
-    echo "kernel $KVER $(stat -c '%s %Y' "/boot/vmlinuz-$KVER")"
+    echo "kernel $KERNEL_ID"
     echo "busybox $(dpkg-query -W -f='${Version}' busybox-static)"
     cat "$SELF" "$GUEST_SRC/init.sh" "$GUEST_SRC/initramfs-init.sh"
   } | sha256sum | cut -c1-32
@@ -141,6 +202,8 @@ is_cached() {
 }
 
 if is_cached; then
+  # Asked apt again (its lists changed) and the answer was the same: remember it from now on.
+  [ -n "${KPKG_REMEMBERED:-}" ] || [ -z "$KPKG" ] || touch "$OUTDIR/KERNEL" 2>/dev/null || true
   echo "cached: $OUTDIR ($HASH)"
   exit 0
 fi
@@ -158,7 +221,7 @@ if [ -e "$OUTDIR" ] && [ ! -f "$OUTDIR/VERSION" ] && [ -n "$(ls -A "$OUTDIR" 2>/
 fi
 
 started=$SECONDS
-log "building test guest: kernel $KVER -> $OUTDIR"
+log "building test guest: kernel $KVER${KPKG:+ ($KPKG $KPKG_VERSION)} -> $OUTDIR"
 
 # Staging next to OUTDIR (same filesystem, so the final move is a rename).
 TMP="$(mktemp -d "$PARENT/.$(basename "$OUTDIR").tmp.XXXXXX")"
@@ -166,6 +229,7 @@ trap 'rm -rf "$TMP"' EXIT
 OUT="$TMP/out"
 WORK="$TMP/work"
 mkdir -p "$OUT" "$WORK"
+[ -z "$KPKG" ] || unpack_kernel "$WORK/kernel"
 
 # populate_busybox DIR — busybox at DIR/bin/busybox plus a symlink for every applet where
 # busybox would install it (bin/sh, sbin/ip, usr/bin/awk, ...), except init/linuxrc.
@@ -186,11 +250,11 @@ mkdir -p "$INITRAMFS"/{dev,proc,sys,newroot,etc}
 mknod -m 0600 "$INITRAMFS/dev/console" c 5 1 2>/dev/null \
   || log "cannot mknod /dev/console (not root?); /init reopens it after mounting devtmpfs"
 
-MODDIR="/lib/modules/$KVER"
+MODDIR="$KROOT/lib/modules/$KVER"
 declare -A seen=()
 : >"$INITRAMFS/etc/modules.load"
 for mod in "${MODULES[@]}"; do
-  if ! deps="$(modprobe -S "$KVER" --show-depends "$mod" 2>/dev/null)"; then
+  if ! deps="$(modprobe ${KROOT:+-d "$KROOT"} -S "$KVER" --show-depends "$mod" 2>/dev/null)"; then
     if grep -Eq "/${mod//_/[-_]}\.ko(\.[a-z]+)?$" "$MODDIR/modules.builtin" 2>/dev/null; then
       log "module $mod is built into the kernel"
       continue
@@ -239,7 +303,7 @@ mkfs.ext4 -q -F -L kloudak-root -E root_owner=0:0 -d "$ROOTFS" "$WORK/root.raw"
 qemu-img convert -f raw -O qcow2 "$WORK/root.raw" "$OUT/template.qcow2"
 
 # --- kernel ----------------------------------------------------------------------------------
-cp "/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+cp "$KROOT/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
 
 # extract_vmlinux BZIMAGE OUT — the ELF kernel inside a bzImage (like the kernel's
 # scripts/extract-vmlinux): decompress from the first xz/zstd/gzip magic on. True when OUT is an
@@ -269,6 +333,7 @@ extract_vmlinux "$OUT/vmlinuz" "$OUT/vmlinux" \
 
 # --- the rest --------------------------------------------------------------------------------
 echo "$CMDLINE" >"$OUT/cmdline"
+[ -z "$KPKG" ] || echo "$KPKG $KPKG_VERSION" >"$OUT/KERNEL"
 echo "$HASH" >"$OUT/VERSION"
 chmod 0644 "$OUT"/*
 chmod 0755 "$OUT"
