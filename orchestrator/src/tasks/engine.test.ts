@@ -194,6 +194,31 @@ for (const engine of ['postgres', 'pglite'] as const) {
       assert.equal(j.filter((x) => x.startsWith('run:a:')).length, 1, 'a finished step is not run again');
     });
 
+    it('closes promptly when it is stopped between two steps, and releases the task for the next start', async () => {
+      // The first step stops the worker as it ends, so the run reaches the second step with its
+      // signal already aborted; that step would hang until its 30 s timeout if the abort were missed.
+      let engineRef: TaskEngine | undefined;
+      let closing: Promise<void> | undefined;
+      const d: TaskDefinition = {
+        kind: 'k.close',
+        steps: [
+          // Stop the worker just after this step returns, while its result is being written.
+          { name: 'first', run: async () => { setTimeout(() => { closing = engineRef!.close(); }, 0); return undefined; } },
+          { name: 'hang', timeoutMs: 30_000, run: () => new Promise(() => undefined) },
+        ],
+      };
+      engineRef = start([d], { stepTimeoutMs: 30_000 });
+      const id = await queue('k.close');
+      await waitFor(async () => closing !== undefined, 5_000, 'the first step to stop the worker');
+      const t0 = Date.now();
+      await closing;
+      assert.ok(Date.now() - t0 < 3_000, `close took ${Date.now() - t0} ms`);
+      const row = await db.client.task.findUniqueOrThrow({ where: { id }, include: { steps: { orderBy: { seq: 'asc' } } } });
+      assert.equal(row.leaseOwner, null, 'lease released: the next start resumes it at once');
+      assert.equal(row.state, 'running');
+      assert.equal(row.steps[0]?.state, 'succeeded');
+    });
+
     it('never runs a task on two workers: 40 tasks, 3 competing workers, each step once', async () => {
       const j: Journal = [];
       const d = def('k.many', j, { a: () => new Promise((r) => setTimeout(r, 5)) });

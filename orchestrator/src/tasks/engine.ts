@@ -116,10 +116,10 @@ export class TaskEngine {
   async close(): Promise<void> {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
-    for (const r of this.running.values()) r.abort.abort(new Error('the orchestrator is shutting down'));
-    await Promise.allSettled([...this.running.values()].map((r) => r.done));
-    const ids = [...this.running.keys()];
-    for (const id of ids) await this.release(id).catch(() => undefined);
+    const runs = [...this.running.entries()];
+    for (const [, r] of runs) r.abort.abort(new Error('the orchestrator is shutting down'));
+    await Promise.allSettled(runs.map(([, r]) => r.done));
+    for (const [id] of runs) await this.release(id).catch(() => undefined);
   }
 
   private async pump(): Promise<void> {
@@ -213,6 +213,7 @@ export class TaskEngine {
     const log = this.deps.log.child({ component: 'tasks', task_id: task.id, kind: task.kind });
     const results: Record<string, StepResult> = {};
     for (const [i, sd] of def.steps.entries()) {
+      if (signal.aborted) return;
       const seq = i + 1;
       const prev = task.steps.find((s) => s.seq === seq);
       if (prev?.state === 'succeeded') {
@@ -309,7 +310,9 @@ export class TaskEngine {
     const bounds = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new StepError(`${phase === 'run' ? 'step' : 'undo of'} ${sd.name} timed out`, 'deadline_exceeded', true)), Math.max(0, deadline - this.deps.clock.now()));
       onAbort = () => reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
-      signal.addEventListener('abort', onAbort, { once: true });
+      // Already aborted (the worker was closed between two steps): an abort event will not come again.
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
     });
     try {
       return (await Promise.race([fn(ctx), bounds])) ?? undefined;
