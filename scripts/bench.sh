@@ -17,7 +17,7 @@ ensure_node
 
 ensure_postgres
 ensure_nats
-# host-ops and libvirt-calls: libvirtd with the QEMU driver (and genisoimage for seeds), Open
+# host-ops and libvirt-calls: libvirtd with the QEMU driver (and xorriso for seeds), Open
 # vSwitch, and the tiny test guest host-ops boots (cached: a second run takes well under a second).
 ensure_libvirt
 ensure_ovs

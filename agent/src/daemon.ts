@@ -9,7 +9,7 @@ import { mkdir } from 'node:fs/promises';
 import { Libvirt } from '@kloudak/libvirt';
 import { ConfigError, watchLifeline, type Lifeline } from '@kloudak/common';
 import type { Logger } from 'pino';
-import { GenisoimageSeedBuilder } from './cloudinit/seed.js';
+import { IsoSeedBuilder } from './cloudinit/seed.js';
 import { hostSettingsOf, isSimulatedHost, loadAgentConfig, type AgentConfig } from './config.js';
 import { Lease, systemLeaseClock, type LeaseClock, type LeaseExpiry } from './fence/lease.js';
 import { Fencer } from './fence/fencer.js';
@@ -140,7 +140,15 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
   const hypervisor = new LibvirtHypervisor(lv);
   const storage = new LibvirtStorage(lv);
   const network = deps.network ?? new OvsNetworkDriver(runner, cfg.ovsUplink ? { datapathType: cfg.ovsDatapath, uplink: cfg.ovsUplink } : { datapathType: cfg.ovsDatapath });
-  const seeds = deps.seeds ?? new GenisoimageSeedBuilder(runner);
+  const seeds = deps.seeds ?? new IsoSeedBuilder(runner);
+  // Found now to say it in the log; a host without xorrisofs or genisoimage still runs (VMs that
+  // exist keep working) and every CreateVm fails with the same clear error until one is installed.
+  if (seeds instanceof IsoSeedBuilder) {
+    void seeds.program().then(
+      (program) => hlog.info({ component: 'seed', program }, 'cloud-init seeds are built with this program'),
+      (err: unknown) => hlog.error({ component: 'seed', err }, 'cannot build cloud-init seeds'),
+    );
+  }
   // eslint-disable-next-line prefer-const -- assigned below; the gate only reads it when a command runs
   let lease: Lease;
   // No domain define/start without the lease (fence/start-gate.ts).

@@ -11,7 +11,7 @@ export { HostOperations, type HostOpsDeps, type HostInventory, type VmLocation }
 export { LibvirtHypervisor } from './hypervisor/libvirt-hypervisor.js';
 export { LibvirtStorage } from './storage/libvirt-storage.js';
 export { OvsNetworkDriver } from './network/ovs.js';
-export { GenisoimageSeedBuilder, seedFiles } from './cloudinit/seed.js';
+export { IsoSeedBuilder, SeedToolMissingError, SEED_ISO_PROGRAMS, seedFiles, seedIsoArgv } from './cloudinit/seed.js';
 export { ProcessRunner, CommandError } from './system/command-runner.js';
 export { RevertStack } from './runner/revert.js';
 export { domainXml, nicXml, consoleLogPath, seedFilePath } from './xml/domain.js';

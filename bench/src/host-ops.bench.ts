@@ -1,10 +1,10 @@
 // host-ops.bench — CreateVm and DeleteVm through the agent's drivers (HostOperations over
-// LibvirtHypervisor, LibvirtStorage, OvsNetworkDriver and GenisoimageSeedBuilder) on
+// LibvirtHypervisor, LibvirtStorage, OvsNetworkDriver and IsoSeedBuilder) on
 // qemu:///system (QEMU TCG) and Open vSwitch (netdev datapath), with the tiny test guest.
 //
 // Baseline, measured in the same run on the same pool, bridge and template: the same host work
 // done directly — the libvirt RPCs through one @kloudak/libvirt connection (overlay volume from
-// XML with a backingStore, seed volume + upload of an ISO built with the same genisoimage argv,
+// XML with a backingStore, seed volume + upload of an ISO built with the same xorrisofs argv,
 // define with the same domain XML and the same validate flag, start; destroy, undefine, delete
 // both volumes) and the same ovs-vsctl/ovs-appctl commands HostOperations issues (ensure bridge;
 // list ports and delete the VM's leftovers), spawned with node:child_process execFile. So the ratio
@@ -41,7 +41,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import {
   DEFAULT_HOST_SETTINGS,
-  GenisoimageSeedBuilder,
+  IsoSeedBuilder,
   HostOperations,
   LibvirtHypervisor,
   LibvirtStorage,
@@ -52,6 +52,7 @@ import {
   domainXml,
   rootVolumeName,
   seedFiles,
+  seedIsoArgv,
   seedVolumeName,
   tapName,
   type HostSettings,
@@ -143,7 +144,7 @@ async function timeOp(fn: () => Promise<void>, iteration: number): Promise<Sampl
   return { iteration, ms, steps };
 }
 
-/** ovs-vsctl/ovs-appctl/genisoimage as the baseline runs them: execFile, argv, no shell. */
+/** ovs-vsctl/ovs-appctl/xorrisofs as the baseline runs them: execFile, argv, no shell. */
 async function run(file: string, args: readonly string[]): Promise<string> {
   const r = await execFileP(file, args, { timeout: PROCESS_TIMEOUT_MS, encoding: 'utf8' });
   return r.stdout;
@@ -162,6 +163,8 @@ class DirectHostWork {
     private readonly bridge: string,
     private readonly template: { path: string; capacity: bigint },
     private readonly settings: HostSettings,
+    /** The ISO program the agent's builder chose (xorrisofs, or genisoimage where only it exists). */
+    private readonly isoProgram: string,
   ) {}
 
   /** Same argv as OvsNetworkDriver.ensureBridge: add-br --may-exist, then ask ovs-vswitchd. */
@@ -172,7 +175,7 @@ class DirectHostWork {
     if (!list.split('\n').some((l) => l.trim() === br)) throw new Error(`ovs-vswitchd does not run bridge ${br}`);
   }
 
-  /** The seed ISO, with the argv GenisoimageSeedBuilder uses (files in a fresh 0700 temp dir). */
+  /** The seed ISO, with the argv IsoSeedBuilder uses (files in a fresh 0700 temp dir). */
   private async buildSeed(files: SeedFiles): Promise<Buffer> {
     const dir = await mkdtemp(join(tmpdir(), `${RUN}-seed-`));
     try {
@@ -183,8 +186,8 @@ class DirectHostWork {
       ];
       for (const [name, content] of entries) await writeFile(join(dir, name), content, { mode: 0o600, flag: 'wx' });
       const iso = join(dir, 'seed.iso');
-      // The temp dir path holds neither '=' nor '\', so the graft points need no escaping.
-      await run('genisoimage', ['-quiet', '-output', iso, '-volid', 'cidata', '-joliet', '-rock', '-graft-points', ...entries.map(([n]) => `${n}=${join(dir, n)}`)]);
+      const [program, ...args] = seedIsoArgv(this.isoProgram, iso, entries.map(([n]) => [n, join(dir, n)] as const));
+      await run(program!, args);
       return await readFile(iso);
     } finally {
       await rm(dir, { recursive: true, force: true });
@@ -285,6 +288,8 @@ async function main(): Promise<number> {
   const made: string[] = [];
   let stopping = false;
   let inFlight: Promise<void> | undefined;
+  /** The ISO program both paths build seeds with (the agent's choice). */
+  let isoProgram = '';
   try {
     if (!existsSync(join(GUEST, 'template.qcow2')) || !existsSync(join(GUEST, 'vmlinux'))) {
       progress(`no test guest in ${GUEST}: building it (scripts/build-test-guest.sh)`);
@@ -336,11 +341,13 @@ async function main(): Promise<number> {
 
     const settings: HostSettings = { ...DEFAULT_HOST_SETTINGS, domainType: 'qemu', ovsDatapath: 'netdev', nicOffload: false, bridge, consoleDir };
     const runner = new ProcessRunner();
+    const seedBuilder = new IsoSeedBuilder(runner);
+    isoProgram = await seedBuilder.program();
     const ops = new HostOperations({
       hypervisor: timedPort(new LibvirtHypervisor(lvK), { define: 'define', start: 'start', destroy: 'destroy', undefine: 'undefine' }),
       storage: timedPort(new LibvirtStorage(lvK), { cloneOverlay: 'root overlay', putRaw: 'seed volume', delete: 'volumes' }),
       network: timedPort(new OvsNetworkDriver(runner, { datapathType: 'netdev' }), { ensureBridge: 'ovs bridge', listPorts: 'ovs ports', deletePort: 'ovs ports' }),
-      seeds: timedPort(new GenisoimageSeedBuilder(runner), { build: 'seed build' }),
+      seeds: timedPort(seedBuilder, { build: 'seed build' }),
       settings,
     });
     // Registered last, so it runs first: every VM either path made (or half made) goes, before
@@ -355,7 +362,7 @@ async function main(): Promise<number> {
       for (const vmId of made) await ops.deleteVm({ vmId, pool: RUN }).catch((err: unknown) => progress(`cleanup of VM ${vmId}: ${String(err)}`));
       await lvK.deleteVolume(await lvK.lookupVolumeByName(pool, TEMPLATE)).catch(() => undefined);
     });
-    const direct = new DirectHostWork(lvB, RUN, bridge, template, settings);
+    const direct = new DirectHostWork(lvB, RUN, bridge, template, settings, isoProgram);
 
     const kernelBoot = { kernel: join(GUEST, 'vmlinux'), initrd: join(GUEST, 'initrd.img'), cmdline: 'console=ttyS0 panic=-1 root=/dev/vda quiet' };
     const newSpec = (n: number): VmSpec => {
@@ -497,8 +504,8 @@ async function main(): Promise<number> {
     `\nhost-ops.bench — CreateVm and DeleteVm on ${URI} (TCG, domain type qemu) with OVS (netdev), the test guest ` +
       `(direct kernel boot, 1 vCPU, 128 MiB, 1 NIC on VLAN ${VLAN}), ${ITERATIONS} measured pairs per path after ${WARMUP} warm-up, interleaved; ` +
       `pool holds the template${POOL_VOLUMES > 0 ? ` and ${POOL_VOLUMES} other overlays` : ''}.\n` +
-      `kloudak = HostOperations over LibvirtHypervisor/LibvirtStorage/OvsNetworkDriver/GenisoimageSeedBuilder/ProcessRunner.\n` +
-      `baseline = the same libvirt RPCs (one @kloudak/libvirt connection) and ovs-vsctl/ovs-appctl/genisoimage argv (execFile), ` +
+      `kloudak = HostOperations over LibvirtHypervisor/LibvirtStorage/OvsNetworkDriver/IsoSeedBuilder/ProcessRunner.\n` +
+      `baseline = the same libvirt RPCs (one @kloudak/libvirt connection) and ovs-vsctl/ovs-appctl/${isoProgram} argv (execFile), ` +
       `without the agent's lookups, refreshes and status reads; domain XML and seed files generated before its clock starts.\n` +
       `Not waiting for the guest to boot. ratio = kloudak / baseline (higher is slower). p95 of ${ITERATIONS} samples is nearest rank.\n` +
       `"w/o start" / "w/o destroy" = each sample minus its libvirt start / destroy call (one identical RPC on both paths, ` +

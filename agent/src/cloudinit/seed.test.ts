@@ -6,17 +6,19 @@
  * - network-config: rendered by `cloud-init devel net-convert` into networkd, ENI, sysconfig and
  *   netplan output (22.4's schema command has no network-config validation; rendering parses
  *   it for real, and fails on what it cannot use);
- * - the ISO: built with genisoimage, inspected with isoinfo (package genisoimage).
+ * - the ISO: built with xorrisofs (package xorriso) and with the genisoimage fallback, inspected
+ *   with isoinfo (package genisoimage); which program the builder finds is steered through the
+ *   PATH of its runner (a directory of links to the real programs).
  */
 import test, { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { CommandResult, CommandRunner, RunOptions } from '../ports.js';
 import type { NicSpec } from '../spec.js';
-import { GenisoimageSeedBuilder, metaData, networkConfig, SEED_LABEL, seedFiles, userData, yamlString } from './seed.js';
+import { IsoSeedBuilder, metaData, networkConfig, SEED_LABEL, SeedToolMissingError, seedFiles, userData, yamlString } from './seed.js';
 import { ProcessRunner } from '../system/command-runner.js';
 
 const VM = '0c9e7b1a-3f4d-4e5a-9b6c-7d8e9f0a1b2c';
@@ -27,7 +29,7 @@ const HASH = '$6$rounds=4096$saltsaltsalt$3MEaFIbEBzG0bmRvYNSk4OZr3cq4jIeGmMBPKP
 /** The agent's ProcessRunner, recording what it ran. */
 class TestRunner implements CommandRunner {
   readonly ran: string[][] = [];
-  private readonly real = new ProcessRunner();
+  constructor(private readonly real: CommandRunner = new ProcessRunner()) {}
   run(argv: readonly string[], opts: RunOptions = {}): Promise<CommandResult> {
     this.ran.push([...argv]);
     return this.real.run(argv, opts);
@@ -217,7 +219,21 @@ describe('network-config', () => {
   });
 });
 
-describe('GenisoimageSeedBuilder', () => {
+/** Where a program is on this machine's PATH (the test's own lookup, not the builder's). */
+function which(program: string): string {
+  const r = spawnSync('sh', ['-c', 'command -v "$1"', 'sh', program], { encoding: 'utf8' });
+  assert.equal(r.status, 0, `${program} is not installed (apt-get install ${program === 'xorrisofs' ? 'xorriso' : program})`);
+  return r.stdout.trim();
+}
+
+/** A directory to use as the whole PATH of a runner, holding links to just `programs`. */
+function pathWith(...programs: string[]): string {
+  const bin = mkdtempSync(join(dir, 'bin-'));
+  for (const p of programs) symlinkSync(which(p), join(bin, p));
+  return bin;
+}
+
+describe('IsoSeedBuilder', () => {
   const files = seedFiles({
     vmId: VM,
     hostname: 'web-1',
@@ -226,58 +242,125 @@ describe('GenisoimageSeedBuilder', () => {
     nics: [{ networkId: NET, mac: '52:54:00:aa:00:01', vlan: 10, ip: { address: '10.1.0.5/24', gateway: '10.1.0.1' } }],
   });
 
-  test('builds an ISO labelled cidata holding the three files, with argv only, and cleans up', async () => {
-    // A parent with '=' in its name: graft points must escape it.
-    const parent = join(dir, 'tmp=parent');
-    mkdirSync(parent);
-    const runner = new TestRunner();
-    const iso = await new GenisoimageSeedBuilder(runner, { tmpDir: parent }).build(files);
-    assert.deepEqual(readdirSync(parent), [], 'the build directory is removed');
-
-    assert.equal(runner.ran.length, 1);
-    const argv = runner.ran[0]!;
-    assert.equal(argv[0], 'genisoimage');
-    assert.ok(argv.includes('-graft-points') && argv.includes('-rock') && argv.includes('-joliet'));
-    assert.equal(argv[argv.indexOf('-volid') + 1], 'cidata');
-
+  /** Checks the image with isoinfo and cloud-init: label, Joliet, Rock Ridge, exactly the three files, intact and valid. */
+  function checkIso(iso: Uint8Array, program: string): void {
     assert.ok(iso.length > 0 && iso.length % 2048 === 0, `an ISO is whole 2048-byte sectors (${iso.length})`);
-    const isoFile = join(dir, 'seed.iso');
+    const isoFile = join(dir, `seed-${n++}.iso`);
     writeFileSync(isoFile, iso);
     const d = run('isoinfo', ['-d', '-i', isoFile], 'genisoimage');
     assert.equal(d.status, 0, d.stderr);
     assert.match(d.stdout, new RegExp(`^Volume id: ${SEED_LABEL}$`, 'm'));
     assert.match(d.stdout, /Rock Ridge signatures version/);
     assert.match(d.stdout, /Joliet/);
+    // Which program made it: each one signs the volume descriptor its own way.
+    assert.match(d.stdout, program === 'xorrisofs' ? /^Data preparer id: XORRISO/m : /^Application id: GENISOIMAGE/m, d.stdout);
     const list = run('isoinfo', ['-f', '-R', '-i', isoFile], 'genisoimage');
     assert.deepEqual(list.stdout.trim().split('\n').sort(), ['/meta-data', '/network-config', '/user-data']);
+    // Joliet names too (Windows-style readers, and cloud-init's own fallbacks).
+    const joliet = run('isoinfo', ['-f', '-J', '-i', isoFile], 'genisoimage');
+    assert.deepEqual(joliet.stdout.trim().split('\n').sort(), ['/meta-data', '/network-config', '/user-data']);
     const extract = (p: string): string => run('isoinfo', ['-R', '-x', p, '-i', isoFile], 'genisoimage').stdout;
     assert.equal(extract('/user-data'), files.userData);
     assert.equal(extract('/meta-data'), files.metaData);
     assert.equal(extract('/network-config'), files.networkConfig);
+    // What the guest reads back is still what cloud-init accepts.
+    const schema = run('cloud-init', ['schema', '--config-file', writeTemp(extract('/user-data'))], 'cloud-init');
+    assert.equal(schema.status, 0, `${schema.stdout}${schema.stderr}`);
+    assert.deepEqual(parseYaml(extract('/meta-data')), { 'instance-id': VM, 'local-hostname': 'web-1' });
+  }
+
+  test('xorrisofs first: builds an ISO labelled cidata holding the three files, with argv only, and cleans up', async () => {
+    // A parent with '=' in its name: graft points must escape it.
+    const parent = join(dir, 'tmp=parent');
+    mkdirSync(parent);
+    const runner = new TestRunner();
+    const builder = new IsoSeedBuilder(runner, { tmpDir: parent });
+    assert.equal(await builder.program(), 'xorrisofs', 'xorrisofs is preferred (apt-get install xorriso)');
+    const iso = await builder.build(files);
+    assert.deepEqual(readdirSync(parent), [], 'the build directory is removed');
+
+    // One probe, then the build; a second build does not probe again.
+    assert.deepEqual(runner.ran[0], ['xorrisofs', '-version']);
+    assert.equal(runner.ran.length, 2);
+    const argv = runner.ran[1]!;
+    assert.equal(argv[0], 'xorrisofs');
+    assert.ok(argv.includes('-graft-points') && argv.includes('-rock') && argv.includes('-joliet'));
+    assert.equal(argv[argv.indexOf('-volid') + 1], 'cidata');
+    checkIso(iso, 'xorrisofs');
+    await builder.build(files);
+    assert.equal(runner.ran.length, 3);
+    assert.equal(runner.ran[2]![0], 'xorrisofs');
   });
 
-  test('a failing genisoimage is an error and still leaves nothing behind', async () => {
+  test('genisoimage where xorrisofs is not installed: the same image', async () => {
+    const parent = mkdtempSync(join(dir, 'geniso-'));
+    const runner = new TestRunner(new ProcessRunner({ env: { PATH: pathWith('genisoimage') } }));
+    const builder = new IsoSeedBuilder(runner, { tmpDir: parent });
+    const iso = await builder.build(files);
+    assert.deepEqual(runner.ran.map((a) => a.slice(0, 2)).slice(0, 2), [['xorrisofs', '-version'], ['genisoimage', '-version']]);
+    assert.equal(runner.ran.at(-1)![0], 'genisoimage');
+    assert.equal(await builder.program(), 'genisoimage');
+    checkIso(iso, 'genisoimage');
+    assert.deepEqual(readdirSync(parent), []);
+  });
+
+  test('neither installed: a clear error naming what to install; once one is there, the next build works', async () => {
+    const parent = mkdtempSync(join(dir, 'none-'));
+    const bin = pathWith();
+    const builder = new IsoSeedBuilder(new ProcessRunner({ env: { PATH: bin } }), { tmpDir: parent });
+    for (const attempt of [builder.program(), builder.build(files)]) {
+      await assert.rejects(attempt, (err: unknown) => {
+        assert.ok(err instanceof SeedToolMissingError, String(err));
+        assert.deepEqual(err.tried.map((t) => t.program), ['xorrisofs', 'genisoimage']);
+        assert.match(err.message, /none of xorrisofs, genisoimage can be started/);
+        assert.match(err.message, /install xorriso/);
+        assert.match(err.message, /program not found/);
+        return true;
+      });
+    }
+    assert.deepEqual(readdirSync(parent), [], 'nothing written when there is no program');
+    // Installed afterwards (here: linked into the runner's PATH): no restart needed.
+    symlinkSync(which('xorrisofs'), join(bin, 'xorrisofs'));
+    checkIso(await builder.build(files), 'xorrisofs');
+    assert.deepEqual(readdirSync(parent), []);
+  });
+
+  test('a program that goes away after it was chosen is looked for again', async () => {
+    const parent = mkdtempSync(join(dir, 'gone-'));
+    const bin = pathWith('xorrisofs', 'genisoimage');
+    const builder = new IsoSeedBuilder(new ProcessRunner({ env: { PATH: bin } }), { tmpDir: parent });
+    assert.equal(await builder.program(), 'xorrisofs');
+    rmSync(join(bin, 'xorrisofs'));
+    await assert.rejects(builder.build(files), /program not found/);
+    assert.equal(await builder.program(), 'genisoimage');
+    checkIso(await builder.build(files), 'genisoimage');
+    assert.deepEqual(readdirSync(parent), []);
+  });
+
+  test('a failing build is an error and still leaves nothing behind', async () => {
     const parent = mkdtempSync(join(dir, 'fail-'));
     const runner = new TestRunner();
-    const builder = new GenisoimageSeedBuilder(runner, { tmpDir: parent, genisoimage: 'false' });
+    // `false` starts (so it is chosen) and fails every run.
+    const builder = new IsoSeedBuilder(runner, { tmpDir: parent, programs: ['false'] });
     await assert.rejects(builder.build(files), /exited with code 1/);
     assert.deepEqual(readdirSync(parent), []);
     // A runner that resolves with a failure code (allowFailure-style) is caught too.
     const lenient: CommandRunner = { run: async () => ({ code: 2, stdout: '', stderr: 'boom' }) };
-    await assert.rejects(new GenisoimageSeedBuilder(lenient, { tmpDir: parent }).build(files), /exited 2: boom/);
+    await assert.rejects(new IsoSeedBuilder(lenient, { tmpDir: parent }).build(files), /xorrisofs exited 2: boom/);
     assert.deepEqual(readdirSync(parent), []);
   });
 
-  test('the build directory is private (0700) while genisoimage runs', async () => {
+  test('the build directory is private (0700) while the ISO is built', async () => {
     const parent = mkdtempSync(join(dir, 'mode-'));
     let mode = -1;
+    const real = new TestRunner();
     const spy: CommandRunner = {
-      run: async (argv) => {
-        mode = statSync(join(argv[argv.indexOf('-output') + 1]!, '..')).mode & 0o777;
-        return new TestRunner().run(argv);
+      run: async (argv, opts) => {
+        if (argv.includes('-output')) mode = statSync(join(argv[argv.indexOf('-output') + 1]!, '..')).mode & 0o777;
+        return real.run(argv, opts);
       },
     };
-    await new GenisoimageSeedBuilder(spy, { tmpDir: parent }).build(files);
+    await new IsoSeedBuilder(spy, { tmpDir: parent }).build(files);
     assert.equal(mode, 0o700);
   });
 });

@@ -1,7 +1,8 @@
 /**
  * The cloud-init NoCloud seed of a VM: the three files (meta-data, user-data, network-config) as
- * pure generators, and {@link GenisoimageSeedBuilder}, which packs them into an ISO 9660 image
- * labelled `cidata` that the VM sees as a read-only disk.
+ * pure generators, and {@link IsoSeedBuilder}, which packs them into an ISO 9660 image labelled
+ * `cidata` (with xorrisofs, or genisoimage where only that exists) that the VM sees as a read-only
+ * disk.
  *
  * Every string value is written as a double-quoted YAML scalar by {@link yamlString} (ASCII only,
  * everything else escaped), so no user-chosen value can change the document's structure, and
@@ -17,6 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkId } from '../names.js';
 import type { CommandRunner, SeedBuilder, SeedFiles } from '../ports.js';
+import { CommandError } from '../system/command-runner.js';
 import { checkNic, checkPasswordHash, checkText, normalizeMac, parseCidr, SpecError } from '../spec.js';
 import type { NicSpec, VmSpec } from '../spec.js';
 
@@ -132,40 +134,111 @@ export function seedFiles(spec: Pick<VmSpec, 'vmId' | 'hostname' | 'sshKeys' | '
   };
 }
 
-/** Escapes a path for a genisoimage graft point (`name=path`): `\` and `=` are special there. */
+/** Escapes a path for a graft point (`name=path`): `\` and `=` are special there (xorrisofs and genisoimage alike). */
 function graftPath(path: string): string {
   return path.replace(/[\\=]/g, (c) => `\\${c}`);
 }
 
-export interface GenisoimageSeedBuilderOptions {
+/**
+ * The programs that can build the seed, in order of preference. `xorrisofs` (package `xorriso`:
+ * EL9/EL10 AppStream, Debian, Ubuntu) is the one EL ships since cdrkit was dropped; `genisoimage`
+ * (cdrkit; Debian, EL8) is the fallback where only it exists. Both take the same mkisofs argv
+ * ({@link seedIsoArgv}).
+ */
+export const SEED_ISO_PROGRAMS: readonly string[] = ['xorrisofs', 'genisoimage'];
+
+/**
+ * The argv that packs `entries` (name in the image, absolute path of the file) into `output`: an
+ * ISO 9660 volume labelled {@link SEED_LABEL} with Joliet and Rock Ridge names, through graft
+ * points so the build needs no working directory. The same for xorrisofs and genisoimage.
+ */
+export function seedIsoArgv(program: string, output: string, entries: ReadonlyArray<readonly [name: string, path: string]>): string[] {
+  return [program, '-quiet', '-output', output, '-volid', SEED_LABEL, '-joliet', '-rock', '-graft-points', ...entries.map(([name, path]) => `${name}=${graftPath(path)}`)];
+}
+
+/** No program that can build a seed ISO could be started: neither xorrisofs nor genisoimage is installed. */
+export class SeedToolMissingError extends Error {
+  constructor(
+    /** Each program tried, with why it could not be started. */
+    readonly tried: ReadonlyArray<{ program: string; reason: string }>,
+  ) {
+    super(
+      `cannot build the cloud-init seed: none of ${tried.map((t) => t.program).join(', ')} can be started ` +
+        `(install xorriso, which provides xorrisofs: dnf install xorriso / apt-get install xorriso) — ` +
+        tried.map((t) => `${t.program}: ${t.reason}`).join('; '),
+    );
+    this.name = 'SeedToolMissingError';
+  }
+}
+
+export interface IsoSeedBuilderOptions {
   /** Parent of the temporary build directories. Default: the OS temp directory. */
   tmpDir?: string;
-  /** The genisoimage executable. Default `genisoimage` (from PATH). */
-  genisoimage?: string;
+  /**
+   * Programs to try, first that starts wins (looked up on the runner's PATH). Default
+   * {@link SEED_ISO_PROGRAMS}: xorrisofs, then genisoimage.
+   */
+  programs?: readonly string[];
   /** Time allowed for one build. Default 30 s. */
   timeoutMs?: number;
 }
 
 /**
- * Builds the seed ISO with genisoimage (Debian package `genisoimage`), through the agent's
+ * Builds the seed ISO with xorrisofs, or genisoimage where only that exists, through the agent's
  * {@link CommandRunner}: the files go into a fresh private (0700) temp directory, the image is
  * written there and read back, and the directory is removed whatever happens.
+ *
+ * The program is found at first use (or earlier through {@link IsoSeedBuilder.program}, which the
+ * daemon calls at start to log it): the first of `programs` that starts (`-version`). The choice
+ * is kept until that program fails to start; when none starts, the build fails with
+ * {@link SeedToolMissingError} and the next build looks again (installing xorriso needs no restart).
  */
-export class GenisoimageSeedBuilder implements SeedBuilder {
+export class IsoSeedBuilder implements SeedBuilder {
   private readonly tmpDir: string;
-  private readonly genisoimage: string;
+  private readonly programs: readonly string[];
   private readonly timeoutMs: number;
+  private chosen: Promise<string> | null = null;
 
   constructor(
     private readonly runner: CommandRunner,
-    options: GenisoimageSeedBuilderOptions = {},
+    options: IsoSeedBuilderOptions = {},
   ) {
     this.tmpDir = options.tmpDir ?? tmpdir();
-    this.genisoimage = options.genisoimage ?? 'genisoimage';
+    this.programs = options.programs ?? SEED_ISO_PROGRAMS;
     this.timeoutMs = options.timeoutMs ?? 30_000;
+    if (this.programs.length === 0) throw new TypeError('IsoSeedBuilder needs at least one program');
+  }
+
+  /** The program seeds are built with; throws {@link SeedToolMissingError} when none can be started. */
+  program(): Promise<string> {
+    if (this.chosen === null) {
+      const p = this.detect();
+      this.chosen = p;
+      // A failed detection is not kept: the next call looks again.
+      p.catch(() => {
+        if (this.chosen === p) this.chosen = null;
+      });
+    }
+    return this.chosen;
+  }
+
+  private async detect(): Promise<string> {
+    const tried: Array<{ program: string; reason: string }> = [];
+    for (const program of this.programs) {
+      try {
+        // Any exit code will do: the point is that the program exists and starts.
+        await this.runner.run([program, '-version'], { timeoutMs: this.timeoutMs, allowFailure: true });
+        return program;
+      } catch (err) {
+        if (!isNotStarted(err)) throw err;
+        tried.push({ program, reason: err.message });
+      }
+    }
+    throw new SeedToolMissingError(tried);
   }
 
   async build(files: SeedFiles): Promise<Uint8Array> {
+    const program = await this.program();
     // mkdtemp creates the directory with mode 0700.
     const dir = await mkdtemp(join(this.tmpDir, 'kloudak-seed-'));
     try {
@@ -177,23 +250,25 @@ export class GenisoimageSeedBuilder implements SeedBuilder {
       for (const [name, content] of entries) await writeFile(join(dir, name), content, { mode: 0o600, flag: 'wx' });
       const iso = join(dir, 'seed.iso');
       // The runner has no cwd option: absolute paths, mapped to their names in the image.
-      const argv = [
-        this.genisoimage,
-        '-quiet',
-        '-output',
+      const argv = seedIsoArgv(
+        program,
         iso,
-        '-volid',
-        SEED_LABEL,
-        '-joliet',
-        '-rock',
-        '-graft-points',
-        ...entries.map(([name]) => `${name}=${graftPath(join(dir, name))}`),
-      ];
-      const r = await this.runner.run(argv, { timeoutMs: this.timeoutMs });
-      if (r.code !== 0) throw new Error(`genisoimage exited ${r.code}: ${r.stderr.trim()}`);
+        entries.map(([name]) => [name, join(dir, name)] as const),
+      );
+      const r = await this.runner.run(argv, { timeoutMs: this.timeoutMs }).catch((err: unknown) => {
+        // Gone since it was chosen (uninstalled): look again next time.
+        if (isNotStarted(err)) this.chosen = null;
+        throw err;
+      });
+      if (r.code !== 0) throw new Error(`${program} exited ${r.code}: ${r.stderr.trim()}`);
       return new Uint8Array(await readFile(iso));
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
   }
+}
+
+/** The runner could not start the program at all (not installed, not executable). */
+function isNotStarted(err: unknown): err is CommandError {
+  return err instanceof CommandError && err.reason === 'spawn';
 }

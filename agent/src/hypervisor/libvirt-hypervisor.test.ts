@@ -4,10 +4,10 @@
  * - qemu:///system: a tiny TCG domain (no OS) for start/stop and device hot-plug on the live
  *   domain and its definition (a USB disk: its unplug needs no guest cooperation);
  * - qemu:///system end to end: a VM from its VmSpec, i.e. domainXml() with a qcow2 overlay root
- *   disk (LibvirtStorage) and a cloud-init seed (GenisoimageSeedBuilder) in a `dir` pool in a
+ *   disk (LibvirtStorage) and a cloud-init seed (IsoSeedBuilder) in a `dir` pool in a
  *   temp directory, NICs on a temporary OVS bridge (userspace datapath), a console log file.
  *
- * Needs: libvirt-daemon-system, qemu-system-x86, qemu-utils, genisoimage and a running Open
+ * Needs: libvirt-daemon-system, qemu-system-x86, qemu-utils, xorriso (or genisoimage) and a running Open
  * vSwitch (openvswitch-switch). Everything created gets a unique name and is removed at the end,
  * on failure too.
  */
@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { Flags, InvalidError, Libvirt, NotFoundError } from '@kloudak/libvirt';
 import type { StoragePoolRef } from '@kloudak/libvirt';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
-import { GenisoimageSeedBuilder, seedFiles } from '../cloudinit/seed.js';
+import { IsoSeedBuilder, seedFiles } from '../cloudinit/seed.js';
 import { domainName, rootVolumeName, seedVolumeName, tapName } from '../names.js';
 import { DEFAULT_HOST_SETTINGS } from '../settings.js';
 import type { HostSettings } from '../settings.js';
@@ -264,7 +264,7 @@ describe('qemu:///system: a VM from its spec (XML, overlay disk, seed, OVS NICs,
       cleanup.add(() => storage.delete(RUN, seedVolumeName(spec.vmId)));
       const root = await storage.cloneOverlay(RUN, template, rootVolumeName(spec.vmId), spec.diskGb);
       assert.equal(root.capacityBytes, 1024n ** 3n);
-      const iso = await new GenisoimageSeedBuilder(runner).build(seedFiles(spec));
+      const iso = await new IsoSeedBuilder(runner).build(seedFiles(spec));
       await storage.putRaw(RUN, seedVolumeName(spec.vmId), iso);
 
       cleanup.add(() => hv.undefine(name));

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Libvirt, NotSupportedError } from '@kloudak/libvirt';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
-import { GenisoimageSeedBuilder } from '../cloudinit/seed.js';
+import { IsoSeedBuilder } from '../cloudinit/seed.js';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor.js';
 import { domainName, seedVolumeName } from '../names.js';
 import { OvsNetworkDriver } from '../network/ovs.js';
@@ -108,7 +108,7 @@ describe(`host operations on ${HOSTS} simulated hosts at once (test:///file thro
         hypervisor: hv,
         storage,
         network: new OvsNetworkDriver(runner, { datapathType: 'netdev' }),
-        seeds: new GenisoimageSeedBuilder(runner),
+        seeds: new IsoSeedBuilder(runner),
         settings,
       });
       hosts.push({ index: i, lv, ops, hv, storage, settings, dir });

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Flags, Libvirt, type StoragePoolRef } from '@kloudak/libvirt';
 import { ensureLibvirtd, stopLibvirtd } from '@kloudak/libvirt/testing';
-import { GenisoimageSeedBuilder } from '../cloudinit/seed.js';
+import { IsoSeedBuilder } from '../cloudinit/seed.js';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor.js';
 import { domainName, rootVolumeName, seedVolumeName, tapName } from '../names.js';
 import { OvsNetworkDriver } from '../network/ovs.js';
@@ -153,7 +153,7 @@ describe('host operations on qemu:///system with Open vSwitch and the test guest
     hv = new LibvirtHypervisor(lv);
     storage = new LibvirtStorage(lv);
     network = new OvsNetworkDriver(runner, { datapathType: 'netdev' });
-    seeds = new GenisoimageSeedBuilder(runner);
+    seeds = new IsoSeedBuilder(runner);
     ops = new HostOperations({ hypervisor: hv, storage, network, seeds, settings });
   });
 

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { Libvirt } from '@kloudak/libvirt';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import { pino } from 'pino';
-import { GenisoimageSeedBuilder } from '../cloudinit/seed.js';
+import { IsoSeedBuilder } from '../cloudinit/seed.js';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor.js';
 import { OvsNetworkDriver } from '../network/ovs.js';
 import { HostOperations } from '../ops/host-ops.js';
@@ -178,7 +178,7 @@ describe('command error codes with real host operations on a simulated host', { 
       hypervisor: new LibvirtHypervisor(lv),
       storage: new LibvirtStorage(lv),
       network: new OvsNetworkDriver(runner, { datapathType: 'netdev' }),
-      seeds: new GenisoimageSeedBuilder(runner),
+      seeds: new IsoSeedBuilder(runner),
       settings,
     });
     d = new CommandDispatcher({ ops, inventory: async () => ({ domains: [], volumes: [], ports: [] }), defaultBridge: bridge, log });

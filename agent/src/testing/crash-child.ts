@@ -7,7 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Libvirt } from '@kloudak/libvirt';
-import { GenisoimageSeedBuilder } from '../cloudinit/seed.js';
+import { IsoSeedBuilder } from '../cloudinit/seed.js';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor.js';
 import { OvsNetworkDriver } from '../network/ovs.js';
 import { HostOperations } from '../ops/host-ops.js';
@@ -67,7 +67,7 @@ async function main(): Promise<void> {
     hypervisor: stepping('hypervisor', new LibvirtHypervisor(lv)),
     storage: stepping('storage', new LibvirtStorage(lv)),
     network: stepping('network', new OvsNetworkDriver(runner, { datapathType: job.settings.ovsDatapath })),
-    seeds: stepping('seeds', new GenisoimageSeedBuilder(runner)),
+    seeds: stepping('seeds', new IsoSeedBuilder(runner)),
     settings: job.settings,
   });
   if (job.op === 'create') await ops.createVm(job.spec);
