@@ -260,7 +260,7 @@ libvirt_ready() {
 # packages/libvirt and agent tests and the local host of up.sh. No systemd here: start the daemons
 # by hand when they are down.
 ensure_libvirt() {
-  apt_install libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils genisoimage
+  apt_install libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils xorriso genisoimage
   if libvirt_ready; then
     log "libvirtd already running, reusing it"
     return 0
