@@ -8,13 +8,13 @@ import { chmodSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync,
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Flags, Libvirt, type StoragePoolRef } from '@kloudak/libvirt';
+import { DisconnectedError, Flags, Libvirt, type StoragePoolRef } from '@kloudak/libvirt';
 import { ensureLibvirtd, stopLibvirtd } from '@kloudak/libvirt/testing';
 import { IsoSeedBuilder } from '../cloudinit/seed.js';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor.js';
 import { domainName, rootVolumeName, seedVolumeName, tapName } from '../names.js';
 import { OvsNetworkDriver } from '../network/ovs.js';
-import type { Hypervisor, NetworkDriver, SeedBuilder, Storage } from '../ports.js';
+import type { DomainState, Hypervisor, NetworkDriver, SeedBuilder, Storage } from '../ports.js';
 import { DEFAULT_HOST_SETTINGS, type HostSettings } from '../settings.js';
 import type { VmSpec } from '../spec.js';
 import { LibvirtStorage } from '../storage/libvirt-storage.js';
@@ -30,42 +30,59 @@ const RUN = `kh${randomBytes(3).toString('hex')}`;
 
 const CRASH_CHILD = fileURLToPath(new URL('../testing/crash-child.js', import.meta.url));
 
+/** How a crash child ended after it was told to stop at a step. */
+interface Killed {
+  /** The step it announced last (`port.method`). */
+  step: string;
+  /** How it ended: SIGKILL when the kill happened; an exit code means it ended by itself. */
+  signal: NodeJS.Signals | null;
+  code: number | null;
+  /** Everything it wrote to stdout (STEP lines). */
+  stdout: string;
+}
+
 /**
  * Runs a host operation in a child process and SIGKILLs it right after its `stopAfter`-th step.
- * Resolves with the step it was killed after, or null when the operation finished first.
+ * Resolves with the step it was killed after and how the child ended, or null when the operation
+ * finished first. The callers check that the kill really happened (signal SIGKILL, no later step).
  */
-async function killAfterStep(job: CrashJob, dir: string): Promise<string | null> {
+async function killAfterStep(job: CrashJob, dir: string): Promise<Killed | null> {
   const file = join(dir, `job-${job.op}-${job.stopAfter}.json`);
   writeFileSync(file, JSON.stringify(job));
   const child = spawn(process.execPath, [CRASH_CHILD, file], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return new Promise<string | null>((resolve, reject) => {
+  // 'close', not 'exit': stdout is fully read by then, so `out` holds everything the child wrote.
+  const closed = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
+  return new Promise<Killed | null>((resolve, reject) => {
+    let step: string | null = null;
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
       reject(new Error(`crash child made no progress in 60 s; stdout: ${out} stderr: ${err}`));
     }, 60_000);
     child.stdout.on('data', (d: Buffer) => {
       out += d.toString();
-      const step = new RegExp(`^STEP ${job.stopAfter} (\\S+)$`, 'm').exec(out);
-      if (step) {
+      if (step !== null) return;
+      const m = new RegExp(`^STEP ${job.stopAfter} (\\S+)$`, 'm').exec(out);
+      if (m) {
+        step = m[1] ?? '';
         child.kill('SIGKILL'); // no chance to clean up: the point of the test
-        clearTimeout(timer);
-        void exited.then(() => resolve(step[1] ?? ''));
-      } else if (/^DONE /m.test(out)) {
-        clearTimeout(timer);
-        void exited.then(() => resolve(null));
       }
     });
-    void exited.then((code) => {
-      if (code !== null && code !== 0) {
-        clearTimeout(timer);
-        reject(new Error(`crash child failed (exit ${code}): ${err}`));
-      }
+    void closed.then(({ code, signal }) => {
+      clearTimeout(timer);
+      if (step !== null) resolve({ step, signal, code, stdout: out });
+      else if (code === 0 && /^DONE /m.test(out)) resolve(null);
+      else reject(new Error(`crash child failed (exit ${code ?? signal}): ${err}`));
     });
   });
+}
+
+/** Asserts that the child was killed at the step it announced, and ran nothing after it. */
+function assertKilledAt(killed: Killed, k: number): void {
+  assert.equal(killed.signal, 'SIGKILL', `the child was killed after ${killed.step} (it ended with code ${killed.code} instead)`);
+  assert.doesNotMatch(killed.stdout, new RegExp(`^(STEP ${k + 1} |DONE )`, 'm'), `nothing ran after ${killed.step}:\n${killed.stdout}`);
 }
 
 /** Wrap a port so that calling `method` throws (fault injection), everything else passes through. */
@@ -121,6 +138,13 @@ describe('host operations on qemu:///system with Open vSwitch and the test guest
     const ports = execFileSync('ovs-vsctl', ['--timeout=10', 'list-ports', settings.bridge], { encoding: 'utf8' });
     if (ports.split('\n').includes(tapName(vmId, 0))) found.push(`port ${tapName(vmId, 0)}`);
     return found;
+  }
+
+  /** A VM's domain state, volumes and NIC port as libvirt and ovs-vsctl see them. */
+  async function observed(vmId: string): Promise<{ domain: DomainState | null; volumes: string[]; port: number | null | undefined }> {
+    const volumes = (await storage.list(RUN)).filter((v) => v.name.includes(vmId)).map((v) => v.name).sort();
+    const port = (await network.listPorts(settings.bridge)).find((p) => p.name === tapName(vmId, 0));
+    return { domain: await hv.state(domainName(vmId)), volumes, port: port === undefined ? undefined : port.tag };
   }
 
   async function waitReady(vmId: string, timeoutMs = 90_000): Promise<string> {
@@ -193,7 +217,16 @@ describe('host operations on qemu:///system with Open vSwitch and the test guest
     await stopLibvirtd();
     const whileDown = await fetchIn(same.ns);
     assert.equal(whileDown.stdout.trim(), s.vmId, 'the guest serves while libvirtd is down');
-    await assert.rejects(hv.state(domainName(s.vmId)), 'calls fail (typed) while libvirtd is down, they do not hang');
+    // Calls fail at once with the client's typed error while libvirtd is down (the client is
+    // reconnecting, not closed); they do not hang until a timeout.
+    const downStarted = Date.now();
+    await assert.rejects(hv.state(domainName(s.vmId)), (err: unknown) => {
+      assert.ok(err instanceof DisconnectedError, `a DisconnectedError while libvirtd is down, not ${String(err)}`);
+      assert.notEqual(err.state, 'closed', 'the client keeps reconnecting');
+      return true;
+    });
+    const downMs = Date.now() - downStarted;
+    assert.ok(downMs < 2000, `the call failed at once (${downMs} ms), it did not wait for a timeout`);
     await ensureLibvirtd();
     for (const until = Date.now() + 30_000; lv.state !== 'ready'; ) {
       assert.ok(Date.now() < until, `client reconnected (state ${lv.state})`);
@@ -262,9 +295,24 @@ describe('host operations on qemu:///system with Open vSwitch and the test guest
     const killedAfter: string[] = [];
     for (let k = 1; ; k++) {
       const s = spec(100, '10.243.0.14');
-      const step = await killAfterStep({ op: 'create', spec: s, settings, stopAfter: k }, consoleDir);
-      if (step === null) break;
+      const killed = await killAfterStep({ op: 'create', spec: s, settings, stopAfter: k }, consoleDir);
+      if (killed === null) break;
+      const step = killed.step;
+      assertKilledAt(killed, k);
       killedAfter.push(step);
+      // The host holds exactly what the steps up to the kill made: proof that the process died there.
+      const root = rootVolumeName(s.vmId);
+      const seed = seedVolumeName(s.vmId);
+      const expected: Record<string, Awaited<ReturnType<typeof observed>>> = {
+        'network.ensureBridge': { domain: null, volumes: [], port: undefined },
+        'network.ensureVlan': { domain: null, volumes: [], port: undefined },
+        'storage.cloneOverlay': { domain: null, volumes: [root], port: undefined },
+        'seeds.build': { domain: null, volumes: [root], port: undefined },
+        'storage.putRaw': { domain: null, volumes: [root, seed].sort(), port: undefined },
+        'hypervisor.define': { domain: 'shutoff', volumes: [root, seed].sort(), port: undefined },
+        'hypervisor.start': { domain: 'running', volumes: [root, seed].sort(), port: 100 },
+      };
+      assert.deepEqual(await observed(s.vmId), expected[step], `what the host holds after a kill after ${step}`);
       // The orchestrator retries the command: the same CreateVm again, in another process.
       await ops.createVm(s);
       assert.equal(await hv.state(domainName(s.vmId)), 'running', `running after a kill after ${step}`);
@@ -288,8 +336,10 @@ describe('host operations on qemu:///system with Open vSwitch and the test guest
   it('CreateVm killed after each step, then deleted instead: nothing is orphaned', async () => {
     for (let k = 1; ; k++) {
       const s = spec(100, '10.243.0.15');
-      const step = await killAfterStep({ op: 'create', spec: s, settings, stopAfter: k }, consoleDir);
-      if (step === null) break;
+      const killed = await killAfterStep({ op: 'create', spec: s, settings, stopAfter: k }, consoleDir);
+      if (killed === null) break;
+      assertKilledAt(killed, k);
+      const step = killed.step;
       // The orchestrator gives up on the VM (rollback): DeleteVm must clean whatever the dead process made.
       await ops.deleteVm({ vmId: s.vmId, pool: RUN });
       assert.deepEqual(await leftovers(s.vmId), [], `nothing left after a kill after ${step} and a delete`);
@@ -301,12 +351,20 @@ describe('host operations on qemu:///system with Open vSwitch and the test guest
     for (let k = 1; ; k++) {
       const s = spec(100, '10.243.0.16');
       await ops.createVm(s);
-      const step = await killAfterStep({ op: 'delete', spec: s, settings, stopAfter: k }, consoleDir);
-      if (step === null) {
+      const killed = await killAfterStep({ op: 'delete', spec: s, settings, stopAfter: k }, consoleDir);
+      if (killed === null) {
         assert.deepEqual(await leftovers(s.vmId), []);
         break;
       }
+      assertKilledAt(killed, k);
+      const step = killed.step;
       killedAfter.push(step);
+      // What is left shows where the process died: after destroy the domain is off, after
+      // undefine it is gone, and each storage.delete removes one of the two volumes.
+      const left = await observed(s.vmId);
+      const expectedDomain = k === 1 ? 'shutoff' : null;
+      assert.equal(left.domain, expectedDomain, `domain after a kill after step ${k} (${step})`);
+      assert.equal(left.volumes.length, k <= 2 ? 2 : 4 - k, `volumes after a kill after step ${k} (${step}): ${left.volumes.join(', ')}`);
       await ops.deleteVm({ vmId: s.vmId, pool: RUN });
       assert.deepEqual(await leftovers(s.vmId), [], `nothing left after a kill after ${step} and a retry`);
     }
