@@ -1,13 +1,70 @@
-// The journald destination's field mapping, with the real native binding loaded. No journald runs
-// on the CI machines (PID 1 is not systemd) and the binding drops entries silently without its
-// socket, so what reaches journald is checked through a recording binding; the real one is
-// exercised to prove it loads and accepts what the destination sends.
+// The journald destination: its field mapping (pure), the logger through a recording binding, and
+// the real thing — the agent's logger, the native binding and a real systemd-journald, read back
+// with `journalctl -o json`. No journald runs on the CI machines (PID 1 is not systemd) and the
+// binding drops entries silently without its socket, so the test starts its own journald, in a
+// mount and PID namespace of its own: a tmpfs over /run (the journal's sockets) and over
+// /var/log/journal hides the host's, nothing it writes outlives the namespace, and no journald
+// that might run on the host is touched. Needs root (namespaces, mounts) and the systemd package.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { pino } from 'pino';
-import { JournaldDestination, journalEntryOf, loadJournaldBinding, type JournaldBinding } from './journald.js';
+import { journalEntryOf, JournaldDestination, loadJournaldBinding, type JournaldBinding } from './journald.js';
 import { createAgentLogger } from './logger.js';
+
+const JOURNALD = '/lib/systemd/systemd-journald';
+
+/**
+ * Runs `node child.mjs` against a journald of its own (see the file comment) and returns what
+ * `journalctl -o json` shows for HOST_ID=`marker` once `expect` entries are there (or after 5 s).
+ */
+function throughRealJournald(childSource: string, marker: string, expect: number): { entries: Array<Record<string, unknown>>; raw: string } {
+  assert.ok(existsSync(JOURNALD), `${JOURNALD} is missing (apt-get install systemd)`);
+  const work = mkdtempSync(join(tmpdir(), 'kloudak-journald-'));
+  try {
+    const child = join(work, 'child.mjs');
+    writeFileSync(child, childSource);
+    const script = `
+      set -eu
+      mount -t tmpfs -o mode=0755 tmpfs /run
+      mkdir -p /run/systemd/journal /run/log/journal
+      if [ -d /var/log/journal ]; then mount -t tmpfs -o mode=0755 tmpfs /var/log/journal; fi
+      ${JOURNALD} &
+      i=0
+      while [ ! -S /run/systemd/journal/socket ]; do
+        i=$((i + 1)); [ "$i" -le 100 ] || { echo "journald did not open its socket" >&2; exit 1; }
+        sleep 0.05
+      done
+      "$1" "$2"
+      i=0
+      while :; do
+        out=$(journalctl -o json --no-pager "HOST_ID=$3" 2>/dev/null || true)
+        n=$(printf '%s' "$out" | grep -c . || true)
+        if [ "$n" -ge "$4" ] || [ "$i" -ge 100 ]; then break; fi
+        i=$((i + 1)); sleep 0.05
+      done
+      printf '%s\n' "$out"
+    `;
+    // --pid --fork --kill-child: journald dies with the script, however the script ends.
+    const r = spawnSync(
+      'unshare',
+      ['--mount', '--propagation', 'private', '--pid', '--fork', '--kill-child', '--mount-proc', 'bash', '-c', script, 'journald-test', process.execPath, child, marker, String(expect)],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
+    if (r.error) throw r.error;
+    assert.equal(r.status, 0, `the journald run failed (exit ${r.status ?? r.signal}):\n${r.stdout}\n${r.stderr}`);
+    const entries = r.stdout
+      .split('\n')
+      .filter((l) => l.trim() !== '')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    return { entries, raw: r.stdout };
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+}
 
 function recording(): { binding: JournaldBinding; entries: Array<{ method: string; message: string; fields: Record<string, string> }> } {
   const entries: Array<{ method: string; message: string; fields: Record<string, string> }> = [];
@@ -43,16 +100,49 @@ describe('journald destination', () => {
     assert.equal(entries[0]!.message, 'hello');
     assert.equal(entries[0]!.fields['HOST_ID'], 'h2');
     assert.equal(entries[0]!.fields['VM_ID'], 'v2');
-    assert.ok(!entries[0]!.fields['KLOUDAK_JSON']!.includes('kjt1.secret') && !entries[0]!.fields['KLOUDAK_JSON']!.includes('$6$x$y'));
+    const json = JSON.parse(entries[0]!.fields['KLOUDAK_JSON'] ?? 'null') as Record<string, unknown>;
+    assert.equal(json['msg'], 'hello');
+    assert.equal(json['joinToken'], '[redacted]');
+    assert.equal(json['passwordHash'], '[redacted]');
+    assert.doesNotMatch(JSON.stringify(entries), /kjt1\.secret|\$6\$x\$y/);
     assert.equal(entries[0]!.fields['PRIORITY'], undefined, 'the binding sets PRIORITY from the method');
   });
 
-  it('the real native binding loads and accepts what the destination sends', () => {
-    const loaded = loadJournaldBinding();
-    assert.ok(loaded.binding, 'systemd-journald is installed and built');
-    const dest = new JournaldDestination(loaded.binding);
-    const log = pino({ level: 'info' }, dest);
-    assert.doesNotThrow(() => log.error({ vm_id: 'v', command_id: 'c', err: new Error('x') }, 'through the binding'));
+  it('the agent logger reaches a real journald: message, priority, fields, stack trace; secrets redacted', () => {
+    assert.ok(loadJournaldBinding().binding, 'systemd-journald is installed and built for this node');
+    const marker = `h-${process.pid}-${Date.now()}`;
+    const token = `kjt1.${marker}.TOPSECRET-token`;
+    const hash = '$6$saltsalt$TOPSECRETHASH';
+    const logger = new URL('./logger.js', import.meta.url).href;
+    const child = `
+      const { createAgentLogger } = await import(${JSON.stringify(logger)});
+      const { logger, target } = createAgentLogger({ level: 'info', target: 'journald', underSystemd: true });
+      if (target !== 'journald') { console.error('logger target is ' + target); process.exit(3); }
+      const log = logger.child({ host_id: ${JSON.stringify(marker)} });
+      log.error({ vm_id: 'vm-1', command_id: 'cmd-1', joinToken: ${JSON.stringify(token)}, passwordHash: ${JSON.stringify(hash)}, err: new Error('disk on fire') }, 'create failed');
+      log.info({ vm_id: 'vm-2' }, 'created');
+      log.debug('below the level: never sent');
+    `;
+    const { entries, raw } = throughRealJournald(child, marker, 2);
+    assert.equal(entries.length, 2, `two entries in the journal:\n${raw}`);
+    const [err, info] = entries;
+    assert.equal(err!['MESSAGE'], 'create failed');
+    assert.equal(err!['PRIORITY'], '3');
+    assert.equal(err!['_TRANSPORT'], 'journal');
+    assert.equal(err!['COMPONENT'], 'agent');
+    assert.equal(err!['HOST_ID'], marker);
+    assert.equal(err!['VM_ID'], 'vm-1');
+    assert.equal(err!['COMMAND_ID'], 'cmd-1');
+    assert.equal(err!['ERR'], 'disk on fire');
+    assert.match(String(err!['STACK_TRACE']), /^Error: disk on fire\n\s+at /);
+    const json = JSON.parse(String(err!['KLOUDAK_JSON'])) as Record<string, unknown>;
+    assert.equal(json['joinToken'], '[redacted]');
+    assert.equal(json['passwordHash'], '[redacted]');
+    assert.equal(info!['MESSAGE'], 'created');
+    assert.equal(info!['PRIORITY'], '6');
+    assert.equal(info!['VM_ID'], 'vm-2');
+    // Nowhere in the journal, in any field.
+    assert.ok(!raw.includes('TOPSECRET'), `a secret reached the journal:\n${raw}`);
   });
 
   it('falls back to stdout when not under systemd', () => {
@@ -60,7 +150,12 @@ describe('journald destination', () => {
     assert.equal(r.target, 'stdout');
     const out: string[] = [];
     const custom = createAgentLogger({ level: 'info', target: 'auto', underSystemd: false, destination: new Writable({ write: (c, _e, cb) => (out.push(String(c)), cb()) }) as never });
-    custom.logger.info({ key: 'PRIVATE' }, 'x');
-    assert.ok(!out.join('').includes('PRIVATE'));
+    custom.logger.info({ key: 'PRIVATE', vm_id: 'v3' }, 'x');
+    assert.equal(out.length, 1, 'one line written');
+    const line = JSON.parse(out[0]!) as Record<string, unknown>;
+    assert.equal(line['msg'], 'x');
+    assert.equal(line['vm_id'], 'v3');
+    assert.equal(line['key'], '[redacted]');
+    assert.ok(!out[0]!.includes('PRIVATE'));
   });
 });
