@@ -178,16 +178,25 @@ test('debug events describe each run; a throwing hook changes nothing', async ()
       throw new Error('hook failed');
     },
   });
-  const r = await runner.run([node, '-e', 'console.log("ok")'], { timeoutMs: 9000 });
+  // The process takes at least 300 ms (a timer): the reported duration must cover it and fit
+  // inside the time the call took as seen from here.
+  const script = 'setTimeout(() => { console.log("ok"); console.error("e") }, 300)';
+  const before = performance.now();
+  const r = await runner.run([node, '-e', script], { timeoutMs: 9000 });
+  const wallMs = performance.now() - before;
   assert.equal(r.stdout, 'ok\n');
   assert.equal(events.length, 2);
   const [start, end] = events;
-  assert.deepEqual(start, { event: 'start', argv: [node, '-e', 'console.log("ok")'], timeoutMs: 9000, inputBytes: 0 });
+  assert.deepEqual(start, { event: 'start', argv: [node, '-e', script], timeoutMs: 9000, inputBytes: 0 });
   assert.ok(end && end.event === 'end');
+  assert.deepEqual(end.argv, [node, '-e', script]);
   assert.equal(end.code, 0);
+  assert.equal(end.signal, null);
+  assert.equal(end.timedOut, false);
   assert.equal(end.stdoutBytes, 3);
+  assert.equal(end.stderrBytes, 2);
   assert.equal(end.failure, undefined);
-  assert.ok(end.durationMs >= 0);
+  assert.ok(end.durationMs >= 300 && end.durationMs <= Math.ceil(wallMs), `durationMs ${end.durationMs} is within [300, ${wallMs.toFixed(1)}]`);
 });
 
 test('formatArgv quotes what a reader could misread and cuts long argv', () => {
