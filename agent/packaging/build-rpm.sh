@@ -94,7 +94,7 @@ banner+=" const __kloudak_dirname = __kloudakDirname(__kloudak_filename);"
 log "esbuild agent/dist/main.js → kloudak-agent.mjs"
 (
   cd "$root"
-  "$esbuild" agent/dist/main.js --bundle --platform=node --target=node20 --format=esm \
+  "$esbuild" agent/dist/main.js --bundle --platform=node --target=node22 --format=esm \
     --external:systemd-journald \
     --banner:js="$banner" \
     --define:__dirname=__kloudak_dirname --define:__filename=__kloudak_filename \
@@ -139,6 +139,8 @@ got="$(node "$stage/kloudak-agent.mjs" --version)" || die "the bundle does not r
 # Resolve it the way the bundle's import('systemd-journald') does: from the bundle's directory.
 node -e 'const j = require("module").createRequire(process.argv[1])("systemd-journald"); if (typeof j.info !== "function") process.exit(1);' \
   "$stage/kloudak-agent.mjs" || die "node_modules/systemd-journald does not load from the staged tree"
+# It loaded in this node, so it is built for this node's ABI (and only loads in the same major).
+log "systemd-journald addon built for Node.js $(node -p 'process.versions.node + " (NODE_MODULE_VERSION " + process.versions.modules + ")"')"
 
 # --- notices, sources, rpmbuild ------------------------------------------------------------------
 bundled_licenses="$(node "$here/bundle-licenses.mjs" "$work/meta.json" "$work" "$jd_src")"
