@@ -272,3 +272,9 @@ export class IsoSeedBuilder implements SeedBuilder {
 function isNotStarted(err: unknown): err is CommandError {
   return err instanceof CommandError && err.reason === 'spawn';
 }
+
+/**
+ * @deprecated The old name of {@link IsoSeedBuilder} (which now prefers xorrisofs), kept only so
+ * that branches written before the rename still build; use IsoSeedBuilder.
+ */
+export const GenisoimageSeedBuilder = IsoSeedBuilder;

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { Libvirt } from '@kloudak/libvirt';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import { pino } from 'pino';
-import { GenisoimageSeedBuilder } from '../cloudinit/seed.js';
+import { IsoSeedBuilder } from '../cloudinit/seed.js';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor.js';
 import { domainName } from '../names.js';
 import { OvsNetworkDriver } from '../network/ovs.js';
@@ -236,7 +236,7 @@ describe('the lease gate of domain starts, and the second fencing pass (simulate
       hypervisor,
       storage: new LibvirtStorage(lv),
       network: new OvsNetworkDriver(new ProcessRunner(), { datapathType: 'netdev' }),
-      seeds: new GenisoimageSeedBuilder(new ProcessRunner()),
+      seeds: new IsoSeedBuilder(new ProcessRunner()),
       settings,
       gate,
     });

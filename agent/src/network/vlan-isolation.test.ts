@@ -21,7 +21,7 @@ import { Libvirt } from '@kloudak/libvirt';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import * as pb from '@kloudak/proto/agent';
 import { pino } from 'pino';
-import { GenisoimageSeedBuilder } from '../cloudinit/seed.js';
+import { IsoSeedBuilder } from '../cloudinit/seed.js';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor.js';
 import { commandFromProto } from '../link/convert.js';
 import { domainName } from '../names.js';
@@ -172,7 +172,7 @@ describe('no untagged NIC: VLAN 0, 1 and 4095 are refused before OVS or libvirt 
       hypervisor: new LibvirtHypervisor(lv),
       storage: new LibvirtStorage(lv),
       network: new OvsNetworkDriver(counting, { datapathType: 'netdev' }),
-      seeds: new GenisoimageSeedBuilder(counting),
+      seeds: new IsoSeedBuilder(counting),
       settings,
     });
   });
