@@ -19,6 +19,8 @@
 // it), or `reenroll <join token>` (the agent's identity names a host the orchestrator no longer
 // has: move it aside and enroll again). Everything else goes to stderr. Exit 1 with a reason.
 
+import { readFileSync } from 'node:fs';
+
 const env = process.env;
 const base = (env.UP_URL ?? '').replace(/\/+$/, '');
 const hostName = env.UP_HOST_NAME ?? '';
@@ -27,6 +29,8 @@ const poolName = env.UP_POOL_NAME ?? 'local';
 const poolPath = env.UP_POOL_PATH ?? '';
 const image = env.UP_TEMPLATE_IMAGE ?? '';
 const subnet = env.UP_AREA_SUBNET ?? '10.250.0.0/24';
+// Where the test guest's kernel, initrd and command line are on this host (qemu host only).
+const bootDir = env.UP_BOOT_DIR ?? '';
 const AREA = 'local';
 const TEMPLATE = 'test-guest';
 
@@ -113,7 +117,12 @@ async function main() {
   const gateway = subnet.replace(/\.\d+\/\d+$/, '.1');
   const area = await ensureNamed('areas', AREA, { name: AREA, subnet, gateway, vlanRange: '100-199' });
   await ensureNamed('pools', poolName, { name: poolName, area: AREA, path: poolPath, type: 'dir' });
-  await ensureNamed('templates', TEMPLATE, {
+  // The test guest has no bootloader: it boots its kernel directly, with the files up.sh keeps
+  // beside the pool. A template made by an older start without them gets them now.
+  const boot = bootDir
+    ? { kernel: `${bootDir}/vmlinuz`, initrd: `${bootDir}/initrd.img`, cmdline: readFileSync(`${bootDir}/cmdline`, 'utf8').trim() }
+    : null;
+  const tpl = await ensureNamed('templates', TEMPLATE, {
     name: TEMPLATE,
     os: 'kloudak-test-guest',
     description: 'the tiny test guest (busybox; reads its NoCloud seed, serves its instance-id over HTTP)',
@@ -121,7 +130,13 @@ async function main() {
     ramMb: 128,
     diskGb: 1,
     image,
+    boot,
   });
+  if (JSON.stringify(tpl.boot ?? null) !== JSON.stringify(boot)) {
+    const r = await api('PATCH', `/templates/${TEMPLATE}`, { boot });
+    if (r.status !== 200) throw explain(`set the boot settings of template ${TEMPLATE}`, r);
+    log(`template '${TEMPLATE}' boots ${boot ? boot.kernel : 'its disk'}`);
+  }
 
   const host = await findHost(hostName);
   if (host && enrolled) {

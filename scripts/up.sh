@@ -164,6 +164,8 @@ setup_qemu_host() {
     KLOUDAK_AGENT_CONSOLE_DIR="${KLOUDAK_AGENT_CONSOLE_DIR:-$host_dir/console}"
   )
   up_pool_path="$pool_dir"
+  # The template test-guest boots these directly (the image has no bootloader).
+  up_boot_dir="$host_dir/boot"
   # Not `$([ … ] && printf …)` inside the assignment: with KVM its status is 1, the function's
   # last status, and set -e ended the script there.
   local emulated=""
@@ -192,6 +194,7 @@ setup_simulated_host() {
     KLOUDAK_AGENT_CONSOLE_DIR="$sim_dir/console"
   )
   up_pool_path="$sim_dir/pool"
+  up_boot_dir=""
   host_label="SIMULATED host — libvirt's test driver ($uri): its VMs are not real machines"
 }
 
@@ -275,7 +278,7 @@ if [ "$mode" != none ]; then
   # The command substitution's subshell closes the write end too: it outlives a SIGKILLed script
   # for as long as up-local-host.mjs runs.
   if decision="$(exec {lifeline_w}>&-; UP_URL="$base_url" UP_HOST_NAME="$agent_host_name" UP_AGENT_ENROLLED="$enrolled" \
-      UP_POOL_NAME="$pool_name" UP_POOL_PATH="$up_pool_path" UP_TEMPLATE_IMAGE="$image" \
+      UP_POOL_NAME="$pool_name" UP_POOL_PATH="$up_pool_path" UP_TEMPLATE_IMAGE="$image" UP_BOOT_DIR="${up_boot_dir:-}" \
       exec node scripts/up-local-host.mjs)"; then
     join_token=""
     case "$decision" in

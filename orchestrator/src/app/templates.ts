@@ -24,11 +24,31 @@ export interface TemplateView {
   ramMb: number;
   diskGb: number;
   image: string;
+  /** Direct kernel boot (images without a bootloader), or null to boot the disk. */
+  boot: TemplateBoot | null;
   createdAt: string;
 }
 
+/** A template's direct kernel boot: paths of the kernel and initrd on every host, and the command line. */
+export interface TemplateBoot {
+  kernel: string;
+  initrd: string;
+  cmdline: string;
+}
+
+/** What the API takes for a template: its fields, with `boot` in place of the three columns. */
+export type TemplateInput = Omit<TemplateFields, 'bootKernel' | 'bootInitrd' | 'bootCmdline'> & { boot?: (Omit<TemplateBoot, 'cmdline'> & { cmdline?: string }) | null };
+
 function view(t: TemplateRow): TemplateView {
-  return { id: t.id, name: t.name, os: t.os, description: t.description, cpu: t.cpu, ramMb: t.ramMb, diskGb: t.diskGb, image: t.image, createdAt: t.createdAt.toISOString() };
+  const boot = t.bootKernel && t.bootInitrd ? { kernel: t.bootKernel, initrd: t.bootInitrd, cmdline: t.bootCmdline ?? '' } : null;
+  return { id: t.id, name: t.name, os: t.os, description: t.description, cpu: t.cpu, ramMb: t.ramMb, diskGb: t.diskGb, image: t.image, boot, createdAt: t.createdAt.toISOString() };
+}
+
+/** The columns of `boot` (undefined: leave them; null: boot the disk). */
+function bootColumns(boot: TemplateInput['boot']): Partial<Pick<TemplateFields, 'bootKernel' | 'bootInitrd' | 'bootCmdline'>> {
+  if (boot === undefined) return {};
+  if (boot === null) return { bootKernel: null, bootInitrd: null, bootCmdline: null };
+  return { bootKernel: boot.kernel, bootInitrd: boot.initrd, bootCmdline: boot.cmdline ?? '' };
 }
 
 async function templateNamed(s: Services, name: string): Promise<TemplateRow> {
@@ -48,17 +68,19 @@ export async function getTemplate(s: Services, c: Caller, name: string): Promise
   return view(await templateNamed(s, name));
 }
 
-export async function createTemplate(s: Services, c: Caller, input: Omit<TemplateFields, 'description'> & { description?: string }): Promise<TemplateView> {
+export async function createTemplate(s: Services, c: Caller, input: Omit<TemplateInput, 'description'> & { description?: string }): Promise<TemplateView> {
   const p = admin(c);
-  const t = await insertTemplate(s.db.client, { ...input, description: input.description ?? '' });
+  const { boot, ...fields } = input;
+  const t = await insertTemplate(s.db.client, { ...fields, description: input.description ?? '', bootKernel: null, bootInitrd: null, bootCmdline: null, ...bootColumns(boot) });
   record(s, eventSubject.infra('template', 'created'), { templateId: t.id, name: t.name, by: p.username });
   return view(t);
 }
 
 /** Change a template (existing VMs keep their size). */
-export async function updateTemplate(s: Services, c: Caller, name: string, input: Partial<TemplateFields>): Promise<TemplateView> {
+export async function updateTemplate(s: Services, c: Caller, name: string, input: Partial<TemplateInput>): Promise<TemplateView> {
   const p = admin(c);
-  const t = await writeTemplate(s.db.client, (await templateNamed(s, name)).id, input);
+  const { boot, ...fields } = input;
+  const t = await writeTemplate(s.db.client, (await templateNamed(s, name)).id, { ...fields, ...bootColumns(boot) });
   record(s, eventSubject.infra('template', 'updated'), { templateId: t.id, name: t.name, by: p.username });
   return view(t);
 }

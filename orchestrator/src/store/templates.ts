@@ -11,11 +11,15 @@ export interface TemplateRow {
   ramMb: number;
   diskGb: number;
   image: string;
+  /** Direct kernel boot: paths on the hosts and the kernel command line (all null: boot the disk). */
+  bootKernel: string | null;
+  bootInitrd: string | null;
+  bootCmdline: string | null;
   createdAt: Date;
 }
 
 /** What an admin sets on a template. */
-export type TemplateFields = Pick<TemplateRow, 'name' | 'os' | 'description' | 'cpu' | 'ramMb' | 'diskGb' | 'image'>;
+export type TemplateFields = Pick<TemplateRow, 'name' | 'os' | 'description' | 'cpu' | 'ramMb' | 'diskGb' | 'image' | 'bootKernel' | 'bootInitrd' | 'bootCmdline'>;
 
 export async function listTemplates(db: DbOrTx, q: { after?: string; take: number }): Promise<TemplateRow[]> {
   return db.template.findMany({ where: q.after ? { name: { gt: q.after } } : {}, orderBy: { name: 'asc' }, take: q.take });

@@ -197,17 +197,17 @@ for (const engine of ['postgres', 'pglite'] as const) {
     it('closes promptly when it is stopped between two steps, and releases the task for the next start', async () => {
       // The first step stops the worker as it ends, so the run reaches the second step with its
       // signal already aborted; that step would hang until its 30 s timeout if the abort were missed.
-      let engineRef: TaskEngine | undefined;
+      const engineRef: { current?: TaskEngine } = {};
       let closing: Promise<void> | undefined;
       const d: TaskDefinition = {
         kind: 'k.close',
         steps: [
           // Stop the worker just after this step returns, while its result is being written.
-          { name: 'first', run: async () => { setTimeout(() => { closing = engineRef!.close(); }, 0); return undefined; } },
+          { name: 'first', run: async () => { setTimeout(() => { closing = engineRef.current!.close(); }, 0); return undefined; } },
           { name: 'hang', timeoutMs: 30_000, run: () => new Promise(() => undefined) },
         ],
       };
-      engineRef = start([d], { stepTimeoutMs: 30_000 });
+      engineRef.current = start([d], { stepTimeoutMs: 30_000 });
       const id = await queue('k.close');
       await waitFor(async () => closing !== undefined, 5_000, 'the first step to stop the worker');
       const t0 = Date.now();

@@ -5,6 +5,9 @@ import { route, type RouteSpec } from '../route.js';
 import { Description, Name, NameParams, Timestamp, Uuid } from '../schemas.js';
 import { deleteRoute, readRoutes } from './crud.js';
 
+/** An absolute path on the hosts, without `..` or control characters. */
+const HostPath = Type.String({ minLength: 2, maxLength: 1024, pattern: '^/(?!.*(^|/)\\.\\.(/|$))[\\x21-\\x7e]+$' });
+
 const TemplateFields = {
   name: Name,
   os: Type.String({ minLength: 1, maxLength: 64 }),
@@ -13,8 +16,26 @@ const TemplateFields = {
   ramMb: Type.Integer({ minimum: 64, maximum: 4 * 1024 * 1024 }),
   diskGb: Type.Integer({ minimum: 1, maximum: 65536 }),
   image: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$', description: 'volume name of the base image in the area\'s pools' }),
+  boot: Type.Optional(
+    Type.Union([
+      Type.Object(
+        {
+          kernel: HostPath,
+          initrd: HostPath,
+          cmdline: Type.Optional(Type.String({ maxLength: 1024, pattern: '^[\\x20-\\x7e]*$', description: 'kernel command line (printable ASCII)' })),
+        },
+        { additionalProperties: false, description: 'direct kernel boot, for images without a bootloader: files present at these paths on every host' },
+      ),
+      Type.Null(),
+    ]),
+  ),
 };
-const TemplateSchema = Type.Object({ id: Uuid, ...TemplateFields, createdAt: Timestamp });
+const TemplateSchema = Type.Object({
+  id: Uuid,
+  ...TemplateFields,
+  boot: Type.Union([Type.Object({ kernel: Type.String(), initrd: Type.String(), cmdline: Type.String() }), Type.Null()]),
+  createdAt: Timestamp,
+});
 
 /** VM templates: users read them, admins manage them. */
 export function templateRoutes(s: Services): RouteSpec[] {
