@@ -143,6 +143,11 @@ for (const engine of ENGINES) {
       const denied = await member.client.patch(`/api/v1/workspaces/${ws}`, { description: 'again' });
       assert.equal(denied.status, 403, 'a flag taken away is refused at once');
       assert.equal((await member.client.get('/api/v1/me')).body.workspaces[ws].network_can_add, true);
+      // A rename signs nobody out either: the workspace is found under its new name with the same token.
+      const renamed = `${ws}-renamed`;
+      assert.equal((await owner.client.patch(`/api/v1/workspaces/${ws}`, { name: renamed })).status, 200);
+      assert.equal((await member.client.get(`/api/v1/workspaces/${renamed}`)).status, 200, 'a rename signs nobody out');
+      assert.equal((await owner.client.patch(`/api/v1/workspaces/${renamed}`, { name: ws })).status, 200);
       // Removal still revokes: the removed member's tokens are refused.
       assert.equal((await owner.client.del(`/api/v1/workspaces/${ws}/members/${member.username}`)).status, 204);
       assert.equal((await member.client.get('/api/v1/me')).status, 401, 'removal from the workspace signs the member out');
