@@ -146,7 +146,10 @@ setup_qemu_host() {
   for f in vmlinuz initrd.img cmdline; do install -m 644 "$guest_dir/$f" "$host_dir/boot/$f"; done
 
   local domain_type=qemu datapath=netdev offload=off
-  if [ -r /dev/kvm ] && [ -w /dev/kvm ] && virsh -c qemu:///system domcapabilities --virttype kvm >/dev/null 2>&1; then
+  # libvirt accepts any /dev/kvm, but only hardware virtualisation (kvm_intel, kvm_amd) runs an
+  # ordinary guest kernel: e.g. a PVM host's /dev/kvm (kvm_pvm) aborts on `-cpu host`.
+  if [ -r /dev/kvm ] && [ -w /dev/kvm ] && { [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd ]; } \
+    && virsh -c qemu:///system domcapabilities --virttype kvm >/dev/null 2>&1; then
     domain_type=kvm
   fi
   # The kernel datapath needs the openvswitch module; only probe for it when not told.
