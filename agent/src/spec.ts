@@ -67,6 +67,21 @@ export interface VmSpec {
   passwordHash?: string;
   /** Restart elsewhere when the host fails. */
   ha: boolean;
+  /** The user's own cloud-init user-data (`#cloud-config…` or a `#!` script), added to Kloudak's. */
+  userData?: string;
+}
+
+/** Largest user-data accepted (cloud-init's NoCloud has no limit; this keeps seeds small). */
+export const MAX_USER_DATA_BYTES = 64 * 1024;
+
+/** Check the user's user-data: a cloud-config or a script, within size, text without NUL. */
+export function checkUserData(data: string): string {
+  if (typeof data !== 'string' || data.length === 0) fail('userData must be a non-empty string');
+  if (Buffer.byteLength(data, 'utf8') > MAX_USER_DATA_BYTES) fail(`userData is larger than ${MAX_USER_DATA_BYTES} bytes`);
+  if (data.includes('\0')) fail('userData must not contain NUL characters');
+  const first = data.split('\n', 1)[0]!.trimEnd();
+  if (first !== '#cloud-config' && !first.startsWith('#!')) fail('userData must start with #cloud-config or a #! script line');
+  return data;
 }
 
 /** Thrown for an invalid {@link VmSpec} or part of one. */
@@ -199,5 +214,6 @@ export function checkVmSpec(spec: VmSpec): VmSpec {
   for (const k of spec.sshKeys) checkText('ssh key', k, 16384);
   if (spec.passwordHash !== undefined) checkPasswordHash(spec.passwordHash);
   if (typeof spec.ha !== 'boolean') fail('ha must be a boolean');
+  if (spec.userData !== undefined) checkUserData(spec.userData);
   return spec;
 }

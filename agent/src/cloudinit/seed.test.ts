@@ -139,6 +139,53 @@ describe('meta-data and user-data', () => {
   });
 });
 
+describe("the user's own user-data", () => {
+  /**
+   * Runs cloud-init's own user-data processing (cloudinit.user_data.UserDataProcessor, what a
+   * booting guest runs on the seed's user-data) and returns its parts: content type and payload.
+   */
+  function cloudInitParts(doc: string): { type: string; filename: string | null; payload: string }[] {
+    const py = [
+      'import sys, json',
+      'from cloudinit import user_data',
+      'msg = user_data.UserDataProcessor({}).process(sys.stdin.buffer.read())',
+      'out = [{"type": p.get_content_type(), "filename": p.get_filename(), "payload": p.get_payload(decode=True).decode()} for p in msg.walk() if not p.is_multipart()]',
+      'print(json.dumps(out))',
+    ].join('\n');
+    // /usr/bin/python3: the interpreter cloud-init is installed for (another python3 may come first on PATH).
+    const r = spawnSync('/usr/bin/python3', ['-c', py], { input: doc, encoding: 'utf8' });
+    if (r.error) throw r.error;
+    assert.equal(r.status, 0, `cloud-init's user-data processor failed:\n${r.stderr}\n${doc}`);
+    return JSON.parse(r.stdout) as { type: string; filename: string | null; payload: string }[];
+  }
+
+  test("a user's cloud-config reaches cloud-init as its own part, after Kloudak's, both intact", () => {
+    const mine = '#cloud-config\npackages:\n  - nginx\nruncmd:\n  - [sh, -c, "echo hello > /tmp/x"]\n';
+    const files = seedFiles({ vmId: VM, hostname: 'web-1', sshKeys: [KEY], nics: [], userData: mine });
+    const parts = cloudInitParts(files.userData);
+    assert.deepEqual(parts.map((p) => p.type), ['text/cloud-config', 'text/cloud-config']);
+    assert.equal(parts[0]!.payload.trimEnd(), userData({ hostname: 'web-1', sshKeys: [KEY] }).trimEnd(), "Kloudak's part unchanged");
+    assert.equal(parts[1]!.payload.trimEnd(), mine.trimEnd(), "the user's part unchanged");
+    for (const p of parts) assert.equal(run('cloud-init', ['schema', '--config-file', writeTemp(p.payload)], 'cloud-init').status, 0);
+  });
+
+  test("a user's script is a shell-script part; what looks like a boundary stays inside it", () => {
+    const script = '#!/bin/sh\necho "--kloudak-not-a-boundary"\nprintf \'Content-Type: text/plain\\n\'\n';
+    const files = seedFiles({ vmId: VM, hostname: 'web-1', sshKeys: [], nics: [], userData: script });
+    const parts = cloudInitParts(files.userData);
+    assert.deepEqual(parts.map((p) => p.type), ['text/cloud-config', 'text/x-shellscript']);
+    assert.equal(parts[1]!.payload.trimEnd(), script.trimEnd());
+  });
+
+  test('without user-data the seed keeps the plain cloud-config; bad user-data is refused', () => {
+    const files = seedFiles({ vmId: VM, hostname: 'web-1', sshKeys: [], nics: [] });
+    assert.ok(files.userData.startsWith('#cloud-config\n'));
+    for (const bad of ['', 'packages: [nginx]', 'hello\n#cloud-config', '#cloud-config\n\u0000', `#!/bin/sh\n${'x'.repeat(70_000)}`]) {
+      assert.throws(() => seedFiles({ vmId: VM, hostname: 'h', sshKeys: [], nics: [], userData: bad }), /userData/, JSON.stringify(bad.slice(0, 30)));
+    }
+  });
+});
+
 describe('network-config', () => {
   const nics: NicSpec[] = [
     { networkId: NET, mac: '52:54:00:AA:00:01', vlan: 10, ip: { address: '10.1.0.5/24', gateway: '10.1.0.1', dns: ['10.1.0.1', '1.1.1.1'] } },

@@ -13,13 +13,14 @@
  * Passwords: only a crypt(3) hash ever reaches user-data (`hashed_passwd`); without one the
  * account's password is locked and SSH password authentication is off.
  */
+import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkId } from '../names.js';
 import type { CommandRunner, SeedBuilder, SeedFiles } from '../ports.js';
 import { CommandError } from '../system/command-runner.js';
-import { checkNic, checkPasswordHash, checkText, normalizeMac, parseCidr, SpecError } from '../spec.js';
+import { checkNic, checkPasswordHash, checkText, checkUserData, normalizeMac, parseCidr, SpecError } from '../spec.js';
 import type { NicSpec, VmSpec } from '../spec.js';
 
 /** Login user created in every VM (the one the SSH keys and the password hash belong to). */
@@ -122,14 +123,39 @@ export function networkConfig(nics: readonly NicSpec[]): string {
   return `${lines.join('\n')}\n`;
 }
 
+/**
+ * Kloudak's user-data and the user's own as one MIME multipart user-data, which cloud-init splits
+ * into its parts: both cloud-configs are merged (the user's, last, wins where they set the same
+ * key), and a `#!` script runs once at first boot. The boundary is derived from the content and
+ * checked not to occur in it.
+ */
+export function multipartUserData(kloudak: string, user: string): string {
+  checkUserData(user);
+  const type = user.startsWith('#cloud-config') ? 'text/cloud-config' : 'text/x-shellscript';
+  let boundary = `kloudak-${createHash('sha256').update(kloudak).update(user).digest('hex').slice(0, 32)}`;
+  while (kloudak.includes(boundary) || user.includes(boundary)) boundary += 'x';
+  const part = (contentType: string, filename: string, body: string) =>
+    [`--${boundary}`, `Content-Type: ${contentType}; charset="utf-8"`, 'MIME-Version: 1.0', 'Content-Transfer-Encoding: 8bit', `Content-Disposition: attachment; filename="${filename}"`, '', body.endsWith('\n') ? body.slice(0, -1) : body].join('\n');
+  return [
+    `Content-Type: multipart/mixed; boundary="${boundary}"`,
+    'MIME-Version: 1.0',
+    '',
+    part('text/cloud-config', 'kloudak.cfg', kloudak),
+    part(type, type === 'text/cloud-config' ? 'user.cfg' : 'user.sh', user),
+    `--${boundary}--`,
+    '',
+  ].join('\n');
+}
+
 /** The three seed files of a VM. */
-export function seedFiles(spec: Pick<VmSpec, 'vmId' | 'hostname' | 'sshKeys' | 'passwordHash' | 'nics'>): SeedFiles {
+export function seedFiles(spec: Pick<VmSpec, 'vmId' | 'hostname' | 'sshKeys' | 'passwordHash' | 'nics' | 'userData'>): SeedFiles {
   checkId(spec.vmId);
   const user: Parameters<typeof userData>[0] = { hostname: spec.hostname, sshKeys: spec.sshKeys };
   if (spec.passwordHash !== undefined) user.passwordHash = spec.passwordHash;
+  const ours = userData(user);
   return {
     metaData: metaData({ instanceId: spec.vmId, hostname: spec.hostname }),
-    userData: userData(user),
+    userData: spec.userData !== undefined ? multipartUserData(ours, spec.userData) : ours,
     networkConfig: networkConfig(spec.nics),
   };
 }

@@ -51,6 +51,7 @@ export function vmSpecFromProto(vmId: string, c: pb.CreateVm): VmSpec {
   };
   if (c.passwordHash !== '') spec.passwordHash = c.passwordHash;
   if (c.boot) spec.boot = { kernel: c.boot.kernel, initrd: c.boot.initrd, cmdline: c.boot.cmdline };
+  if (c.userData !== '') spec.userData = c.userData;
   return spec;
 }
 

@@ -44,6 +44,7 @@ export function commandToProto(commandId: string, deadline: Date, c: AgentComman
           passwordHash: a.passwordHash,
           ha: a.ha,
           boot: a.boot ? { ...a.boot } : undefined,
+          userData: a.userData ?? '',
         },
       };
       break;

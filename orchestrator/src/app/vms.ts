@@ -99,6 +99,13 @@ export async function createVm(d: ComputeDeps, caller: Caller, ws: string, input
   if (input.diskGb !== undefined && input.diskGb < template.diskGb) {
     throw new ValidationError(`diskGb ${input.diskGb} is smaller than the template's disk (${template.diskGb} GB)`, { field: 'diskGb' });
   }
+  if (input.userData !== undefined) {
+    const first = input.userData.split('\n', 1)[0]!.trimEnd();
+    if (first !== '#cloud-config' && !first.startsWith('#!')) {
+      throw new ValidationError('userData must start with #cloud-config or a #! script line', { field: 'userData' });
+    }
+    if (input.userData.includes('\0')) throw new ValidationError('userData must not contain NUL characters', { field: 'userData' });
+  }
   const ha = input.ha ?? true;
   const vmId = randomUUID();
 

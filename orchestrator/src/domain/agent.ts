@@ -31,6 +31,8 @@ export type CommandAction =
       passwordHash: string;
       ha: boolean;
       boot?: { kernel: string; initrd: string; cmdline: string };
+      /** The user's own cloud-init user-data (a secret: never logged or put in a task). */
+      userData?: string;
     }
   | { kind: 'deleteVm'; pool: string; bridges: string[] }
   | { kind: 'startVm' }

@@ -137,6 +137,7 @@ export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
               passwordHash: '',
               ha: vm.haEnabled,
               ...(boot ? { boot } : {}),
+              ...(vm.userData ? { userData: vm.userData } : {}),
             },
           });
           return { created: true };

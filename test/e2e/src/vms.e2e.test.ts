@@ -5,12 +5,14 @@
 // (its inventory), since a test-driver host lives only in its agent's connection.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '@kloudak/common';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
+import { seedVolumeName } from '@kloudak/agent';
 import { createSimHost, createTestNet, ensureOvs, type TestNet } from '@kloudak/agent/testing';
 import { configWith, startOrchestrator, systemClock, type Orchestrator } from '@kloudak/orchestrator';
 import { Cleanup, freePort, freshDatabase, waitFor, TEST_NATS_URL } from '@kloudak/testkit';
@@ -178,7 +180,14 @@ describe('VMs and networks through the API, on two simulated hosts', { timeout: 
   });
 
   it('creates a VM that runs on the host placement chose, with an address and a MAC on the network', async () => {
-    const r = await api('POST', `/workspaces/${WS}/vms`, { name: 'web', template: `${RUN}-tpl`, networks: ['front'], sshKeys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKkloudakTestKeyNotARealOne user@test'] });
+    const userData = '#cloud-config\nruncmd:\n  - [touch, /run/kloudak-e2e-user-data]\n';
+    const r = await api('POST', `/workspaces/${WS}/vms`, {
+      name: 'web',
+      template: `${RUN}-tpl`,
+      networks: ['front'],
+      sshKeys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKkloudakTestKeyNotARealOne user@test'],
+      userData,
+    });
     assert.equal(r.status, 202, JSON.stringify(r.body));
     const vm = r.body['vm'];
     assert.equal(vm['state'], 'scheduled');
@@ -191,6 +200,14 @@ describe('VMs and networks through the API, on two simulated hosts', { timeout: 
     assert.deepEqual(t['steps'].map((s: Json) => s['name']), ['claim', 'networks', 'create', 'running']);
     assert.equal(t['placement']['host'], vm['host'], 'why here: the chosen host is on the task');
     assert.ok(!JSON.stringify(t).includes('ssh-ed25519'), 'no key in the task record');
+    assert.ok(!JSON.stringify(t).includes('kloudak-e2e-user-data'), 'no user-data in the task record');
+    assert.ok(!JSON.stringify(r.body).includes('kloudak-e2e-user-data'), 'no user-data in the answer');
+    // The user-data reached the host: in the VM's seed (a file on simulated hosts), beside Kloudak's.
+    const agentDir = agents.get(vm['host'])!.dataDir;
+    const seed = execFileSync('isoinfo', ['-J', '-i', join(agentDir, 'seeds', seedVolumeName(vm['id'])), '-x', '/user-data'], { encoding: 'utf8' });
+    assert.match(seed, /^Content-Type: multipart\/mixed/);
+    assert.ok(seed.includes(userData.trimEnd()), seed);
+    assert.ok(seed.includes('ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKkloudakTestKeyNotARealOne'), 'and Kloudak\'s part with the key');
     const got = (await api('GET', `/workspaces/${WS}/vms/web`)).body;
     assert.equal(got['state'], 'running');
     const inv = await inventory(vm['host']);
@@ -215,6 +232,7 @@ describe('VMs and networks through the API, on two simulated hosts', { timeout: 
       [{ ...base, cpu: 64 }, 409, /vCPU|cpu/i],
       [{ ...base, ramMb: 1_000_000 }, 409, /RAM|ram/i],
       [{ ...base, networks: [] }, 400, /networks/],
+      [{ ...base, userData: 'packages: [nginx]' }, 400, /userData/],
     ];
     for (const [body, status, re] of cases) {
       const r = await api('POST', `/workspaces/${WS}/vms`, body);
