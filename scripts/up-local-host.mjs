@@ -14,6 +14,8 @@
 //   UP_POOL_NAME, UP_POOL_PATH, UP_TEMPLATE_IMAGE   the local pool and the test guest's volume
 //   UP_AREA_SUBNET         the area "local"'s subnet (default 10.250.0.0/24)
 //   UP_WAIT_ONLY=1         only wait until the orchestrator is ready (no local host: prints nothing)
+//   UP_LIFELINE_FD         up.sh's lifeline (see up.sh): when up.sh dies, so does this script, at
+//                          once, instead of waiting out its timeouts
 //
 // Stdout: one line, the decision — `enrolled` (nothing to do), `token <join token>` (enroll with
 // it), or `reenroll <join token>` (the agent's identity names a host the orchestrator no longer
@@ -21,7 +23,10 @@
 
 import { readFileSync } from 'node:fs';
 
+import { watchLifeline } from '@kloudak/common';
+
 const env = process.env;
+if (env.UP_LIFELINE_FD) watchLifeline(Number(env.UP_LIFELINE_FD), () => process.exit(1));
 const base = (env.UP_URL ?? '').replace(/\/+$/, '');
 const hostName = env.UP_HOST_NAME ?? '';
 const enrolled = env.UP_AGENT_ENROLLED === '1';

@@ -280,7 +280,7 @@ if [ "$mode" != none ]; then
   [ -f "$agent_dir/identity.json" ] && enrolled=1
   # The command substitution's subshell closes the write end too: it outlives a SIGKILLed script
   # for as long as up-local-host.mjs runs.
-  if decision="$(exec {lifeline_w}>&-; UP_URL="$base_url" UP_HOST_NAME="$agent_host_name" UP_AGENT_ENROLLED="$enrolled" \
+  if decision="$(exec {lifeline_w}>&-; UP_LIFELINE_FD="$lifeline_r" UP_URL="$base_url" UP_HOST_NAME="$agent_host_name" UP_AGENT_ENROLLED="$enrolled" \
       UP_POOL_NAME="$pool_name" UP_POOL_PATH="$up_pool_path" UP_TEMPLATE_IMAGE="$image" UP_BOOT_DIR="${up_boot_dir:-}" \
       exec node scripts/up-local-host.mjs)"; then
     join_token=""
@@ -310,7 +310,8 @@ if [ "$mode" != none ]; then
   fi
 else
   # Still wait for readiness so the summary below is true when it is printed.
-  UP_URL="$base_url" UP_WAIT_ONLY=1 node scripts/up-local-host.mjs {lifeline_w}>&- || die "the orchestrator did not become ready"
+  UP_LIFELINE_FD="$lifeline_r" UP_URL="$base_url" UP_WAIT_ONLY=1 node scripts/up-local-host.mjs {lifeline_w}>&- \
+    || die "the orchestrator did not become ready"
 fi
 
 cat >&2 <<EOF

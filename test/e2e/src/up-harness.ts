@@ -37,6 +37,8 @@ export interface UpOptions {
   group?: boolean;
   /** Run it as the README says, `npm start` (npm, then sh, then up.sh), instead of up.sh directly. */
   npm?: boolean;
+  /** Return at once instead of waiting for "Kloudak is ready." (default true). */
+  waitReady?: boolean;
 }
 
 /** Starts scripts/up.sh and waits for "Kloudak is ready."; `cleanup` stops it whatever happens. */
@@ -87,6 +89,7 @@ export async function startUp(cleanup: Cleanup, dataDir: string, env: Record<str
   const up: Up = { child, base: `http://127.0.0.1:${httpPort}`, httpPort, agentPort, output: () => out, exited };
   let gone = false;
   void exited.then(() => (gone = true));
+  if (opts.waitReady === false) return up;
   // (waitFor swallows errors thrown by its check: an early exit must end the wait instead.)
   await waitFor(async () => gone || out.includes('Kloudak is ready.'), 180_000, 'up.sh to print "Kloudak is ready."');
   if (!out.includes('Kloudak is ready.')) throw new Error(`up.sh exited (${await exited}) before it was ready:\n${out.slice(-4000)}`);

@@ -3,6 +3,7 @@
 //   check its libvirt pool with `virsh pool-info | grep -q running` under pipefail; grep's early
 //   exit killed virsh with SIGPIPE, so a second start tried to start the running pool and died
 //   about 9 times in 10.)
+// - up.sh SIGKILLed while the orchestrator is starting: nothing is left (up-local-host.mjs included).
 // - up.sh SIGKILLed: the orchestrator and the agent, which run in their own sessions, notice
 //   through their lifeline pipe and exit within seconds, freeing their ports; the next start on
 //   the same ports comes up.
@@ -15,7 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Cleanup, freePort } from '@kloudak/testkit';
+import { Cleanup, freePort, waitFor } from '@kloudak/testkit';
 import { GUEST, assertNoSecrets, login, portFree, processesWith, startUp, waitHostUp, type Up } from './up-harness.js';
 
 const RUN = `kl${randomBytes(3).toString('hex')}`;
@@ -94,7 +95,7 @@ describe('npm start: stop and start again', { timeout: 600_000 }, () => {
     }
   });
 
-  it('up.sh SIGKILLed: its children exit by themselves and free the ports; then a supervisor stops `npm start` with SIGTERM and SIGKILL to its group: nothing is left', async () => {
+  it('up.sh SIGKILLed while starting, then once up: its children exit by themselves and free the ports; then a supervisor stops `npm start` with SIGTERM and SIGKILL to its group: nothing is left', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-sim-`));
     cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }));
     const hostName = `${RUN}-sim`;
@@ -102,6 +103,17 @@ describe('npm start: stop and start again', { timeout: 600_000 }, () => {
     cleanup.add(() => void execFileSync('ovs-vsctl', ['--timeout=10', '--if-exists', 'del-br', bridge]));
     const env = { KLOUDAK_UP_HOST: 'simulated', KLOUDAK_AGENT_HOSTNAME: hostName, KLOUDAK_AGENT_BRIDGE: bridge };
     const ports = { httpPort: await freePort(), agentPort: await freePort() };
+
+    // 0. SIGKILL to up.sh while the orchestrator is still starting and up-local-host.mjs waits
+    //    for it: the orchestrator stops once started, up-local-host.mjs at once (not after its 180 s).
+    const early = await startUp(cleanup, dataDir, env, { ...ports, waitReady: false });
+    await waitFor(async () => processesWith(dataDir).length >= 3, 60_000, 'up.sh, the orchestrator and up-local-host.mjs');
+    early.child.kill('SIGKILL');
+    await early.exited;
+    // Bounded by the orchestrator's own start (first start: migrations, the admin), ~5 s here.
+    const tookEarly = await allGone(dataDir, 20_000, early);
+    await assertPortsFree(early);
+    process.stderr.write(`# killed while starting: everything gone ${tookEarly} ms after up.sh was SIGKILLed\n`);
 
     // 1. SIGKILL to up.sh alone: nothing signals the orchestrator or the agent.
     const up = await startUp(cleanup, dataDir, env, ports);
