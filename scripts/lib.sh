@@ -276,6 +276,8 @@ ensure_libvirt() {
 # enable its own services at the next boot.
 ensure_test_validators() {
   apt_install libxml2-utils cloud-init
+  # The README's first-VM walk-through, which the up e2e test runs as it is.
+  apt_install curl jq
   # The agent's sd_notify test: systemd-notify (package systemd) and a python3 socket listener.
   apt_install systemd python3
 }

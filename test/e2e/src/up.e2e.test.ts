@@ -5,18 +5,26 @@
 // The build is skipped (KLOUDAK_UP_SKIP_BUILD=1): the test command has just built everything.
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Cleanup } from '@kloudak/testkit';
-import { GUEST, api, assertNoSecrets, login, processesWith, startUp as start, stopUp, waitHostUp, type Up } from './up-harness.js';
+import { GUEST, REPO, api, assertNoSecrets, login, processesWith, startUp as start, stopUp, waitHostUp, type Up } from './up-harness.js';
 
 const RUN = `ku${randomBytes(3).toString('hex')}`;
 const cleanup = new Cleanup();
 after(() => cleanup.run());
 const startUp = (dataDir: string, env: Record<string, string>): Promise<Up> => start(cleanup, dataDir, env);
+
+/** The README's first-VM walk-through: the sh block after its `first-vm` marker. */
+function firstVmBlock(): string {
+  const readme = readFileSync(join(REPO, 'README.md'), 'utf8');
+  const m = /<!-- first-vm:[^>]*-->\s*```sh\n([\s\S]*?)\n```/.exec(readme);
+  assert.ok(m, 'README.md has the first-vm block');
+  return m[1]!;
+}
 
 describe('npm start (scripts/up.sh)', { timeout: 600_000 }, () => {
   it('brings up the orchestrator with a SIMULATED local host, enrolled by itself; a second start reuses its identity; SIGTERM stops everything', async () => {
@@ -99,6 +107,20 @@ describe('npm start (scripts/up.sh)', { timeout: 600_000 }, () => {
     const pools = await api(up.base, token, `/pools/${pool}`);
     assert.equal(pools.status, 200);
     assert.equal(pools.body['path'], join(hostDir, 'pool'));
+    // The README's first-VM walk-through, run as it is written, against this local host.
+    const walk = firstVmBlock();
+    const res = spawnSync('bash', ['-euo', 'pipefail', '-c', walk], {
+      cwd: REPO,
+      env: { ...process.env, KLOUDAK_URL: up.base, KLOUDAK_DATA_DIR: dataDir },
+      encoding: 'utf8',
+      timeout: 300_000,
+    });
+    assert.equal(res.status, 0, `the README's first-VM walk-through failed (${res.signal ?? res.status}):\n${res.stdout}\n${res.stderr}`);
+    assert.match(res.stdout, /"state": "running"/);
+    const ready = /KLOUDAK-READY instance-id=([0-9a-f-]{36}) hostname=web ip=10\.250\.0\.2/.exec(res.stdout);
+    assert.ok(ready, res.stdout);
+    const domains = execFileSync('virsh', ['-q', '-c', 'qemu:///system', 'list', '--all', '--name'], { encoding: 'utf8' });
+    assert.ok(!domains.includes(ready[1]!), `the walk-through's clean-up left the VM's domain: ${domains}`);
     assertNoSecrets(up);
     await stopUp(up);
     assert.deepEqual(processesWith(dataDir), [], 'no orchestrator or agent process is left');
