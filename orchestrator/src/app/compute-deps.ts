@@ -3,8 +3,8 @@ import type { AgentChannel } from '../agent-api/channel.js';
 import type { Clock } from '../clock.js';
 import type { PlacementPolicy } from '../domain/placement.js';
 
-/** The caller of a use case: any signed-in principal has at least these. */
-export interface Caller {
+/** Who acts in a compute use case: the signed-in principal's id and admin flag (any Principal fits). */
+export interface Actor {
   userId: string;
   isAdmin: boolean;
 }

@@ -6,7 +6,7 @@ import { workspaceAccess } from './access.js';
 import { lockArea, workspaceUsage } from '../store/claims.js';
 import { insertTask } from '../store/tasks.js';
 import { NETWORK_TASKS } from '../tasks/network.js';
-import type { Caller, ComputeDeps } from './compute-deps.js';
+import type { Actor, ComputeDeps } from './compute-deps.js';
 import { checkQuota } from './quotas.js';
 import { networkInclude, networkView, taskInclude, taskView, type NetworkView, type TaskView } from './views.js';
 
@@ -23,7 +23,7 @@ export interface CreateNetworkInput {
  * Create a network: its VLAN is allocated from the area's range in the same transaction as the
  * network and its task (a 409 at once when the range is exhausted), then the task makes it active.
  */
-export async function createNetwork(d: ComputeDeps, caller: Caller, ws: string, input: CreateNetworkInput): Promise<{ network: NetworkView; task: TaskView }> {
+export async function createNetwork(d: ComputeDeps, caller: Actor, ws: string, input: CreateNetworkInput): Promise<{ network: NetworkView; task: TaskView }> {
   const access = await workspaceAccess(d.db, caller, ws);
   requireFlags(access.permissions, 'network_can_add');
   const area = await d.db.area.findUnique({ where: { name: input.area } });
@@ -81,7 +81,7 @@ export async function createNetwork(d: ComputeDeps, caller: Caller, ws: string, 
 }
 
 /** Rename a network or change its description. */
-export async function updateNetwork(d: ComputeDeps, caller: Caller, ws: string, name: string, input: { name?: string; description?: string }): Promise<NetworkView> {
+export async function updateNetwork(d: ComputeDeps, caller: Actor, ws: string, name: string, input: { name?: string; description?: string }): Promise<NetworkView> {
   const access = await workspaceAccess(d.db, caller, ws);
   requireFlags(access.permissions, 'network_can_edit');
   const n = await d.db.network.findUnique({ where: { workspaceId_name: { workspaceId: access.workspace.id, name } } });
@@ -95,7 +95,7 @@ export async function updateNetwork(d: ComputeDeps, caller: Caller, ws: string, 
 }
 
 /** Delete a network: 409 while VMs are attached; its task removes the VLAN from the hosts, then the row. */
-export async function deleteNetwork(d: ComputeDeps, caller: Caller, ws: string, name: string): Promise<{ network: NetworkView; task: TaskView }> {
+export async function deleteNetwork(d: ComputeDeps, caller: Actor, ws: string, name: string): Promise<{ network: NetworkView; task: TaskView }> {
   const access = await workspaceAccess(d.db, caller, ws);
   requireFlags(access.permissions, 'network_can_delete');
   const workspaceId = access.workspace.id;
@@ -131,7 +131,7 @@ export async function deleteNetwork(d: ComputeDeps, caller: Caller, ws: string, 
 }
 
 /** A workspace's networks, by name; any member may read them. */
-export async function listNetworks(d: ComputeDeps, caller: Caller, ws: string, q: { limit: number; after?: string }): Promise<{ items: NetworkView[]; nextCursor: string | null }> {
+export async function listNetworks(d: ComputeDeps, caller: Actor, ws: string, q: { limit: number; after?: string }): Promise<{ items: NetworkView[]; nextCursor: string | null }> {
   const access = await workspaceAccess(d.db, caller, ws);
   const rows = await d.db.network.findMany({
     where: { workspaceId: access.workspace.id, ...(q.after ? { name: { gt: q.after } } : {}) },
@@ -144,7 +144,7 @@ export async function listNetworks(d: ComputeDeps, caller: Caller, ws: string, q
 }
 
 /** One network of a workspace. */
-export async function getNetwork(d: ComputeDeps, caller: Caller, ws: string, name: string): Promise<NetworkView> {
+export async function getNetwork(d: ComputeDeps, caller: Actor, ws: string, name: string): Promise<NetworkView> {
   const access = await workspaceAccess(d.db, caller, ws);
   const n = await d.db.network.findUnique({ where: { workspaceId_name: { workspaceId: access.workspace.id, name } }, include: networkInclude });
   if (!n) throw new NotFoundError('network', name);

@@ -2,7 +2,7 @@ import { ForbiddenError, KloudakError } from '@kloudak/common';
 import type { Prisma } from '@kloudak/prisma';
 import { workspaceAccess } from './access.js';
 import { workspaceUsage, type WorkspaceUsage } from '../store/claims.js';
-import type { Caller, ComputeDeps } from './compute-deps.js';
+import type { Actor, ComputeDeps } from './compute-deps.js';
 
 /** Limits of a workspace; null: unlimited. */
 export type QuotaLimits = { [K in keyof WorkspaceUsage]: number | null };
@@ -34,7 +34,7 @@ export async function checkQuota(tx: Prisma.TransactionClient, workspaceId: stri
 }
 
 /** A workspace's quota and usage; any member may read it. */
-export async function getQuota(d: ComputeDeps, caller: Caller, ws: string): Promise<QuotaView> {
+export async function getQuota(d: ComputeDeps, caller: Actor, ws: string): Promise<QuotaView> {
   const access = await workspaceAccess(d.db, caller, ws);
   return d.db.$transaction(async (tx) => {
     const q = await tx.workspaceQuota.findUnique({ where: { workspaceId: access.workspace.id } });
@@ -44,7 +44,7 @@ export async function getQuota(d: ComputeDeps, caller: Caller, ws: string): Prom
 }
 
 /** Set a workspace's limits (admins only). Limits below current usage are allowed: they stop growth. */
-export async function setQuota(d: ComputeDeps, caller: Caller, ws: string, limits: Partial<QuotaLimits>): Promise<QuotaView> {
+export async function setQuota(d: ComputeDeps, caller: Actor, ws: string, limits: Partial<QuotaLimits>): Promise<QuotaView> {
   if (!caller.isAdmin) {
     await workspaceAccess(d.db, caller, ws); // a non-member still gets 404
     throw new ForbiddenError('only admins set quotas');

@@ -1,7 +1,7 @@
 import { NotFoundError } from '@kloudak/common';
 import type { Prisma } from '@kloudak/prisma';
 import { workspaceAccess } from './access.js';
-import type { Caller, ComputeDeps } from './compute-deps.js';
+import type { Actor, ComputeDeps } from './compute-deps.js';
 import { taskInclude, taskView, type TaskView } from './views.js';
 
 /** Filters of {@link listTasks}. */
@@ -15,7 +15,7 @@ export interface TaskFilter {
 }
 
 /** A workspace's tasks, newest first; any member may read them (they hold no secrets). */
-export async function listTasks(d: ComputeDeps, caller: Caller, ws: string, f: TaskFilter): Promise<{ items: TaskView[]; nextCursor: string | null }> {
+export async function listTasks(d: ComputeDeps, caller: Actor, ws: string, f: TaskFilter): Promise<{ items: TaskView[]; nextCursor: string | null }> {
   const access = await workspaceAccess(d.db, caller, ws);
   const where: Prisma.TaskWhereInput = { workspaceId: access.workspace.id };
   if (f.state) where.state = f.state;
@@ -33,7 +33,7 @@ export async function listTasks(d: ComputeDeps, caller: Caller, ws: string, f: T
 }
 
 /** One task of a workspace (404 for a task of another workspace). */
-export async function getTask(d: ComputeDeps, caller: Caller, ws: string, id: string): Promise<TaskView> {
+export async function getTask(d: ComputeDeps, caller: Actor, ws: string, id: string): Promise<TaskView> {
   const access = await workspaceAccess(d.db, caller, ws);
   const t = await d.db.task.findFirst({ where: { id, workspaceId: access.workspace.id }, include: taskInclude });
   if (!t) throw new NotFoundError('task', id);

@@ -9,7 +9,7 @@ import { workspaceAccess } from './access.js';
 import { areaPlacementSnapshot, lockForClaims, usedAddresses, workspaceUsage } from '../store/claims.js';
 import { insertTask } from '../store/tasks.js';
 import { VM_TASKS } from '../tasks/vm.js';
-import type { Caller, ComputeDeps } from './compute-deps.js';
+import type { Actor, ComputeDeps } from './compute-deps.js';
 import { checkQuota } from './quotas.js';
 import { taskInclude, taskView, vmInclude, vmView, type TaskView, type VmView } from './views.js';
 
@@ -72,7 +72,7 @@ async function answer(d: ComputeDeps, vmId: string, taskId: string): Promise<{ v
  * creates serialises on the workspace and area locks, so no host is over-committed and no address
  * handed out twice. When nothing fits, the 409 lists which filter rejected which host.
  */
-export async function createVm(d: ComputeDeps, caller: Caller, ws: string, input: CreateVmInput): Promise<{ vm: VmView; task: TaskView }> {
+export async function createVm(d: ComputeDeps, caller: Actor, ws: string, input: CreateVmInput): Promise<{ vm: VmView; task: TaskView }> {
   const access = await workspaceAccess(d.db, caller, ws);
   requireFlags(access.permissions, 'vm_can_add');
   const workspaceId = access.workspace.id;
@@ -173,7 +173,7 @@ const ACTION_TASK: Record<VmAction, string> = { start: VM_TASKS.start, stop: VM_
 const ACTION_FROM: Record<VmAction, string[]> = { start: ['stopped'], stop: ['running'], reboot: ['running'] };
 
 /** Start, stop or reboot a VM (409 from a state where the action makes no sense). */
-export async function vmAction(d: ComputeDeps, caller: Caller, ws: string, name: string, action: VmAction): Promise<{ vm: VmView; task: TaskView }> {
+export async function vmAction(d: ComputeDeps, caller: Actor, ws: string, name: string, action: VmAction): Promise<{ vm: VmView; task: TaskView }> {
   const access = await workspaceAccess(d.db, caller, ws);
   requireFlags(access.permissions, 'vm_can_edit');
   const vm = await findVm(d, access.workspace.id, name);
@@ -204,7 +204,7 @@ export async function vmAction(d: ComputeDeps, caller: Caller, ws: string, name:
  */
 export async function updateVm(
   d: ComputeDeps,
-  caller: Caller,
+  caller: Actor,
   ws: string,
   name: string,
   input: { name?: string; description?: string; networks?: string[] },
@@ -283,7 +283,7 @@ export async function updateVm(
 }
 
 /** Delete a VM: its task stops and deletes it on its host, then releases its claims and removes it. */
-export async function deleteVm(d: ComputeDeps, caller: Caller, ws: string, name: string): Promise<{ vm: VmView; task: TaskView }> {
+export async function deleteVm(d: ComputeDeps, caller: Actor, ws: string, name: string): Promise<{ vm: VmView; task: TaskView }> {
   const access = await workspaceAccess(d.db, caller, ws);
   requireFlags(access.permissions, 'vm_can_delete');
   const vm = await findVm(d, access.workspace.id, name);
@@ -310,7 +310,7 @@ export async function deleteVm(d: ComputeDeps, caller: Caller, ws: string, name:
 }
 
 /** The tail of a VM's serial console log (read from its host through the agent). */
-export async function vmConsole(d: ComputeDeps, caller: Caller, ws: string, name: string, maxBytes: number): Promise<{ text: string; truncated: boolean }> {
+export async function vmConsole(d: ComputeDeps, caller: Actor, ws: string, name: string, maxBytes: number): Promise<{ text: string; truncated: boolean }> {
   const access = await workspaceAccess(d.db, caller, ws);
   const vm = await findVm(d, access.workspace.id, name);
   if (!vm.hostId) throw new ConflictError(`the VM is ${vm.state} and has no host yet`, { state: vm.state });
@@ -325,7 +325,7 @@ export async function vmConsole(d: ComputeDeps, caller: Caller, ws: string, name
 }
 
 /** A workspace's VMs, by name; any member may read them. */
-export async function listVms(d: ComputeDeps, caller: Caller, ws: string, q: { limit: number; after?: string }): Promise<{ items: VmView[]; nextCursor: string | null }> {
+export async function listVms(d: ComputeDeps, caller: Actor, ws: string, q: { limit: number; after?: string }): Promise<{ items: VmView[]; nextCursor: string | null }> {
   const access = await workspaceAccess(d.db, caller, ws);
   const rows = await d.db.vm.findMany({
     where: { workspaceId: access.workspace.id, ...(q.after ? { name: { gt: q.after } } : {}) },
@@ -338,7 +338,7 @@ export async function listVms(d: ComputeDeps, caller: Caller, ws: string, q: { l
 }
 
 /** One VM of a workspace. */
-export async function getVm(d: ComputeDeps, caller: Caller, ws: string, name: string): Promise<VmView> {
+export async function getVm(d: ComputeDeps, caller: Actor, ws: string, name: string): Promise<VmView> {
   const access = await workspaceAccess(d.db, caller, ws);
   return vmView(await findVm(d, access.workspace.id, name));
 }
