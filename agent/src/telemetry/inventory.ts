@@ -133,9 +133,14 @@ export class HostTelemetry {
     return { mtu: mtu === null ? 0 : Number(mtu), up: flags === null ? false : (Number.parseInt(flags, 16) & 1) === 1 };
   }
 
-  /** What exists: Kloudak domains (with uuid, vcpus, memory), volumes of every pool, NIC ports of every OVS bridge. */
+  /**
+   * What exists: Kloudak domains (with uuid, vcpus, memory), volumes of every active pool, NIC
+   * ports of every OVS bridge. An inactive pool (e.g. a stray one whose directory is gone) has no
+   * volumes libvirt can list: it is skipped here, and Hello and heartbeats report it with
+   * `active: false` (collectPools).
+   */
   async inventory(): Promise<InventoryReport> {
-    const pools = (await collectPools(this.d.lv)).map((p) => p.name);
+    const pools = (await collectPools(this.d.lv)).filter((p) => p.active).map((p) => p.name);
     const bridges = [...new Set([this.d.bridge, ...(await this.ovsBridges())])];
     let inv: Awaited<ReturnType<HostOperations['inventory']>>;
     try {
