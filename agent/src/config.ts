@@ -100,7 +100,7 @@ const FLAG_NAMES: Record<string, string> = Object.fromEntries(
 );
 
 /** Keys only the environment may set (facts about how the process was started). */
-const ENV_ONLY = new Set(['underSystemd', 'notifySocket', 'lifelineFd']);
+export const ENV_ONLY_SETTINGS: ReadonlySet<string> = new Set(['underSystemd', 'notifySocket', 'lifelineFd']);
 
 /** snake_case / kebab-case → camelCase, so `join_token:` and `joinToken:` both work in the file. */
 function camel(key: string): string {
@@ -120,7 +120,7 @@ function normalise(layer: Record<string, unknown>, where: string): Record<string
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(layer)) {
     const key = camel(k);
-    if (ENV_ONLY.has(key)) throw new ConfigError(`${where}: ${k} cannot be set here`);
+    if (ENV_ONLY_SETTINGS.has(key)) throw new ConfigError(`${where}: ${k} cannot be set here`);
     out[key] = key === 'nicOffload' ? toBool(v) : v;
   }
   return out;
