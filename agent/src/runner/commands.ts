@@ -21,6 +21,7 @@ import {
 } from '@kloudak/libvirt';
 import { LeaseExpiredError } from '../fence/start-gate.js';
 import { VmNotFoundError, type HostOperations } from '../ops/host-ops.js';
+import { VolumeNotFoundError } from '../storage/libvirt-storage.js';
 import { SpecError, type NicSpec, type VmSpec } from '../spec.js';
 import { CommandError } from '../system/command-runner.js';
 import type { InventoryReport } from '../telemetry/inventory.js';
@@ -138,7 +139,7 @@ export function errorCodeOf(err: unknown): CommandErrorCode {
   if (err instanceof SpecError) return 'INVALID_ARGUMENT';
   // No lease: the host is fencing. Retryable: once it reconnects and holds a lease, it may start VMs.
   if (err instanceof LeaseExpiredError) return 'UNAVAILABLE';
-  if (err instanceof VmNotFoundError) return 'NOT_FOUND';
+  if (err instanceof VmNotFoundError || err instanceof VolumeNotFoundError) return 'NOT_FOUND';
   if (err instanceof LibvirtNotFoundError) return 'NOT_FOUND';
   if (err instanceof NotSupportedError) return 'UNIMPLEMENTED';
   if (err instanceof AlreadyExistsError) return 'ALREADY_EXISTS';

@@ -14,7 +14,8 @@ import { join } from 'node:path';
 import { Flags, Libvirt, NotFoundError } from '@kloudak/libvirt';
 import type { StoragePoolRef } from '@kloudak/libvirt';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
-import { backingPath, LibvirtStorage, volumeFormat } from './libvirt-storage.js';
+import { errorCodeOf } from '../runner/commands.js';
+import { backingPath, LibvirtStorage, VolumeNotFoundError, volumeFormat } from './libvirt-storage.js';
 
 const RUN = `kloudak-st${process.pid}-${Date.now().toString(36)}`;
 const MIB = 1024n * 1024n;
@@ -130,7 +131,13 @@ describe('a dir pool on qemu:///system', () => {
     assert.equal(info['backing-filename-format'], 'raw');
     assert.equal(onRaw.capacityBytes, GIB);
 
-    await assert.rejects(storage.cloneOverlay(RUN, 'missing.qcow2', 'vm4-root.qcow2', 1), /template volume "missing.qcow2" not found/);
+    await assert.rejects(storage.cloneOverlay(RUN, 'missing.qcow2', 'vm4-root.qcow2', 1), (e: unknown) => {
+      // A typed error: the runner answers it NOT_FOUND (retryable), not INTERNAL.
+      assert.ok(e instanceof VolumeNotFoundError, String(e));
+      assert.equal(errorCodeOf(e), 'NOT_FOUND');
+      assert.match(e.message, /template volume "missing.qcow2" not found/);
+      return true;
+    });
     assert.equal(await storage.get(RUN, 'vm4-root.qcow2'), null, 'nothing created');
     await assert.rejects(storage.cloneOverlay(RUN, 'tmpl.qcow2', 'vm4-root.qcow2', 1.5), RangeError);
   });

@@ -56,6 +56,20 @@ function unescapeXml(s: string): string {
   });
 }
 
+/**
+ * A volume a command needs (a template) is not in its pool. Answered NOT_FOUND, which the
+ * orchestrator retries: an operator may still be copying the template in.
+ */
+export class VolumeNotFoundError extends Error {
+  constructor(
+    readonly pool: string,
+    readonly volume: string,
+  ) {
+    super(`template volume ${JSON.stringify(volume)} not found in pool ${JSON.stringify(pool)}`);
+    this.name = 'VolumeNotFoundError';
+  }
+}
+
 export interface LibvirtStorageOptions {
   /** Time allowed for volume creation and deletion. Default 120 s. */
   slowCallTimeoutMs?: number;
@@ -168,7 +182,7 @@ export class LibvirtStorage implements Storage {
     if (existing) return this.status(existing);
 
     const tmpl = await this.lookup(pool, template);
-    if (!tmpl) throw new Error(`template volume ${JSON.stringify(template)} not found in pool ${JSON.stringify(poolName)}`);
+    if (!tmpl) throw new VolumeNotFoundError(poolName, template);
     const [path, info, tmplXml] = await Promise.all([this.lv.getVolumePath(tmpl), this.lv.getVolumeInfo(tmpl), this.lv.getVolumeXml(tmpl)]);
     const format = volumeFormat(tmplXml);
     if (format !== 'qcow2' && format !== 'raw') {
