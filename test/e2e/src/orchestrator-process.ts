@@ -12,6 +12,8 @@ export interface OrchestratorProcess {
   output(): string;
   /** SIGTERM and wait for exit; resolves the exit code. */
   stop(): Promise<number | null>;
+  /** SIGKILL (no shutdown at all: leases stay, results in flight are lost) and wait for the exit. */
+  kill(): Promise<void>;
 }
 
 /** Start `kloudak-orchestrator serve` with the given environment and wait until /readyz answers 200. */
@@ -44,6 +46,10 @@ export async function startOrchestratorProcess(env: Record<string, string>, time
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       return exited;
+    },
+    kill: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
     },
   };
 }

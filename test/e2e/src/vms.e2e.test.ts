@@ -10,73 +10,39 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createLogger } from '@kloudak/common';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import { seedVolumeName } from '@kloudak/agent';
 import { createSimHost, createTestNet, ensureOvs, type TestNet } from '@kloudak/agent/testing';
-import { configWith, startOrchestrator, systemClock, type Orchestrator } from '@kloudak/orchestrator';
-import { Cleanup, freePort, freshDatabase, waitFor, TEST_NATS_URL } from '@kloudak/testkit';
+import type { Orchestrator } from '@kloudak/orchestrator';
+import { Cleanup } from '@kloudak/testkit';
 import { spawnAgentProcess, type AgentProcess } from './agent-process.js';
+import { agentTestEnv, ApiClient, type Json } from './api-client.js';
+import { hostInventory, startTestOrchestrator } from './vm-harness.js';
 
 const RUN = `kv${randomBytes(3).toString('hex')}`;
 const ADMIN = { username: 'root-admin', password: 'e2e-Vms-Networks-Pass-2026!' };
 const WS = `${RUN}-ws`;
 
-type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- API answers
-
 describe('VMs and networks through the API, on two simulated hosts', { timeout: 300_000 }, () => {
   const cleanup = new Cleanup();
   let orch: Orchestrator;
-  let token = '';
   let net: TestNet;
   let bridge: string;
   const agents = new Map<string, AgentProcess>();
   const hostIds = new Map<string, string>();
 
-  async function api(method: string, path: string, body?: unknown): Promise<{ status: number; body: Json }> {
-    const res = await fetch(`${orch.url}/api/v1${path}`, {
-      method,
-      headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await res.text();
-    return { status: res.status, body: text ? (JSON.parse(text) as Json) : {} };
-  }
+  const client = new ApiClient(() => orch.url, WS);
+  const api = (method: string, path: string, body?: unknown) => client.call(method, path, body);
+  const taskEnd = (id: string, timeoutMs?: number) => client.taskEnd(id, timeoutMs);
+  const succeeded = (id: string) => client.succeeded(id);
 
-  /** Wait for a task to end; returns it. */
-  async function taskEnd(id: string, timeoutMs = 60_000): Promise<Json> {
-    let t: Json = {};
-    await waitFor(async () => {
-      t = (await api('GET', `/workspaces/${WS}/tasks/${id}`)).body;
-      return ['succeeded', 'failed', 'rolled_back'].includes(t['state']);
-    }, timeoutMs, `task ${id}`).catch((e: unknown) => {
-      throw new Error(`${(e as Error).message}: ${JSON.stringify(t)}`);
-    });
-    return t;
-  }
-
-  /** Wait for a task to end and require that it succeeded (the task is in the message otherwise). */
-  async function succeeded(id: string): Promise<Json> {
-    const t = await taskEnd(id);
-    assert.equal(t['state'], 'succeeded', JSON.stringify(t));
-    return t;
-  }
-
-  async function inventory(hostName: string) {
-    const r = await orch.agents.sendCommand(hostIds.get(hostName)!, { action: { kind: 'getInventory' } }, { deadline: Date.now() + 10_000 });
-    assert.equal(r.ok, true, JSON.stringify(r.error));
-    return r.inventory!;
-  }
+  const inventory = (hostName: string) => hostInventory(orch, hostIds.get(hostName)!);
 
   async function startAgent(name: string, env: Record<string, string>, joinToken?: string): Promise<AgentProcess> {
     const dataDir = agents.get(name)?.dataDir ?? mkdtempSync(join(tmpdir(), `${RUN}-agent-`));
     if (!agents.has(name)) cleanup.add(async () => rmSync(dataDir, { recursive: true, force: true }));
     const a = spawnAgentProcess(name, `127.0.0.1:${orch.agentPort}`, dataDir, {
-      KLOUDAK_AGENT_HEARTBEAT_MS: '250',
-      KLOUDAK_AGENT_DOMAIN_TYPE: 'qemu',
-      KLOUDAK_AGENT_OVS_DATAPATH: 'netdev',
-      KLOUDAK_AGENT_NIC_OFFLOAD: 'off',
-      KLOUDAK_AGENT_BRIDGE: bridge,
+      ...agentTestEnv(bridge),
       ...(joinToken ? { KLOUDAK_AGENT_JOIN_TOKEN: joinToken } : {}),
       ...env,
     });
@@ -86,17 +52,7 @@ describe('VMs and networks through the API, on two simulated hosts', { timeout: 
   }
 
   async function waitUp(name: string): Promise<string> {
-    let id = '';
-    await waitFor(async () => {
-      const list = (await api('GET', '/hosts?limit=100')).body['items'] as Json[];
-      const h = list.find((x) => x['name'] === name);
-      if (!h) return false;
-      id = h['id'];
-      const d = (await api('GET', `/hosts/${id}`)).body;
-      return d['state'] === 'up' && d['connected'] === true;
-    }, 30_000, `host ${name} up`).catch((e: unknown) => {
-      throw new Error(`${(e as Error).message}\n${agents.get(name)?.output().slice(-2000) ?? ''}`);
-    });
+    const id = await client.waitHostUp(name, () => agents.get(name)?.output() ?? '');
     hostIds.set(name, id);
     return id;
   }
@@ -104,38 +60,8 @@ describe('VMs and networks through the API, on two simulated hosts', { timeout: 
   before(async () => {
     await ensureLibvirtd();
     await ensureOvs();
-    const db = await freshDatabase('kloudak_e2e_vms');
-    cleanup.add(() => db.drop());
-    const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-orch-`));
-    cleanup.add(async () => rmSync(dataDir, { recursive: true, force: true }));
-    orch = await startOrchestrator(
-      configWith({
-        port: 0,
-        host: '127.0.0.1',
-        agentPort: await freePort(),
-        agentHost: '127.0.0.1',
-        dataDir,
-        databaseUrl: db.url,
-        natsUrl: TEST_NATS_URL,
-        adminUser: ADMIN.username,
-        adminPassword: ADMIN.password,
-        passwordHashCost: 12,
-        heartbeatIntervalMs: 250,
-        agentLeaseMs: 5_000,
-        agentDownMarginMs: 2_000,
-        taskBackoffMs: 200,
-        taskBackoffMaxMs: 1_000,
-        taskStepTimeoutMs: 8_000,
-        taskTimeoutMs: 30_000,
-        logLevel: 'warn',
-      }),
-      createLogger({ component: 'orchestrator', level: 'warn' }),
-      systemClock,
-      { livenessTickMs: 100 },
-    );
-    cleanup.add(() => orch.close());
-    token = (await api('POST', '/auth/login', ADMIN)).body['token'];
-    assert.ok(token);
+    orch = await startTestOrchestrator(cleanup, 'kloudak_e2e_vms', ADMIN);
+    await client.login(ADMIN);
     net = await createTestNet('kv-');
     cleanup.add(() => net.cleanup());
     bridge = await net.addBridge('br');

@@ -1,0 +1,321 @@
+// Faults in the life of a VM, against real components: the orchestrator runs as its own process
+// (PostgreSQL, NATS) and is SIGKILLed in the middle of a create and of a delete, then started
+// again on the same database and data dir; a real agent process drives qemu:///system with a real
+// `dir` pool and Open vSwitch. What the host holds is read straight from libvirt, the pool's
+// directory and ovs-vsctl, and what the agent ran from its own log (it logs every command id).
+//
+// To land a kill while a step's command is in flight, the agent is SIGSTOPped as soon as the
+// orchestrator logs the step before it (so the command waits, unanswered, in the agent's socket),
+// then the orchestrator is SIGKILLed and the agent continued: it runs the command with no one to
+// answer, and the restarted orchestrator must resume that step with the same command id — the
+// agent then answers from memory instead of running it again.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Flags, Libvirt, type StoragePoolRef } from '@kloudak/libvirt';
+import { ensureLibvirtd } from '@kloudak/libvirt/testing';
+import { domainName, tapName } from '@kloudak/agent';
+import { createTestNet, ensureOvs, type TestNet } from '@kloudak/agent/testing';
+import { Cleanup, freePort, freshDatabase, TEST_NATS_URL } from '@kloudak/testkit';
+import { spawnAgentProcess, type AgentProcess } from './agent-process.js';
+import { agentTestEnv, ApiClient, jsonLines, type Json } from './api-client.js';
+import { startOrchestratorProcess, type OrchestratorProcess } from './orchestrator-process.js';
+
+const RUN = `kf${randomBytes(3).toString('hex')}`;
+const ADMIN = { username: 'root-admin', password: 'e2e-Vm-Faults-Pass-2026!' };
+const WS = `${RUN}-ws`;
+const VIR_DOMAIN_RUNNING = 1;
+
+describe('VM tasks through faults: the orchestrator killed mid-task, steps that fail', { timeout: 300_000 }, () => {
+  const cleanup = new Cleanup();
+  let orch: OrchestratorProcess;
+  let orchEnv: Record<string, string>;
+  let agent: AgentProcess;
+  let lv: Libvirt;
+  let pool: StoragePoolRef;
+  let poolDir = '';
+  let net: TestNet;
+  let bridge = '';
+  const vmIds = new Set<string>();
+  const client = new ApiClient(() => orch.url, WS);
+  const api = (method: string, path: string, body?: unknown) => client.call(method, path, body);
+
+  /** Start (or start again) the orchestrator process; the agent link keeps its port so the agent finds it again. */
+  async function startOrch(): Promise<void> {
+    orch = await startOrchestratorProcess(orchEnv);
+    const o = orch;
+    cleanup.add(() => o.kill());
+  }
+
+  /** The agent's log entries of commands that ran (succeeded or failed), from `from` in its output on. */
+  function agentRuns(from = 0): Json[] {
+    return jsonLines(agent.output().slice(from)).filter((l) => l['msg'] === 'command succeeded' || l['msg'] === 'command failed');
+  }
+
+  /** Command ids the agent answered from memory (received again), from `from` in its output on. */
+  function answeredFromMemory(from = 0): string[] {
+    return jsonLines(agent.output().slice(from))
+      .filter((l) => l['msg'] === 'command received again: answered from memory')
+      .map((l) => l['command_id'] as string);
+  }
+
+  /**
+   * Arm a kill: when the orchestrator logs `msg` for `step` of a task of `kind`, SIGSTOP the agent
+   * at once (the next command then waits in its socket), give the orchestrator `sendMs` to send
+   * it, SIGKILL the orchestrator, continue the agent, and start the orchestrator again. Armed
+   * before the request that queues the task (its first step may start before the 202 arrives);
+   * resolves the offset of the agent's output at the stop.
+   */
+  function armKill(kind: string, step: string, msg: 'step started' | 'step succeeded', sendMs = 400): Promise<number> {
+    const stdout = orch.child.stdout!;
+    let rest = '';
+    let mark = -1;
+    const seen = new Promise<void>((resolve) => {
+      const onData = (d: Buffer) => {
+        const lines = (rest + d.toString()).split('\n');
+        rest = lines.pop() ?? '';
+        for (const l of jsonLines(lines.join('\n'))) {
+          if (l['kind'] === kind && l['step'] === step && l['msg'] === msg) {
+            agent.child.kill('SIGSTOP');
+            mark = agent.output().length;
+            stdout.off('data', onData);
+            resolve();
+            return;
+          }
+        }
+      };
+      stdout.on('data', onData);
+    });
+    return (async () => {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        seen,
+        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`no "${msg}" of step ${step}:\n${orch.output().slice(-3000)}`)), 30_000))),
+      ]).finally(() => clearTimeout(timer));
+      await new Promise((r) => setTimeout(r, sendMs));
+      await orch.kill();
+      agent.child.kill('SIGCONT');
+      await startOrch();
+      return mark;
+    })();
+  }
+
+  /** The domain of a VM on the host: its state, or null when libvirt has no such domain. */
+  async function domainState(vmId: string): Promise<number | null> {
+    const dom = await lv.lookupDomainByName(domainName(vmId)).catch(() => null);
+    return dom ? (await lv.getDomainState(dom)).state : null;
+  }
+
+  /** What the host holds of a VM: its domain, files in the pool, OVS ports. */
+  async function onHost(vmId: string): Promise<{ domain: number | null; files: string[]; ports: string[] }> {
+    const files = readdirSync(poolDir).filter((f) => f.includes(vmId));
+    const ports = execFileSync('ovs-vsctl', ['list-ports', bridge], { encoding: 'utf8' })
+      .split('\n')
+      .filter((p) => p === tapName(vmId, 0) || p === tapName(vmId, 1));
+    return { domain: await domainState(vmId), files, ports };
+  }
+
+  async function createVm(name: string, template: string): Promise<{ vmId: string; taskId: string }> {
+    const r = await api('POST', `/workspaces/${WS}/vms`, { name, template, networks: ['front'], ha: false });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    vmIds.add(r.body['vm']['id']);
+    return { vmId: r.body['vm']['id'], taskId: r.body['task']['id'] };
+  }
+
+  /** Fallback cleanup through libvirt, should a test fail before its VMs' deletes. */
+  async function removeDomains(): Promise<void> {
+    for (const id of vmIds) {
+      const dom = await lv.lookupDomainByName(domainName(id)).catch(() => null);
+      if (!dom) continue;
+      await lv.destroyDomain(dom).catch(() => undefined);
+      await lv.undefineDomain(dom).catch(() => undefined);
+    }
+  }
+
+  before(async () => {
+    await ensureLibvirtd();
+    await ensureOvs();
+    const db = await freshDatabase('kloudak_e2e_faults');
+    cleanup.add(() => db.drop());
+    const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-orch-`));
+    cleanup.add(async () => rmSync(dataDir, { recursive: true, force: true }));
+    orchEnv = {
+      DATABASE_URL: db.url,
+      NATS_URL: TEST_NATS_URL,
+      KLOUDAK_DATA_DIR: dataDir,
+      KLOUDAK_AGENT_PORT: String(await freePort()),
+      KLOUDAK_AGENT_HOST: '127.0.0.1',
+      KLOUDAK_ADMIN_USER: ADMIN.username,
+      KLOUDAK_ADMIN_PASSWORD: ADMIN.password,
+      KLOUDAK_LOG_LEVEL: 'info',
+      KLOUDAK_HEARTBEAT_INTERVAL_MS: '250',
+      // A killed orchestrator's task leases lapse after 1 s, so the next start resumes at once.
+      KLOUDAK_TASK_LEASE_MS: '1000',
+      // Long enough to put a missing volume in place between two attempts.
+      KLOUDAK_TASK_BACKOFF_MS: '1500',
+      KLOUDAK_TASK_BACKOFF_MAX_MS: '1500',
+      KLOUDAK_TASK_STEP_TIMEOUT_MS: '20000',
+      KLOUDAK_TASK_TIMEOUT_MS: '90000',
+    };
+    await startOrch();
+    await client.login(ADMIN);
+
+    lv = await Libvirt.connect({ uri: 'qemu:///system' });
+    cleanup.add(() => lv.close());
+    net = await createTestNet('kf-');
+    cleanup.add(() => net.cleanup());
+    bridge = await net.addBridge('br');
+    poolDir = join(mkdtempSync(join(tmpdir(), `${RUN}-pool-`)), 'pool');
+    chmodSync(join(poolDir, '..'), 0o755);
+    cleanup.add(async () => rmSync(join(poolDir, '..'), { recursive: true, force: true }));
+    pool = await lv.defineStoragePool(`<pool type='dir'><name>${RUN}</name><target><path>${poolDir}</path></target></pool>`);
+    cleanup.add(async () => {
+      await lv.destroyStoragePool(pool).catch(() => undefined);
+      await lv.undefineStoragePool(pool).catch(() => undefined);
+    });
+    await lv.createStoragePool(pool, Flags.POOL_CREATE_WITH_BUILD);
+    // An empty disk is enough: the VM only has to run (it sits in its firmware), not boot.
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', join(poolDir, 'base.qcow2'), '64M']);
+    await lv.refreshStoragePool(pool).catch(() => undefined);
+    const consoleDir = mkdtempSync(join(tmpdir(), `${RUN}-console-`));
+    chmodSync(consoleDir, 0o755);
+    cleanup.add(async () => rmSync(consoleDir, { recursive: true, force: true }));
+
+    assert.equal((await api('POST', '/areas', { name: RUN, subnet: '10.248.0.0/24', gateway: '10.248.0.1', vlanRange: '420-421' })).status, 201);
+    assert.equal((await api('POST', '/pools', { name: RUN, area: RUN, path: poolDir, type: 'dir' })).status, 201);
+    for (const [name, image] of [['base', 'base.qcow2'], ['late', 'late.qcow2'], ['never', 'never.qcow2']]) {
+      const t = await api('POST', '/templates', { name: `${RUN}-${name}`, os: 'test', cpu: 1, ramMb: 128, diskGb: 1, image });
+      assert.equal(t.status, 201, JSON.stringify(t.body));
+    }
+    assert.equal((await api('POST', '/workspaces', { name: WS })).status, 201);
+    const jt = await api('POST', '/hosts/join-tokens', { area: RUN, expiresIn: 600 });
+    const agentDir = mkdtempSync(join(tmpdir(), `${RUN}-agent-`));
+    cleanup.add(async () => rmSync(agentDir, { recursive: true, force: true }));
+    agent = spawnAgentProcess(`${RUN}-qemu`, `127.0.0.1:${orchEnv['KLOUDAK_AGENT_PORT']}`, agentDir, {
+      ...agentTestEnv(bridge),
+      KLOUDAK_AGENT_JOIN_TOKEN: jt.body['token'],
+      KLOUDAK_AGENT_LIBVIRT_URI: 'qemu:///system',
+      KLOUDAK_AGENT_CONSOLE_DIR: consoleDir,
+    });
+    cleanup.add(() => agent.kill());
+    cleanup.add(() => removeDomains());
+    await client.waitHostUp(`${RUN}-qemu`, () => agent.output());
+    const front = await api('POST', `/workspaces/${WS}/networks`, { name: 'front', area: RUN });
+    assert.equal(front.status, 202, JSON.stringify(front.body));
+    await client.succeeded(front.body['task']['id']);
+  });
+
+  after(async () => {
+    await cleanup.run();
+  });
+
+  it('finishes a create whose orchestrator was SIGKILLed right after the 202', async () => {
+    const { vmId, taskId } = await createVm('after-202', `${RUN}-base`);
+    await orch.kill();
+    await startOrch();
+    const t = await client.succeeded(taskId);
+    assert.deepEqual(t['steps'].map((s: Json) => [s['name'], s['state']]), [['claim', 'succeeded'], ['networks', 'succeeded'], ['create', 'succeeded'], ['running', 'succeeded']]);
+    assert.equal((await api('GET', `/workspaces/${WS}/vms/after-202`)).body['state'], 'running');
+    assert.equal(await domainState(vmId), VIR_DOMAIN_RUNNING);
+    assert.equal(agentRuns().filter((l) => l['action'] === 'createVm' && l['vm_id'] === vmId).length, 1, 'the agent created it once');
+  });
+
+  for (const [step, after] of [
+    ['networks', 'claim'],
+    ['create', 'networks'],
+  ] as const) {
+    it(`resumes the ${step} step in flight when the orchestrator was SIGKILLed: same command id, run once by the agent`, async () => {
+      const action = step === 'networks' ? 'ensureNetwork' : 'createVm';
+      const killed = armKill('vm.create', after, 'step succeeded');
+      const { vmId, taskId } = await createVm(`mid-${step}`, `${RUN}-base`);
+      const mark = await killed;
+      const t = await client.succeeded(taskId);
+      const s = t['steps'].find((x: Json) => x['name'] === step);
+      assert.equal(s['attempts'], 1, `the interrupted attempt was resumed, not retried: ${JSON.stringify(t)}`);
+      // The command the killed orchestrator sent ran once, and the restarted one re-sent its id.
+      const runs = agentRuns(mark).filter((l) => l['action'] === action && (action !== 'createVm' || l['vm_id'] === vmId));
+      assert.equal(runs.length, 1, `one ${action} since the kill: ${JSON.stringify(runs)}`);
+      assert.equal(runs[0]!['msg'], 'command succeeded');
+      assert.ok(answeredFromMemory(mark).includes(runs[0]!['command_id']), `the resumed step re-sent command ${runs[0]!['command_id']}\n${agent.output().slice(mark).slice(-3000)}`);
+      assert.equal(agentRuns().filter((l) => l['action'] === 'createVm' && l['vm_id'] === vmId).length, 1, 'created once in all');
+      assert.equal((await api('GET', `/workspaces/${WS}/vms/mid-${step}`)).body['state'], 'running');
+      assert.equal(await domainState(vmId), VIR_DOMAIN_RUNNING);
+    });
+  }
+
+  it('retries a create whose template volume is missing, and succeeds once it is in the pool', async () => {
+    const { vmId, taskId } = await createVm('late', `${RUN}-late`);
+    // The first attempt fails (the agent answers not_found); during the backoff an operator copies
+    // the template into the pool's directory (libvirt is not told: the agent must find it).
+    let t: Json = {};
+    await (async () => {
+      for (const until = Date.now() + 30_000; Date.now() < until; await new Promise((r) => setTimeout(r, 50))) {
+        t = await client.task(taskId);
+        const s = (t['steps'] as Json[]).find((x) => x['name'] === 'create');
+        if (s?.['state'] === 'failed') return;
+        assert.ok(!['succeeded', 'rolled_back', 'failed'].includes(t['state']), JSON.stringify(t));
+      }
+      throw new Error(`the create step never failed: ${JSON.stringify(t)}`);
+    })();
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', join(poolDir, 'late.qcow2'), '64M']);
+    t = await client.succeeded(taskId);
+    const s = t['steps'].find((x: Json) => x['name'] === 'create');
+    assert.equal(s['attempts'], 2, JSON.stringify(t));
+    const runs = agentRuns().filter((l) => l['action'] === 'createVm' && l['vm_id'] === vmId);
+    assert.deepEqual(runs.map((l) => [l['msg'], l['code'] ?? null]), [['command failed', 'NOT_FOUND'], ['command succeeded', null]]);
+    assert.notEqual(runs[0]!['command_id'], runs[1]!['command_id'], 'a retry is a new command');
+    assert.equal(await domainState(vmId), VIR_DOMAIN_RUNNING);
+  });
+
+  it('rolls back a create whose step always fails: VM in error with its claims released, nothing on the host', async () => {
+    const { vmId, taskId } = await createVm('never', `${RUN}-never`);
+    const t = await client.taskEnd(taskId);
+    assert.equal(t['state'], 'rolled_back', JSON.stringify(t));
+    assert.equal(t['steps'].find((x: Json) => x['name'] === 'create')['attempts'], 3);
+    // The create step reached the host, so its undo (a delete) ran; the claim's undo released the claims.
+    assert.deepEqual(
+      (t['rollbackLog'] as Json[]).map((e) => [e['step'], e['ok']]),
+      [['create', true], ['networks', true], ['claim', true]],
+      JSON.stringify(t['rollbackLog']),
+    );
+    const vm = (await api('GET', `/workspaces/${WS}/vms/never`)).body;
+    assert.equal(vm['state'], 'error');
+    assert.equal(vm['host'], null);
+    assert.deepEqual(vm['interfaces'].map((i: Json) => i['ip']), [null]);
+    assert.deepEqual(await onHost(vmId), { domain: null, files: [], ports: [] });
+    const del = await api('DELETE', `/workspaces/${WS}/vms/never`);
+    assert.equal(del.status, 202, JSON.stringify(del.body));
+    await client.succeeded(del.body['task']['id']);
+    assert.equal((await api('GET', `/workspaces/${WS}/vms/never`)).status, 404);
+  });
+
+  it('finishes a delete whose orchestrator was SIGKILLed while the host deleted, then nothing of any VM is left', async () => {
+    const victim = (await api('GET', `/workspaces/${WS}/vms/mid-create`)).body;
+    const killed = armKill('vm.delete', 'delete', 'step started');
+    const del = await api('DELETE', `/workspaces/${WS}/vms/mid-create`);
+    assert.equal(del.status, 202, JSON.stringify(del.body));
+    const mark = await killed;
+    const t = await client.succeeded(del.body['task']['id']);
+    assert.equal(t['steps'][0]['attempts'], 1, JSON.stringify(t));
+    const runs = agentRuns(mark).filter((l) => l['action'] === 'deleteVm' && l['vm_id'] === victim['id']);
+    assert.equal(runs.length, 1, `one deleteVm since the kill: ${JSON.stringify(runs)}`);
+    assert.ok(answeredFromMemory(mark).includes(runs[0]!['command_id']), 'the resumed delete re-sent its command id');
+    assert.equal((await api('GET', `/workspaces/${WS}/vms/mid-create`)).status, 404);
+    // Delete the rest the ordinary way; the host keeps nothing of any of them.
+    const names = ((await api('GET', `/workspaces/${WS}/vms`)).body['items'] as Json[]).map((v) => v['name'] as string);
+    for (const name of names) {
+      const r = await api('DELETE', `/workspaces/${WS}/vms/${name}`);
+      assert.equal(r.status, 202, JSON.stringify(r.body));
+      await client.succeeded(r.body['task']['id']);
+    }
+    assert.deepEqual((await api('GET', `/workspaces/${WS}/vms`)).body['items'], []);
+    for (const id of vmIds) assert.deepEqual(await onHost(id), { domain: null, files: [], ports: [] }, id);
+    assert.deepEqual(readdirSync(poolDir).sort(), ['base.qcow2', 'late.qcow2'], 'only the templates stay in the pool');
+    const tasks = (await api('GET', `/workspaces/${WS}/tasks?limit=100`)).body['items'] as Json[];
+    assert.deepEqual(tasks.filter((x) => !['succeeded', 'rolled_back'].includes(x['state'])), [], 'no task left unfinished');
+  });
+});
