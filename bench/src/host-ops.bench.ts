@@ -31,14 +31,12 @@
 //
 // Needs libvirtd, virtlogd and Open vSwitch running (scripts/bench.sh starts them); it never
 // starts or restarts them itself.
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import {
   DEFAULT_HOST_SETTINGS,
   IsoSeedBuilder,
@@ -47,23 +45,19 @@ import {
   LibvirtStorage,
   OvsNetworkDriver,
   ProcessRunner,
-  consoleLogPath,
   domainName,
   domainXml,
   rootVolumeName,
   seedFiles,
-  seedIsoArgv,
   seedVolumeName,
   tapName,
   type HostSettings,
-  type SeedFiles,
   type VmSpec,
 } from '@kloudak/agent';
 import { createTestNet } from '@kloudak/agent/testing';
 import { DomainState, Flags, Libvirt, NotFoundError } from '@kloudak/libvirt';
+import { DirectHostWork, run } from './direct-host.js';
 import { envNumber, machine, machineBusyPct, onCleanup, progress, quantile, runBench, runCleanups, table, writeResults } from './harness.js';
-
-const execFileP = promisify(execFile);
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const GUEST = process.env['KLOUDAK_TEST_GUEST_DIR'] ?? join(REPO, '.cache', 'test-guest');
@@ -75,13 +69,6 @@ const VLAN = 100;
 const ITERATIONS = Math.round(envNumber('BENCH_ITERATIONS', 10));
 const WARMUP = Math.round(envNumber('BENCH_WARMUP', 1));
 const POOL_VOLUMES = Math.round(envNumber('BENCH_POOL_VOLUMES', 0));
-
-/** Same limits as the agent's drivers, so neither side gives up sooner. */
-const OVS_TIMEOUT_S = 10;
-const PROCESS_TIMEOUT_MS = OVS_TIMEOUT_S * 1000 + 2000;
-const SLOW_CALL = { timeoutMs: 120_000 };
-/** The undefine flags LibvirtHypervisor tries first (and that the qemu driver accepts). */
-const UNDEFINE_FLAGS = Flags.UNDEFINE_MANAGED_SAVE | Flags.UNDEFINE_SNAPSHOTS_METADATA | Flags.UNDEFINE_CHECKPOINTS_METADATA | Flags.UNDEFINE_NVRAM;
 
 type Op = 'create' | 'delete';
 type Path = 'kloudak' | 'baseline';
@@ -142,110 +129,6 @@ async function timeOp(fn: () => Promise<void>, iteration: number): Promise<Sampl
   // Port calls made outside a timed operation (checks, cleanup) must not add to this sample.
   currentSteps = {};
   return { iteration, ms, steps };
-}
-
-/** ovs-vsctl/ovs-appctl/xorrisofs as the baseline runs them: execFile, argv, no shell. */
-async function run(file: string, args: readonly string[]): Promise<string> {
-  const r = await execFileP(file, args, { timeout: PROCESS_TIMEOUT_MS, encoding: 'utf8' });
-  return r.stdout;
-}
-
-/**
- * The same host work as HostOperations.createVm/deleteVm, done with the fewest calls that achieve
- * it: no "already there?" lookups, no pool refreshes, no status reads after creating a volume.
- * It still looks up the pool once per volume operation, as anything that is not a long-lived
- * process holding references would.
- */
-class DirectHostWork {
-  constructor(
-    private readonly lv: Libvirt,
-    private readonly poolName: string,
-    private readonly bridge: string,
-    private readonly template: { path: string; capacity: bigint },
-    private readonly settings: HostSettings,
-    /** The ISO program the agent's builder chose (xorrisofs, or genisoimage where only it exists). */
-    private readonly isoProgram: string,
-  ) {}
-
-  /** Same argv as OvsNetworkDriver.ensureBridge: add-br --may-exist, then ask ovs-vswitchd. */
-  private async ensureBridge(): Promise<void> {
-    const br = this.bridge;
-    await run('ovs-vsctl', [`--timeout=${OVS_TIMEOUT_S}`, '--', '--may-exist', 'add-br', br, '--', 'set', 'bridge', br, 'datapath_type=netdev']);
-    const list = await run('ovs-appctl', [`--timeout=${OVS_TIMEOUT_S}`, 'ofproto/list']);
-    if (!list.split('\n').some((l) => l.trim() === br)) throw new Error(`ovs-vswitchd does not run bridge ${br}`);
-  }
-
-  /** The seed ISO, with the argv IsoSeedBuilder uses (files in a fresh 0700 temp dir). */
-  private async buildSeed(files: SeedFiles): Promise<Buffer> {
-    const dir = await mkdtemp(join(tmpdir(), `${RUN}-seed-`));
-    try {
-      const entries: [string, string][] = [
-        ['user-data', files.userData],
-        ['meta-data', files.metaData],
-        ['network-config', files.networkConfig],
-      ];
-      for (const [name, content] of entries) await writeFile(join(dir, name), content, { mode: 0o600, flag: 'wx' });
-      const iso = join(dir, 'seed.iso');
-      const [program, ...args] = seedIsoArgv(this.isoProgram, iso, entries.map(([n]) => [n, join(dir, n)] as const));
-      await run(program!, args);
-      return await readFile(iso);
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
-  }
-
-  async create(spec: VmSpec, xml: string, files: SeedFiles): Promise<void> {
-    await step('ovs bridge', () => this.ensureBridge());
-    const gib = BigInt(spec.diskGb) * 1024n ** 3n;
-    const capacity = gib > this.template.capacity ? gib : this.template.capacity;
-    await step('root overlay', async () => {
-      const pool = await this.lv.lookupStoragePoolByName(this.poolName);
-      await this.lv.createVolume(
-        pool,
-        `<volume type='file'><name>${rootVolumeName(spec.vmId)}</name><capacity unit='bytes'>${capacity}</capacity>` +
-          `<allocation unit='bytes'>0</allocation><target><format type='qcow2'/></target>` +
-          `<backingStore><path>${this.template.path}</path><format type='qcow2'/></backingStore></volume>`,
-        0,
-        SLOW_CALL,
-      );
-    });
-    const iso = await step('seed build', () => this.buildSeed(files));
-    await step('seed volume', async () => {
-      const pool = await this.lv.lookupStoragePoolByName(this.poolName);
-      const vol = await this.lv.createVolume(
-        pool,
-        `<volume type='file'><name>${seedVolumeName(spec.vmId)}</name><capacity unit='bytes'>${iso.length}</capacity>` +
-          `<allocation unit='bytes'>0</allocation><target><format type='raw'/></target></volume>`,
-        0,
-        SLOW_CALL,
-      );
-      await this.lv.uploadVolume(vol, iso, { finishTimeoutMs: SLOW_CALL.timeoutMs });
-    });
-    // The agent defines with VIR_DOMAIN_DEFINE_VALIDATE (its default); so does the baseline.
-    const dom = await step('define', () => this.lv.defineDomain(xml, Flags.DEFINE_VALIDATE));
-    await step('start', () => this.lv.createDomain(dom, 0, SLOW_CALL));
-  }
-
-  async delete(vmId: string): Promise<void> {
-    const dom = await this.lv.lookupDomainByName(domainName(vmId));
-    await step('destroy', () => this.lv.destroyDomain(dom, 0, SLOW_CALL));
-    await step('undefine', () => this.lv.undefineDomain(dom, UNDEFINE_FLAGS));
-    // libvirt removes the VM's OVS port on destroy; like the agent, remove one left behind.
-    await step('ovs ports', async () => {
-      const prefix = tapName(vmId, 0).slice(0, -1);
-      const ports = (await run('ovs-vsctl', [`--timeout=${OVS_TIMEOUT_S}`, 'list-ports', this.bridge])).split('\n');
-      for (const p of ports) {
-        if (p.startsWith(prefix)) await run('ovs-vsctl', [`--timeout=${OVS_TIMEOUT_S}`, '--if-exists', 'del-port', this.bridge, p]);
-      }
-    });
-    await step('volumes', async () => {
-      const pool = await this.lv.lookupStoragePoolByName(this.poolName);
-      for (const name of [rootVolumeName(vmId), seedVolumeName(vmId)]) {
-        await this.lv.deleteVolume(await this.lv.lookupVolumeByName(pool, name), 0, SLOW_CALL);
-      }
-    });
-    await rm(consoleLogPath(vmId, this.settings), { force: true });
-  }
 }
 
 function fmt(n: number, d = 1): string {
@@ -362,7 +245,7 @@ async function main(): Promise<number> {
       for (const vmId of made) await ops.deleteVm({ vmId, pool: RUN }).catch((err: unknown) => progress(`cleanup of VM ${vmId}: ${String(err)}`));
       await lvK.deleteVolume(await lvK.lookupVolumeByName(pool, TEMPLATE)).catch(() => undefined);
     });
-    const direct = new DirectHostWork(lvB, RUN, bridge, template, settings, isoProgram);
+    const direct = new DirectHostWork(lvB, RUN, bridge, template, settings, isoProgram, RUN, step);
 
     const kernelBoot = { kernel: join(GUEST, 'vmlinux'), initrd: join(GUEST, 'initrd.img'), cmdline: 'console=ttyS0 panic=-1 root=/dev/vda quiet' };
     const newSpec = (n: number): VmSpec => {
