@@ -7,7 +7,7 @@ import { freshDatabase, TEST_NATS_URL, type FreshDatabase } from '@kloudak/testk
 import { systemClock, type Clock } from '../clock.js';
 import { configWith, type OrchestratorConfig } from '../config.js';
 import { startOrchestrator, type Orchestrator, type StartOptions } from '../server.js';
-import { enrollSimAgent, SimAgent } from '../agent-api/testing/sim-agent.js';
+import { enrollSimAgent, SimAgent, type SimAgentOptions } from '../agent-api/testing/sim-agent.js';
 
 /** The two database engines every API test runs against. */
 export const ENGINES = ['postgres', 'pglite'] as const;
@@ -153,7 +153,13 @@ export async function startHarness(
  * succeeds at once) as a host of `area` that reports `pool` active, and wait until it is up. For
  * API tests whose requests need a placeable host; what runs on hosts is tested with real agents.
  */
-export async function connectSimHost(h: Harness, areaId: string, pool: string, name = `sim-${++seq}`): Promise<{ hostId: string; agent: SimAgent }> {
+export async function connectSimHost(
+  h: Harness,
+  areaId: string,
+  pool: string,
+  name = `sim-${++seq}`,
+  opts: Pick<SimAgentOptions, 'onCommand'> = {},
+): Promise<{ hostId: string; agent: SimAgent }> {
   const t = await h.admin.client.post('/api/v1/hosts/join-tokens', { area: areaId, expiresIn: 600 });
   if (t.status !== 201) throw new Error(`join token: ${t.status} ${JSON.stringify(t.body)}`);
   const address = `127.0.0.1:${h.orch.agentPort}`;
@@ -162,6 +168,7 @@ export async function connectSimHost(h: Harness, areaId: string, pool: string, n
     address,
     identity,
     capacity: { cpuCount: 64, memoryBytes: 256n << 30n, diskBytes: 4000n << 30n },
+    ...opts,
     hello: { pools: [{ name: pool, path: `/srv/${pool}`, capacityBytes: 4000n << 30n, allocationBytes: 0n, availableBytes: 4000n << 30n, active: true }] },
   });
   await agent.start();
