@@ -17,8 +17,9 @@ ensure_node
 
 ensure_postgres
 ensure_nats
-# host-ops and libvirt-calls: libvirtd with the QEMU driver (and xorriso for seeds), Open
-# vSwitch, and the tiny test guest host-ops boots (cached: a second run takes well under a second).
+# host-ops, libvirt-calls and vm-create: libvirtd with the QEMU driver (and xorriso for seeds), Open
+# vSwitch, and the tiny test guest host-ops and vm-create boot (cached: a second run takes well under
+# a second). vm-create and vm-claims also use PostgreSQL and NATS (vm-create: and the built agent).
 ensure_libvirt
 ensure_ovs
 bash "$KLOUDAK_ROOT/scripts/build-test-guest.sh" >&2
