@@ -16,8 +16,24 @@ export interface OrchestratorProcess {
   kill(): Promise<void>;
 }
 
-/** Start `kloudak-orchestrator serve` with the given environment and wait until /readyz answers 200. */
+/**
+ * Start `kloudak-orchestrator serve` with the given environment and wait until /readyz answers 200.
+ * The HTTP port is a free one picked here; another process can still take it before the
+ * orchestrator binds it (a concurrent orchestrator's agent link on port 0 did, in CI), so a start
+ * that fails with EADDRINUSE on a port this function picked is tried again on a new one.
+ */
 export async function startOrchestratorProcess(env: Record<string, string>, timeoutMs = 60_000): Promise<OrchestratorProcess> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(env, timeoutMs);
+    } catch (err) {
+      const picked = env['KLOUDAK_PORT'] === undefined;
+      if (!picked || attempt >= 3 || !(err instanceof Error) || !err.message.includes('EADDRINUSE')) throw err;
+    }
+  }
+}
+
+async function startOnce(env: Record<string, string>, timeoutMs: number): Promise<OrchestratorProcess> {
   const port = await freePort();
   let out = '';
   const child = spawn(process.execPath, [ORCHESTRATOR_MAIN, 'serve'], {
