@@ -75,5 +75,34 @@ for (const engine of ENGINES) {
       assert.equal(new Set(ips.map((i) => `${i.scope}/${i.address}`)).size, ips.length, 'no address twice');
       assert.equal((await h.admin.client.req('PUT', `/api/v1/workspaces/${quotaWs}/quota`, {})).status, 200);
     });
+
+    it('counts a host-local pool per host: a disk claims room only on its own host', async () => {
+      // A new area whose only pool is host-local, on two hosts that each report 10 GiB of it.
+      const local = await createWorld(h.orch.db.client);
+      await h.orch.db.client.storagePool.update({ where: { id: local.pool.id }, data: { shared: false } });
+      const a = await connectSimHost(h, local.area.id, local.pool.name, undefined, { poolCapacityGb: 10 });
+      const b = await connectSimHost(h, local.area.id, local.pool.name, undefined, { poolCapacityGb: 10 });
+      try {
+        const lws = `/api/v1/workspaces/${local.workspace.name}`;
+        const create = (diskGb: number) => h.admin.client.post(`${lws}/vms`, { name: uniq('local'), template: local.template.name, networks: [local.network.name], cpu: 1, ramMb: 256, diskGb });
+        // 6 GB each: one per host (a shared pool of 10 GB would refuse the second).
+        const first = await create(6);
+        const second = await create(6);
+        assert.equal(first.status, 202, JSON.stringify(first.body));
+        assert.equal(second.status, 202, JSON.stringify(second.body));
+        const hostsUsed = new Set([first.body.vm.host, second.body.vm.host]);
+        assert.equal(hostsUsed.size, 2, `the two 6 GB disks went to different hosts: ${[...hostsUsed].join(', ')}`);
+        // 4 GB are left on each host: a third 6 GB disk fits nowhere, and the 409 says which pool.
+        const third = await create(6);
+        assert.equal(third.status, 409, JSON.stringify(third.body));
+        assert.match(JSON.stringify(third.body.error), /pool/i);
+        // 4 GB still fit on either host.
+        const fourth = await create(4);
+        assert.equal(fourth.status, 202, JSON.stringify(fourth.body));
+      } finally {
+        await a.agent.stop();
+        await b.agent.stop();
+      }
+    });
   });
 }

@@ -1,5 +1,5 @@
 import { Prisma } from '@kloudak/prisma';
-import { buildPlacementSnapshot, type PlacementHost, type PlacementPool, type PlacementSnapshot } from '../domain/placement.js';
+import { buildPlacementSnapshot, type LocalPoolUsage, type PlacementHost, type PlacementPool, type PlacementSnapshot } from '../domain/placement.js';
 
 /** An interactive transaction. */
 type Tx = Prisma.TransactionClient;
@@ -29,11 +29,13 @@ export async function lockArea(tx: Tx, areaId: string): Promise<void> {
  * host's agent holds a session now (the agent link knows; the database does not).
  */
 export async function areaPlacementSnapshot(tx: Tx, areaId: string, connected: (hostId: string) => boolean): Promise<PlacementSnapshot> {
-  const [hosts, pools, perHost, perPool, haPerHost] = await Promise.all([
+  const [hosts, pools, perHost, perPool, perHostPool, haPerHost] = await Promise.all([
     tx.host.findMany({ where: { areaId }, select: { id: true, name: true, areaId: true, state: true, adminState: true, cpuCount: true, ramMb: true, pools: true } }),
     tx.storagePool.findMany({ where: { areaId }, select: { id: true, name: true, areaId: true, shared: true, sizeGb: true } }),
     tx.vm.groupBy({ by: ['hostId'], where: { areaId, hostId: { not: null } }, _sum: { cpu: true, ramMb: true } }),
     tx.vm.groupBy({ by: ['poolId'], where: { areaId, poolId: { not: null } }, _sum: { diskGb: true } }),
+    // What each host's VMs claim of a host-local pool: its disks live on that host only.
+    tx.vm.groupBy({ by: ['hostId', 'poolId'], where: { areaId, hostId: { not: null }, poolId: { not: null }, pool: { shared: false } }, _sum: { diskGb: true } }),
     tx.vm.groupBy({ by: ['hostId', 'workspaceId'], where: { areaId, hostId: { not: null }, haEnabled: true }, _count: { _all: true } }),
   ]);
   const claimed = new Map(perHost.map((r) => [r.hostId!, r._sum]));
@@ -44,17 +46,23 @@ export async function areaPlacementSnapshot(tx: Tx, areaId: string, connected: (
     m.set(r.workspaceId, r._count._all);
     ha.set(r.hostId!, m);
   }
+  const localClaimed = new Map(perHostPool.map((r) => [`${r.hostId!}/${r.poolId!}`, r._sum.diskGb ?? 0]));
   // Pools the hosts reported active in their Hello, by name; and the largest capacity any host saw
-  // for a pool whose size the admin left at 0.
+  // for a shared pool whose size the admin left at 0. A host-local pool is a separate storage on
+  // each host: its capacity is what that host reported (or the admin's size, the same on each
+  // host), and only that host's VMs claim it.
   const poolByName = new Map(pools.map((p) => [p.name, p]));
   const reportedGb = new Map<string, number>();
   const placementHosts: PlacementHost[] = hosts.map((h) => {
     const active = new Set<string>();
+    const local = new Map<string, LocalPoolUsage>();
     for (const rp of asPoolList(h.pools)) {
       const p = poolByName.get(rp.name);
       if (!p || !rp.active) continue;
       active.add(p.id);
-      reportedGb.set(p.id, Math.max(reportedGb.get(p.id) ?? 0, Math.floor(rp.capacityBytes / GIB)));
+      const gb = Math.floor(rp.capacityBytes / GIB);
+      if (p.shared) reportedGb.set(p.id, Math.max(reportedGb.get(p.id) ?? 0, gb));
+      else local.set(p.id, { capacityGb: p.sizeGb > 0 ? p.sizeGb : gb, claimedGb: localClaimed.get(`${h.id}/${p.id}`) ?? 0 });
     }
     const c = claimed.get(h.id);
     return {
@@ -69,6 +77,7 @@ export async function areaPlacementSnapshot(tx: Tx, areaId: string, connected: (
       claimedCpu: c?.cpu ?? 0,
       claimedRamMb: c?.ramMb ?? 0,
       activePools: active,
+      localPools: local,
       haVmsByWorkspace: ha.get(h.id) ?? new Map(),
     };
   });
@@ -76,10 +85,10 @@ export async function areaPlacementSnapshot(tx: Tx, areaId: string, connected: (
     id: p.id,
     name: p.name,
     areaId: p.areaId,
-    // Host-local pools are not modelled per host yet; every pool counts as one storage of the area.
-    shared: true,
-    capacityGb: p.sizeGb > 0 ? p.sizeGb : (reportedGb.get(p.id) ?? 0),
-    claimedGb: poolClaimed.get(p.id) ?? 0,
+    shared: p.shared,
+    // For a host-local pool these two are unused: its capacity and claims are per host (localPools).
+    capacityGb: p.shared ? (p.sizeGb > 0 ? p.sizeGb : (reportedGb.get(p.id) ?? 0)) : 0,
+    claimedGb: p.shared ? (poolClaimed.get(p.id) ?? 0) : 0,
   }));
   return buildPlacementSnapshot(placementHosts, placementPools);
 }

@@ -88,11 +88,6 @@ export function createdRunning(result: unknown, now: number, pollMs: number): bo
   return typeof at === 'number' && at <= now && now - at <= pollMs;
 }
 
-/** The libvirt domain name of a VM (the agent's naming: `kloudak-<vm id>`). */
-function domainNameOf(vmId: string): string {
-  return `kloudak-${vmId.toLowerCase()}`;
-}
-
 /** The task definitions of VMs: create, delete, start, stop, reboot, attach and detach a NIC. */
 export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
   const { agents, bus } = deps;
@@ -176,12 +171,14 @@ export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
         // (all domains' stats, pools and OVS bridges of the host) per create.
         async run(ctx) {
           const vm = await loadVm(ctx.db, ctx.task.targetId);
-          if (createdRunning(ctx.results['create'], Date.now(), deps.pollMs)) return { domain: domainNameOf(vm.id) };
+          // The step's result says how the running state was seen; the domain's name is the agent's
+          // business (its naming scheme lives in agent/src/names.ts only).
+          if (createdRunning(ctx.results['create'], Date.now(), deps.pollMs)) return { seenBy: 'create' };
           const host = hostOf(vm);
           for (let n = 0; ; n++) {
             const r = await runCommand(agents, ctx, host, { action: { kind: 'getInventory' } }, n);
             const d = r.inventory?.domains.find((x) => x.vmId.toLowerCase() === vm.id.toLowerCase());
-            if (d?.state === 'running') return { domain: d.name };
+            if (d?.state === 'running') return { seenBy: 'inventory', domain: d.name };
             if (Date.now() + deps.pollMs >= ctx.deadline.getTime()) throw new StepError(`the domain is ${d?.state ?? 'missing'}, not running`, 'deadline_exceeded', true);
             await new Promise((res) => setTimeout(res, deps.pollMs));
             if (ctx.signal.aborted) throw new Error('aborted');

@@ -158,8 +158,10 @@ export async function connectSimHost(
   areaId: string,
   pool: string,
   name = `sim-${++seq}`,
-  opts: Pick<SimAgentOptions, 'onCommand'> = {},
+  opts: Pick<SimAgentOptions, 'onCommand'> & { /** The pool's capacity as this host reports it (default 4000 GiB). */ poolCapacityGb?: number } = {},
 ): Promise<{ hostId: string; agent: SimAgent }> {
+  const { poolCapacityGb = 4000, ...agentOpts } = opts;
+  const poolBytes = BigInt(poolCapacityGb) << 30n;
   const t = await h.admin.client.post('/api/v1/hosts/join-tokens', { area: areaId, expiresIn: 600 });
   if (t.status !== 201) throw new Error(`join token: ${t.status} ${JSON.stringify(t.body)}`);
   const address = `127.0.0.1:${h.orch.agentPort}`;
@@ -168,8 +170,8 @@ export async function connectSimHost(
     address,
     identity,
     capacity: { cpuCount: 64, memoryBytes: 256n << 30n, diskBytes: 4000n << 30n },
-    ...opts,
-    hello: { pools: [{ name: pool, path: `/srv/${pool}`, capacityBytes: 4000n << 30n, allocationBytes: 0n, availableBytes: 4000n << 30n, active: true }] },
+    ...agentOpts,
+    hello: { pools: [{ name: pool, path: `/srv/${pool}`, capacityBytes: poolBytes, allocationBytes: 0n, availableBytes: poolBytes, active: true }] },
   });
   await agent.start();
   const deadline = Date.now() + 10_000;
