@@ -261,6 +261,7 @@ libvirt_ready() {
 # by hand when they are down.
 ensure_libvirt() {
   apt_install libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils xorriso genisoimage
+  ensure_kvm_device
   if libvirt_ready; then
     log "libvirtd already running, reusing it"
     return 0
@@ -269,6 +270,20 @@ ensure_libvirt() {
   as_daemon libvirtd -d
   wait_for 30 "libvirtd" libvirt_ready || die "libvirtd did not come up"
   log "libvirtd is up"
+}
+
+# ensure_kvm_device — /dev/kvm as udev leaves it on Debian (50-udev-default.rules: group kvm, mode
+# 0660). Where no udev runs (containers, sandboxes) the node stays root:root 0600; libvirt then
+# probes QEMU's capabilities as libvirt-qemu with accel=kvm, that QEMU exits at once (permission
+# denied), libvirt waits for its monitor, and every domain define hangs past any timeout (seen on
+# a fresh machine: DOMAIN_DEFINE_XML_FLAGS with no reply in 30 s). No /dev/kvm: nothing to do.
+ensure_kvm_device() {
+  [ -c /dev/kvm ] || return 0
+  getent group kvm >/dev/null 2>&1 || return 0
+  if [ "$(stat -c '%G %a' /dev/kvm)" != "kvm 660" ]; then
+    log "giving /dev/kvm to group kvm, mode 0660 (as Debian's udev rule does)"
+    chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+  fi
 }
 
 # ensure_test_validators — for the tests only: virt-xml-validate needs xmllint; `cloud-init schema`
