@@ -10,12 +10,21 @@ export type Tx = Prisma.TransactionClient;
 /** Either: reads work on both. */
 export type DbOrTx = Db | Tx;
 
+/** Limits of a long transaction (defaults: Prisma's 2 s to start and 5 s to finish). */
+export interface TransactionLimits {
+  /** How long it may wait for a connection. */
+  maxWaitMs: number;
+  /** How long it may run, waits on its locks included. */
+  timeoutMs: number;
+}
+
 /**
  * Run `fn` in one transaction: all of its writes commit together or none does. Row locks taken
- * inside (lockWorkspace, lockNamed) are held until it ends.
+ * inside (lockWorkspace, lockNamed, lockForClaims) are held until it ends. `limits`: for the
+ * transactions that queue behind others' locks (claims during a burst of creates).
  */
-export function transaction<T>(db: Db, fn: (tx: Tx) => Promise<T>): Promise<T> {
-  return db.$transaction(fn);
+export function transaction<T>(db: Db, fn: (tx: Tx) => Promise<T>, limits?: TransactionLimits): Promise<T> {
+  return limits ? db.$transaction(fn, { maxWait: limits.maxWaitMs, timeout: limits.timeoutMs }) : db.$transaction(fn);
 }
 
 interface PrismaLikeError {
