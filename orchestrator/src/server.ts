@@ -14,7 +14,6 @@ import { AgentLink } from './agent-api/link.js';
 import type { EventBus } from './events/bus.js';
 import { NatsEventBus } from './events/nats.js';
 import { randomUUID } from 'node:crypto';
-import { DEFAULT_PLACEMENT_POLICY } from './domain/placement.js';
 import { TaskEngine } from './tasks/engine.js';
 import { networkTaskDefinitions } from './tasks/network.js';
 import { vmTaskDefinitions } from './tasks/vm.js';
@@ -115,17 +114,13 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       clock,
       config,
       log,
-      agents: { caFingerprint: ca.fingerprint, status: (id) => agentLink.status(id), hostDeleted: (id) => agentLink.hostDeleted(id) },
-      compute: {
-        db: db.client,
-        clock,
-        agents: agentLink.channel,
-        connected: (id) => agentLink.status(id).connected,
-        kick: () => tasks.kick(),
-        placement: { ...DEFAULT_PLACEMENT_POLICY, strategy: config.placementStrategy, cpuOvercommit: config.cpuOvercommit, ramOvercommit: config.ramOvercommit, diskOvercommit: config.diskOvercommit },
-        taskMaxAttempts: config.taskMaxAttempts,
-        taskTimeoutMs: config.taskTimeoutMs,
+      agents: {
+        caFingerprint: ca.fingerprint,
+        status: (id) => agentLink.status(id),
+        hostDeleted: (id) => agentLink.hostDeleted(id),
+        sendCommand: (id, command, o) => agentLink.channel.sendCommand(id, command, o),
       },
+      tasks: { kick: () => tasks.kick() },
       events: bus,
     });
     const api = createApi(services);

@@ -1,14 +1,33 @@
+// A workspace's networks: create (a VLAN claimed, then a task makes it active), rename, delete.
 import { ConflictError, NotFoundError, ValidationError } from '@kloudak/common';
-import { checkNetworkSubnet, parseCidr, formatIpv4, defaultGateway } from '../domain/ipam.js';
-import { allocateVlan } from '../domain/vlan.js';
+import { checkNetworkSubnet, defaultGateway, formatIpv4, parseCidr } from '../domain/ipam.js';
 import { requireFlags } from '../domain/permissions.js';
-import { workspaceAccess } from './access.js';
-import { lockArea, workspaceUsage } from '../store/claims.js';
-import { insertTask } from '../store/tasks.js';
+import { allocateVlan } from '../domain/vlan.js';
+import { areaByName, areaSubnets } from '../store/areas.js';
+import { lockArea, lockForClaims, workspaceUsage } from '../store/claims.js';
+import { transaction } from '../store/db.js';
+import {
+  claimVlan,
+  editNetwork,
+  insertNetwork,
+  interfacesOn,
+  networkById,
+  networkByName,
+  networkRowByName,
+  networkSubnets,
+  networksOf,
+  setNetworkTask,
+  usedVlans,
+} from '../store/networks.js';
+import { insertTask, taskById, unfinishedTask } from '../store/tasks.js';
 import { NETWORK_TASKS } from '../tasks/network.js';
-import type { Actor, ComputeDeps } from './compute-deps.js';
+import { workspaceAccess } from './access.js';
+import { DEFAULT_LIMIT, page, type ListInput, type Page } from './paging.js';
+import { signedIn, type Caller } from './principal.js';
 import { checkQuota } from './quotas.js';
-import { networkInclude, networkView, taskInclude, taskView, type NetworkView, type TaskView } from './views.js';
+import type { Services } from './services.js';
+import { taskLimits } from './tasks.js';
+import { networkView, taskView, type NetworkView, type TaskView } from './views.js';
 
 /** Input of {@link createNetwork}. */
 export interface CreateNetworkInput {
@@ -19,134 +38,128 @@ export interface CreateNetworkInput {
   subnet?: string;
 }
 
+/** A network and the task changing it. */
+export interface NetworkChange {
+  network: NetworkView;
+  task: TaskView;
+}
+
+async function answer(s: Services, networkId: string, taskId: string): Promise<NetworkChange> {
+  const [network, task] = await Promise.all([networkById(s.db.client, networkId), taskById(s.db.client, taskId)]);
+  return { network: networkView(network), task: taskView(task) };
+}
+
 /**
  * Create a network: its VLAN is allocated from the area's range in the same transaction as the
  * network and its task (a 409 at once when the range is exhausted), then the task makes it active.
  */
-export async function createNetwork(d: ComputeDeps, caller: Actor, ws: string, input: CreateNetworkInput): Promise<{ network: NetworkView; task: TaskView }> {
-  const access = await workspaceAccess(d.db, caller, ws);
-  requireFlags(access.permissions, 'network_can_add');
-  const area = await d.db.area.findUnique({ where: { name: input.area } });
+export async function createNetwork(s: Services, c: Caller, ws: string, input: CreateNetworkInput): Promise<NetworkChange> {
+  const p = signedIn(c);
+  const a = await workspaceAccess(s.db.client, p, ws);
+  requireFlags(a.permissions, 'network_can_add');
+  const workspaceId = a.workspace.id;
+  const area = await areaByName(s.db.client, input.area);
   if (!area) throw new ValidationError(`no area named '${input.area}'`, { field: 'area' });
   let subnet: string | null = null;
   let gateway: string | null = null;
   if (input.subnet !== undefined) {
-    const [areas, nets] = await Promise.all([
-      d.db.area.findMany({ select: { name: true, subnet: true } }),
-      d.db.network.findMany({ where: { workspaceId: access.workspace.id }, select: { name: true, subnet: true } }),
-    ]);
+    const [areas, nets] = await Promise.all([areaSubnets(s.db.client), networkSubnets(s.db.client, workspaceId)]);
     const ok = checkNetworkSubnet(input.subnet, areas, nets);
     if (!ok.ok) {
       if (ok.kind === 'network') throw new ConflictError(ok.message, { field: 'subnet' });
       throw new ValidationError(ok.message, { field: 'subnet' });
     }
-    const c = parseCidr(input.subnet);
-    if ('error' in c) throw new ValidationError(c.error, { field: 'subnet' });
+    const cidr = parseCidr(input.subnet);
+    if ('error' in cidr) throw new ValidationError(cidr.error, { field: 'subnet' });
     subnet = input.subnet;
-    gateway = formatIpv4(defaultGateway(c));
+    gateway = formatIpv4(defaultGateway(cidr));
   }
-  const workspaceId = access.workspace.id;
-  const { network, taskId } = await d.db.$transaction(async (tx) => {
-    await tx.$queryRaw`SELECT 1 FROM "Workspace" WHERE "id" = ${workspaceId}::uuid FOR UPDATE`;
-    await lockArea(tx, area.id);
+  const { networkId, taskId } = await transaction(s.db.client, async (tx) => {
+    // The workspace for its quota of networks, the area for its VLANs.
+    await lockForClaims(tx, workspaceId, area.id);
     await checkQuota(tx, workspaceId, await workspaceUsage(tx, workspaceId), { networks: 1 });
-    if (await tx.network.findUnique({ where: { workspaceId_name: { workspaceId, name: input.name } } })) {
+    if (await networkByName(tx, workspaceId, input.name)) {
       throw new ConflictError(`a network named '${input.name}' already exists in this workspace`, { field: 'name' });
     }
-    const used = await tx.vlanAllocation.findMany({ where: { areaId: area.id }, select: { vlan: true } });
-    const v = allocateVlan({ first: area.vlanFirst, last: area.vlanLast }, used.map((u) => u.vlan));
+    const v = allocateVlan({ first: area.vlanFirst, last: area.vlanLast }, await usedVlans(tx, area.id));
     if (!v.ok) throw new ConflictError(v.message, { field: 'area' });
-    const n = await tx.network.create({
-      data: { workspaceId, areaId: area.id, name: input.name, description: input.description ?? '', subnet, gateway, state: 'pending' },
-    });
-    await tx.vlanAllocation.create({ data: { areaId: area.id, vlan: v.vlan, networkId: n.id } });
+    const n = await insertNetwork(tx, { workspaceId, areaId: area.id, name: input.name, description: input.description ?? '', subnet, gateway });
+    await claimVlan(tx, { areaId: area.id, vlan: v.vlan, networkId: n.id });
     const t = await insertTask(tx, {
       kind: NETWORK_TASKS.create,
       workspaceId,
-      createdById: caller.userId,
+      createdById: p.userId,
       targetType: 'network',
       targetId: n.id,
       input: { name: n.name, area: area.name, vlan: v.vlan },
-      maxAttempts: d.taskMaxAttempts,
-      deadline: new Date(d.clock.now() + d.taskTimeoutMs),
+      ...taskLimits(s),
     });
-    await tx.network.update({ where: { id: n.id }, data: { lastTaskId: t.id } });
-    return { network: n, taskId: t.id };
+    await setNetworkTask(tx, n.id, t.id);
+    return { networkId: n.id, taskId: t.id };
   });
-  d.kick();
-  return {
-    network: networkView(await d.db.network.findUniqueOrThrow({ where: { id: network.id }, include: networkInclude })),
-    task: taskView(await d.db.task.findUniqueOrThrow({ where: { id: taskId }, include: taskInclude })),
-  };
+  s.tasks.kick();
+  return answer(s, networkId, taskId);
 }
 
 /** Rename a network or change its description. */
-export async function updateNetwork(d: ComputeDeps, caller: Actor, ws: string, name: string, input: { name?: string; description?: string }): Promise<NetworkView> {
-  const access = await workspaceAccess(d.db, caller, ws);
-  requireFlags(access.permissions, 'network_can_edit');
-  const n = await d.db.network.findUnique({ where: { workspaceId_name: { workspaceId: access.workspace.id, name } } });
+export async function updateNetwork(s: Services, c: Caller, ws: string, name: string, input: { name?: string; description?: string }): Promise<NetworkView> {
+  const a = await workspaceAccess(s.db.client, signedIn(c), ws);
+  requireFlags(a.permissions, 'network_can_edit');
+  const n = await networkByName(s.db.client, a.workspace.id, name);
   if (!n) throw new NotFoundError('network', name);
-  const updated = await d.db.network.update({
-    where: { id: n.id },
-    data: { ...(input.name !== undefined ? { name: input.name } : {}), ...(input.description !== undefined ? { description: input.description } : {}) },
-    include: networkInclude,
-  });
-  return networkView(updated);
+  return networkView(
+    await editNetwork(s.db.client, n.id, {
+      ...(input.name !== undefined ? { name: input.name } : {}),
+      ...(input.description !== undefined ? { description: input.description } : {}),
+    }),
+  );
 }
 
 /** Delete a network: 409 while VMs are attached; its task removes the VLAN from the hosts, then the row. */
-export async function deleteNetwork(d: ComputeDeps, caller: Actor, ws: string, name: string): Promise<{ network: NetworkView; task: TaskView }> {
-  const access = await workspaceAccess(d.db, caller, ws);
-  requireFlags(access.permissions, 'network_can_delete');
-  const workspaceId = access.workspace.id;
-  const { id, taskId } = await d.db.$transaction(async (tx) => {
-    const n = await tx.network.findUnique({ where: { workspaceId_name: { workspaceId, name } } });
+export async function deleteNetwork(s: Services, c: Caller, ws: string, name: string): Promise<NetworkChange> {
+  const p = signedIn(c);
+  const a = await workspaceAccess(s.db.client, p, ws);
+  requireFlags(a.permissions, 'network_can_delete');
+  const workspaceId = a.workspace.id;
+  const { networkId, taskId } = await transaction(s.db.client, async (tx) => {
+    const n = await networkByName(tx, workspaceId, name);
     if (!n) throw new NotFoundError('network', name);
+    // Attachments are claims in the area: none can be added while this runs.
     await lockArea(tx, n.areaId);
-    const attached = await tx.vmInterface.count({ where: { networkId: n.id } });
+    const attached = await interfacesOn(tx, n.id);
     if (attached > 0) throw new ConflictError(`network '${name}' is attached to ${attached} VM interface(s); detach or delete them first`);
     if (n.state === 'deleting') {
-      const pending = await tx.task.findFirst({ where: { targetId: n.id, kind: NETWORK_TASKS.delete, state: { in: ['queued', 'running', 'rolling_back'] } } });
-      if (pending) return { id: n.id, taskId: pending.id };
+      const pending = await unfinishedTask(tx, n.id, NETWORK_TASKS.delete);
+      if (pending) return { networkId: n.id, taskId: pending.id };
     }
-    await tx.network.update({ where: { id: n.id }, data: { state: 'deleting' } });
     const t = await insertTask(tx, {
       kind: NETWORK_TASKS.delete,
       workspaceId,
-      createdById: caller.userId,
+      createdById: p.userId,
       targetType: 'network',
       targetId: n.id,
       input: { name: n.name },
-      maxAttempts: d.taskMaxAttempts,
-      deadline: new Date(d.clock.now() + d.taskTimeoutMs),
+      ...taskLimits(s),
     });
-    await tx.network.update({ where: { id: n.id }, data: { lastTaskId: t.id } });
-    return { id: n.id, taskId: t.id };
+    await setNetworkTask(tx, n.id, t.id, 'deleting');
+    return { networkId: n.id, taskId: t.id };
   });
-  d.kick();
-  return {
-    network: networkView(await d.db.network.findUniqueOrThrow({ where: { id }, include: networkInclude })),
-    task: taskView(await d.db.task.findUniqueOrThrow({ where: { id: taskId }, include: taskInclude })),
-  };
+  s.tasks.kick();
+  return answer(s, networkId, taskId);
 }
 
 /** A workspace's networks, by name; any member may read them. */
-export async function listNetworks(d: ComputeDeps, caller: Actor, ws: string, q: { limit: number; after?: string }): Promise<{ items: NetworkView[]; nextCursor: string | null }> {
-  const access = await workspaceAccess(d.db, caller, ws);
-  const rows = await d.db.network.findMany({
-    where: { workspaceId: access.workspace.id, ...(q.after ? { name: { gt: q.after } } : {}) },
-    include: networkInclude,
-    orderBy: { name: 'asc' },
-    take: q.limit + 1,
-  });
-  const items = rows.slice(0, q.limit);
-  return { items: items.map(networkView), nextCursor: rows.length > q.limit ? (items[items.length - 1]?.name ?? null) : null };
+export async function listNetworks(s: Services, c: Caller, ws: string, q: ListInput): Promise<Page<NetworkView>> {
+  const a = await workspaceAccess(s.db.client, signedIn(c), ws);
+  const limit = q.limit ?? DEFAULT_LIMIT;
+  const rows = await networksOf(s.db.client, a.workspace.id, { ...(q.after ? { after: q.after } : {}), take: limit + 1 });
+  return page(rows, limit, (n) => n.name, networkView);
 }
 
 /** One network of a workspace. */
-export async function getNetwork(d: ComputeDeps, caller: Actor, ws: string, name: string): Promise<NetworkView> {
-  const access = await workspaceAccess(d.db, caller, ws);
-  const n = await d.db.network.findUnique({ where: { workspaceId_name: { workspaceId: access.workspace.id, name } }, include: networkInclude });
+export async function getNetwork(s: Services, c: Caller, ws: string, name: string): Promise<NetworkView> {
+  const a = await workspaceAccess(s.db.client, signedIn(c), ws);
+  const n = await networkRowByName(s.db.client, a.workspace.id, name);
   if (!n) throw new NotFoundError('network', name);
   return networkView(n);
 }

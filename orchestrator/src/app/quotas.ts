@@ -1,8 +1,11 @@
+// Workspace quotas: limits beside usage, and the check every claim makes against them.
 import { ForbiddenError, KloudakError } from '@kloudak/common';
-import type { Prisma } from '@kloudak/prisma';
-import { workspaceAccess } from './access.js';
 import { workspaceUsage, type WorkspaceUsage } from '../store/claims.js';
-import type { Actor, ComputeDeps } from './compute-deps.js';
+import { transaction, type Tx } from '../store/db.js';
+import { quotaOf, setQuotaOf } from '../store/quotas.js';
+import { workspaceAccess } from './access.js';
+import { signedIn, type Caller } from './principal.js';
+import type { Services } from './services.js';
 
 /** Limits of a workspace; null: unlimited. */
 export type QuotaLimits = { [K in keyof WorkspaceUsage]: number | null };
@@ -19,8 +22,8 @@ const KEYS: (keyof WorkspaceUsage)[] = ['vms', 'cpu', 'ramMb', 'diskGb', 'networ
  * Refuse (409, naming the limit) a change that would take usage past a limit. Call it inside the
  * claims transaction, after the workspace row is locked, so concurrent creates count each other.
  */
-export async function checkQuota(tx: Prisma.TransactionClient, workspaceId: string, usage: WorkspaceUsage, add: Partial<WorkspaceUsage>): Promise<void> {
-  const q = await tx.workspaceQuota.findUnique({ where: { workspaceId } });
+export async function checkQuota(tx: Tx, workspaceId: string, usage: WorkspaceUsage, add: Partial<WorkspaceUsage>): Promise<void> {
+  const q = await quotaOf(tx, workspaceId);
   if (!q) return;
   for (const k of KEYS) {
     const limit = q[k];
@@ -34,23 +37,24 @@ export async function checkQuota(tx: Prisma.TransactionClient, workspaceId: stri
 }
 
 /** A workspace's quota and usage; any member may read it. */
-export async function getQuota(d: ComputeDeps, caller: Actor, ws: string): Promise<QuotaView> {
-  const access = await workspaceAccess(d.db, caller, ws);
-  return d.db.$transaction(async (tx) => {
-    const q = await tx.workspaceQuota.findUnique({ where: { workspaceId: access.workspace.id } });
+export async function getQuota(s: Services, c: Caller, ws: string): Promise<QuotaView> {
+  const a = await workspaceAccess(s.db.client, signedIn(c), ws);
+  return transaction(s.db.client, async (tx) => {
+    const q = await quotaOf(tx, a.workspace.id);
     const limits = Object.fromEntries(KEYS.map((k) => [k, q?.[k] ?? null])) as QuotaLimits;
-    return { limits, usage: await workspaceUsage(tx, access.workspace.id) };
+    return { limits, usage: await workspaceUsage(tx, a.workspace.id) };
   });
 }
 
-/** Set a workspace's limits (admins only). Limits below current usage are allowed: they stop growth. */
-export async function setQuota(d: ComputeDeps, caller: Actor, ws: string, limits: Partial<QuotaLimits>): Promise<QuotaView> {
-  if (!caller.isAdmin) {
-    await workspaceAccess(d.db, caller, ws); // a non-member still gets 404
-    throw new ForbiddenError('only admins set quotas');
-  }
-  const access = await workspaceAccess(d.db, caller, ws);
+/**
+ * Set a workspace's limits (admins only). Limits below current usage are allowed: they stop growth.
+ * A non-admin who is not a member still gets 404, so workspace names do not leak.
+ */
+export async function setQuota(s: Services, c: Caller, ws: string, limits: Partial<QuotaLimits>): Promise<QuotaView> {
+  const p = signedIn(c);
+  const a = await workspaceAccess(s.db.client, p, ws);
+  if (!p.isAdmin) throw new ForbiddenError('only admins set quotas');
   const data = Object.fromEntries(KEYS.map((k) => [k, limits[k] ?? null])) as QuotaLimits;
-  await d.db.workspaceQuota.upsert({ where: { workspaceId: access.workspace.id }, create: { workspaceId: access.workspace.id, ...data }, update: data });
-  return getQuota(d, caller, ws);
+  await setQuotaOf(s.db.client, a.workspace.id, data);
+  return getQuota(s, c, ws);
 }

@@ -1,12 +1,14 @@
 import type { Logger } from '@kloudak/common';
 import type { Database } from '@kloudak/prisma';
+import type { SendOptions } from '../agent-api/channel.js';
 import type { HostLinkStatus } from '../agent-api/link.js';
 import { RateLimiter } from '../auth/rate-limit.js';
 import type { TokenService } from '../auth/tokens.js';
 import type { Clock } from '../clock.js';
 import type { OrchestratorConfig } from '../config.js';
+import type { AgentCommand, CommandResult } from '../domain/agent.js';
+import { DEFAULT_PLACEMENT_POLICY, type PlacementPolicy } from '../domain/placement.js';
 import type { EventBus } from '../events/bus.js';
-import type { ComputeDeps } from './compute-deps.js';
 
 /** What the use cases need of the agent link. */
 export interface AgentLinkPort {
@@ -16,6 +18,14 @@ export interface AgentLinkPort {
   status(hostId: string): HostLinkStatus;
   /** A host was deleted: its session is ended and it is forgotten. */
   hostDeleted(hostId: string): void;
+  /** Send a command to a host and await its one result (never rejects: a failure is `ok: false`). */
+  sendCommand(hostId: string, command: AgentCommand, opts: SendOptions): Promise<CommandResult>;
+}
+
+/** What the use cases need of the task worker. */
+export interface TaskWorkerPort {
+  /** A task was committed: look now rather than at the next poll. */
+  kick(): void;
 }
 
 /** The dependencies of the application layer, built once by the composition root (or a test). */
@@ -28,8 +38,8 @@ export interface AppDeps {
   agents: AgentLinkPort;
   /** Where use cases record their events (after commit). */
   events: EventBus;
-  /** What the VM, network, task and quota use cases need (the task engine, placement, claims). */
-  compute: ComputeDeps;
+  /** The worker that runs the tasks use cases queue. */
+  tasks: TaskWorkerPort;
 }
 
 /** The attempt counters of the public use cases, in memory per orchestrator instance. */
@@ -44,9 +54,11 @@ export interface Limits {
 /** Everything a use case receives besides its caller and input. Shared by every interface. */
 export interface Services extends AppDeps {
   limits: Limits;
+  /** How VMs are placed: the configured strategy and overcommit ratios. */
+  placement: Readonly<PlacementPolicy>;
 }
 
-/** Build the services once per process: the rate limiters live here, not in an adapter. */
+/** Build the services once per process: the rate limiters and the placement policy live here, not in an adapter. */
 export function createServices(deps: AppDeps): Services {
   const windowMs = deps.config.loginWindowSeconds * 1000;
   const limiter = (max: number) => new RateLimiter(deps.clock, max, windowMs);
@@ -58,5 +70,12 @@ export function createServices(deps: AppDeps): Services {
       signupByAddress: limiter(deps.config.signupMaxPerAddress),
       passwordChangeByAddress: limiter(deps.config.passwordChangeMaxPerAddress),
     },
+    placement: Object.freeze({
+      ...DEFAULT_PLACEMENT_POLICY,
+      strategy: deps.config.placementStrategy,
+      cpuOvercommit: deps.config.cpuOvercommit,
+      ramOvercommit: deps.config.ramOvercommit,
+      diskOvercommit: deps.config.diskOvercommit,
+    }),
   };
 }

@@ -1,4 +1,8 @@
-import type { Prisma } from '@kloudak/prisma';
+// The views of tasks, networks and VMs: pure mappings of the rows store/ reads to the JSON the
+// API answers (ISO dates, names rather than ids, never a VM's keys or user-data).
+import type { NetworkRow } from '../store/networks.js';
+import type { TaskRow } from '../store/tasks.js';
+import type { VmRow } from '../store/vms.js';
 
 /** A task as the API shows it: state, attempts, steps, error, rollback log, and why it placed where it did. */
 export interface TaskView {
@@ -16,9 +20,7 @@ export interface TaskView {
   finishedAt: string | null;
 }
 
-export const taskInclude = { steps: { orderBy: { seq: 'asc' as const } } } satisfies Prisma.TaskInclude;
-type TaskRow = Prisma.TaskGetPayload<{ include: typeof taskInclude }>;
-
+/** A task row as the API shows it. */
 export function taskView(t: TaskRow): TaskView {
   const input = (t.input ?? {}) as { name?: unknown };
   return {
@@ -58,9 +60,7 @@ export interface NetworkView {
   createdAt: string;
 }
 
-export const networkInclude = { area: { select: { name: true, subnet: true, gateway: true } }, vlan: { select: { vlan: true } } } satisfies Prisma.NetworkInclude;
-type NetworkRow = Prisma.NetworkGetPayload<{ include: typeof networkInclude }>;
-
+/** A network row as the API shows it. */
 export function networkView(n: NetworkRow): NetworkView {
   return {
     id: n.id,
@@ -96,15 +96,7 @@ export interface VmView {
   createdAt: string;
 }
 
-export const vmInclude = {
-  area: { select: { name: true } },
-  template: { select: { name: true } },
-  host: { select: { name: true } },
-  ips: { select: { address: true }, orderBy: { createdAt: 'asc' as const }, take: 1 },
-  interfaces: { orderBy: { position: 'asc' as const }, include: { network: { select: { name: true, vlan: { select: { vlan: true } } } } } },
-} satisfies Prisma.VmInclude;
-type VmRow = Prisma.VmGetPayload<{ include: typeof vmInclude }>;
-
+/** A VM row as the API shows it. */
 export function vmView(v: VmRow): VmView {
   const interfaces = v.interfaces.map((i) => ({ network: i.network.name, mac: i.mac, ip: i.ip, vlan: i.network.vlan?.vlan ?? null }));
   return {

@@ -1,17 +1,38 @@
+// A workspace's VMs: create (placed and claimed at once, then a task builds it), power actions,
+// rename and live NIC changes, delete, the console log.
 import { randomUUID } from 'node:crypto';
 import { ConflictError, KloudakError, NotFoundError, ValidationError } from '@kloudak/common';
-import type { Prisma } from '@kloudak/prisma';
 import { addressPoolFor, allocateAddresses, formatIpv4 } from '../domain/ipam.js';
 import { deriveMac } from '../domain/mac.js';
-import { schedule } from '../domain/placement.js';
 import { requireFlags } from '../domain/permissions.js';
-import { workspaceAccess } from './access.js';
+import { schedule } from '../domain/placement.js';
+import { areaById, areaByName } from '../store/areas.js';
 import { areaPlacementSnapshot, lockForClaims, usedAddresses, workspaceUsage } from '../store/claims.js';
-import { insertTask } from '../store/tasks.js';
+import { transaction, type DbOrTx, type TransactionLimits, type Tx } from '../store/db.js';
+import { networksNamed } from '../store/networks.js';
+import { insertTask, setTaskPlacement, taskById, tasksByIds, unfinishedTask } from '../store/tasks.js';
+import { templateByName } from '../store/templates.js';
+import {
+  claimAddress,
+  editVm,
+  insertInterface,
+  insertVm,
+  nextInterfacePosition,
+  setVmTask,
+  vmById,
+  vmByName,
+  vmNamed,
+  vmsOf,
+  type VmRow,
+} from '../store/vms.js';
 import { VM_TASKS } from '../tasks/vm.js';
-import type { Actor, ComputeDeps } from './compute-deps.js';
+import { workspaceAccess } from './access.js';
+import { DEFAULT_LIMIT, page, type ListInput, type Page } from './paging.js';
+import { signedIn, type Caller } from './principal.js';
 import { checkQuota } from './quotas.js';
-import { taskInclude, taskView, vmInclude, vmView, type TaskView, type VmView } from './views.js';
+import type { Services } from './services.js';
+import { taskLimits } from './tasks.js';
+import { taskView, vmView, type TaskView, type VmView } from './views.js';
 
 /** Input of {@link createVm}. Sizes default to the template's. */
 export interface CreateVmInput {
@@ -29,7 +50,14 @@ export interface CreateVmInput {
   ha?: boolean;
 }
 
-type Tx = Prisma.TransactionClient;
+/** A VM and the task changing it. */
+export interface VmChange {
+  vm: VmView;
+  task: TaskView;
+}
+
+/** Claims wait on the workspace and area locks behind a burst of other creates: give them time. */
+const CLAIMS: TransactionLimits = { maxWaitMs: 30_000, timeoutMs: 30_000 };
 
 /** The NIC rows of new interfaces on `networks`, each with an address from its network's pool. */
 async function claimInterfaces(
@@ -46,24 +74,30 @@ async function claimInterfaces(
     const got = allocateAddresses(pool, await usedAddresses(tx, scope), 1);
     if (!got.ok) throw new ConflictError(`no free address on network '${n.name}': ${got.message}`, { field: 'networks', network: n.name });
     const ip = formatIpv4(got.addresses[0]!);
-    await tx.ipAllocation.create({ data: { areaId: area.id, scope, address: ip, networkId: n.id, vmId } });
+    await claimAddress(tx, { areaId: area.id, scope, address: ip, networkId: n.id, vmId });
     const position = firstPosition + i;
-    await tx.vmInterface.create({ data: { vmId, networkId: n.id, mac: deriveMac(vmId, position), ip, position } });
+    await insertInterface(tx, { vmId, networkId: n.id, mac: deriveMac(vmId, position), ip, position });
   }
 }
 
-async function findVm(d: ComputeDeps, workspaceId: string, name: string) {
-  const vm = await d.db.vm.findUnique({ where: { workspaceId_name: { workspaceId, name } }, include: vmInclude });
+async function findVm(db: DbOrTx, workspaceId: string, name: string): Promise<VmRow> {
+  const vm = await vmByName(db, workspaceId, name);
   if (!vm) throw new NotFoundError('vm', name);
   return vm;
 }
 
-async function answer(d: ComputeDeps, vmId: string, taskId: string): Promise<{ vm: VmView; task: TaskView }> {
-  const [vm, task] = await Promise.all([
-    d.db.vm.findUniqueOrThrow({ where: { id: vmId }, include: vmInclude }),
-    d.db.task.findUniqueOrThrow({ where: { id: taskId }, include: taskInclude }),
-  ]);
+async function answer(s: Services, vmId: string, taskId: string): Promise<VmChange> {
+  const [vm, task] = await Promise.all([vmById(s.db.client, vmId), taskById(s.db.client, taskId)]);
   return { vm: vmView(vm), task: taskView(task) };
+}
+
+/** userData is a cloud-config document or a script, without NUL characters. */
+function checkUserData(userData: string): void {
+  const first = userData.split('\n', 1)[0]!.trimEnd();
+  if (first !== '#cloud-config' && !first.startsWith('#!')) {
+    throw new ValidationError('userData must start with #cloud-config or a #! script line', { field: 'userData' });
+  }
+  if (userData.includes('\0')) throw new ValidationError('userData must not contain NUL characters', { field: 'userData' });
 }
 
 /**
@@ -72,15 +106,16 @@ async function answer(d: ComputeDeps, vmId: string, taskId: string): Promise<{ v
  * creates serialises on the workspace and area locks, so no host is over-committed and no address
  * handed out twice. When nothing fits, the 409 lists which filter rejected which host.
  */
-export async function createVm(d: ComputeDeps, caller: Actor, ws: string, input: CreateVmInput): Promise<{ vm: VmView; task: TaskView }> {
-  const access = await workspaceAccess(d.db, caller, ws);
-  requireFlags(access.permissions, 'vm_can_add');
-  const workspaceId = access.workspace.id;
-  const template = await d.db.template.findUnique({ where: { name: input.template } });
+export async function createVm(s: Services, c: Caller, ws: string, input: CreateVmInput): Promise<VmChange> {
+  const p = signedIn(c);
+  const a = await workspaceAccess(s.db.client, p, ws);
+  requireFlags(a.permissions, 'vm_can_add');
+  const workspaceId = a.workspace.id;
+  const template = await templateByName(s.db.client, input.template);
   if (!template) throw new ValidationError(`no template named '${input.template}'`, { field: 'template' });
   if (input.networks.length === 0) throw new ValidationError('a VM needs at least one network', { field: 'networks' });
   if (new Set(input.networks).size !== input.networks.length) throw new ValidationError('a network is listed twice', { field: 'networks' });
-  const networks = await d.db.network.findMany({ where: { workspaceId, name: { in: input.networks } }, include: { area: true } });
+  const networks = await networksNamed(s.db.client, workspaceId, input.networks);
   for (const name of input.networks) {
     if (!networks.some((n) => n.name === name)) throw new ValidationError(`no network named '${name}' in this workspace`, { field: 'networks', network: name });
   }
@@ -89,7 +124,7 @@ export async function createVm(d: ComputeDeps, caller: Actor, ws: string, input:
     if (n.state === 'deleting' || n.state === 'error') throw new ConflictError(`network '${n.name}' is ${n.state}`, { field: 'networks', network: n.name });
   }
   const areaName = input.area ?? ordered[0]!.area.name;
-  const area = await d.db.area.findUnique({ where: { name: areaName } });
+  const area = await areaByName(s.db.client, areaName);
   if (!area) throw new ValidationError(`no area named '${areaName}'`, { field: 'area' });
   const foreign = ordered.find((n) => n.areaId !== area.id);
   if (foreign) throw new ValidationError(`network '${foreign.name}' is in area '${foreign.area.name}', not '${area.name}'`, { field: 'networks', network: foreign.name });
@@ -99,70 +134,61 @@ export async function createVm(d: ComputeDeps, caller: Actor, ws: string, input:
   if (input.diskGb !== undefined && input.diskGb < template.diskGb) {
     throw new ValidationError(`diskGb ${input.diskGb} is smaller than the template's disk (${template.diskGb} GB)`, { field: 'diskGb' });
   }
-  if (input.userData !== undefined) {
-    const first = input.userData.split('\n', 1)[0]!.trimEnd();
-    if (first !== '#cloud-config' && !first.startsWith('#!')) {
-      throw new ValidationError('userData must start with #cloud-config or a #! script line', { field: 'userData' });
-    }
-    if (input.userData.includes('\0')) throw new ValidationError('userData must not contain NUL characters', { field: 'userData' });
-  }
+  if (input.userData !== undefined) checkUserData(input.userData);
   const ha = input.ha ?? true;
   const vmId = randomUUID();
 
-  const taskId = await d.db.$transaction(
+  const taskId = await transaction(
+    s.db.client,
     async (tx) => {
       await lockForClaims(tx, workspaceId, area.id);
-      if (await tx.vm.findUnique({ where: { workspaceId_name: { workspaceId, name: input.name } } })) {
+      if (await vmNamed(tx, workspaceId, input.name)) {
         throw new ConflictError(`a VM named '${input.name}' already exists in this workspace`, { field: 'name' });
       }
       await checkQuota(tx, workspaceId, await workspaceUsage(tx, workspaceId), { vms: 1, cpu, ramMb, diskGb, addresses: ordered.length });
-      const snapshot = await areaPlacementSnapshot(tx, area.id, d.connected);
-      const placed = schedule(snapshot, { areaId: area.id, workspaceId, cpu, ramMb, diskGb, ha }, d.placement);
+      const snapshot = await areaPlacementSnapshot(tx, area.id, (hostId) => s.agents.status(hostId).connected);
+      const placed = schedule(snapshot, { areaId: area.id, workspaceId, cpu, ramMb, diskGb, ha }, s.placement);
       if (!placed.ok) {
         throw new ConflictError(placed.message, {
           reason: 'no_host',
           rejections: placed.rejections.map((r) => ({ host: r.hostName, filter: r.filter, message: r.message })),
         });
       }
-      await tx.vm.create({
-        data: {
-          id: vmId,
-          workspaceId,
-          name: input.name,
-          description: input.description ?? '',
-          areaId: area.id,
-          templateId: template.id,
-          hostId: placed.hostId,
-          poolId: placed.poolId,
-          cpu,
-          ramMb,
-          diskGb,
-          haEnabled: ha,
-          state: 'scheduled',
-          sshKeys: input.sshKeys ?? [],
-          userData: input.userData ?? null,
-        },
+      await insertVm(tx, {
+        id: vmId,
+        workspaceId,
+        name: input.name,
+        description: input.description ?? '',
+        areaId: area.id,
+        templateId: template.id,
+        hostId: placed.hostId,
+        poolId: placed.poolId,
+        cpu,
+        ramMb,
+        diskGb,
+        haEnabled: ha,
+        sshKeys: input.sshKeys ?? [],
+        userData: input.userData ?? null,
       });
       await claimInterfaces(tx, vmId, area, ordered, 0);
       const t = await insertTask(tx, {
         kind: VM_TASKS.create,
         workspaceId,
-        createdById: caller.userId,
+        createdById: p.userId,
         targetType: 'vm',
         targetId: vmId,
         // Never the keys or user-data: they stay on the VM's row.
         input: { name: input.name, template: template.name, area: area.name, networks: input.networks, cpu, ramMb, diskGb, ha },
-        maxAttempts: d.taskMaxAttempts,
-        deadline: new Date(d.clock.now() + d.taskTimeoutMs),
+        ...taskLimits(s),
       });
-      await tx.task.update({ where: { id: t.id }, data: { placement: { host: placed.hostName, pool: placed.poolName, ...placed.reason } } });
-      await tx.vm.update({ where: { id: vmId }, data: { lastTaskId: t.id } });
+      await setTaskPlacement(tx, t.id, { host: placed.hostName, pool: placed.poolName, ...placed.reason });
+      await setVmTask(tx, vmId, t.id);
       return t.id;
     },
-    { timeout: 30_000, maxWait: 30_000 },
+    CLAIMS,
   );
-  d.kick();
-  return answer(d, vmId, taskId);
+  s.tasks.kick();
+  return answer(s, vmId, taskId);
 }
 
 /** The power actions of a VM. */
@@ -173,29 +199,29 @@ const ACTION_TASK: Record<VmAction, string> = { start: VM_TASKS.start, stop: VM_
 const ACTION_FROM: Record<VmAction, string[]> = { start: ['stopped'], stop: ['running'], reboot: ['running'] };
 
 /** Start, stop or reboot a VM (409 from a state where the action makes no sense). */
-export async function vmAction(d: ComputeDeps, caller: Actor, ws: string, name: string, action: VmAction): Promise<{ vm: VmView; task: TaskView }> {
-  const access = await workspaceAccess(d.db, caller, ws);
-  requireFlags(access.permissions, 'vm_can_edit');
-  const vm = await findVm(d, access.workspace.id, name);
+export async function vmAction(s: Services, c: Caller, ws: string, name: string, action: VmAction): Promise<VmChange> {
+  const p = signedIn(c);
+  const a = await workspaceAccess(s.db.client, p, ws);
+  requireFlags(a.permissions, 'vm_can_edit');
+  const vm = await findVm(s.db.client, a.workspace.id, name);
   if (!ACTION_FROM[action].includes(vm.state)) {
     throw new ConflictError(`cannot ${action} a VM that is ${vm.state}`, { state: vm.state });
   }
-  const taskId = await d.db.$transaction(async (tx) => {
+  const taskId = await transaction(s.db.client, async (tx) => {
     const t = await insertTask(tx, {
       kind: ACTION_TASK[action],
-      workspaceId: access.workspace.id,
-      createdById: caller.userId,
+      workspaceId: a.workspace.id,
+      createdById: p.userId,
       targetType: 'vm',
       targetId: vm.id,
       input: { name: vm.name, action },
-      maxAttempts: d.taskMaxAttempts,
-      deadline: new Date(d.clock.now() + d.taskTimeoutMs),
+      ...taskLimits(s),
     });
-    await tx.vm.update({ where: { id: vm.id }, data: { lastTaskId: t.id } });
+    await setVmTask(tx, vm.id, t.id);
     return t.id;
   });
-  d.kick();
-  return answer(d, vm.id, taskId);
+  s.tasks.kick();
+  return answer(s, vm.id, taskId);
 }
 
 /**
@@ -203,52 +229,54 @@ export async function vmAction(d: ComputeDeps, caller: Actor, ws: string, name: 
  * it should be on — the difference is attached or detached live, one task per NIC.
  */
 export async function updateVm(
-  d: ComputeDeps,
-  caller: Actor,
+  s: Services,
+  c: Caller,
   ws: string,
   name: string,
   input: { name?: string; description?: string; networks?: string[] },
 ): Promise<{ vm: VmView; tasks: TaskView[] }> {
-  const access = await workspaceAccess(d.db, caller, ws);
-  requireFlags(access.permissions, 'vm_can_edit');
-  const workspaceId = access.workspace.id;
-  const vm = await findVm(d, workspaceId, name);
+  const p = signedIn(c);
+  const a = await workspaceAccess(s.db.client, p, ws);
+  requireFlags(a.permissions, 'vm_can_edit');
+  const workspaceId = a.workspace.id;
+  const vm = await findVm(s.db.client, workspaceId, name);
   const taskIds: string[] = [];
   if (input.networks !== undefined) {
-    if (new Set(input.networks).size !== input.networks.length) throw new ValidationError('a network is listed twice', { field: 'networks' });
-    if (input.networks.length === 0) throw new ValidationError('a VM needs at least one network', { field: 'networks' });
+    const wanted = input.networks;
+    if (new Set(wanted).size !== wanted.length) throw new ValidationError('a network is listed twice', { field: 'networks' });
+    if (wanted.length === 0) throw new ValidationError('a VM needs at least one network', { field: 'networks' });
     const current = vm.interfaces.map((i) => i.network.name);
-    const add = input.networks.filter((n) => !current.includes(n));
-    const remove = current.filter((n) => !input.networks!.includes(n));
+    const add = wanted.filter((n) => !current.includes(n));
+    const remove = current.filter((n) => !wanted.includes(n));
     if ((add.length > 0 || remove.length > 0) && !['running', 'stopped'].includes(vm.state)) {
       throw new ConflictError(`cannot change the networks of a VM that is ${vm.state}`, { state: vm.state });
     }
-    const nets = await d.db.network.findMany({ where: { workspaceId, name: { in: add } } });
+    const nets = await networksNamed(s.db.client, workspaceId, add);
     for (const n of add) {
       const net = nets.find((x) => x.name === n);
       if (!net) throw new ValidationError(`no network named '${n}' in this workspace`, { field: 'networks', network: n });
       if (net.areaId !== vm.areaId) throw new ValidationError(`network '${n}' is in another area than the VM`, { field: 'networks', network: n });
       if (net.state === 'deleting' || net.state === 'error') throw new ConflictError(`network '${n}' is ${net.state}`, { field: 'networks', network: n });
     }
-    const area = await d.db.area.findUniqueOrThrow({ where: { id: vm.areaId } });
-    await d.db.$transaction(
+    const area = await areaById(s.db.client, vm.areaId);
+    if (!area) throw new NotFoundError('area', vm.areaId);
+    await transaction(
+      s.db.client,
       async (tx) => {
         await lockForClaims(tx, workspaceId, vm.areaId);
         if (add.length > 0) await checkQuota(tx, workspaceId, await workspaceUsage(tx, workspaceId), { addresses: add.length });
-        const maxPos = await tx.vmInterface.aggregate({ where: { vmId: vm.id }, _max: { position: true } });
-        let next = (maxPos._max.position ?? -1) + 1;
+        let next = await nextInterfacePosition(tx, vm.id);
         for (const n of add) {
           const net = nets.find((x) => x.name === n)!;
           await claimInterfaces(tx, vm.id, area, [net], next++);
           const t = await insertTask(tx, {
             kind: VM_TASKS.attach,
             workspaceId,
-            createdById: caller.userId,
+            createdById: p.userId,
             targetType: 'vm',
             targetId: vm.id,
             input: { name: vm.name, network: n, networkId: net.id },
-            maxAttempts: d.taskMaxAttempts,
-            deadline: new Date(d.clock.now() + d.taskTimeoutMs),
+            ...taskLimits(s),
           });
           taskIds.push(t.id);
         }
@@ -257,66 +285,65 @@ export async function updateVm(
           const t = await insertTask(tx, {
             kind: VM_TASKS.detach,
             workspaceId,
-            createdById: caller.userId,
+            createdById: p.userId,
             targetType: 'vm',
             targetId: vm.id,
             input: { name: vm.name, network: n, networkId: i.networkId },
-            maxAttempts: d.taskMaxAttempts,
-            deadline: new Date(d.clock.now() + d.taskTimeoutMs),
+            ...taskLimits(s),
           });
           taskIds.push(t.id);
         }
-        if (taskIds.length > 0) await tx.vm.update({ where: { id: vm.id }, data: { lastTaskId: taskIds[taskIds.length - 1]! } });
+        if (taskIds.length > 0) await setVmTask(tx, vm.id, taskIds[taskIds.length - 1]!);
       },
-      { timeout: 30_000, maxWait: 30_000 },
+      CLAIMS,
     );
   }
   if (input.name !== undefined || input.description !== undefined) {
-    await d.db.vm.update({
-      where: { id: vm.id },
-      data: { ...(input.name !== undefined ? { name: input.name } : {}), ...(input.description !== undefined ? { description: input.description } : {}) },
+    await editVm(s.db.client, vm.id, {
+      ...(input.name !== undefined ? { name: input.name } : {}),
+      ...(input.description !== undefined ? { description: input.description } : {}),
     });
   }
-  if (taskIds.length > 0) d.kick();
-  const tasks = await d.db.task.findMany({ where: { id: { in: taskIds } }, include: taskInclude, orderBy: { seq: 'asc' } });
-  return { vm: vmView(await d.db.vm.findUniqueOrThrow({ where: { id: vm.id }, include: vmInclude })), tasks: tasks.map(taskView) };
+  if (taskIds.length > 0) s.tasks.kick();
+  const [updated, tasks] = await Promise.all([vmById(s.db.client, vm.id), tasksByIds(s.db.client, taskIds)]);
+  return { vm: vmView(updated), tasks: tasks.map(taskView) };
 }
 
 /** Delete a VM: its task stops and deletes it on its host, then releases its claims and removes it. */
-export async function deleteVm(d: ComputeDeps, caller: Actor, ws: string, name: string): Promise<{ vm: VmView; task: TaskView }> {
-  const access = await workspaceAccess(d.db, caller, ws);
-  requireFlags(access.permissions, 'vm_can_delete');
-  const vm = await findVm(d, access.workspace.id, name);
-  const taskId = await d.db.$transaction(async (tx) => {
+export async function deleteVm(s: Services, c: Caller, ws: string, name: string): Promise<VmChange> {
+  const p = signedIn(c);
+  const a = await workspaceAccess(s.db.client, p, ws);
+  requireFlags(a.permissions, 'vm_can_delete');
+  const vm = await findVm(s.db.client, a.workspace.id, name);
+  const taskId = await transaction(s.db.client, async (tx) => {
     if (vm.state === 'deleting') {
-      const pending = await tx.task.findFirst({ where: { targetId: vm.id, kind: VM_TASKS.delete, state: { in: ['queued', 'running', 'rolling_back'] } } });
+      const pending = await unfinishedTask(tx, vm.id, VM_TASKS.delete);
       if (pending) return pending.id;
     }
     const t = await insertTask(tx, {
       kind: VM_TASKS.delete,
-      workspaceId: access.workspace.id,
-      createdById: caller.userId,
+      workspaceId: a.workspace.id,
+      createdById: p.userId,
       targetType: 'vm',
       targetId: vm.id,
       input: { name: vm.name },
-      maxAttempts: d.taskMaxAttempts,
-      deadline: new Date(d.clock.now() + d.taskTimeoutMs),
+      ...taskLimits(s),
     });
-    await tx.vm.update({ where: { id: vm.id }, data: { lastTaskId: t.id, state: 'deleting' } });
+    await setVmTask(tx, vm.id, t.id, 'deleting');
     return t.id;
   });
-  d.kick();
-  return answer(d, vm.id, taskId);
+  s.tasks.kick();
+  return answer(s, vm.id, taskId);
 }
 
 /** The tail of a VM's serial console log (read from its host through the agent). */
-export async function vmConsole(d: ComputeDeps, caller: Actor, ws: string, name: string, maxBytes: number): Promise<{ text: string; truncated: boolean }> {
-  const access = await workspaceAccess(d.db, caller, ws);
-  const vm = await findVm(d, access.workspace.id, name);
+export async function vmConsole(s: Services, c: Caller, ws: string, name: string, maxBytes: number): Promise<{ text: string; truncated: boolean }> {
+  const a = await workspaceAccess(s.db.client, signedIn(c), ws);
+  const vm = await findVm(s.db.client, a.workspace.id, name);
   if (!vm.hostId) throw new ConflictError(`the VM is ${vm.state} and has no host yet`, { state: vm.state });
   // Without a session the command would wait out its deadline (and hold the VM's queue): say so now.
-  if (!d.connected(vm.hostId)) throw new ConflictError("the VM's host is not connected now; try again once it is", { state: vm.state });
-  const r = await d.agents.sendCommand(vm.hostId, { vmId: vm.id, action: { kind: 'readConsole', maxBytes } }, { deadline: d.clock.now() + 10_000 });
+  if (!s.agents.status(vm.hostId).connected) throw new ConflictError("the VM's host is not connected now; try again once it is", { state: vm.state });
+  const r = await s.agents.sendCommand(vm.hostId, { vmId: vm.id, action: { kind: 'readConsole', maxBytes } }, { deadline: s.clock.now() + 10_000 });
   if (!r.ok) {
     if (r.error?.code === 'not_found') return { text: '', truncated: false };
     throw new KloudakError('unavailable', `the VM's host did not answer: ${r.error?.message ?? 'unknown error'}`);
@@ -325,20 +352,15 @@ export async function vmConsole(d: ComputeDeps, caller: Actor, ws: string, name:
 }
 
 /** A workspace's VMs, by name; any member may read them. */
-export async function listVms(d: ComputeDeps, caller: Actor, ws: string, q: { limit: number; after?: string }): Promise<{ items: VmView[]; nextCursor: string | null }> {
-  const access = await workspaceAccess(d.db, caller, ws);
-  const rows = await d.db.vm.findMany({
-    where: { workspaceId: access.workspace.id, ...(q.after ? { name: { gt: q.after } } : {}) },
-    include: vmInclude,
-    orderBy: { name: 'asc' },
-    take: q.limit + 1,
-  });
-  const items = rows.slice(0, q.limit);
-  return { items: items.map(vmView), nextCursor: rows.length > q.limit ? (items[items.length - 1]?.name ?? null) : null };
+export async function listVms(s: Services, c: Caller, ws: string, q: ListInput): Promise<Page<VmView>> {
+  const a = await workspaceAccess(s.db.client, signedIn(c), ws);
+  const limit = q.limit ?? DEFAULT_LIMIT;
+  const rows = await vmsOf(s.db.client, a.workspace.id, { ...(q.after ? { after: q.after } : {}), take: limit + 1 });
+  return page(rows, limit, (v) => v.name, vmView);
 }
 
 /** One VM of a workspace. */
-export async function getVm(d: ComputeDeps, caller: Actor, ws: string, name: string): Promise<VmView> {
-  const access = await workspaceAccess(d.db, caller, ws);
-  return vmView(await findVm(d, access.workspace.id, name));
+export async function getVm(s: Services, c: Caller, ws: string, name: string): Promise<VmView> {
+  const a = await workspaceAccess(s.db.client, signedIn(c), ws);
+  return vmView(await findVm(s.db.client, a.workspace.id, name));
 }

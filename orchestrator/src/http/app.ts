@@ -94,7 +94,7 @@ export function createApi(services: Services): Api {
     ...authRoutes(services),
     ...workspaceRoutes(services),
     // Networks, VMs, tasks and quotas of a workspace.
-    ...resourceRoutes(services.compute),
+    ...resourceRoutes(services),
     ...areaRoutes(services),
     ...poolRoutes(services),
     ...templateRoutes(services),
@@ -187,13 +187,14 @@ export function createApi(services: Services): Api {
       const query = spec.query ? validate(spec.query, { ...ctx.query }, 'query', true) : undefined;
       const body = spec.body ? validate(spec.body, await readJsonBody(ctx), 'body', false) : undefined;
       const log = deps.log.child({ request_id: ctx.state['requestId'] });
+      const caller = { principal, address: ctx.ip, log };
       const run = () =>
         spec.handler({
           params,
           query,
           body,
           principal,
-          caller: { principal, address: ctx.ip, log },
+          caller,
           requestId: ctx.state['requestId'] as string,
           clientIp: ctx.ip,
           log,
@@ -207,7 +208,7 @@ export function createApi(services: Services): Api {
       }
       // Idempotency-Key: the same request again gets the first answer; nothing is made twice.
       if (!IDEMPOTENCY_KEY.test(key)) throw new ValidationError('Idempotency-Key must be 1 to 255 printable characters', { header: 'Idempotency-Key' });
-      const started = await beginIdempotent(deps.db.client, deps.clock, principal.userId, key, 'POST', ctx.path, requestHash('POST', ctx.path, body));
+      const started = await beginIdempotent(services, caller, { key, method: 'POST', path: ctx.path, hash: requestHash('POST', ctx.path, body) });
       if (started.kind === 'replay') {
         ctx.status = started.status;
         ctx.set('Idempotent-Replayed', 'true');
@@ -216,12 +217,12 @@ export function createApi(services: Services): Api {
       }
       try {
         const result = await run();
-        await finishIdempotent(deps.db.client, started.id, spec.response.status, spec.response.status === 204 ? null : result);
+        await finishIdempotent(services, started.id, spec.response.status, spec.response.status === 204 ? null : result);
         ctx.status = spec.response.status;
         if (spec.response.status !== 204) ctx.body = result;
       } catch (err) {
         const { status, body: errBody } = errorResponse(toKloudakError(err), ctx.state['requestId'] as string);
-        await finishIdempotent(deps.db.client, started.id, status, errBody).catch(() => undefined);
+        await finishIdempotent(services, started.id, status, errBody).catch(() => undefined);
         throw err;
       }
     });

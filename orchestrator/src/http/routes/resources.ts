@@ -1,10 +1,10 @@
 import { Type } from '@sinclair/typebox';
-import type { ComputeDeps } from '../../app/compute-deps.js';
 import { createNetwork, deleteNetwork, getNetwork, listNetworks, updateNetwork } from '../../app/networks.js';
 import { getQuota, setQuota } from '../../app/quotas.js';
+import type { Services } from '../../app/services.js';
 import { getTask, listTasks } from '../../app/tasks.js';
 import { createVm, deleteVm, getVm, listVms, updateVm, vmAction, vmConsole } from '../../app/vms.js';
-import { route, type Principal, type RouteSpec } from '../route.js';
+import { route, type RouteSpec } from '../route.js';
 import { Description, ListQuery, Name, Page, Timestamp, Uuid, WsParams } from '../schemas.js';
 
 const Nullable = <T extends ReturnType<typeof Type.String>>(t: T) => Type.Union([t, Type.Null()]);
@@ -73,15 +73,13 @@ const QuotaSchema = Type.Object({
   limits: Type.Object({ vms: Limit, cpu: Limit, ramMb: Limit, diskGb: Limit, networks: Limit, addresses: Limit }),
   usage: Usage,
 });
-const TaskState = Type.Union(['queued', 'running', 'succeeded', 'failed', 'rolling_back', 'rolled_back'].map((s) => Type.Literal(s)));
-
-const who = (p: Principal | null) => p as Principal;
+const TaskState = Type.Union((['queued', 'running', 'succeeded', 'failed', 'rolling_back', 'rolled_back'] as const).map((state) => Type.Literal(state)));
 
 /**
  * A workspace's networks, VMs, tasks and quota. Thin adapters: each parses, calls its use case in
  * app/, and returns the view; the rules live in the use cases.
  */
-export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
+export function resourceRoutes(s: Services): RouteSpec[] {
   return [
     route({
       method: 'get',
@@ -94,7 +92,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       query: ListQuery,
       response: { status: 200, description: 'a page of networks', schema: Page(NetworkSchema) },
       errors: [404],
-      handler: ({ params, query, principal }) => listNetworks(d, who(principal), params.ws, { limit: query.limit ?? 100, ...(query.after ? { after: query.after } : {}) }),
+      handler: ({ caller, params, query }) => listNetworks(s, caller, params.ws, query),
     }),
     route({
       method: 'post',
@@ -108,7 +106,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       body: Type.Object({ name: Name, area: Name, description: Type.Optional(Description), subnet: Type.Optional(Cidr) }, { additionalProperties: false }),
       response: { status: 202, description: 'the network (pending) and its task', schema: Type.Object({ network: NetworkSchema, task: TaskSchema }) },
       errors: [403, 404, 409],
-      handler: ({ params, body, principal }) => createNetwork(d, who(principal), params.ws, body),
+      handler: ({ caller, params, body }) => createNetwork(s, caller, params.ws, body),
     }),
     route({
       method: 'get',
@@ -120,7 +118,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       params: ItemParams,
       response: { status: 200, description: 'the network', schema: NetworkSchema },
       errors: [404],
-      handler: ({ params, principal }) => getNetwork(d, who(principal), params.ws, params.name),
+      handler: ({ caller, params }) => getNetwork(s, caller, params.ws, params.name),
     }),
     route({
       method: 'patch',
@@ -133,7 +131,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       body: Type.Object({ name: Type.Optional(Name), description: Type.Optional(Description) }, { additionalProperties: false }),
       response: { status: 200, description: 'the network', schema: NetworkSchema },
       errors: [403, 404, 409],
-      handler: ({ params, body, principal }) => updateNetwork(d, who(principal), params.ws, params.name, body),
+      handler: ({ caller, params, body }) => updateNetwork(s, caller, params.ws, params.name, body),
     }),
     route({
       method: 'delete',
@@ -145,7 +143,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       params: ItemParams,
       response: { status: 202, description: 'the network (deleting) and its task', schema: Type.Object({ network: NetworkSchema, task: TaskSchema }) },
       errors: [403, 404, 409],
-      handler: ({ params, principal }) => deleteNetwork(d, who(principal), params.ws, params.name),
+      handler: ({ caller, params }) => deleteNetwork(s, caller, params.ws, params.name),
     }),
     route({
       method: 'get',
@@ -158,7 +156,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       query: ListQuery,
       response: { status: 200, description: 'a page of VMs', schema: Page(VmSchema) },
       errors: [404],
-      handler: ({ params, query, principal }) => listVms(d, who(principal), params.ws, { limit: query.limit ?? 100, ...(query.after ? { after: query.after } : {}) }),
+      handler: ({ caller, params, query }) => listVms(s, caller, params.ws, query),
     }),
     route({
       method: 'post',
@@ -188,7 +186,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       ),
       response: { status: 202, description: 'the VM (scheduled) and its task', schema: Type.Object({ vm: VmSchema, task: TaskSchema }) },
       errors: [403, 404, 409],
-      handler: ({ params, body, principal }) => createVm(d, who(principal), params.ws, body),
+      handler: ({ caller, params, body }) => createVm(s, caller, params.ws, body),
     }),
     route({
       method: 'get',
@@ -200,7 +198,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       params: ItemParams,
       response: { status: 200, description: 'the VM', schema: VmSchema },
       errors: [404],
-      handler: ({ params, principal }) => getVm(d, who(principal), params.ws, params.name),
+      handler: ({ caller, params }) => getVm(s, caller, params.ws, params.name),
     }),
     route({
       method: 'patch',
@@ -217,7 +215,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       ),
       response: { status: 200, description: 'the VM and the tasks of its NIC changes', schema: Type.Object({ vm: VmSchema, tasks: Type.Array(TaskSchema) }) },
       errors: [403, 404, 409],
-      handler: ({ params, body, principal }) => updateVm(d, who(principal), params.ws, params.name, body),
+      handler: ({ caller, params, body }) => updateVm(s, caller, params.ws, params.name, body),
     }),
     route({
       method: 'delete',
@@ -229,7 +227,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       params: ItemParams,
       response: { status: 202, description: 'the VM (deleting) and its task', schema: Type.Object({ vm: VmSchema, task: TaskSchema }) },
       errors: [403, 404],
-      handler: ({ params, principal }) => deleteVm(d, who(principal), params.ws, params.name),
+      handler: ({ caller, params }) => deleteVm(s, caller, params.ws, params.name),
     }),
     route({
       method: 'post',
@@ -242,7 +240,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       body: Type.Object({ action: Type.Union([Type.Literal('start'), Type.Literal('stop'), Type.Literal('reboot')]) }, { additionalProperties: false }),
       response: { status: 202, description: 'the VM and the action\'s task', schema: Type.Object({ vm: VmSchema, task: TaskSchema }) },
       errors: [403, 404, 409],
-      handler: ({ params, body, principal }) => vmAction(d, who(principal), params.ws, params.name, body.action),
+      handler: ({ caller, params, body }) => vmAction(s, caller, params.ws, params.name, body.action),
     }),
     route({
       method: 'get',
@@ -255,7 +253,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       query: Type.Object({ bytes: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_048_576 })) }, { additionalProperties: false }),
       response: { status: 200, description: 'the console text and whether older output was cut', schema: Type.Object({ text: Type.String(), truncated: Type.Boolean() }) },
       errors: [404, 409, 503],
-      handler: ({ params, query, principal }) => vmConsole(d, who(principal), params.ws, params.name, query.bytes ?? 65_536),
+      handler: ({ caller, params, query }) => vmConsole(s, caller, params.ws, params.name, query.bytes ?? 65_536),
     }),
     route({
       method: 'get',
@@ -276,13 +274,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       ),
       response: { status: 200, description: 'a page of tasks', schema: Page(TaskSchema) },
       errors: [404],
-      handler: ({ params, query, principal }) =>
-        listTasks(d, who(principal), params.ws, {
-          limit: query.limit ?? 100,
-          ...(query.state ? { state: query.state as never } : {}),
-          ...(query.object ? { object: query.object } : {}),
-          ...(query.after ? { after: query.after } : {}),
-        }),
+      handler: ({ caller, params, query }) => listTasks(s, caller, params.ws, query),
     }),
     route({
       method: 'get',
@@ -294,7 +286,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       params: TaskParams,
       response: { status: 200, description: 'the task', schema: TaskSchema },
       errors: [404],
-      handler: ({ params, principal }) => getTask(d, who(principal), params.ws, params.id),
+      handler: ({ caller, params }) => getTask(s, caller, params.ws, params.id),
     }),
     route({
       method: 'get',
@@ -306,7 +298,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       params: WsParams,
       response: { status: 200, description: 'limits (null: unlimited) and usage', schema: QuotaSchema },
       errors: [404],
-      handler: ({ params, principal }) => getQuota(d, who(principal), params.ws),
+      handler: ({ caller, params }) => getQuota(s, caller, params.ws),
     }),
     route({
       method: 'put',
@@ -329,7 +321,7 @@ export function resourceRoutes(d: ComputeDeps): RouteSpec[] {
       ),
       response: { status: 200, description: 'the quota', schema: QuotaSchema },
       errors: [404],
-      handler: ({ params, body, principal }) => setQuota(d, who(principal), params.ws, body),
+      handler: ({ caller, params, body }) => setQuota(s, caller, params.ws, body),
     }),
   ];
 }
