@@ -80,6 +80,28 @@ export default defineConfig(
           patterns: [{ regex: '(^|/)(http|grpc)(/|$)', message: 'app/ never imports an adapter: adapters import app/.' }],
         },
       ],
+      // Importing only Prisma's types is not enough: a client handed in (s.db.client, a tx) could
+      // still be queried here. Every query is a store/ function; app/ only passes the handle on.
+      'no-restricted-syntax': [
+        'error',
+        {
+          // tx.$transaction(…), db.$queryRawUnsafe(…), s.db.client.$executeRaw(…)
+          selector: 'CallExpression > MemberExpression.callee[property.name=/^\\$(transaction|queryRaw|executeRaw|queryRawUnsafe|executeRawUnsafe)$/]',
+          message: 'app/ runs no SQL: use transaction() from store/db.ts and a store/ function (lockWorkspace, lockForClaims…).',
+        },
+        {
+          // tx.$queryRaw`…`, tx.$executeRaw`…`
+          selector: 'TaggedTemplateExpression > MemberExpression.tag[property.name=/^\\$(queryRaw|executeRaw)$/]',
+          message: 'app/ runs no SQL: take a lock or query through a store/ function.',
+        },
+        {
+          // db.vm.findMany(…), s.db.client.task.create(…): a model delegate's method, called on a
+          // member (so Map#delete, Set#delete and array methods on a plain variable stay allowed).
+          selector:
+            'CallExpression > MemberExpression.callee[object.type="MemberExpression"][property.name=/^(findUnique|findUniqueOrThrow|findFirst|findFirstOrThrow|findMany|create|createMany|createManyAndReturn|update|updateMany|updateManyAndReturn|upsert|delete|deleteMany|count|aggregate|groupBy)$/]',
+          message: 'app/ queries the database only through store/ functions (one per query or write, taking a Db or a Tx).',
+        },
+      ],
     },
   },
   {
