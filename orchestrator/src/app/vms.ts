@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import { ConflictError, KloudakError, NotFoundError, ValidationError } from '@kloudak/common';
 import { addressPoolFor, allocateAddresses, formatIpv4 } from '../domain/ipam.js';
-import { deriveMac } from '../domain/mac.js';
+import { macCandidates, pickMac } from '../domain/mac.js';
 import { requireFlags } from '../domain/permissions.js';
 import { schedule } from '../domain/placement.js';
 import { areaById, areaByName } from '../store/areas.js';
@@ -17,6 +17,7 @@ import {
   editVm,
   insertInterface,
   insertVm,
+  macsInUse,
   nextInterfacePosition,
   setVmTask,
   vmById,
@@ -76,7 +77,10 @@ async function claimInterfaces(
     const ip = formatIpv4(got.addresses[0]!);
     await claimAddress(tx, { areaId: area.id, scope, address: ip, networkId: n.id, vmId });
     const position = firstPosition + i;
-    await insertInterface(tx, { vmId, networkId: n.id, mac: deriveMac(vmId, position), ip, position });
+    // The MAC derived from the VM's id, or a salted one when another NIC holds it (domain/mac.ts).
+    const mac = pickMac(vmId, position, await macsInUse(tx, macCandidates(vmId, position)));
+    if (!mac) throw new KloudakError('conflict', `every MAC address candidate of NIC ${position} is in use; retry`);
+    await insertInterface(tx, { vmId, networkId: n.id, mac, ip, position });
   }
 }
 

@@ -1,6 +1,6 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { MAC_FIRST_OCTET, deriveMac, isLocalUnicastMac } from './mac.js';
+import { MAC_CANDIDATES, MAC_FIRST_OCTET, deriveMac, isLocalUnicastMac, macCandidates, pickMac } from './mac.js';
 
 const VM = '6f1c2a3e-9b7d-4c51-8e2f-0a1b2c3d4e5f';
 
@@ -66,3 +66,14 @@ test('bad indexes are programming errors', () => {
 
 const GOLDEN_0 = '0a:38:e8:18:9e:ae';
 const GOLDEN_1 = '0a:1d:70:c3:aa:ce';
+
+test('a NIC whose MAC is held by another takes the next salted candidate, and null when all are held', () => {
+  const c = macCandidates(VM, 2);
+  assert.equal(c.length, MAC_CANDIDATES);
+  assert.equal(c[0], deriveMac(VM, 2));
+  assert.equal(new Set(c).size, c.length);
+  assert.equal(pickMac(VM, 2, new Set()), c[0]);
+  assert.equal(pickMac(VM, 2, new Set([c[0]!])), c[1]);
+  assert.equal(pickMac(VM, 2, new Set([c[0]!, c[1]!, deriveMac(VM, 3)])), c[2]);
+  assert.equal(pickMac(VM, 2, new Set(c)), null);
+});

@@ -11,9 +11,10 @@
  * Collisions: with 40 random-looking bits, n NICs collide somewhere with probability about
  * n² / 2⁴¹ — 5 × 10⁻⁷ for the 1,000 NICs of a busy VLAN (the only place two equal MACs would
  * actually clash on the wire), but ~2 % for 200,000 NICs across a whole deployment (100,000 VMs
- * × 2). The database's unique key on the MAC turns such a clash into a failed insert: the caller
- * then derives again with `salt` 1, 2, … and stores the MAC it got, so later retries read it back
- * rather than derive it. A VM's NICs differ because the index is hashed in; a NIC detached and
+ * × 2). So a claim asks which of the NIC's first candidates (salt 0, 1, 2, …: {@link macCandidates})
+ * are held already and takes the first free one ({@link pickMac}); the MAC is stored with the NIC,
+ * so later steps and retries read it back rather than derive it. The database's unique key on the
+ * MAC stays the backstop for two claims racing for the same candidate. A VM's NICs differ because the index is hashed in; a NIC detached and
  * another attached at the same index gets the same MAC again, which is harmless as long as the
  * two never exist at once.
  */
@@ -47,6 +48,19 @@ export function deriveMac(vmId: string, nicIndex: number, salt = 0): string {
   const { hi, lo } = cyrb53(`${vmId.toLowerCase()}#${nicIndex}${salt > 0 ? `#${salt}` : ''}`);
   const octets = [MAC_FIRST_OCTET, hi & 0xff, lo >>> 24, (lo >>> 16) & 0xff, (lo >>> 8) & 0xff, lo & 0xff];
   return octets.map((o) => o.toString(16).padStart(2, '0')).join(':');
+}
+
+/** How many salts a claim tries: eight 40-bit candidates all taken is beyond any real deployment. */
+export const MAC_CANDIDATES = 8;
+
+/** The MACs NIC `nicIndex` of `vmId` may get, in order of preference (salt 0, 1, …). */
+export function macCandidates(vmId: string, nicIndex: number, count = MAC_CANDIDATES): string[] {
+  return Array.from({ length: count }, (_, salt) => deriveMac(vmId, nicIndex, salt));
+}
+
+/** The first of the NIC's candidates no other NIC holds (`inUse`, lower case), or null when all are. */
+export function pickMac(vmId: string, nicIndex: number, inUse: ReadonlySet<string>, count = MAC_CANDIDATES): string | null {
+  return macCandidates(vmId, nicIndex, count).find((m) => !inUse.has(m)) ?? null;
 }
 
 /** True for `xx:xx:xx:xx:xx:xx` (lower or upper case) with the local bit set and the multicast bit clear. */

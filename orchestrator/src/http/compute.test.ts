@@ -5,7 +5,8 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { ENGINES, connectSimHost, startHarness, type Harness } from '../testing/harness.js';
-import { createWorld, uniq, type World } from '../testing/fixtures.js';
+import { createWorld, freshNetwork, freshVm, uniq, type World } from '../testing/fixtures.js';
+import { deriveMac } from '../domain/mac.js';
 import type { SimAgent } from '../agent-api/testing/sim-agent.js';
 
 for (const engine of ENGINES) {
@@ -13,13 +14,14 @@ for (const engine of ENGINES) {
     let h: Harness;
     let w: World;
     let sim: SimAgent;
+    let simHostId: string;
     const ws = () => `/api/v1/workspaces/${w.workspace.name}`;
 
     before(async () => {
       h = await startHarness(engine);
       w = await createWorld(h.orch.db.client);
       // The admin acts in the fixture workspace (admins hold every flag everywhere).
-      sim = (await connectSimHost(h, w.area.id, w.pool.name)).agent;
+      ({ agent: sim, hostId: simHostId } = await connectSimHost(h, w.area.id, w.pool.name));
     });
     after(async () => {
       await sim?.stop();
@@ -74,6 +76,20 @@ for (const engine of ENGINES) {
       const ips = await db.ipAllocation.findMany({ select: { scope: true, address: true } });
       assert.equal(new Set(ips.map((i) => `${i.scope}/${i.address}`)).size, ips.length, 'no address twice');
       assert.equal((await h.admin.client.req('PUT', `/api/v1/workspaces/${quotaWs}/quota`, {})).status, 200);
+    });
+
+    it('gives a NIC the next salted MAC when another NIC holds the one derived from its VM id', async () => {
+      const db = h.orch.db.client;
+      const vm = await freshVm(db, w, simHostId);
+      const blocker = await freshNetwork(db, w);
+      const attach = await freshNetwork(db, w);
+      // Another VM's NIC holds the MAC this VM's first NIC would derive (a 40-bit hash collision).
+      await db.vmInterface.create({ data: { vmId: w.vm.id, networkId: blocker.id, mac: deriveMac(vm.id, 0) } });
+      const r = await h.admin.client.req('PATCH', `${ws()}/vms/${vm.name}`, { networks: [attach.name] });
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      const nic = await db.vmInterface.findFirstOrThrow({ where: { vmId: vm.id } });
+      assert.equal(nic.mac, deriveMac(vm.id, 0, 1));
+      assert.deepEqual(r.body.vm.interfaces.map((i: { mac: string }) => i.mac), [nic.mac]);
     });
 
     it('counts a host-local pool per host: a disk claims room only on its own host', async () => {

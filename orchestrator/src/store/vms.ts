@@ -73,6 +73,12 @@ export async function claimAddress(db: DbOrTx, a: { areaId: string; scope: strin
   await db.ipAllocation.create({ data: a });
 }
 
+/** Which of `macs` (lower case) a NIC holds already. */
+export async function macsInUse(db: DbOrTx, macs: string[]): Promise<Set<string>> {
+  const rows = await db.vmInterface.findMany({ where: { mac: { in: macs } }, select: { mac: true } });
+  return new Set(rows.map((r) => r.mac.toLowerCase()));
+}
+
 /** Write a VM's NIC on a network. */
 export async function insertInterface(db: DbOrTx, i: { vmId: string; networkId: string; mac: string; ip: string; position: number }): Promise<void> {
   await db.vmInterface.create({ data: i });
