@@ -9,24 +9,22 @@
 // the lease" are made.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { createLogger } from '@kloudak/common';
-import { Flags, Libvirt, type StoragePoolRef } from '@kloudak/libvirt';
+import type { Libvirt } from '@kloudak/libvirt';
 import { ensureLibvirtd, stopLibvirtd } from '@kloudak/libvirt/testing';
 import { domainName } from '@kloudak/agent';
-import { createSimHost, createTestNet, ensureOvs, type SimHost, type TestNet } from '@kloudak/agent/testing';
-import { configWith, startOrchestrator, systemClock, type CommandAction, type Orchestrator } from '@kloudak/orchestrator';
-import { Cleanup, freePort, freshDatabase, waitFor, TEST_NATS_URL, type FreshDatabase } from '@kloudak/testkit';
+import { createSimHost, ensureOvs, type SimHost } from '@kloudak/agent/testing';
+import type { CommandAction, Orchestrator } from '@kloudak/orchestrator';
+import { Cleanup, waitFor } from '@kloudak/testkit';
+import { spawnAgentProcess, type AgentProcess } from './agent-process.js';
+import { agentHostEnv, ApiClient, jsonLines } from './api-client.js';
+import { GUEST, QEMU_URI, removeDomains, setUpQemuHost, testGuestImage } from './qemu-host.js';
+import { startInProcessOrchestrator } from './vm-harness.js';
 
-const REPO = fileURLToPath(new URL('../../../', import.meta.url));
-const AGENT_MAIN = join(REPO, 'agent/dist/main.js');
-const GUEST = process.env['KLOUDAK_TEST_GUEST_DIR'] ?? join(REPO, '.cache', 'test-guest');
 const RUN = `ke${randomBytes(3).toString('hex')}`;
 const ADMIN = { username: 'root-admin', password: 'e2e-Agent-Link-Pass-2026!' };
 const HEARTBEAT_MS = 200;
@@ -80,53 +78,25 @@ class Relay {
   }
 }
 
-/** An agent running as its own process, with its JSON log lines. */
-interface AgentProcess {
-  name: string;
-  dataDir: string;
+/** An agent process that dials the orchestrator through its own relay. */
+interface RelayedAgent extends AgentProcess {
   relay: Relay;
-  env: Record<string, string>;
-  child: ChildProcess;
-  lines(): Array<Record<string, unknown>>;
-  output(): string;
-  exited: Promise<number | null>;
 }
 
 describe('the agent link end to end: real orchestrator, real agents', { timeout: 300_000 }, () => {
   const cleanup = new Cleanup();
-  let db: FreshDatabase;
   let orch: Orchestrator;
-  let token: string;
   let areaId: string;
-  let net: TestNet;
   let lv: Libvirt;
-  let pool: StoragePoolRef;
   let bridge: string;
   let consoleDir: string;
   const sims: SimHost[] = [];
-  const agents = new Map<string, AgentProcess>();
+  const agents = new Map<string, RelayedAgent>();
   /** VMs made on qemu:///system; removed by DeleteVm in the last test, or here if a test failed first. */
   const qemuVms: string[] = [];
 
-  /** Fallback cleanup straight through libvirt (the agents may be gone by then). */
-  async function removeQemuVms(): Promise<void> {
-    for (const vmId of qemuVms) {
-      const dom = await lv.lookupDomainByName(domainName(vmId)).catch(() => null);
-      if (!dom) continue;
-      await lv.destroyDomain(dom).catch(() => undefined);
-      await lv.undefineDomain(dom).catch(() => undefined);
-    }
-  }
-
-  async function api(method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-    const res = await fetch(`${orch.url}/api/v1${path}`, {
-      method,
-      headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await res.text();
-    return { status: res.status, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
-  }
+  const client = new ApiClient(() => orch.url, '');
+  const api = (method: string, path: string, body?: unknown) => client.call(method, path, body);
 
   async function joinToken(): Promise<string> {
     const r = await api('POST', '/hosts/join-tokens', { area: areaId, expiresIn: 600 });
@@ -142,57 +112,28 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     return (await api('GET', `/hosts/${String(h['id'])}`)).body;
   }
 
-  function spawnAgent(name: string, env: Record<string, string>, relay: Relay, dataDir: string): AgentProcess {
-    let out = '';
-    const fullEnv = {
-      PATH: process.env['PATH'] ?? '',
-      KLOUDAK_AGENT_ORCHESTRATOR: `127.0.0.1:${relay.port}`,
-      KLOUDAK_AGENT_DATA_DIR: dataDir,
-      KLOUDAK_AGENT_HOSTNAME: name,
-      KLOUDAK_AGENT_HEARTBEAT_MS: String(HEARTBEAT_MS),
-      KLOUDAK_AGENT_FENCE_LEASE_MS: String(LEASE_MS),
-      KLOUDAK_AGENT_LOG_TARGET: 'stdout',
-      KLOUDAK_AGENT_LOG_LEVEL: 'debug',
-      ...env,
-    };
-    const child = spawn(process.execPath, [AGENT_MAIN], { env: fullEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-    const a: AgentProcess = {
-      name,
-      dataDir,
+  /** An agent process named `name` that dials through `relay`, with this test's heartbeat, fencing lease and debug logs. */
+  function spawnAgent(name: string, env: Record<string, string>, relay: Relay, dataDir: string): RelayedAgent {
+    const a = {
+      ...spawnAgentProcess(name, `127.0.0.1:${relay.port}`, dataDir, {
+        KLOUDAK_AGENT_HEARTBEAT_MS: String(HEARTBEAT_MS),
+        KLOUDAK_AGENT_FENCE_LEASE_MS: String(LEASE_MS),
+        KLOUDAK_AGENT_LOG_LEVEL: 'debug',
+        ...env,
+      }),
       relay,
-      env,
-      child,
-      exited,
-      output: () => out,
-      lines: () =>
-        out
-          .split('\n')
-          .filter((l) => l.startsWith('{'))
-          .map((l) => {
-            try {
-              return JSON.parse(l) as Record<string, unknown>;
-            } catch {
-              return {};
-            }
-          }),
     };
     agents.set(name, a);
     return a;
   }
 
-  async function startAgent(name: string, env: Record<string, string>): Promise<AgentProcess> {
+  async function startAgent(name: string, env: Record<string, string>): Promise<RelayedAgent> {
     const relay = await Relay.start(orch.agentPort);
     cleanup.add(() => relay.close());
     const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-agent-`));
     cleanup.add(async () => rmSync(dataDir, { recursive: true, force: true }));
     const a = spawnAgent(name, { KLOUDAK_AGENT_JOIN_TOKEN: await joinToken(), ...env }, relay, dataDir);
-    cleanup.add(async () => {
-      if (a.child.exitCode === null && a.child.signalCode === null) a.child.kill('SIGKILL');
-      await a.exited;
-    });
+    cleanup.add(() => a.kill());
     return a;
   }
 
@@ -237,57 +178,22 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     if (!existsSync(join(GUEST, 'template.qcow2'))) throw new Error(`test guest missing in ${GUEST}: run scripts/build-test-guest.sh`);
     await ensureLibvirtd();
     await ensureOvs();
-    db = await freshDatabase('kloudak_e2e_agent');
-    cleanup.add(() => db.drop());
-    const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-orch-`));
-    cleanup.add(async () => rmSync(dataDir, { recursive: true, force: true }));
-    const config = configWith({
-      port: 0,
-      host: '127.0.0.1',
-      agentPort: await freePort(),
-      agentHost: '127.0.0.1',
-      dataDir,
-      databaseUrl: db.url,
-      natsUrl: TEST_NATS_URL,
-      adminUser: ADMIN.username,
-      adminPassword: ADMIN.password,
-      passwordHashCost: 12,
-      heartbeatIntervalMs: HEARTBEAT_MS,
-      agentLeaseMs: LEASE_MS,
-      agentDownMarginMs: DOWN_MARGIN_MS,
-      logLevel: 'warn',
-    });
-    orch = await startOrchestrator(config, createLogger({ component: 'orchestrator', level: 'warn' }), systemClock, { livenessTickMs: 100 });
-    cleanup.add(() => orch.close());
-    token = '';
-    const login = await api('POST', '/auth/login', ADMIN);
-    assert.equal(login.status, 200);
-    token = login.body['token'] as string;
+    orch = await startInProcessOrchestrator(
+      cleanup,
+      'kloudak_e2e_agent',
+      ADMIN,
+      { heartbeatIntervalMs: HEARTBEAT_MS, agentLeaseMs: LEASE_MS, agentDownMarginMs: DOWN_MARGIN_MS },
+      { livenessTickMs: 100 },
+    );
+    await client.login(ADMIN);
     const area = await api('POST', '/areas', { name: 'e2e', subnet: '10.243.0.0/24', gateway: '10.243.0.1', vlanRange: '100-199' });
     assert.equal(area.status, 201, JSON.stringify(area.body));
     areaId = area.body['id'] as string;
 
     // The qemu host's world: a storage pool with the test guest's template, an OVS bridge, a console dir.
-    lv = await Libvirt.connect({ uri: 'qemu:///system' });
-    cleanup.add(() => lv.close());
-    net = await createTestNet('ke-');
-    cleanup.add(() => net.cleanup());
-    bridge = await net.addBridge('br');
-    const poolDir = join(mkdtempSync(join(tmpdir(), `${RUN}-pool-`)), 'pool');
-    chmodSync(join(poolDir, '..'), 0o755);
-    cleanup.add(async () => rmSync(join(poolDir, '..'), { recursive: true, force: true }));
-    pool = await lv.defineStoragePool(`<pool type='dir'><name>${RUN}</name><target><path>${poolDir}</path></target></pool>`);
-    cleanup.add(async () => {
-      await lv.destroyStoragePool(pool).catch(() => undefined);
-      await lv.undefineStoragePool(pool).catch(() => undefined);
-    });
-    await lv.createStoragePool(pool, Flags.POOL_CREATE_WITH_BUILD);
-    copyFileSync(join(GUEST, 'template.qcow2'), join(poolDir, 'testguest.qcow2'));
-    consoleDir = mkdtempSync(join(tmpdir(), `${RUN}-console-`));
-    chmodSync(consoleDir, 0o755);
-    cleanup.add(async () => rmSync(consoleDir, { recursive: true, force: true }));
+    ({ lv, bridge, consoleDir } = await setUpQemuHost(cleanup, { name: RUN, netPrefix: 'ke-', fill: testGuestImage('testguest.qcow2') }));
     // Runs before the pool, bridge and libvirt connection go (cleanup runs newest first).
-    cleanup.add(() => removeQemuVms());
+    cleanup.add(() => removeDomains(lv, qemuVms));
   });
 
   after(async () => {
@@ -300,23 +206,9 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
       cleanup.add(async () => rmSync(dir, { recursive: true, force: true }));
       const sim = createSimHost({ dir, cpus: 4 + i, memoryMb: 8192 });
       sims.push(sim);
-      await startAgent(`${RUN}-sim-${i}`, {
-        KLOUDAK_AGENT_LIBVIRT_URI: sim.uri,
-        KLOUDAK_AGENT_DOMAIN_TYPE: 'qemu',
-        KLOUDAK_AGENT_OVS_DATAPATH: 'netdev',
-        KLOUDAK_AGENT_NIC_OFFLOAD: 'off',
-        KLOUDAK_AGENT_BRIDGE: bridge,
-        KLOUDAK_AGENT_CONSOLE_DIR: dir,
-      });
+      await startAgent(`${RUN}-sim-${i}`, { KLOUDAK_AGENT_LIBVIRT_URI: sim.uri, ...agentHostEnv(bridge), KLOUDAK_AGENT_CONSOLE_DIR: dir });
     }
-    await startAgent(`${RUN}-qemu`, {
-      KLOUDAK_AGENT_LIBVIRT_URI: 'qemu:///system',
-      KLOUDAK_AGENT_DOMAIN_TYPE: 'qemu',
-      KLOUDAK_AGENT_OVS_DATAPATH: 'netdev',
-      KLOUDAK_AGENT_NIC_OFFLOAD: 'off',
-      KLOUDAK_AGENT_BRIDGE: bridge,
-      KLOUDAK_AGENT_CONSOLE_DIR: consoleDir,
-    });
+    await startAgent(`${RUN}-qemu`, { KLOUDAK_AGENT_LIBVIRT_URI: QEMU_URI, ...agentHostEnv(bridge), KLOUDAK_AGENT_CONSOLE_DIR: consoleDir });
     for (let i = 0; i < 3; i++) {
       const h = await waitState(`${RUN}-sim-${i}`, 'up');
       assert.equal((h['capacity'] as Record<string, unknown>)['cpus'], 4 + i, 'capacity of the simulated node, from Hello');
@@ -396,8 +288,9 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     const result = await pending;
     assert.equal(result.ok, true, JSON.stringify(result.error));
     assert.ok(result.completedAt.getTime() > cutAt, 'the stop was still running when the stream was cut');
-    const runs = a.lines().filter((l) => l['command_id'] === result.commandId && l['msg'] === 'command succeeded');
-    assert.equal(runs.length, 1, `ran once: ${JSON.stringify(a.lines().filter((l) => l['command_id'] === result.commandId))}`);
+    const lines = jsonLines(a.output());
+    const runs = lines.filter((l) => l['command_id'] === result.commandId && l['msg'] === 'command succeeded');
+    assert.equal(runs.length, 1, `ran once: ${JSON.stringify(lines.filter((l) => l['command_id'] === result.commandId))}`);
     assert.equal((await lv.getDomainState(await lv.lookupDomainByName(domainName(vmId)))).state, 5, 'shut off');
     const start = await orch.agents.sendCommand(qemuId, { vmId, action: { kind: 'startVm' } }, { deadline: Date.now() + 30_000 });
     assert.equal(start.ok, true, JSON.stringify(start.error));
@@ -413,10 +306,7 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     const env = { ...a.env };
     delete env['KLOUDAK_AGENT_JOIN_TOKEN'];
     const again = spawnAgent(a.name, env, a.relay, a.dataDir);
-    cleanup.add(async () => {
-      if (again.child.exitCode === null && again.child.signalCode === null) again.child.kill('SIGKILL');
-      await again.exited;
-    });
+    cleanup.add(() => again.kill());
     await waitFor(async () => {
       const h = await host(a.name);
       return h['connected'] === true && h['agentStartedAt'] !== before['agentStartedAt'];

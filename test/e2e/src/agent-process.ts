@@ -1,9 +1,12 @@
-// A real agent process (`agent/dist/main.js`) for whole-system tests, with its JSON log lines.
+// A real agent process (`agent/dist/main.js`) for whole-system tests and benchmarks, with its
+// JSON log lines.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import type { CleanupStack } from '@kloudak/testkit';
+import { REPO } from './paths.js';
 
-const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 /** The compiled agent's entry point. */
 export const AGENT_MAIN = join(REPO, 'agent/dist/main.js');
 
@@ -17,6 +20,8 @@ export interface AgentProcess {
   exited: Promise<number | null>;
   /** SIGKILL unless it already ended, and wait for the exit. */
   kill(): Promise<void>;
+  /** SIGTERM unless it already ended, SIGKILL if it has not exited `graceMs` later; waits for the exit. */
+  stop(graceMs: number): Promise<void>;
 }
 
 /**
@@ -51,5 +56,31 @@ export function spawnAgentProcess(name: string, orchestrator: string, dataDir: s
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       await exited;
     },
+    async stop(graceMs) {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      await exited;
+      clearTimeout(t);
+    },
   };
+}
+
+/**
+ * {@link spawnAgentProcess} with a new data dir under the temporary directory (named after
+ * `dirPrefix`); `cleanup` ends the agent (SIGKILL, or SIGTERM first when `stopGraceMs` is given)
+ * and then removes the dir.
+ */
+export function startAgentProcess(
+  cleanup: CleanupStack,
+  name: string,
+  orchestrator: string,
+  env: Record<string, string>,
+  opts: { dirPrefix: string; stopGraceMs?: number },
+): AgentProcess {
+  const dataDir = mkdtempSync(join(tmpdir(), `${opts.dirPrefix}-agent-`));
+  cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }), `remove ${dataDir}`);
+  const agent = spawnAgentProcess(name, orchestrator, dataDir, env);
+  const grace = opts.stopGraceMs;
+  cleanup.add(() => (grace === undefined ? agent.kill() : agent.stop(grace)), `stop the agent ${name}`);
+  return agent;
 }

@@ -1,5 +1,5 @@
-// The REST API as the VM e2e tests use it: JSON calls with a bearer token, waiting for a task to
-// end, waiting for a host to be up and connected. Shared by vms, vm-faults and vm-burst.
+// The REST API as the e2e tests and the benchmarks use it: JSON calls with a bearer token, waiting
+// for a task to end, waiting for a host to be up and connected.
 import assert from 'node:assert/strict';
 import { waitFor } from '@kloudak/testkit';
 
@@ -8,6 +8,13 @@ export type Json = Record<string, any>; // eslint-disable-line @typescript-eslin
 
 /** Task states after which nothing more happens. */
 export const FINAL_TASK_STATES = ['succeeded', 'failed', 'rolled_back'];
+
+/** The body of an answer that must have `status`; an error naming `what` with the answer otherwise. */
+export async function must(what: string, status: number, answer: Promise<{ status: number; body: Json }>): Promise<Json> {
+  const r = await answer;
+  if (r.status !== status) throw new Error(`${what}: ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body;
+}
 
 /** A client of one orchestrator's REST API (its URL may change: an orchestrator restarted elsewhere). */
 export class ApiClient {
@@ -74,15 +81,19 @@ export class ApiClient {
   }
 }
 
-/** The agent settings every e2e agent on this machine needs (qemu domains, OVS userspace datapath, no NIC offload). */
-export function agentTestEnv(bridge: string): Record<string, string> {
+/** The agent settings every agent on this machine needs: qemu domains (TCG), OVS userspace datapath, no NIC offload, `bridge`. */
+export function agentHostEnv(bridge: string): Record<string, string> {
   return {
-    KLOUDAK_AGENT_HEARTBEAT_MS: '250',
     KLOUDAK_AGENT_DOMAIN_TYPE: 'qemu',
     KLOUDAK_AGENT_OVS_DATAPATH: 'netdev',
     KLOUDAK_AGENT_NIC_OFFLOAD: 'off',
     KLOUDAK_AGENT_BRIDGE: bridge,
   };
+}
+
+/** {@link agentHostEnv} with the VM e2e tests' heartbeat (250 ms). */
+export function agentTestEnv(bridge: string): Record<string, string> {
+  return { KLOUDAK_AGENT_HEARTBEAT_MS: '250', ...agentHostEnv(bridge) };
 }
 
 /** The JSON log lines of a process's output (other lines skipped). */

@@ -1,16 +1,76 @@
-// Runs scripts/up.sh (`npm start`) for the e2e tests: start it and wait until it says it is
-// ready, find the processes it started, sign in, wait for the local host. Shared by
-// up.e2e.test.ts and up-lifecycle.e2e.test.ts.
+// Runs scripts/up.sh (`npm start`) for the e2e tests: the local host it is to make, start it and
+// wait until it says it is ready, find the processes it started, sign in, wait for the local host.
+// Shared by up.e2e.test.ts and up-lifecycle.e2e.test.ts.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { freePort, waitFor, TEST_NATS_URL, type Cleanup } from '@kloudak/testkit';
+import { freePort, waitFor, TEST_NATS_URL, type Cleanup, type CleanupStack } from '@kloudak/testkit';
+import { GUEST, QEMU_URI, REPO } from './paths.js';
 
-export const REPO = fileURLToPath(new URL('../../../', import.meta.url));
-export const GUEST = process.env['KLOUDAK_TEST_GUEST_DIR'] ?? join(REPO, '.cache', 'test-guest');
+export { GUEST, REPO };
+
+/** A local host for up.sh to make: the data dir to start it on, the host's name, and the environment that asks for it. */
+export interface UpHost {
+  dataDir: string;
+  hostName: string;
+  env: Record<string, string>;
+}
+
+/** Deletes an OVS bridge up.sh made (nothing when it is not there). */
+function deleteBridge(bridge: string): void {
+  execFileSync('ovs-vsctl', ['--timeout=10', '--if-exists', 'del-br', bridge]);
+}
+
+/** A simulated local host (libvirt's test driver) named after `run`; `cleanup` removes its data dir and its bridge. */
+export function simulatedUpHost(cleanup: CleanupStack, run: string): UpHost {
+  const dataDir = mkdtempSync(join(tmpdir(), `${run}-sim-`));
+  cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }));
+  const hostName = `${run}-sim`;
+  const bridge = `${run}s`;
+  cleanup.add(() => deleteBridge(bridge));
+  return { dataDir, hostName, env: { KLOUDAK_UP_HOST: 'simulated', KLOUDAK_AGENT_HOSTNAME: hostName, KLOUDAK_AGENT_BRIDGE: bridge } };
+}
+
+/**
+ * A qemu local host named after `run`: a host dir for its pool and boot files, a libvirt pool
+ * holding the test guest, an OVS bridge (userspace datapath); `cleanup` removes the data dir, the
+ * host dir, the pool and the bridge.
+ */
+export function qemuUpHost(cleanup: CleanupStack, run: string): UpHost & { hostDir: string; pool: string } {
+  const dataDir = mkdtempSync(join(tmpdir(), `${run}-q-`));
+  const hostDir = mkdtempSync(join(tmpdir(), `${run}-qh-`));
+  // libvirt runs QEMU as libvirt-qemu: the pool's directories must be searchable by it.
+  chmodSync(hostDir, 0o755);
+  const pool = `${run}-pool`;
+  const bridge = `${run}q`;
+  cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }));
+  cleanup.add(() => rmSync(hostDir, { recursive: true, force: true }));
+  cleanup.add(() => {
+    for (const cmd of [['pool-destroy', pool], ['pool-undefine', pool]]) {
+      try {
+        execFileSync('virsh', ['-q', '-c', QEMU_URI, ...cmd], { stdio: 'ignore' });
+      } catch {
+        // not there
+      }
+    }
+  });
+  cleanup.add(() => deleteBridge(bridge));
+  const hostName = `${run}-qemu`;
+  const env = {
+    KLOUDAK_UP_HOST: 'qemu',
+    KLOUDAK_UP_HOST_DIR: hostDir,
+    KLOUDAK_UP_POOL: pool,
+    KLOUDAK_TEST_GUEST_DIR: GUEST,
+    KLOUDAK_AGENT_HOSTNAME: hostName,
+    KLOUDAK_AGENT_BRIDGE: bridge,
+    KLOUDAK_AGENT_OVS_DATAPATH: 'netdev',
+    KLOUDAK_AGENT_NIC_OFFLOAD: 'off',
+  };
+  return { dataDir, hostName, env, hostDir, pool };
+}
 
 /** One run of scripts/up.sh. */
 export interface Up {

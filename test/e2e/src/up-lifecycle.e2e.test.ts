@@ -11,13 +11,9 @@
 // The build is skipped (KLOUDAK_UP_SKIP_BUILD=1): the test command has just built everything.
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Cleanup, freePort, waitFor } from '@kloudak/testkit';
-import { GUEST, assertNoSecrets, login, portFree, processesWith, startUp, waitHostUp, type Up } from './up-harness.js';
+import { assertNoSecrets, login, portFree, processesWith, qemuUpHost, simulatedUpHost, startUp, waitHostUp, type Up } from './up-harness.js';
 
 const RUN = `kl${randomBytes(3).toString('hex')}`;
 const cleanup = new Cleanup();
@@ -45,35 +41,7 @@ async function assertPortsFree(up: Up): Promise<void> {
 
 describe('npm start: stop and start again', { timeout: 600_000 }, () => {
   it('Ctrl-C and start again, three times, on a qemu host: each start comes up on the same ports', async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-q-`));
-    const hostDir = mkdtempSync(join(tmpdir(), `${RUN}-qh-`));
-    // libvirt runs QEMU as libvirt-qemu: the pool's directories must be searchable by it.
-    chmodSync(hostDir, 0o755);
-    const pool = `${RUN}-pool`;
-    const bridge = `${RUN}q`;
-    cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }));
-    cleanup.add(() => rmSync(hostDir, { recursive: true, force: true }));
-    cleanup.add(() => {
-      for (const cmd of [['pool-destroy', pool], ['pool-undefine', pool]]) {
-        try {
-          execFileSync('virsh', ['-q', '-c', 'qemu:///system', ...cmd], { stdio: 'ignore' });
-        } catch {
-          // not there
-        }
-      }
-    });
-    cleanup.add(() => void execFileSync('ovs-vsctl', ['--timeout=10', '--if-exists', 'del-br', bridge]));
-    const hostName = `${RUN}-qemu`;
-    const env = {
-      KLOUDAK_UP_HOST: 'qemu',
-      KLOUDAK_UP_HOST_DIR: hostDir,
-      KLOUDAK_UP_POOL: pool,
-      KLOUDAK_TEST_GUEST_DIR: GUEST,
-      KLOUDAK_AGENT_HOSTNAME: hostName,
-      KLOUDAK_AGENT_BRIDGE: bridge,
-      KLOUDAK_AGENT_OVS_DATAPATH: 'netdev',
-      KLOUDAK_AGENT_NIC_OFFLOAD: 'off',
-    };
+    const { dataDir, hostName, env } = qemuUpHost(cleanup, RUN);
     const ports = { httpPort: await freePort(), agentPort: await freePort() };
     let hostId = '';
     for (let round = 1; round <= 3; round++) {
@@ -96,12 +64,7 @@ describe('npm start: stop and start again', { timeout: 600_000 }, () => {
   });
 
   it('up.sh SIGKILLed while starting, then once up: its children exit by themselves and free the ports; then a supervisor stops `npm start` with SIGTERM and SIGKILL to its group: nothing is left', async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-sim-`));
-    cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }));
-    const hostName = `${RUN}-sim`;
-    const bridge = `${RUN}s`;
-    cleanup.add(() => void execFileSync('ovs-vsctl', ['--timeout=10', '--if-exists', 'del-br', bridge]));
-    const env = { KLOUDAK_UP_HOST: 'simulated', KLOUDAK_AGENT_HOSTNAME: hostName, KLOUDAK_AGENT_BRIDGE: bridge };
+    const { dataDir, hostName, env } = simulatedUpHost(cleanup, RUN);
     const ports = { httpPort: await freePort(), agentPort: await freePort() };
 
     // 0. SIGKILL to up.sh while the orchestrator is still starting and up-local-host.mjs waits

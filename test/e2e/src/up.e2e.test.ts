@@ -7,11 +7,10 @@ import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cleanup } from '@kloudak/testkit';
-import { GUEST, REPO, api, assertNoSecrets, login, processesWith, startUp as start, stopUp, waitHostUp, type Up } from './up-harness.js';
+import { REPO, api, assertNoSecrets, login, processesWith, qemuUpHost, simulatedUpHost, startUp as start, stopUp, waitHostUp, type Up } from './up-harness.js';
 
 const RUN = `ku${randomBytes(3).toString('hex')}`;
 const cleanup = new Cleanup();
@@ -28,11 +27,7 @@ function firstVmBlock(): string {
 
 describe('npm start (scripts/up.sh)', { timeout: 600_000 }, () => {
   it('brings up the orchestrator with a SIMULATED local host, enrolled by itself; a second start reuses its identity; SIGTERM stops everything', async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-sim-`));
-    cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }));
-    const hostName = `${RUN}-sim`;
-    const env = { KLOUDAK_UP_HOST: 'simulated', KLOUDAK_AGENT_HOSTNAME: hostName, KLOUDAK_AGENT_BRIDGE: `${RUN}s` };
-    cleanup.add(() => void execFileSync('ovs-vsctl', ['--timeout=10', '--if-exists', 'del-br', `${RUN}s`]));
+    const { dataDir, hostName, env } = simulatedUpHost(cleanup, RUN);
 
     const up = await startUp(dataDir, env);
     assert.match(up.output(), /local host +\S+: SIMULATED host — libvirt's test driver/);
@@ -68,35 +63,8 @@ describe('npm start (scripts/up.sh)', { timeout: 600_000 }, () => {
   });
 
   it('brings up a qemu local host: a libvirt pool holding the test guest, Open vSwitch, the agent enrolled and up', async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-q-`));
-    const hostDir = mkdtempSync(join(tmpdir(), `${RUN}-qh-`));
-    // libvirt runs QEMU as libvirt-qemu: the pool's directories must be searchable by it.
-    chmodSync(hostDir, 0o755);
-    const pool = `${RUN}-pool`;
-    const bridge = `${RUN}q`;
-    cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }));
-    cleanup.add(() => rmSync(hostDir, { recursive: true, force: true }));
-    cleanup.add(() => {
-      for (const cmd of [['pool-destroy', pool], ['pool-undefine', pool]]) {
-        try {
-          execFileSync('virsh', ['-q', '-c', 'qemu:///system', ...cmd], { stdio: 'ignore' });
-        } catch {
-          // not there
-        }
-      }
-    });
-    cleanup.add(() => void execFileSync('ovs-vsctl', ['--timeout=10', '--if-exists', 'del-br', bridge]));
-    const hostName = `${RUN}-qemu`;
-    const up = await startUp(dataDir, {
-      KLOUDAK_UP_HOST: 'qemu',
-      KLOUDAK_UP_HOST_DIR: hostDir,
-      KLOUDAK_UP_POOL: pool,
-      KLOUDAK_TEST_GUEST_DIR: GUEST,
-      KLOUDAK_AGENT_HOSTNAME: hostName,
-      KLOUDAK_AGENT_BRIDGE: bridge,
-      KLOUDAK_AGENT_OVS_DATAPATH: 'netdev',
-      KLOUDAK_AGENT_NIC_OFFLOAD: 'off',
-    });
+    const { dataDir, hostDir, pool, hostName, env } = qemuUpHost(cleanup, RUN);
+    const up = await startUp(dataDir, env);
     assert.match(up.output(), /local host +\S+: qemu host — libvirt (kvm|qemu) driver/);
     const vols = execFileSync('virsh', ['-q', '-c', 'qemu:///system', 'vol-list', pool], { encoding: 'utf8' });
     assert.match(vols, /kloudak-test-guest\.qcow2/, 'the pool holds the test guest image');

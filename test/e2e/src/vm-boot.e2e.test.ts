@@ -8,129 +8,51 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { createLogger } from '@kloudak/common';
-import { Flags, Libvirt, type StoragePoolRef } from '@kloudak/libvirt';
+import type { Libvirt } from '@kloudak/libvirt';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import { domainName, tapName } from '@kloudak/agent';
-import { createTestNet, ensureOvs, type TestNet } from '@kloudak/agent/testing';
-import { configWith, startOrchestrator, systemClock, type Orchestrator } from '@kloudak/orchestrator';
-import { Cleanup, freePort, freshDatabase, waitFor, TEST_NATS_URL } from '@kloudak/testkit';
-import { spawnAgentProcess } from './agent-process.js';
+import { ensureOvs, type TestNet } from '@kloudak/agent/testing';
+import type { Orchestrator } from '@kloudak/orchestrator';
+import { Cleanup, waitFor } from '@kloudak/testkit';
+import { startAgentProcess } from './agent-process.js';
+import { agentHostEnv, ApiClient } from './api-client.js';
+import { GUEST, QEMU_URI, removeDomains, setUpQemuHost, testGuestImage } from './qemu-host.js';
+import { hostInventory, startInProcessOrchestrator } from './vm-harness.js';
 
-const REPO = fileURLToPath(new URL('../../../', import.meta.url));
-const GUEST = process.env['KLOUDAK_TEST_GUEST_DIR'] ?? join(REPO, '.cache', 'test-guest');
 const RUN = `kb${randomBytes(3).toString('hex')}`;
 const ADMIN = { username: 'root-admin', password: 'e2e-Vm-Boot-Pass-2026!' };
 const WS = `${RUN}-ws`;
 const SUBNET = '10.247.0';
 
-type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- API answers
-
 describe('a real VM through the API on a qemu host', { timeout: 300_000 }, () => {
   const cleanup = new Cleanup();
   let orch: Orchestrator;
-  let token = '';
   let net: TestNet;
   let lv: Libvirt;
-  let pool: StoragePoolRef;
   let bridge: string;
-  let consoleDir: string;
   let hostId = '';
   let vmId = '';
 
-  async function api(method: string, path: string, body?: unknown): Promise<{ status: number; body: Json }> {
-    const res = await fetch(`${orch.url}/api/v1${path}`, {
-      method,
-      headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await res.text();
-    return { status: res.status, body: text ? (JSON.parse(text) as Json) : {} };
-  }
-
-  async function succeeded(id: string, timeoutMs = 120_000): Promise<Json> {
-    let t: Json = {};
-    await waitFor(async () => {
-      t = (await api('GET', `/workspaces/${WS}/tasks/${id}`)).body;
-      return ['succeeded', 'failed', 'rolled_back'].includes(t['state']);
-    }, timeoutMs, `task ${id}`).catch((e: unknown) => {
-      throw new Error(`${(e as Error).message}: ${JSON.stringify(t)}`);
-    });
-    assert.equal(t['state'], 'succeeded', JSON.stringify(t));
-    return t;
-  }
-
-  async function inventory() {
-    const r = await orch.agents.sendCommand(hostId, { action: { kind: 'getInventory' } }, { deadline: Date.now() + 10_000 });
-    assert.equal(r.ok, true, JSON.stringify(r.error));
-    return r.inventory!;
-  }
-
-  /** Fallback cleanup straight through libvirt, should a test fail before the VM's delete. */
-  async function removeVm(): Promise<void> {
-    if (!vmId) return;
-    const dom = await lv.lookupDomainByName(domainName(vmId)).catch(() => null);
-    if (!dom) return;
-    await lv.destroyDomain(dom).catch(() => undefined);
-    await lv.undefineDomain(dom).catch(() => undefined);
-  }
+  const client = new ApiClient(() => orch.url, WS);
+  const api = (method: string, path: string, body?: unknown) => client.call(method, path, body);
+  const succeeded = (id: string) => client.succeeded(id, 120_000);
+  const inventory = () => hostInventory(orch, hostId);
 
   before(async () => {
     if (!existsSync(join(GUEST, 'template.qcow2'))) throw new Error(`test guest missing in ${GUEST}: run scripts/build-test-guest.sh`);
     await ensureLibvirtd();
     await ensureOvs();
-    const db = await freshDatabase('kloudak_e2e_boot');
-    cleanup.add(() => db.drop());
-    const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-orch-`));
-    cleanup.add(async () => rmSync(dataDir, { recursive: true, force: true }));
-    orch = await startOrchestrator(
-      configWith({
-        port: 0,
-        host: '127.0.0.1',
-        agentPort: await freePort(),
-        agentHost: '127.0.0.1',
-        dataDir,
-        databaseUrl: db.url,
-        natsUrl: TEST_NATS_URL,
-        adminUser: ADMIN.username,
-        adminPassword: ADMIN.password,
-        passwordHashCost: 12,
-        heartbeatIntervalMs: 500,
-        taskBackoffMs: 500,
-        logLevel: 'warn',
-      }),
-      createLogger({ component: 'orchestrator', level: 'warn' }),
-      systemClock,
-      { livenessTickMs: 100 },
-    );
-    cleanup.add(() => orch.close());
-    token = (await api('POST', '/auth/login', ADMIN)).body['token'];
+    orch = await startInProcessOrchestrator(cleanup, 'kloudak_e2e_boot', ADMIN, { heartbeatIntervalMs: 500, taskBackoffMs: 500 }, { livenessTickMs: 100 });
+    await client.login(ADMIN);
 
     // The host's world, as up.sh makes it: a dir pool holding the guest image, its boot files, a bridge.
-    lv = await Libvirt.connect({ uri: 'qemu:///system' });
-    cleanup.add(() => lv.close());
-    net = await createTestNet('kb-');
-    cleanup.add(() => net.cleanup());
-    bridge = await net.addBridge('br');
-    const poolDir = join(mkdtempSync(join(tmpdir(), `${RUN}-pool-`)), 'pool');
-    chmodSync(join(poolDir, '..'), 0o755);
-    cleanup.add(async () => rmSync(join(poolDir, '..'), { recursive: true, force: true }));
-    pool = await lv.defineStoragePool(`<pool type='dir'><name>${RUN}</name><target><path>${poolDir}</path></target></pool>`);
-    cleanup.add(async () => {
-      await lv.destroyStoragePool(pool).catch(() => undefined);
-      await lv.undefineStoragePool(pool).catch(() => undefined);
-    });
-    await lv.createStoragePool(pool, Flags.POOL_CREATE_WITH_BUILD);
-    copyFileSync(join(GUEST, 'template.qcow2'), join(poolDir, 'testguest.qcow2'));
-    await lv.refreshStoragePool(pool).catch(() => undefined);
-    consoleDir = mkdtempSync(join(tmpdir(), `${RUN}-console-`));
-    chmodSync(consoleDir, 0o755);
-    cleanup.add(async () => rmSync(consoleDir, { recursive: true, force: true }));
-    cleanup.add(() => removeVm());
+    const host = await setUpQemuHost(cleanup, { name: RUN, netPrefix: 'kb-', fill: testGuestImage('testguest.qcow2') });
+    ({ lv, net, bridge } = host);
+    const { poolDir, consoleDir } = host;
+    // Should a test fail before the VM's delete.
+    cleanup.add(() => removeDomains(lv, vmId ? [vmId] : []));
 
     assert.equal((await api('POST', '/areas', { name: RUN, subnet: `${SUBNET}.0/24`, gateway: `${SUBNET}.1`, vlanRange: '410-419' })).status, 201);
     assert.equal((await api('POST', '/pools', { name: RUN, area: RUN, path: poolDir, type: 'dir' })).status, 201);
@@ -149,28 +71,14 @@ describe('a real VM through the API on a qemu host', { timeout: 300_000 }, () =>
     assert.equal((await api('POST', '/workspaces', { name: WS })).status, 201);
 
     const jt = await api('POST', '/hosts/join-tokens', { area: RUN, expiresIn: 600 });
-    const agentDir = mkdtempSync(join(tmpdir(), `${RUN}-agent-`));
-    cleanup.add(async () => rmSync(agentDir, { recursive: true, force: true }));
-    const agent = spawnAgentProcess(`${RUN}-qemu`, `127.0.0.1:${orch.agentPort}`, agentDir, {
+    const agent = startAgentProcess(cleanup, `${RUN}-qemu`, `127.0.0.1:${orch.agentPort}`, {
+      ...agentHostEnv(bridge),
       KLOUDAK_AGENT_JOIN_TOKEN: jt.body['token'],
-      KLOUDAK_AGENT_LIBVIRT_URI: 'qemu:///system',
-      KLOUDAK_AGENT_DOMAIN_TYPE: 'qemu',
-      KLOUDAK_AGENT_OVS_DATAPATH: 'netdev',
-      KLOUDAK_AGENT_NIC_OFFLOAD: 'off',
-      KLOUDAK_AGENT_BRIDGE: bridge,
+      KLOUDAK_AGENT_LIBVIRT_URI: QEMU_URI,
       KLOUDAK_AGENT_CONSOLE_DIR: consoleDir,
       KLOUDAK_AGENT_HEARTBEAT_MS: '500',
-    });
-    cleanup.add(() => agent.kill());
-    await waitFor(async () => {
-      const h = ((await api('GET', '/hosts?limit=100')).body['items'] as Json[]).find((x) => x['name'] === `${RUN}-qemu`);
-      if (!h) return false;
-      hostId = h['id'];
-      const d = (await api('GET', `/hosts/${hostId}`)).body;
-      return d['state'] === 'up' && d['connected'] === true;
-    }, 30_000, 'the qemu host up').catch((e: unknown) => {
-      throw new Error(`${(e as Error).message}\n${agent.output().slice(-2000)}`);
-    });
+    }, { dirPrefix: RUN });
+    hostId = await client.waitHostUp(`${RUN}-qemu`, () => agent.output());
   });
 
   after(async () => {

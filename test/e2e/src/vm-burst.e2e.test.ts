@@ -13,7 +13,7 @@ import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import { createSimHost, createTestNet, ensureOvs, type TestNet } from '@kloudak/agent/testing';
 import type { Orchestrator } from '@kloudak/orchestrator';
 import { Cleanup } from '@kloudak/testkit';
-import { spawnAgentProcess, type AgentProcess } from './agent-process.js';
+import { startAgentProcess, type AgentProcess } from './agent-process.js';
 import { agentTestEnv, ApiClient, type Json } from './api-client.js';
 import { hostInventory, startTestOrchestrator } from './vm-harness.js';
 
@@ -64,17 +64,14 @@ describe('a burst of 100 VM creates across 10 simulated hosts', { timeout: 300_0
       const sim = createSimHost({ dir, cpus: HOST_CPUS, memoryMb: HOST_RAM_MB, poolName: RUN });
       const jt = await api('POST', '/hosts/join-tokens', { area: RUN, expiresIn: 600 });
       assert.equal(jt.status, 201, JSON.stringify(jt.body));
-      const agentDir = mkdtempSync(join(tmpdir(), `${RUN}-agent${i}-`));
-      cleanup.add(async () => rmSync(agentDir, { recursive: true, force: true }));
-      const a = spawnAgentProcess(`${RUN}-h${i}`, `127.0.0.1:${orch.agentPort}`, agentDir, {
+      const a = startAgentProcess(cleanup, `${RUN}-h${i}`, `127.0.0.1:${orch.agentPort}`, {
         ...agentTestEnv(bridge),
         KLOUDAK_AGENT_HEARTBEAT_MS: '1000',
         KLOUDAK_AGENT_JOIN_TOKEN: jt.body['token'],
         KLOUDAK_AGENT_LIBVIRT_URI: sim.uri,
         KLOUDAK_AGENT_CONSOLE_DIR: dir,
-      });
+      }, { dirPrefix: `${RUN}-h${i}` });
       agents.push(a);
-      cleanup.add(() => a.kill());
     }
     for (const a of agents) hostIds.push(await client.waitHostUp(a.name, () => a.output(), 60_000));
     console.log(`# ${HOSTS} agents up in ${Date.now() - started} ms`);

@@ -13,17 +13,18 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Flags, Libvirt, type StoragePoolRef } from '@kloudak/libvirt';
+import type { Libvirt } from '@kloudak/libvirt';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import { domainName, tapName } from '@kloudak/agent';
-import { createTestNet, ensureOvs, type TestNet } from '@kloudak/agent/testing';
+import { ensureOvs } from '@kloudak/agent/testing';
 import { Cleanup, freePort, freshDatabase, TEST_NATS_URL } from '@kloudak/testkit';
-import { spawnAgentProcess, type AgentProcess } from './agent-process.js';
+import { startAgentProcess, type AgentProcess } from './agent-process.js';
 import { agentTestEnv, ApiClient, jsonLines, type Json } from './api-client.js';
 import { startOrchestratorProcess, type OrchestratorProcess } from './orchestrator-process.js';
+import { QEMU_URI, removeDomains, setUpQemuHost } from './qemu-host.js';
 
 const RUN = `kf${randomBytes(3).toString('hex')}`;
 const ADMIN = { username: 'root-admin', password: 'e2e-Vm-Faults-Pass-2026!' };
@@ -36,9 +37,7 @@ describe('VM tasks through faults: the orchestrator killed mid-task, steps that 
   let orchEnv: Record<string, string>;
   let agent: AgentProcess;
   let lv: Libvirt;
-  let pool: StoragePoolRef;
   let poolDir = '';
-  let net: TestNet;
   let bridge = '';
   const vmIds = new Set<string>();
   const client = new ApiClient(() => orch.url, WS);
@@ -126,16 +125,6 @@ describe('VM tasks through faults: the orchestrator killed mid-task, steps that 
     return { vmId: r.body['vm']['id'], taskId: r.body['task']['id'] };
   }
 
-  /** Fallback cleanup through libvirt, should a test fail before its VMs' deletes. */
-  async function removeDomains(): Promise<void> {
-    for (const id of vmIds) {
-      const dom = await lv.lookupDomainByName(domainName(id)).catch(() => null);
-      if (!dom) continue;
-      await lv.destroyDomain(dom).catch(() => undefined);
-      await lv.undefineDomain(dom).catch(() => undefined);
-    }
-  }
-
   before(async () => {
     await ensureLibvirtd();
     await ensureOvs();
@@ -164,26 +153,13 @@ describe('VM tasks through faults: the orchestrator killed mid-task, steps that 
     await startOrch();
     await client.login(ADMIN);
 
-    lv = await Libvirt.connect({ uri: 'qemu:///system' });
-    cleanup.add(() => lv.close());
-    net = await createTestNet('kf-');
-    cleanup.add(() => net.cleanup());
-    bridge = await net.addBridge('br');
-    poolDir = join(mkdtempSync(join(tmpdir(), `${RUN}-pool-`)), 'pool');
-    chmodSync(join(poolDir, '..'), 0o755);
-    cleanup.add(async () => rmSync(join(poolDir, '..'), { recursive: true, force: true }));
-    pool = await lv.defineStoragePool(`<pool type='dir'><name>${RUN}</name><target><path>${poolDir}</path></target></pool>`);
-    cleanup.add(async () => {
-      await lv.destroyStoragePool(pool).catch(() => undefined);
-      await lv.undefineStoragePool(pool).catch(() => undefined);
-    });
-    await lv.createStoragePool(pool, Flags.POOL_CREATE_WITH_BUILD);
     // An empty disk is enough: the VM only has to run (it sits in its firmware), not boot.
-    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', join(poolDir, 'base.qcow2'), '64M']);
-    await lv.refreshStoragePool(pool).catch(() => undefined);
-    const consoleDir = mkdtempSync(join(tmpdir(), `${RUN}-console-`));
-    chmodSync(consoleDir, 0o755);
-    cleanup.add(async () => rmSync(consoleDir, { recursive: true, force: true }));
+    const host = await setUpQemuHost(cleanup, {
+      name: RUN,
+      netPrefix: 'kf-',
+      fill: (dir) => execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, 'base.qcow2'), '64M']),
+    });
+    ({ lv, poolDir, bridge } = host);
 
     assert.equal((await api('POST', '/areas', { name: RUN, subnet: '10.248.0.0/24', gateway: '10.248.0.1', vlanRange: '420-421' })).status, 201);
     assert.equal((await api('POST', '/pools', { name: RUN, area: RUN, path: poolDir, type: 'dir' })).status, 201);
@@ -193,16 +169,14 @@ describe('VM tasks through faults: the orchestrator killed mid-task, steps that 
     }
     assert.equal((await api('POST', '/workspaces', { name: WS })).status, 201);
     const jt = await api('POST', '/hosts/join-tokens', { area: RUN, expiresIn: 600 });
-    const agentDir = mkdtempSync(join(tmpdir(), `${RUN}-agent-`));
-    cleanup.add(async () => rmSync(agentDir, { recursive: true, force: true }));
-    agent = spawnAgentProcess(`${RUN}-qemu`, `127.0.0.1:${orchEnv['KLOUDAK_AGENT_PORT']}`, agentDir, {
+    agent = startAgentProcess(cleanup, `${RUN}-qemu`, `127.0.0.1:${orchEnv['KLOUDAK_AGENT_PORT']}`, {
       ...agentTestEnv(bridge),
       KLOUDAK_AGENT_JOIN_TOKEN: jt.body['token'],
-      KLOUDAK_AGENT_LIBVIRT_URI: 'qemu:///system',
-      KLOUDAK_AGENT_CONSOLE_DIR: consoleDir,
-    });
-    cleanup.add(() => agent.kill());
-    cleanup.add(() => removeDomains());
+      KLOUDAK_AGENT_LIBVIRT_URI: QEMU_URI,
+      KLOUDAK_AGENT_CONSOLE_DIR: host.consoleDir,
+    }, { dirPrefix: RUN });
+    // Should a test fail before its VMs' deletes.
+    cleanup.add(() => removeDomains(lv, vmIds));
     await client.waitHostUp(`${RUN}-qemu`, () => agent.output());
     const front = await api('POST', `/workspaces/${WS}/networks`, { name: 'front', area: RUN });
     assert.equal(front.status, 202, JSON.stringify(front.body));

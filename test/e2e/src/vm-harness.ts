@@ -1,24 +1,36 @@
-// An in-process orchestrator on a fresh PostgreSQL database with the short timings of the VM e2e
-// tests, and what the tests read from the hosts through it (an agent's own inventory).
+// An orchestrator in this process on a fresh PostgreSQL database (the e2e tests' and the
+// benchmarks'), the short timings of the VM e2e tests, and what the tests read from the hosts
+// through it (an agent's own inventory).
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '@kloudak/common';
-import { configWith, startOrchestrator, systemClock, type OrchestratorConfig, type Orchestrator } from '@kloudak/orchestrator';
-import { freePort, freshDatabase, TEST_NATS_URL, type Cleanup } from '@kloudak/testkit';
+import { configWith, startOrchestrator, systemClock, type OrchestratorConfig, type Orchestrator, type StartOptions } from '@kloudak/orchestrator';
+import { freePort, freshDatabase, TEST_NATS_URL, type CleanupStack } from '@kloudak/testkit';
 
-/** Start an orchestrator in this process on a fresh database named after `dbPrefix`; `cleanup` closes it and drops both. */
-export async function startTestOrchestrator(
-  cleanup: Cleanup,
+/** The sign-in of the orchestrator's one admin. */
+export interface Admin {
+  username: string;
+  password: string;
+}
+
+/**
+ * Start an orchestrator in this process on a fresh database named after `dbPrefix`, with a data
+ * dir of its own, both ports on loopback (the agent port a free one) and the admin `admin`;
+ * `config` and `options` go on top of the defaults. `cleanup` closes it and drops both.
+ */
+export async function startInProcessOrchestrator(
+  cleanup: CleanupStack,
   dbPrefix: string,
-  admin: { username: string; password: string },
-  overrides: Partial<OrchestratorConfig> = {},
+  admin: Admin,
+  config: Partial<OrchestratorConfig> = {},
+  options: StartOptions = {},
 ): Promise<Orchestrator> {
   const db = await freshDatabase(dbPrefix);
-  cleanup.add(() => db.drop());
+  cleanup.add(() => db.drop(), `drop the database ${db.name}`);
   const dataDir = mkdtempSync(join(tmpdir(), `${dbPrefix}-orch-`));
-  cleanup.add(async () => rmSync(dataDir, { recursive: true, force: true }));
+  cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }), `remove ${dataDir}`);
   const orch = await startOrchestrator(
     configWith({
       port: 0,
@@ -31,22 +43,31 @@ export async function startTestOrchestrator(
       adminUser: admin.username,
       adminPassword: admin.password,
       passwordHashCost: 12,
-      heartbeatIntervalMs: 250,
-      agentLeaseMs: 5_000,
-      agentDownMarginMs: 2_000,
-      taskBackoffMs: 200,
-      taskBackoffMaxMs: 1_000,
-      taskStepTimeoutMs: 8_000,
-      taskTimeoutMs: 30_000,
       logLevel: 'warn',
-      ...overrides,
+      ...config,
     }),
     createLogger({ component: 'orchestrator', level: 'warn' }),
     systemClock,
-    { livenessTickMs: 100 },
+    options,
   );
-  cleanup.add(() => orch.close());
+  cleanup.add(() => orch.close(), 'close the orchestrator');
   return orch;
+}
+
+/** The short timings of the VM e2e tests: heartbeats, leases, task retries and timeouts. */
+export const VM_TEST_TIMINGS: Partial<OrchestratorConfig> = {
+  heartbeatIntervalMs: 250,
+  agentLeaseMs: 5_000,
+  agentDownMarginMs: 2_000,
+  taskBackoffMs: 200,
+  taskBackoffMaxMs: 1_000,
+  taskStepTimeoutMs: 8_000,
+  taskTimeoutMs: 30_000,
+};
+
+/** {@link startInProcessOrchestrator} with {@link VM_TEST_TIMINGS} (then `overrides`) and liveness evaluated every 100 ms. */
+export function startTestOrchestrator(cleanup: CleanupStack, dbPrefix: string, admin: Admin, overrides: Partial<OrchestratorConfig> = {}): Promise<Orchestrator> {
+  return startInProcessOrchestrator(cleanup, dbPrefix, admin, { ...VM_TEST_TIMINGS, ...overrides }, { livenessTickMs: 100 });
 }
 
 /** What a host's agent reports it holds (domains, volumes, OVS ports), asked through the orchestrator. */
