@@ -1,11 +1,12 @@
 // Shared plumbing for the benchmarks: settings from the environment, a cleanup stack that also runs
 // on Ctrl-C, servers run as child processes, and an autocannon run reduced to the figures we print.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release, platform } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { freePort, waitFor } from '@kloudak/testkit';
+import { GUEST, REPO } from '@kloudak/e2e/paths';
+import { freePort, waitFor, type CleanupStack } from '@kloudak/testkit';
 import autocannon from 'autocannon';
 
 // ---------- settings ----------
@@ -36,6 +37,14 @@ export function machine() {
   };
 }
 
+/** Build the test guest (scripts/build-test-guest.sh) into its directory unless it already holds `files`. */
+export function ensureTestGuest(files: readonly string[]): void {
+  if (files.every((f) => existsSync(join(GUEST, f)))) return;
+  progress(`no test guest in ${GUEST}: building it (scripts/build-test-guest.sh)`);
+  // Its output goes to stderr: stdout carries only the figures.
+  execFileSync('bash', [join(REPO, 'scripts/build-test-guest.sh'), GUEST], { stdio: ['ignore', 2, 2] });
+}
+
 // ---------- cleanup ----------
 
 type Cleanup = { what: string; fn: () => Promise<void> | void };
@@ -45,6 +54,14 @@ const cleanups: Cleanup[] = [];
 export function onCleanup(what: string, fn: () => Promise<void> | void): void {
   cleanups.push({ what, fn });
 }
+
+/** The same stack for the set-up helpers shared with the e2e tests (@kloudak/e2e), which name their steps. */
+export const benchCleanup: CleanupStack = {
+  add: (step, what = 'a set-up step') =>
+    onCleanup(what, async () => {
+      await step();
+    }),
+};
 
 /** Undo everything registered so far, each step even if an earlier one failed. */
 export async function runCleanups(): Promise<void> {

@@ -31,12 +31,8 @@
 //
 // Needs libvirtd, virtlogd and Open vSwitch running (scripts/bench.sh starts them); it never
 // starts or restarts them itself.
-import { execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import {
   DEFAULT_HOST_SETTINGS,
   IsoSeedBuilder,
@@ -54,14 +50,12 @@ import {
   type HostSettings,
   type VmSpec,
 } from '@kloudak/agent';
-import { createTestNet } from '@kloudak/agent/testing';
-import { DomainState, Flags, Libvirt, NotFoundError } from '@kloudak/libvirt';
+import { GUEST, QEMU_URI as URI } from '@kloudak/e2e/paths';
+import { setUpQemuHost, testGuestImage } from '@kloudak/e2e/qemu-host';
+import { DomainState, Libvirt, NotFoundError } from '@kloudak/libvirt';
 import { DirectHostWork, run } from './direct-host.js';
-import { envNumber, machine, machineBusyPct, onCleanup, progress, quantile, runBench, runCleanups, table, writeResults } from './harness.js';
+import { benchCleanup, ensureTestGuest, envNumber, machine, machineBusyPct, onCleanup, progress, quantile, runBench, runCleanups, table, writeResults } from './harness.js';
 
-const REPO = fileURLToPath(new URL('../../', import.meta.url));
-const GUEST = process.env['KLOUDAK_TEST_GUEST_DIR'] ?? join(REPO, '.cache', 'test-guest');
-const URI = 'qemu:///system';
 /** Every name this run creates starts with it (pool, temp dirs; the test net has its own `kb-<hex>`). */
 const RUN = `kb${randomBytes(4).toString('hex')}`;
 const TEMPLATE = 'testguest.qcow2';
@@ -174,37 +168,13 @@ async function main(): Promise<number> {
   /** The ISO program both paths build seeds with (the agent's choice). */
   let isoProgram = '';
   try {
-    if (!existsSync(join(GUEST, 'template.qcow2')) || !existsSync(join(GUEST, 'vmlinux'))) {
-      progress(`no test guest in ${GUEST}: building it (scripts/build-test-guest.sh)`);
-      // Its output goes to stderr: stdout carries only the figures.
-      execFileSync('bash', [join(REPO, 'scripts/build-test-guest.sh'), GUEST], { stdio: ['ignore', 2, 2] });
-    }
+    ensureTestGuest(['template.qcow2', 'vmlinux']);
 
-    // One connection per path, so neither queues behind the other's calls.
-    const lvK = await Libvirt.connect({ uri: URI });
-    onCleanup('close kloudak libvirt connection', () => lvK.close());
+    // One connection per path, so neither queues behind the other's calls: Kloudak's is the one the
+    // host's world was made with (the bridge, a dir pool of our own holding the template).
+    const { lv: lvK, bridge, pool, poolDir, consoleDir } = await setUpQemuHost(benchCleanup, { name: RUN, netPrefix: 'kb-', fill: testGuestImage(TEMPLATE) });
     const lvB = await Libvirt.connect({ uri: URI });
     onCleanup('close baseline libvirt connection', () => lvB.close());
-
-    const net = await createTestNet('kb-');
-    onCleanup(`test net ${net.id}`, () => net.cleanup());
-    const bridge = await net.addBridge('br');
-
-    // A dir pool of our own. libvirt builds its directory; QEMU runs as libvirt-qemu and must be
-    // able to reach the template (the backing file) through it.
-    const poolDir = join(mkdtempSync(join(tmpdir(), `${RUN}-`)), 'pool');
-    onCleanup(`remove ${poolDir}/..`, () => rmSync(join(poolDir, '..'), { recursive: true, force: true }));
-    chmodSync(join(poolDir, '..'), 0o711);
-    const pool = await lvK.defineStoragePool(`<pool type='dir'><name>${RUN}</name><target><path>${poolDir}</path></target></pool>`);
-    onCleanup(`storage pool ${RUN}`, async () => {
-      await lvK.destroyStoragePool(pool).catch(() => undefined);
-      await lvK.undefineStoragePool(pool);
-    });
-    await lvK.createStoragePool(pool, Flags.POOL_CREATE_WITH_BUILD);
-    chmodSync(poolDir, 0o711);
-    copyFileSync(join(GUEST, 'template.qcow2'), join(poolDir, TEMPLATE));
-    chmodSync(join(poolDir, TEMPLATE), 0o644);
-    await lvK.refreshStoragePool(pool);
     const tmplVol = await lvB.lookupVolumeByName(await lvB.lookupStoragePoolByName(RUN), TEMPLATE);
     const template = { path: await lvB.getVolumePath(tmplVol), capacity: (await lvB.getVolumeInfo(tmplVol)).capacity };
 
@@ -217,10 +187,6 @@ async function main(): Promise<number> {
       );
     }
     if (POOL_VOLUMES > 0) progress(`put ${POOL_VOLUMES} extra overlay volumes in the pool`);
-
-    const consoleDir = mkdtempSync(join(tmpdir(), `${RUN}-console-`));
-    onCleanup(`remove ${consoleDir}`, () => rmSync(consoleDir, { recursive: true, force: true }));
-    chmodSync(consoleDir, 0o755);
 
     const settings: HostSettings = { ...DEFAULT_HOST_SETTINGS, domainType: 'qemu', ovsDatapath: 'netdev', nicOffload: false, bridge, consoleDir };
     const runner = new ProcessRunner();

@@ -23,15 +23,12 @@
 //   KLOUDAK_TEST_PG_URL   PostgreSQL for the fresh database (@kloudak/testkit's default)
 // Needs PostgreSQL and NATS (scripts/bench.sh starts them).
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createLogger } from '@kloudak/common';
-import { configWith, startOrchestrator, systemClock } from '@kloudak/orchestrator';
+import { ApiClient, must } from '@kloudak/e2e/api-client';
+import { startInProcessOrchestrator } from '@kloudak/e2e/vm-harness';
 import { SimAgent, enrollSimAgent } from '@kloudak/orchestrator/agent-testing';
 import * as pb from '@kloudak/proto/agent';
-import { freePort, freshDatabase, waitFor, TEST_NATS_URL } from '@kloudak/testkit';
-import { envNumber, machine, machineBusyPct, onCleanup, processCpuSeconds, progress, quantile, runBench, runCleanups, table, writeResults } from './harness.js';
+import { waitFor } from '@kloudak/testkit';
+import { benchCleanup, envNumber, machine, machineBusyPct, onCleanup, processCpuSeconds, progress, quantile, runBench, runCleanups, table, writeResults } from './harness.js';
 
 const RUN = `kq${randomBytes(4).toString('hex')}`;
 const CONCURRENCY = Math.round(envNumber('BENCH_CONCURRENCY', 100));
@@ -42,7 +39,6 @@ const ADMIN = { username: 'root-admin', password: 'Bench-Vm-Claims-Pass-2026!' }
 const WS = `${RUN}-ws`;
 
 type Path = 'kloudak' | 'baseline';
-type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- API answers
 
 /** One round: CONCURRENCY requests sent at once. */
 interface Round {
@@ -63,44 +59,10 @@ async function main(): Promise<number> {
   if (busyBefore > 25) progress(`warning: the machine is already ${busyBefore}% of a core busy before the bench starts; figures will be noisy`);
   const rounds: Record<Path, Round[]> = { kloudak: [], baseline: [] };
   try {
-    const db = await freshDatabase('kloudak_bench_claims');
-    onCleanup('drop the database', () => db.drop());
-    const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-orch-`));
-    onCleanup(`remove ${dataDir}`, () => rmSync(dataDir, { recursive: true, force: true }));
-    const orch = await startOrchestrator(
-      configWith({
-        port: 0,
-        host: '127.0.0.1',
-        agentPort: await freePort(),
-        agentHost: '127.0.0.1',
-        dataDir,
-        databaseUrl: db.url,
-        natsUrl: TEST_NATS_URL,
-        adminUser: ADMIN.username,
-        adminPassword: ADMIN.password,
-        passwordHashCost: 12,
-        logLevel: 'warn',
-      }),
-      createLogger({ component: 'orchestrator', level: 'warn' }),
-      systemClock,
-    );
-    onCleanup('close the orchestrator', () => orch.close());
-    let token = '';
-    const api = async (method: string, path: string, body?: unknown): Promise<{ status: number; body: Json }> => {
-      const res = await fetch(`${orch.url}/api/v1${path}`, {
-        method,
-        headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-      const text = await res.text();
-      return { status: res.status, body: text ? (JSON.parse(text) as Json) : {} };
-    };
-    const must = async (what: string, status: number, p: Promise<{ status: number; body: Json }>): Promise<Json> => {
-      const r = await p;
-      if (r.status !== status) throw new Error(`${what}: ${r.status} ${JSON.stringify(r.body)}`);
-      return r.body;
-    };
-    token = (await must('login', 200, api('POST', '/auth/login', ADMIN)))['token'] as string;
+    const orch = await startInProcessOrchestrator(benchCleanup, 'kloudak_bench_claims', ADMIN);
+    const client = new ApiClient(() => orch.url, WS);
+    const api = (method: string, path: string, body?: unknown) => client.call(method, path, body);
+    await client.login(ADMIN);
 
     await must('area', 201, api('POST', '/areas', { name: RUN, subnet: '10.245.0.0/16', gateway: '10.245.0.1', vlanRange: '430-439' }));
     await must('pool', 201, api('POST', '/pools', { name: RUN, area: RUN, path: `/srv/${RUN}`, type: 'dir' }));
@@ -169,7 +131,7 @@ async function main(): Promise<number> {
         cpuPct,
       };
     };
-    const headers = () => ({ 'content-type': 'application/json', authorization: `Bearer ${token}` });
+    const headers = () => ({ 'content-type': 'application/json', authorization: `Bearer ${client.token}` });
 
     const kloudakRound = async (round: number): Promise<Round> => {
       const names = Array.from({ length: CONCURRENCY }, (_, i) => `r${round + WARMUP}-${i}`);

@@ -24,24 +24,19 @@
 //
 // Needs PostgreSQL, NATS, libvirtd and Open vSwitch running (scripts/bench.sh starts them) and a
 // built agent (agent/dist/main.js).
-import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { DEFAULT_HOST_SETTINGS, IsoSeedBuilder, ProcessRunner, domainName, domainXml, rootVolumeName, seedFiles, seedVolumeName, type HostSettings, type VmSpec } from '@kloudak/agent';
-import { createTestNet } from '@kloudak/agent/testing';
-import { createLogger } from '@kloudak/common';
-import { DomainState, Flags, Libvirt, NotFoundError } from '@kloudak/libvirt';
-import { configWith, startOrchestrator, systemClock } from '@kloudak/orchestrator';
-import { freePort, freshDatabase, waitFor, TEST_NATS_URL } from '@kloudak/testkit';
+import { AGENT_MAIN, startAgentProcess } from '@kloudak/e2e/agent-process';
+import { agentHostEnv, ApiClient, must, type Json } from '@kloudak/e2e/api-client';
+import { GUEST, QEMU_URI as URI } from '@kloudak/e2e/paths';
+import { removeDomains, setUpQemuHost, testGuestImage } from '@kloudak/e2e/qemu-host';
+import { startInProcessOrchestrator } from '@kloudak/e2e/vm-harness';
+import { DomainState, NotFoundError } from '@kloudak/libvirt';
 import { DirectHostWork } from './direct-host.js';
-import { envNumber, machine, machineBusyPct, onCleanup, progress, quantile, runBench, runCleanups, table, writeResults } from './harness.js';
+import { benchCleanup, ensureTestGuest, envNumber, machine, machineBusyPct, onCleanup, progress, quantile, runBench, runCleanups, table, writeResults } from './harness.js';
 
-const REPO = fileURLToPath(new URL('../../', import.meta.url));
-const GUEST = process.env['KLOUDAK_TEST_GUEST_DIR'] ?? join(REPO, '.cache', 'test-guest');
-const URI = 'qemu:///system';
 const RUN = `kc${randomBytes(4).toString('hex')}`;
 const TEMPLATE = 'testguest.qcow2';
 const SUBNET = '10.246.0';
@@ -52,7 +47,6 @@ const ADMIN = { username: 'root-admin', password: 'Bench-Vm-Create-Pass-2026!' }
 const WS = `${RUN}-ws`;
 
 type Path = 'kloudak' | 'baseline';
-type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- API answers
 
 /** One timed create: wall time to running, and where a Kloudak create spent it (ms). */
 interface Sample {
@@ -87,51 +81,13 @@ async function main(): Promise<number> {
   const samples: Record<Path, Sample[]> = { kloudak: [], baseline: [] };
   const deleteMs: Record<Path, number[]> = { kloudak: [], baseline: [] };
   try {
-    if (!existsSync(join(GUEST, 'template.qcow2')) || !existsSync(join(GUEST, 'vmlinuz'))) {
-      progress(`no test guest in ${GUEST}: building it (scripts/build-test-guest.sh)`);
-      execFileSync('bash', [join(REPO, 'scripts/build-test-guest.sh'), GUEST], { stdio: ['ignore', 2, 2] });
-    }
-    const agentMain = join(REPO, 'agent/dist/main.js');
-    if (!existsSync(agentMain)) throw new Error(`${agentMain} missing: build first (npx tsc -b)`);
+    ensureTestGuest(['template.qcow2', 'vmlinuz']);
+    if (!existsSync(AGENT_MAIN)) throw new Error(`${AGENT_MAIN} missing: build first (npx tsc -b)`);
 
     // ---- the orchestrator, in this process, on a fresh PostgreSQL database ----
-    const db = await freshDatabase('kloudak_bench_vm');
-    onCleanup('drop the database', () => db.drop());
-    const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-orch-`));
-    onCleanup(`remove ${dataDir}`, () => rmSync(dataDir, { recursive: true, force: true }));
-    const orch = await startOrchestrator(
-      configWith({
-        port: 0,
-        host: '127.0.0.1',
-        agentPort: await freePort(),
-        agentHost: '127.0.0.1',
-        dataDir,
-        databaseUrl: db.url,
-        natsUrl: TEST_NATS_URL,
-        adminUser: ADMIN.username,
-        adminPassword: ADMIN.password,
-        passwordHashCost: 12,
-        logLevel: 'warn',
-      }),
-      createLogger({ component: 'orchestrator', level: 'warn' }),
-      systemClock,
-    );
-    onCleanup('close the orchestrator', () => orch.close());
-    let token = '';
-    const api = async (method: string, path: string, body?: unknown): Promise<{ status: number; body: Json }> => {
-      const res = await fetch(`${orch.url}/api/v1${path}`, {
-        method,
-        headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-      const text = await res.text();
-      return { status: res.status, body: text ? (JSON.parse(text) as Json) : {} };
-    };
-    const must = async (what: string, status: number, p: Promise<{ status: number; body: Json }>): Promise<Json> => {
-      const r = await p;
-      if (r.status !== status) throw new Error(`${what}: ${r.status} ${JSON.stringify(r.body)}`);
-      return r.body;
-    };
+    const orch = await startInProcessOrchestrator(benchCleanup, 'kloudak_bench_vm', ADMIN);
+    const client = new ApiClient(() => orch.url, WS);
+    const api = (method: string, path: string, body?: unknown) => client.call(method, path, body);
     /** Poll a task every POLL_MS until it ends; returns it and when its end was seen. */
     const taskEnd = async (id: string): Promise<{ task: Json; seenAt: number; seenWall: number }> => {
       const deadline = Date.now() + 180_000;
@@ -144,32 +100,12 @@ async function main(): Promise<number> {
         await sleep(POLL_MS);
       }
     };
-    token = (await must('login', 200, api('POST', '/auth/login', ADMIN)))['token'] as string;
+    await client.login(ADMIN);
 
     // ---- the host's world, as up.sh makes it ----
-    const lv = await Libvirt.connect({ uri: URI });
-    onCleanup('close the libvirt connection', () => lv.close());
-    const net = await createTestNet('kb-');
-    onCleanup(`test net ${net.id}`, () => net.cleanup());
-    const bridge = await net.addBridge('br');
-    const poolDir = join(mkdtempSync(join(tmpdir(), `${RUN}-`)), 'pool');
-    onCleanup(`remove ${poolDir}/..`, () => rmSync(join(poolDir, '..'), { recursive: true, force: true }));
-    chmodSync(join(poolDir, '..'), 0o711);
-    const pool = await lv.defineStoragePool(`<pool type='dir'><name>${RUN}</name><target><path>${poolDir}</path></target></pool>`);
-    onCleanup(`storage pool ${RUN}`, async () => {
-      await lv.destroyStoragePool(pool).catch(() => undefined);
-      await lv.undefineStoragePool(pool);
-    });
-    await lv.createStoragePool(pool, Flags.POOL_CREATE_WITH_BUILD);
-    chmodSync(poolDir, 0o711);
-    copyFileSync(join(GUEST, 'template.qcow2'), join(poolDir, TEMPLATE));
-    chmodSync(join(poolDir, TEMPLATE), 0o644);
-    await lv.refreshStoragePool(pool);
+    const { lv, bridge, pool, poolDir, consoleDir } = await setUpQemuHost(benchCleanup, { name: RUN, netPrefix: 'kb-', fill: testGuestImage(TEMPLATE) });
     const tmplVol = await lv.lookupVolumeByName(pool, TEMPLATE);
     const template = { path: await lv.getVolumePath(tmplVol), capacity: (await lv.getVolumeInfo(tmplVol)).capacity };
-    const consoleDir = mkdtempSync(join(tmpdir(), `${RUN}-console-`));
-    onCleanup(`remove ${consoleDir}`, () => rmSync(consoleDir, { recursive: true, force: true }));
-    chmodSync(consoleDir, 0o755);
 
     // ---- area, pool, template, workspace, network ----
     await must('area', 201, api('POST', '/areas', { name: RUN, subnet: `${SUBNET}.0/24`, gateway: `${SUBNET}.1`, vlanRange: '420-429' }));
@@ -180,46 +116,20 @@ async function main(): Promise<number> {
 
     // ---- a real agent process for the host ----
     const jt = await must('join token', 201, api('POST', '/hosts/join-tokens', { area: RUN, expiresIn: 600 }));
-    const agentDir = mkdtempSync(join(tmpdir(), `${RUN}-agent-`));
-    onCleanup(`remove ${agentDir}`, () => rmSync(agentDir, { recursive: true, force: true }));
-    let agentOut = '';
-    const agent = spawn(process.execPath, [agentMain], {
-      env: {
-        PATH: process.env['PATH'] ?? '',
-        KLOUDAK_AGENT_ORCHESTRATOR: `127.0.0.1:${orch.agentPort}`,
-        KLOUDAK_AGENT_DATA_DIR: agentDir,
-        KLOUDAK_AGENT_HOSTNAME: `${RUN}-qemu`,
-        KLOUDAK_AGENT_LOG_TARGET: 'stdout',
+    const agent = startAgentProcess(
+      benchCleanup,
+      `${RUN}-qemu`,
+      `127.0.0.1:${orch.agentPort}`,
+      {
+        ...agentHostEnv(bridge),
         KLOUDAK_AGENT_LOG_LEVEL: 'warn',
         KLOUDAK_AGENT_JOIN_TOKEN: jt['token'] as string,
         KLOUDAK_AGENT_LIBVIRT_URI: URI,
-        KLOUDAK_AGENT_DOMAIN_TYPE: 'qemu',
-        KLOUDAK_AGENT_OVS_DATAPATH: 'netdev',
-        KLOUDAK_AGENT_NIC_OFFLOAD: 'off',
-        KLOUDAK_AGENT_BRIDGE: bridge,
         KLOUDAK_AGENT_CONSOLE_DIR: consoleDir,
       },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    agent.stdout.on('data', (d: Buffer) => (agentOut = (agentOut + d.toString()).slice(-20_000)));
-    agent.stderr.on('data', (d: Buffer) => (agentOut = (agentOut + d.toString()).slice(-20_000)));
-    const agentExited = new Promise<void>((r) => agent.once('exit', () => r()));
-    onCleanup('stop the agent', async () => {
-      if (agent.exitCode === null && agent.signalCode === null) agent.kill('SIGTERM');
-      const t = setTimeout(() => agent.kill('SIGKILL'), 10_000);
-      await agentExited;
-      clearTimeout(t);
-    });
-    let hostId = '';
-    await waitFor(async () => {
-      const h = ((await api('GET', '/hosts?limit=100')).body['items'] as Json[]).find((x) => x['name'] === `${RUN}-qemu`);
-      if (!h) return false;
-      hostId = h['id'] as string;
-      const d = (await api('GET', `/hosts/${hostId}`)).body;
-      return d['state'] === 'up' && d['connected'] === true;
-    }, 30_000, 'the qemu host up').catch((e: unknown) => {
-      throw new Error(`${(e as Error).message}\n${agentOut.slice(-2000)}`);
-    });
+      { dirPrefix: RUN, stopGraceMs: 10_000 },
+    );
+    const hostId = await client.waitHostUp(`${RUN}-qemu`, () => agent.output());
 
     const netBody = await must('network', 202, api('POST', `/workspaces/${WS}/networks`, { name: 'front', area: RUN }));
     await taskEnd(netBody['task']['id'] as string);
@@ -234,12 +144,8 @@ async function main(): Promise<number> {
         const r = await api('DELETE', `/workspaces/${WS}/vms/${name}`);
         if (r.status === 202) await taskEnd(r.body['task']['id'] as string).catch((e: unknown) => progress(`cleanup of ${name}: ${String(e)}`));
       }
+      await removeDomains(lv, baselineVms);
       for (const vmId of baselineVms) {
-        const dom = await lv.lookupDomainByName(domainName(vmId)).catch(() => null);
-        if (dom) {
-          await lv.destroyDomain(dom).catch(() => undefined);
-          await lv.undefineDomain(dom).catch(() => undefined);
-        }
         for (const v of [rootVolumeName(vmId), seedVolumeName(vmId)]) {
           const vol = await lv.lookupVolumeByName(pool, v).catch(() => null);
           if (vol) await lv.deleteVolume(vol).catch(() => undefined);
