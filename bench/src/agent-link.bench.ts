@@ -43,6 +43,7 @@ import {
   processCpuSeconds as cpuSeconds,
   progress,
   quantile,
+  restCall,
   runBench,
   runCleanups,
   startChild,
@@ -128,23 +129,13 @@ function shareOf(worker: number, hosts: number): number {
 
 // ---------- REST ----------
 
-async function api<T>(base: string, method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: T }> {
-  const res = await fetch(`${base}/api/v1${path}`, {
-    method,
-    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-  });
-  const text = await res.text();
-  return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T };
-}
-
 /** One single-use join token per host, `limit` requests in flight. */
 async function joinTokens(base: string, token: string, areaId: string, n: number, limit = 8): Promise<string[]> {
   const out = new Array<string>(n);
   let next = 0;
   const lane = async () => {
     for (let i = next++; i < n; i = next++) {
-      const r = await api<{ token: string }>(base, 'POST', '/hosts/join-tokens', { area: areaId, expiresIn: 7200 }, token);
+      const r = await restCall<{ token: string }>(base, 'POST', '/hosts/join-tokens', { area: areaId, expiresIn: 7200 }, token);
       if (r.status !== 201) throw new Error(`join token ${i}: HTTP ${r.status} ${JSON.stringify(r.body)}`);
       out[i] = r.body.token;
     }
@@ -384,10 +375,10 @@ async function main(): Promise<number> {
     });
     const orchAddress = `127.0.0.1:${agentPort}`;
     progress(`orchestrator ready on ${orch.url}, agents on ${orchAddress} (pid ${orch.child.pid})`);
-    const login = await api<{ token: string }>(orch.url, 'POST', '/auth/login', ADMIN);
+    const login = await restCall<{ token: string }>(orch.url, 'POST', '/auth/login', ADMIN);
     if (login.status !== 200 || !login.body.token) throw new Error(`login: HTTP ${login.status} ${JSON.stringify(login.body)}`);
     const token = login.body.token;
-    const area = await api<{ id: string }>(orch.url, 'POST', '/areas', { name: 'bench-link', subnet: '10.200.0.0/16', gateway: '10.200.0.1', vlanRange: '100-199' }, token);
+    const area = await restCall<{ id: string }>(orch.url, 'POST', '/areas', { name: 'bench-link', subnet: '10.200.0.0/16', gateway: '10.200.0.1', vlanRange: '100-199' }, token);
     if (area.status !== 201) throw new Error(`create area: HTTP ${area.status} ${JSON.stringify(area.body)}`);
     let t = performance.now();
     const tokens = await joinTokens(orch.url, token, area.body.id, MAX_HOSTS);

@@ -87,6 +87,19 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
+// ---------- REST ----------
+
+/** A JSON call to the REST API at `base`, with `token` as the bearer when given; the body as `T` (undefined when empty). */
+export async function restCall<T>(base: string, method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: T }> {
+  const res = await fetch(`${base}/api/v1${path}`, {
+    method,
+    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  const text = await res.text();
+  return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T };
+}
+
 // ---------- child servers ----------
 
 /** A server running as a child process of the benchmark. */

@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
 import { freshDatabase } from '@kloudak/testkit';
 import pg from 'pg';
-import { envNumber, load, machine, machineBusyPct, onCleanup, progress, runBench, runCleanups, startChild, table, writeResults, type LoadResult } from './harness.js';
+import { envNumber, load, machine, machineBusyPct, onCleanup, progress, restCall, runBench, runCleanups, startChild, table, writeResults, type LoadResult } from './harness.js';
 
 const ORCHESTRATOR_MAIN = fileURLToPath(new URL('../../orchestrator/dist/main.js', import.meta.url));
 const BASELINE_SERVER = fileURLToPath(new URL('./list-baseline-server.js', import.meta.url));
@@ -51,15 +51,6 @@ interface ListBody {
   nextCursor: string | null;
 }
 
-async function api<T>(base: string, method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: T }> {
-  const res = await fetch(`${base}/api/v1${path}`, {
-    method,
-    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-  });
-  const text = await res.text();
-  return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T };
-}
 
 /** Create N templates through the API, `batch` requests in flight at a time. */
 async function seed(base: string, token: string, batch = 25): Promise<void> {
@@ -67,7 +58,7 @@ async function seed(base: string, token: string, batch = 25): Promise<void> {
     await Promise.all(
       Array.from({ length: Math.min(batch, N - i) }, async (_, j) => {
         const k = i + j;
-        const r = await api(base, 'POST', '/templates', {
+        const r = await restCall(base, 'POST', '/templates', {
           name: `bench-tpl-${String(k).padStart(4, '0')}`,
           os: k % 2 ? 'debian-12' : 'ubuntu-24.04',
           description: `benchmark template ${k}`,
@@ -156,7 +147,7 @@ async function runEngine(engine: Engine): Promise<EngineResult> {
     readyPath: '/readyz',
   });
   progress(`${engine}: orchestrator ready on ${orch.url} (pid ${orch.child.pid})`);
-  const login = await api<{ token: string }>(orch.url, 'POST', '/auth/login', ADMIN);
+  const login = await restCall<{ token: string }>(orch.url, 'POST', '/auth/login', ADMIN);
   if (login.status !== 200 || !login.body.token) throw new Error(`login: HTTP ${login.status} ${JSON.stringify(login.body)}`);
   const token = login.body.token;
   const seeded = Date.now();
