@@ -1,6 +1,7 @@
 // Faults in the life of a VM, against real components: the orchestrator runs as its own process
 // (PostgreSQL, NATS) and is SIGKILLed in the middle of a create and of a delete, then started
-// again on the same database and data dir; a real agent process drives qemu:///system with a real
+// again on the same database and data dir; the agent process is SIGKILLed inside a createVm and
+// started again on its identity; a real agent process drives qemu:///system with a real
 // `dir` pool and Open vSwitch. What the host holds is read straight from libvirt, the pool's
 // directory and ovs-vsctl, and what the agent ran from its own log (it logs every command id).
 //
@@ -21,7 +22,7 @@ import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import { domainName, tapName } from '@kloudak/agent';
 import { ensureOvs } from '@kloudak/agent/testing';
 import { Cleanup, freePort, freshDatabase, TEST_NATS_URL } from '@kloudak/testkit';
-import { startAgentProcess, type AgentProcess } from './agent-process.js';
+import { spawnAgentProcess, startAgentProcess, type AgentProcess } from './agent-process.js';
 import { agentTestEnv, ApiClient, jsonLines, type Json } from './api-client.js';
 import { startOrchestratorProcess, type OrchestratorProcess } from './orchestrator-process.js';
 import { QEMU_URI, removeDomains, setUpQemuHost } from './qemu-host.js';
@@ -31,7 +32,7 @@ const ADMIN = { username: 'root-admin', password: 'e2e-Vm-Faults-Pass-2026!' };
 const WS = `${RUN}-ws`;
 const VIR_DOMAIN_RUNNING = 1;
 
-describe('VM tasks through faults: the orchestrator killed mid-task, steps that fail', { timeout: 300_000 }, () => {
+describe('VM tasks through faults: the orchestrator or the agent killed mid-task, steps that fail', { timeout: 300_000 }, () => {
   const cleanup = new Cleanup();
   let orch: OrchestratorProcess;
   let orchEnv: Record<string, string>;
@@ -63,6 +64,37 @@ describe('VM tasks through faults: the orchestrator killed mid-task, steps that 
   }
 
   /**
+   * Resolves at the orchestrator's first log line (from now on) that `match` accepts, after running
+   * `onMatch` synchronously in the same tick (so a signal lands before the next command is sent);
+   * fails after 30 s.
+   */
+  function waitForOrchLog(match: (l: Json) => boolean, onMatch: () => void = () => undefined): Promise<void> {
+    const stdout = orch.child.stdout!;
+    let rest = '';
+    let onData: (d: Buffer) => void = () => undefined;
+    const seen = new Promise<void>((resolve) => {
+      onData = (d: Buffer) => {
+        const lines = (rest + d.toString()).split('\n');
+        rest = lines.pop() ?? '';
+        if (jsonLines(lines.join('\n')).some(match)) {
+          stdout.off('data', onData);
+          onMatch();
+          resolve();
+        }
+      };
+      stdout.on('data', onData);
+    });
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([
+      seen,
+      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no such log line:\n${orch.output().slice(-3000)}`)), 30_000))),
+    ]).finally(() => {
+      clearTimeout(timer);
+      stdout.off('data', onData);
+    });
+  }
+
+  /**
    * Arm a kill: when the orchestrator logs `msg` for `step` of a task of `kind`, SIGSTOP the agent
    * at once (the next command then waits in its socket), give the orchestrator `sendMs` to send
    * it, SIGKILL the orchestrator, continue the agent, and start the orchestrator again. Armed
@@ -70,31 +102,16 @@ describe('VM tasks through faults: the orchestrator killed mid-task, steps that 
    * resolves the offset of the agent's output at the stop.
    */
   function armKill(kind: string, step: string, msg: 'step started' | 'step succeeded', sendMs = 400): Promise<number> {
-    const stdout = orch.child.stdout!;
-    let rest = '';
     let mark = -1;
-    const seen = new Promise<void>((resolve) => {
-      const onData = (d: Buffer) => {
-        const lines = (rest + d.toString()).split('\n');
-        rest = lines.pop() ?? '';
-        for (const l of jsonLines(lines.join('\n'))) {
-          if (l['kind'] === kind && l['step'] === step && l['msg'] === msg) {
-            agent.child.kill('SIGSTOP');
-            mark = agent.output().length;
-            stdout.off('data', onData);
-            resolve();
-            return;
-          }
-        }
-      };
-      stdout.on('data', onData);
-    });
+    const seen = waitForOrchLog(
+      (l) => l['kind'] === kind && l['step'] === step && l['msg'] === msg,
+      () => {
+        agent.child.kill('SIGSTOP');
+        mark = agent.output().length;
+      },
+    );
     return (async () => {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        seen,
-        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`no "${msg}" of step ${step}:\n${orch.output().slice(-3000)}`)), 30_000))),
-      ]).finally(() => clearTimeout(timer));
+      await seen;
       await new Promise((r) => setTimeout(r, sendMs));
       await orch.kill();
       agent.child.kill('SIGCONT');
@@ -265,6 +282,35 @@ describe('VM tasks through faults: the orchestrator killed mid-task, steps that 
     await client.succeeded(del.body['task']['id']);
     assert.equal((await api('GET', `/workspaces/${WS}/vms/never`)).status, 404);
   });
+
+  // The agent dies at some moment inside createVm (volumes made, seed uploaded, domain defined or
+  // started: wherever the kill lands), and a new agent process starts on the same identity. The
+  // step's command is lost with it; the retry runs createVm again, which finds what the dead one
+  // made and finishes it. Two moments, so at least one kill lands mid-way on a fast or slow host.
+  for (const afterMs of [60, 250]) {
+    it(`finishes a create whose agent was SIGKILLed ${afterMs} ms into createVm: one domain, its two volumes, one port`, async () => {
+      const name = `agent-kill-${afterMs}`;
+      const started = waitForOrchLog((l) => l['kind'] === 'vm.create' && l['step'] === 'create' && l['msg'] === 'step started');
+      const { vmId, taskId } = await createVm(name, `${RUN}-base`);
+      await started;
+      await new Promise((r) => setTimeout(r, afterMs));
+      const dead = agent;
+      await dead.kill();
+      agent = spawnAgentProcess(dead.name, `127.0.0.1:${orchEnv['KLOUDAK_AGENT_PORT']}`, dead.dataDir, dead.env);
+      const restarted = agent;
+      cleanup.add(() => restarted.kill());
+      const t = await client.succeeded(taskId);
+      assert.equal((await api('GET', `/workspaces/${WS}/vms/${name}`)).body['state'], 'running', JSON.stringify(t));
+      const host = await onHost(vmId);
+      assert.equal(host.domain, VIR_DOMAIN_RUNNING);
+      assert.deepEqual(host.files.sort(), [`kloudak-${vmId}-root.qcow2`, `kloudak-${vmId}-seed.iso`], 'its two volumes, nothing else');
+      assert.deepEqual(host.ports, [tapName(vmId, 0)]);
+      // The kill landed inside createVm: the dead agent never finished it, the new one did.
+      const finished = (out: string) => jsonLines(out).filter((l) => l['action'] === 'createVm' && l['vm_id'] === vmId && l['msg'] === 'command succeeded');
+      assert.deepEqual(finished(dead.output()), [], 'the killed agent had not finished createVm');
+      assert.equal(finished(restarted.output()).length, 1, restarted.output().slice(-3000));
+    });
+  }
 
   it('finishes a delete whose orchestrator was SIGKILLed while the host deleted, then nothing of any VM is left', async () => {
     const victim = (await api('GET', `/workspaces/${WS}/vms/mid-create`)).body;
