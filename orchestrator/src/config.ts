@@ -11,6 +11,10 @@ export const OrchestratorConfigSchema = Type.Object(
     databaseUrl: Type.String({ default: '' }),
     /** NATS server the orchestrator publishes its events on. */
     natsUrl: Type.String({ minLength: 1, default: 'nats://127.0.0.1:4222' }),
+    /** How long the event stream (KLOUDAK_EVENTS) and the outbox keep an event: how far back a client can resume. */
+    eventMaxAgeSeconds: Type.Integer({ minimum: 60, maximum: 90 * 86400, default: 86400 }),
+    /** The outbox relay and the event streams look for new events at least this often (commits wake them at once). */
+    eventPollMs: Type.Integer({ minimum: 50, maximum: 60_000, default: 1000 }),
     /** Port of the agent link (gRPC over TLS); 0 picks a free port (tests). */
     agentPort: Type.Integer({ minimum: 0, maximum: 65535, default: 8443 }),
     /** Address the agent link listens on. */
@@ -83,6 +87,8 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_DATA_DIR: 'dataDir',
   DATABASE_URL: 'databaseUrl',
   NATS_URL: 'natsUrl',
+  KLOUDAK_EVENT_MAX_AGE_SECONDS: 'eventMaxAgeSeconds',
+  KLOUDAK_EVENT_POLL_MS: 'eventPollMs',
   KLOUDAK_AGENT_PORT: 'agentPort',
   KLOUDAK_AGENT_HOST: 'agentHost',
   KLOUDAK_AGENT_TLS_NAMES: 'agentTlsNames',

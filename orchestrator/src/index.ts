@@ -4,4 +4,4 @@ export { configWith, readConfig, type OrchestratorConfig } from './config.js';
 export { systemClock, type Clock } from './clock.js';
 export type { AgentChannel, SendOptions } from './agent-api/channel.js';
 export type { AgentCommand, CommandAction, CommandResult, CommandErrorCode, NicSpec } from './domain/agent.js';
-export { SUBJECTS, type EventBus } from './events/bus.js';
+export { EVENT_STREAM, EVENT_SUBJECTS, eventSubject, toEvent, type KloudakEvent, type OutboxRow } from './events/event.js';

@@ -11,8 +11,11 @@ import { createApi, type Api } from './http/app.js';
 import { CertificateAuthority } from './agent-api/ca.js';
 import type { AgentChannel } from './agent-api/channel.js';
 import { AgentLink } from './agent-api/link.js';
-import type { EventBus } from './events/bus.js';
-import { NatsEventBus } from './events/nats.js';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { EventHub } from './events/hub.js';
+import { closeNats, connectNats } from './events/nats.js';
+import { OutboxRelay } from './events/relay.js';
+import { OUTBOX_CHANNEL } from './store/outbox.js';
 import { randomUUID } from 'node:crypto';
 import { TaskEngine } from './tasks/engine.js';
 import { networkTaskDefinitions } from './tasks/network.js';
@@ -32,7 +35,12 @@ export interface Orchestrator {
   agentLink: AgentLink;
   /** The agent CA (its fingerprint goes into join tokens). */
   ca: CertificateAuthority;
-  bus: EventBus;
+  /** The orchestrator's NATS connection (events). */
+  nats: NatsConnection;
+  /** Publishes the event outbox to JetStream. */
+  relay: OutboxRelay;
+  /** This orchestrator's event streams (WebSocket, SSE, gRPC WatchEvents read them). */
+  events: EventHub;
   /** The task worker (VM and network tasks). */
   tasks: TaskEngine;
   /** The application layer's dependencies: what REST (and later gRPC, the CLI) call use cases with. */
@@ -52,7 +60,10 @@ export interface StartOptions {
 /** Open the database, migrate, bootstrap the admin, and serve the API and the agent link. */
 export async function startOrchestrator(config: OrchestratorConfig, log: Logger, clock: Clock, opts: StartOptions = {}): Promise<Orchestrator> {
   const db = await openDatabase({ url: config.databaseUrl || undefined, dataDir: config.dataDir });
-  let bus: EventBus | undefined;
+  let nc: NatsConnection | undefined;
+  let relay: OutboxRelay | undefined;
+  let hub: EventHub | undefined;
+  let unlisten: (() => Promise<void>) | undefined;
   let link: AgentLink | undefined;
   let engine: TaskEngine | undefined;
   try {
@@ -75,9 +86,18 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       clock,
       log,
     });
-    bus = await NatsEventBus.connect(config.natsUrl, log);
+    const nats = await connectNats(config.natsUrl, log);
+    nc = nats;
+    // Events: written to the outbox in each change's transaction, published by the relay (woken
+    // by the commit's NOTIFY, and a poll), read back by the hub for the event streams.
+    const outbox = await OutboxRelay.start({ db: db.client, nc: nats, log, clock }, { maxAgeMs: config.eventMaxAgeSeconds * 1000, pollMs: config.eventPollMs });
+    relay = outbox;
+    unlisten = await db.listen(OUTBOX_CHANNEL, () => outbox.kick());
+    const events = new EventHub({ db: db.client, nc: nats, log }, { pollMs: config.eventPollMs });
+    hub = events;
+    events.start();
     const agentLink = await AgentLink.start(
-      { db, ca, bus, clock, log },
+      { db, ca, clock, log },
       {
         host: config.agentHost,
         port: config.agentPort,
@@ -89,12 +109,11 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       },
     );
     link = agentLink;
-    const taskBus = bus;
     const tasks = new TaskEngine(
-      { db: db.client, clock, log, bus: taskBus },
+      { db: db.client, clock, log },
       [
-        ...vmTaskDefinitions({ agents: agentLink.channel, bus: taskBus, stopTimeoutMs: 60_000, pollMs: 500 }),
-        ...networkTaskDefinitions({ agents: agentLink.channel, bus: taskBus, connected: (id) => agentLink.status(id).connected }),
+        ...vmTaskDefinitions({ agents: agentLink.channel, stopTimeoutMs: 60_000, pollMs: 500 }),
+        ...networkTaskDefinitions({ agents: agentLink.channel, connected: (id) => agentLink.status(id).connected }),
       ],
       {
         owner: `orchestrator-${randomUUID()}`,
@@ -121,7 +140,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
         sendCommand: (id, command, o) => agentLink.channel.sendCommand(id, command, o),
       },
       tasks: { kick: () => tasks.kick() },
-      events: bus,
+      events,
     });
     const api = createApi(services);
     const server: Server = createServer(api.app.callback());
@@ -138,7 +157,6 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     log.info({ url, agent_url: agentUrl, database: db.kind }, 'orchestrator listening');
     tasks.start();
     let closing: Promise<void> | undefined;
-    const events = bus;
     return {
       url,
       api,
@@ -148,7 +166,9 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       agents: agentLink.channel,
       agentLink,
       ca,
-      bus: events,
+      nats,
+      relay: outbox,
+      events,
       tasks,
       services,
       close: () =>
@@ -160,16 +180,22 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
           await tasks.close();
           // Agent sessions end with UNAVAILABLE (agents reconnect); usage and state writes are flushed.
           await agentLink.close(config.shutdownGraceMs);
+          events.close();
           await done;
           clearTimeout(timer);
-          await events.close();
+          await unlisten?.();
+          await outbox.close();
+          await closeNats(nats);
           await db.close();
         })()),
     };
   } catch (err) {
     await engine?.close();
     await link?.close(0);
-    await bus?.close();
+    hub?.close();
+    await unlisten?.();
+    await relay?.close();
+    if (nc) await closeNats(nc);
     await db.close();
     throw err;
   }

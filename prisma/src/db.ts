@@ -32,6 +32,12 @@ export interface Database {
   pending(): Promise<string[]>;
   /** A trivial round trip, for readiness checks. */
   ping(): Promise<void>;
+  /**
+   * Call `onNotify` for each NOTIFY on `channel` (delivered at the notifying transaction's commit).
+   * On PostgreSQL a dedicated connection listens, and reconnects after a failure (a notification
+   * sent meanwhile is lost: listeners also poll). Resolves to a function that stops listening.
+   */
+  listen(channel: string, onNotify: () => void): Promise<() => Promise<void>>;
   close(): Promise<void>;
 }
 
@@ -96,6 +102,7 @@ async function openPostgres(url: string, poolSize: number): Promise<Database> {
     ping: async () => {
       await pool.query('SELECT 1');
     },
+    listen: (channel, onNotify) => listenPostgres(url, channel, onNotify),
     close: async () => {
       await client.$disconnect();
       await pool.end().catch(() => undefined);
@@ -122,9 +129,58 @@ async function openPglite(opts: DatabaseOptions): Promise<Database> {
     ping: async () => {
       await lite.query('SELECT 1');
     },
+    listen: async (channel, onNotify) => {
+      const stop = await lite.listen(channel, () => onNotify());
+      return async () => {
+        await stop().catch(() => undefined);
+      };
+    },
     close: async () => {
       await client.$disconnect();
       await lite.close().catch(() => undefined);
     },
+  };
+}
+
+async function listenPostgres(url: string, channel: string, onNotify: () => void): Promise<() => Promise<void>> {
+  if (!/^[a-z_][a-z0-9_]*$/.test(channel)) throw new Error(`listen: bad channel name ${channel}`);
+  let stopped = false;
+  let client: pg.Client | undefined;
+  let retry: NodeJS.Timeout | undefined;
+  const open = async (): Promise<void> => {
+    const c = new pg.Client({ connectionString: url });
+    c.on('notification', (n) => {
+      if (n.channel === channel) onNotify();
+    });
+    c.on('error', () => {
+      if (client !== c || stopped) return;
+      client = undefined;
+      c.end().catch(() => undefined);
+      schedule();
+    });
+    await c.connect();
+    await c.query(`LISTEN ${channel}`);
+    if (stopped) {
+      await c.end().catch(() => undefined);
+      return;
+    }
+    client = c;
+    // What was committed while no connection listened is found by the listener's next poll.
+    onNotify();
+  };
+  const schedule = () => {
+    retry = setTimeout(() => {
+      open().catch(() => {
+        if (!stopped) schedule();
+      });
+    }, 1000);
+    retry.unref();
+  };
+  await open();
+  return async () => {
+    stopped = true;
+    clearTimeout(retry);
+    await client?.end().catch(() => undefined);
+    client = undefined;
   };
 }

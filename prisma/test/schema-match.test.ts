@@ -85,6 +85,14 @@ function fixtures(): Array<{ model: Prisma.ModelName; key: string; data: Record<
       data: { id: 9_007_199_254_740_993n, hostId: host, at: t('007'), resolution: 60, cpuPct: 12.5, memUsedMb: 1000, memTotalMb: 2000, diskUsedGb: 1.5, diskTotalGb: 3.25, samples: 4 },
       change: { samples: 5 },
     },
+    {
+      model: 'OutboxEvent', key: 'seq',
+      data: {
+        seq: 9_007_199_254_740_995n, id: id(), time: t('018'), workspaceId: ws, subject: `kloudak.ws.${ws}.vm.state`, entity: 'vm', entityId: vm,
+        event: 'state', state: 'running', taskId: task, payload: { name: 'vm1' }, publishedAt: t('019'),
+      },
+      change: { publishedAt: t('020') },
+    },
   ];
 }
 

@@ -9,7 +9,6 @@ import { join } from 'node:path';
 import { createLogger } from '@kloudak/common';
 import { openDatabase, type Database } from '@kloudak/prisma';
 import { freshDatabase, waitFor, type FreshDatabase } from '@kloudak/testkit';
-import { MemoryEventBus } from '../events/memory.js';
 import { writeLastHeartbeats } from '../store/agent-hosts.js';
 import { createJoinToken } from '../store/join-tokens.js';
 import { CertificateAuthority } from './ca.js';
@@ -22,7 +21,6 @@ for (const engine of ['postgres', 'pglite'] as const) describe(`agent link with 
   let db: Database;
   let dir: string;
   let link: AgentLink;
-  let bus: MemoryEventBus;
   let now = Date.now();
   const clock = { now: () => now };
   const log = createLogger({ component: 'test', level: 'silent' });
@@ -35,9 +33,8 @@ for (const engine of ['postgres', 'pglite'] as const) describe(`agent link with 
     await db.migrate();
     dir = mkdtempSync(join(tmpdir(), 'kloudak-clock-'));
     const ca = await CertificateAuthority.open({ dataDir: dir, extraNames: [], clock, log });
-    bus = new MemoryEventBus();
     // The timer tick is an hour: only the test's explicit tick() moves liveness.
-    link = await AgentLink.start({ db, ca, bus, clock, log }, { host: '127.0.0.1', port: 0, heartbeatIntervalMs: 1000, leaseMs: 15_000, downMarginMs: 5000, tickMs: 3600_000 });
+    link = await AgentLink.start({ db, ca, clock, log }, { host: '127.0.0.1', port: 0, heartbeatIntervalMs: 1000, leaseMs: 15_000, downMarginMs: 5000, tickMs: 3600_000 });
     const area = await db.client.area.create({ data: { name: 'a1', subnet: '10.77.0.0/24', gateway: '10.77.0.1', vlanFirst: 100, vlanLast: 199 } });
     const { token } = await createJoinToken(db.client, { areaId: area.id, expiresAt: new Date(now + 600_000), createdById: null, caFingerprint: ca.fingerprint });
     id = await enrollSimAgent({ address: `127.0.0.1:${link.port}`, joinToken: token, hostName: 'clocked' });
@@ -52,7 +49,9 @@ for (const engine of ['postgres', 'pglite'] as const) describe(`agent link with 
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const states = () => bus.events.filter((e) => e.subject === 'kloudak.infra.host.state').map((e) => `${String(e.payload['from'])}>${String(e.payload['to'])}`);
+  // The liveness changes as the outbox holds them (written in the transaction of each state change).
+  const hostEvents = () => db.client.outboxEvent.findMany({ where: { subject: 'kloudak.infra.host.state', entityId: id.hostId }, orderBy: { seq: 'asc' } });
+  const states = async () => (await hostEvents()).map((e) => `${String((e.payload as Record<string, unknown>)['from'])}>${String(e.state)}`);
   const dbState = async () => (await db.client.host.findUniqueOrThrow({ where: { id: id.hostId } })).state;
   async function beat(): Promise<void> {
     const before = agent.stats.leaseGrants;
@@ -68,7 +67,7 @@ for (const engine of ['postgres', 'pglite'] as const) describe(`agent link with 
   it('up on Hello; suspect after exactly 3 intervals; up on the next heartbeat; down exactly at last grant + lease + margin; up again with the next heartbeat', async () => {
     await agent.start();
     await link.settled();
-    assert.deepEqual(states(), ['unknown>up']);
+    assert.deepEqual(await states(), ['unknown>up']);
     assert.equal(await dbState(), 'up');
     now += 2999;
     assert.deepEqual(await tick(), []);
@@ -77,7 +76,7 @@ for (const engine of ['postgres', 'pglite'] as const) describe(`agent link with 
     assert.equal(await dbState(), 'suspect');
     await beat();
     await link.settled();
-    assert.deepEqual(states(), ['unknown>up', 'up>suspect', 'suspect>up']);
+    assert.deepEqual(await states(), ['unknown>up', 'up>suspect', 'suspect>up']);
     const lastGrant = now;
     now += 3000;
     assert.deepEqual(await tick(), ['suspect']);
@@ -90,10 +89,10 @@ for (const engine of ['postgres', 'pglite'] as const) describe(`agent link with 
     assert.equal(row.lastHeartbeatAt?.getTime(), lastGrant, 'the last heartbeat is written with the state');
     await beat();
     await link.settled();
-    assert.deepEqual(states(), ['unknown>up', 'up>suspect', 'suspect>up', 'up>suspect', 'suspect>down', 'down>up']);
+    assert.deepEqual(await states(), ['unknown>up', 'up>suspect', 'suspect>up', 'up>suspect', 'suspect>down', 'down>up']);
     assert.equal(await dbState(), 'up');
-    const ev = bus.events.at(-1)?.payload;
-    assert.deepEqual([ev?.['hostId'], ev?.['name'], ev?.['at']], [id.hostId, 'clocked', new Date(now).toISOString()]);
+    const ev = (await hostEvents()).at(-1);
+    assert.deepEqual([ev?.entityId, (ev?.payload as Record<string, unknown>)['name'], (ev?.payload as Record<string, unknown>)['at']], [id.hostId, 'clocked', new Date(now).toISOString()]);
   });
 
   it('writes lastHeartbeatAt at most every 30 s, not once per heartbeat', async () => {

@@ -298,9 +298,10 @@ describe('agent link over TLS on PostgreSQL and NATS', () => {
       const seen: { hostId: string; name: string; from: string; to: string; at: string }[] = [];
       const sub = nc.subscribe('kloudak.infra.host.state');
       void (async () => {
+        // The relay publishes the outbox rows the state changes wrote: the event shape of every interface.
         for await (const m of sub) {
-          const e = m.json<{ hostId: string; name: string; from: string; to: string; at: string }>();
-          if (e.hostId === id.hostId) seen.push(e);
+          const e = m.json<{ id: string; name: string; state: string; data: { from: string; at: string } }>();
+          if (e.id === id.hostId) seen.push({ hostId: e.id, name: e.name, from: e.data.from, to: e.state, at: e.data.at });
         }
       })();
       await nc.flush();
@@ -332,7 +333,7 @@ describe('agent link over TLS on PostgreSQL and NATS', () => {
 
     it('stores and publishes fence reports, and publishes domain events', async () => {
       const id = await enrolled();
-      const sub = nc.subscribe('kloudak.infra.host.fenced', { max: 1 });
+      const sub = nc.subscribe('kloudak.infra.fence.reported', { max: 1 });
       const got = (async () => {
         for await (const m of sub) return m.json<Record<string, unknown>>();
         return null;
@@ -347,13 +348,15 @@ describe('agent link over TLS on PostgreSQL and NATS', () => {
       await a.start();
       a.send({ body: { $case: 'domainEvent', domainEvent: { vmId: 'v9', domainName: 'kloudak-v9', event: pb.DomainEventType.DOMAIN_EVENT_TYPE_CRASHED, detail: 'crashed', occurredAt: new Date() } } });
       const de = await domainEvent;
-      assert.deepEqual([de?.['hostId'], de?.['vmId'], de?.['event']], [id.hostId, 'v9', 'crashed']);
+      assert.deepEqual([(de?.['data'] as Record<string, unknown>)['hostId'], de?.['id'], de?.['state']], [id.hostId, 'v9', 'crashed']);
       const fencedAt = new Date(Date.now() - 5000);
       a.send({ body: { $case: 'fenceReport', fenceReport: { domains: [{ domainName: 'kloudak-v1', vmId: 'v1' }], fencedAt, leaseExpiredAt: fencedAt, reason: 'lease expired' } } });
       const ev = await got;
-      assert.equal(ev?.['hostId'], id.hostId);
-      assert.equal(ev?.['reason'], 'lease expired');
-      assert.deepEqual(ev?.['domains'], [{ domainName: 'kloudak-v1', vmId: 'v1' }]);
+      const data = ev?.['data'] as Record<string, unknown>;
+      assert.equal(data['hostId'], id.hostId);
+      assert.equal(ev?.['name'], id.hostName);
+      assert.equal(data['reason'], 'lease expired');
+      assert.deepEqual(data['domains'], [{ domainName: 'kloudak-v1', vmId: 'v1' }]);
       const rows = await db().fenceReport.findMany({ where: { hostId: id.hostId } });
       assert.equal(rows.length, 1);
       assert.equal(rows[0]?.fencedAt.getTime(), fencedAt.getTime());

@@ -8,8 +8,7 @@ import type { Database } from '@kloudak/prisma';
 import { AgentLinkService, type AgentMessage, type EnrollRequest, type EnrollResponse } from '@kloudak/proto/agent';
 import type { Clock } from '../clock.js';
 import type { HostInventory } from '../domain/agent.js';
-import type { EventBus } from '../events/bus.js';
-import { SUBJECTS } from '../events/bus.js';
+import { appendEventsNow } from '../store/outbox.js';
 import { hostIdentity, hostsHoldingLeases, reconcileHello, storeFenceReport, writeHostState } from '../store/agent-hosts.js';
 import type { CertificateAuthority } from './ca.js';
 import { CommandChannel } from './channel.js';
@@ -51,7 +50,6 @@ export interface AgentLinkOptions {
 export interface AgentLinkDeps {
   db: Database;
   ca: CertificateAuthority;
-  bus: EventBus;
   clock: Clock;
   log: Logger;
 }
@@ -328,29 +326,24 @@ export class AgentLink {
       case 'domainEvent': {
         const e = domainEventFromProto(body.domainEvent);
         log.debug({ vm_id: e.vmId || undefined, event: e.event }, 'domain event');
-        this.deps.bus.publish(SUBJECTS.domainEvent, {
-          hostId: s.hostId,
-          vmId: e.vmId,
-          domainName: e.domainName,
-          event: e.event,
-          detail: e.detail,
-          occurredAt: e.occurredAt?.toISOString() ?? null,
-        });
+        // An infrastructure event (the VM's owners see its state changes through its tasks).
+        await appendEventsNow(this.deps.db.client, [
+          {
+            workspaceId: null,
+            entity: 'vm',
+            entityId: e.vmId,
+            event: 'domain',
+            state: e.event,
+            data: { hostId: s.hostId, domainName: e.domainName, detail: e.detail, occurredAt: e.occurredAt?.toISOString() ?? null },
+          },
+        ]);
         return;
       }
       case 'fenceReport': {
         const now = new Date(this.deps.clock.now());
         const f = fenceReportFromProto(body.fenceReport, now);
-        const id = await storeFenceReport(this.deps.db.client, s.hostId, f, now);
+        const id = await storeFenceReport(this.deps.db.client, s.hostId, s.hello.hostName, f, now);
         log.warn({ fence_report_id: id, reason: f.reason, domains: f.domains.length }, 'agent fenced itself');
-        this.deps.bus.publish(SUBJECTS.hostFenced, {
-          hostId: s.hostId,
-          name: s.hello.hostName,
-          fencedAt: f.fencedAt.toISOString(),
-          leaseExpiredAt: f.leaseExpiredAt.toISOString(),
-          reason: f.reason,
-          domains: f.domains,
-        });
         return;
       }
       default:
@@ -365,13 +358,12 @@ export class AgentLink {
     const last = this.liveness.lastHeartbeatAt(t.hostId);
     this.heartbeats.writtenWithState(t.hostId, this.deps.clock.now());
     this.queueWrite(t.hostId, async () => {
-      const name = await writeHostState(this.deps.db.client, t.hostId, t.to, last === undefined ? undefined : new Date(last));
+      const name = await writeHostState(this.deps.db.client, t.hostId, t.to, last === undefined ? undefined : new Date(last), { from: t.from, at });
       if (name === null) {
         this.liveness.forget(t.hostId);
         return;
       }
       this.log.info({ host_id: t.hostId, from: t.from, to: t.to }, 'host state changed');
-      this.deps.bus.publish(SUBJECTS.hostState, { hostId: t.hostId, name, from: t.from, to: t.to, at: at.toISOString() });
     });
   }
 

@@ -5,7 +5,7 @@ import { lockNamed } from '../store/access.js';
 import { allocationsIn, areaByName, areaSubnets, createArea as insertArea, deleteArea as removeArea, listAreas as areaRows, updateArea as writeArea, type AreaRow } from '../store/areas.js';
 import { transaction, type Tx } from '../store/db.js';
 import { invalidField } from './errors.js';
-import { eventSubject, record } from './events.js';
+import { infraEvent, record, withEvents } from './events.js';
 import { DEFAULT_LIMIT, page, type ListInput, type Page } from './paging.js';
 import { admin, signedIn, type Caller } from './principal.js';
 import type { Services } from './services.js';
@@ -71,9 +71,10 @@ export async function createArea(s: Services, c: Caller, input: AreaInput): Prom
   const a = await transaction(s.db.client, async (tx) => {
     await lockNamed(tx, AREAS_LOCK);
     await refuseOverlap(tx, cidr);
-    return insertArea(tx, { name: input.name, subnet: input.subnet, gateway: input.gateway, vlanFirst, vlanLast });
+    const a = await insertArea(tx, { name: input.name, subnet: input.subnet, gateway: input.gateway, vlanFirst, vlanLast });
+    await record(tx, infraEvent('area', a.id, 'created', { name: a.name, data: { by: p.username } }));
+    return a;
   });
-  record(s, eventSubject.infra('area', 'created'), { areaId: a.id, name: a.name, by: p.username });
   return view(a);
 }
 
@@ -92,9 +93,10 @@ export async function updateArea(s: Services, c: Caller, name: string, input: Pa
       if (used.addresses + used.vlans > 0) throw new ConflictError('subnet and VLAN range cannot change while addresses or VLANs are allocated');
     }
     if (subnet !== cur.subnet) await refuseOverlap(tx, cidr, cur.id);
-    return writeArea(tx, cur.id, { name: input.name ?? cur.name, subnet, gateway, vlanFirst, vlanLast });
+    const a = await writeArea(tx, cur.id, { name: input.name ?? cur.name, subnet, gateway, vlanFirst, vlanLast });
+    await record(tx, infraEvent('area', a.id, 'updated', { name: a.name, data: { by: p.username } }));
+    return a;
   });
-  record(s, eventSubject.infra('area', 'updated'), { areaId: a.id, name: a.name, by: p.username });
   return view(a);
 }
 
@@ -102,6 +104,5 @@ export async function updateArea(s: Services, c: Caller, name: string, input: Pa
 export async function deleteArea(s: Services, c: Caller, name: string): Promise<void> {
   const p = admin(c);
   const a = await areaNamed(s, name);
-  await removeArea(s.db.client, a.id);
-  record(s, eventSubject.infra('area', 'deleted'), { areaId: a.id, name: a.name, by: p.username });
+  await withEvents(s, (tx) => removeArea(tx, a.id), () => infraEvent('area', a.id, 'deleted', { name: a.name, data: { by: p.username } }));
 }

@@ -22,6 +22,7 @@ import {
 import { invalidField } from './errors.js';
 import { signedIn, type Caller, type Principal } from './principal.js';
 import type { Services } from './services.js';
+import { infraEvent, record, withEvents } from './events.js';
 
 export type { UserView };
 
@@ -108,7 +109,12 @@ export async function refreshToken(s: Services, c: Caller): Promise<TokenView> {
 /** Revoke the token the caller used. */
 export async function logout(s: Services, c: Caller): Promise<void> {
   const p = signedIn(c);
-  await revokeToken(s.db.client, { jti: p.jti, userId: p.userId, expiresAt: new Date(p.exp * 1000) }, new Date(s.clock.now()));
+  // The event closes the token's open event streams (and tells caches the token is gone).
+  await withEvents(
+    s,
+    (tx) => revokeToken(tx, { jti: p.jti, userId: p.userId, expiresAt: new Date(p.exp * 1000) }, new Date(s.clock.now())),
+    () => infraEvent('user', p.userId, 'revoked', { name: p.username, data: { jti: p.jti } }),
+  );
 }
 
 /** Change the caller's password; every token issued before is refused from then on. Limited per address. */
@@ -124,6 +130,7 @@ export async function changePassword(s: Services, c: Caller, input: { currentPas
   await transaction(s.db.client, async (tx) => {
     await setPasswordHash(tx, u.id, hash);
     await bumpTokenVersion(tx, [u.id]);
+    await record(tx, infraEvent('user', u.id, 'revoked', { name: u.username }));
   });
   c.log.info({ user_id: u.id }, 'password changed');
 }

@@ -5,7 +5,7 @@ import type { HostLinkStatus } from '../agent-api/link.js';
 import { transaction } from '../store/db.js';
 import { deleteHost as removeHost, hostById, listHosts as hostRows, setAdminState, usageOf, type HostRow } from '../store/hosts.js';
 import { invalidField } from './errors.js';
-import { eventSubject, record } from './events.js';
+import { infraEvent, record, withEvents } from './events.js';
 import { DEFAULT_LIMIT, page, type ListInput, type Page } from './paging.js';
 import { admin, type Caller } from './principal.js';
 import type { Services } from './services.js';
@@ -99,9 +99,15 @@ export async function getHost(s: Services, c: Caller, id: string): Promise<HostV
 /** Put a host in or out of maintenance (no new VMs are placed on a host in maintenance). */
 export async function updateHost(s: Services, c: Caller, id: string, input: { maintenance: boolean }): Promise<HostView> {
   const p = admin(c);
-  const h = await setAdminState(s.db.client, id, input.maintenance ? 'maintenance' : 'active');
-  if (!h) throw new NotFoundError('host', id);
-  record(s, eventSubject.infra('host', 'updated'), { hostId: h.id, name: h.name, adminState: h.adminState, by: p.username });
+  const h = await withEvents(
+    s,
+    async (tx) => {
+      const h = await setAdminState(tx, id, input.maintenance ? 'maintenance' : 'active');
+      if (!h) throw new NotFoundError('host', id);
+      return h;
+    },
+    (h) => infraEvent('host', h.id, 'updated', { name: h.name, state: h.state, data: { adminState: h.adminState, by: p.username } }),
+  );
   return view(h, s.agents.status(h.id));
 }
 
@@ -113,10 +119,10 @@ export async function deleteHost(s: Services, c: Caller, id: string): Promise<vo
     if (!h) throw new NotFoundError('host', id);
     if (h._count.vms > 0) throw new ConflictError(`host holds ${h._count.vms} VMs; move or delete them first`);
     await removeHost(tx, h.id);
+    await record(tx, infraEvent('host', h.id, 'deleted', { name: h.name, data: { by: p.username } }));
     return h;
   });
   s.agents.hostDeleted(h.id);
-  record(s, eventSubject.infra('host', 'deleted'), { hostId: h.id, name: h.name, by: p.username });
 }
 
 function instant(v: string | undefined, field: string, fallback: number): number {

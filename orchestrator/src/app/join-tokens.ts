@@ -10,7 +10,7 @@ import {
   type JoinTokenView,
 } from '../store/join-tokens.js';
 import { invalidField } from './errors.js';
-import { eventSubject, record } from './events.js';
+import { infraEvent, withEvents } from './events.js';
 import { DEFAULT_LIMIT, page, type ListInput, type Page } from './paging.js';
 import { admin, type Caller } from './principal.js';
 import type { Services } from './services.js';
@@ -41,9 +41,12 @@ export async function createJoinToken(s: Services, c: Caller, input: { area: str
   const area = (await areaByName(s.db.client, input.area)) ?? (UUID.test(input.area) ? await areaById(s.db.client, input.area) : null);
   if (!area) throw invalidField('/area', `area '${input.area}' does not exist`);
   const expiresAt = new Date(s.clock.now() + (input.expiresIn ?? DEFAULT_JOIN_TOKEN_SECONDS) * 1000);
-  const { row, token } = await insertJoinToken(s.db.client, { areaId: area.id, expiresAt, createdById: p.userId, caFingerprint: s.agents.caFingerprint });
+  const { row, token } = await withEvents(
+    s,
+    (tx) => insertJoinToken(tx, { areaId: area.id, expiresAt, createdById: p.userId, caFingerprint: s.agents.caFingerprint }),
+    ({ row }) => infraEvent('join-token', row.id, 'created', { data: { area: area.name, expiresAt: row.expiresAt.toISOString(), by: p.username } }),
+  );
   c.log.info({ join_token_id: row.id, area: area.name }, 'join token created');
-  record(s, eventSubject.infra('join-token', 'created'), { joinTokenId: row.id, area: area.name, expiresAt: row.expiresAt.toISOString(), by: p.username });
   return { id: row.id, token, area: area.name, areaId: row.areaId, expiresAt: row.expiresAt.toISOString(), caFingerprint: s.agents.caFingerprint };
 }
 
@@ -63,11 +66,15 @@ export async function revokeJoinToken(s: Services, c: Caller, id: string): Promi
   if (!t) throw new NotFoundError('join token', id);
   if (t.usedAt) throw new ConflictError('the token was already used; delete the host it enrolled instead', { usedByHostId: t.usedByHostId });
   if (t.revokedAt) return;
-  if (!(await revokeUnusedJoinToken(s.db.client, t.id, new Date(s.clock.now())))) {
+  const revoked = await withEvents(
+    s,
+    (tx) => revokeUnusedJoinToken(tx, t.id, new Date(s.clock.now())),
+    (ok) => (ok ? [infraEvent('join-token', t.id, 'revoked', { data: { by: p.username } })] : []),
+  );
+  if (!revoked) {
     const again = await joinTokenById(s.db.client, t.id);
     if (again?.usedAt) throw new ConflictError('the token was already used; delete the host it enrolled instead');
     return;
   }
   c.log.info({ join_token_id: t.id }, 'join token revoked');
-  record(s, eventSubject.infra('join-token', 'revoked'), { joinTokenId: t.id, by: p.username });
 }

@@ -23,7 +23,7 @@ import {
   type MemberRow,
 } from '../store/workspaces.js';
 import { workspaceAccess } from './access.js';
-import { eventSubject, record } from './events.js';
+import { infraEvent, record, withEvents, workspaceEvent } from './events.js';
 import { DEFAULT_LIMIT, page, type ListInput, type Page } from './paging.js';
 import { signedIn, type Caller } from './principal.js';
 import type { Services } from './services.js';
@@ -67,12 +67,11 @@ export async function addMember(
   requireGrantable(a.permissions, input.permissions);
   const user = await userByUsername(s.db.client, input.username);
   if (!user) throw new NotFoundError('user', input.username);
-  const m = await createMembership(s.db.client, {
-    workspaceId: a.workspace.id,
-    userId: user.id,
-    flags: toColumns({ ...NO_PERMISSIONS, ...input.permissions }),
-  });
-  record(s, eventSubject.workspace(a.workspace.id, 'member', 'added'), { workspaceId: a.workspace.id, username: user.username, permissions: toPermissions(m), by: p.username });
+  const m = await withEvents(
+    s,
+    (tx) => createMembership(tx, { workspaceId: a.workspace.id, userId: user.id, flags: toColumns({ ...NO_PERMISSIONS, ...input.permissions }) }),
+    (m) => workspaceEvent(a.workspace.id, 'member', user.username, 'added', { name: user.username, data: { permissions: toPermissions(m), by: p.username } }),
+  );
   return view(m);
 }
 
@@ -98,9 +97,9 @@ export async function updateMember(
     const existing = await memberOf(tx, a.workspace.id, username);
     const updated = await updateMembership(tx, existing.id, toColumns(input.permissions));
     if (!canManageMembers(toPermissions(updated))) requireAManager(await countManagers(tx, a.workspace.id));
+    await record(tx, workspaceEvent(a.workspace.id, 'member', username, 'updated', { name: username, data: { permissions: toPermissions(updated), by: p.username } }));
     return updated;
   });
-  record(s, eventSubject.workspace(a.workspace.id, 'member', 'updated'), { workspaceId: a.workspace.id, username, permissions: toPermissions(m), by: p.username });
   return view(m);
 }
 
@@ -115,6 +114,11 @@ export async function removeMember(s: Services, c: Caller, ws: string, username:
     await deleteMembership(tx, existing.id);
     requireAManager(await countManagers(tx, a.workspace.id));
     await bumpTokenVersion(tx, [existing.userId]);
+    // The member's tokens are refused from now on: open event streams close on the second event.
+    await record(
+      tx,
+      workspaceEvent(a.workspace.id, 'member', username, 'removed', { name: username, data: { by: p.username } }),
+      infraEvent('user', existing.userId, 'revoked', { name: username }),
+    );
   });
-  record(s, eventSubject.workspace(a.workspace.id, 'member', 'removed'), { workspaceId: a.workspace.id, username, by: p.username });
 }

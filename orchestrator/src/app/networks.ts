@@ -28,6 +28,7 @@ import { checkQuota } from './quotas.js';
 import type { Services } from './services.js';
 import { taskLimits } from './tasks.js';
 import { networkView, taskView, type NetworkView, type TaskView } from './views.js';
+import { record, taskQueued, withEvents, workspaceEvent } from './events.js';
 
 /** Input of {@link createNetwork}. */
 export interface CreateNetworkInput {
@@ -95,6 +96,11 @@ export async function createNetwork(s: Services, c: Caller, ws: string, input: C
       ...taskLimits(s),
     });
     await setNetworkTask(tx, n.id, t.id);
+    await record(
+      tx,
+      workspaceEvent(workspaceId, 'network', n.id, 'created', { name: n.name, state: 'pending', taskId: t.id, data: { vlan: v.vlan } }),
+      taskQueued(workspaceId, { id: t.id, kind: NETWORK_TASKS.create, targetType: 'network', targetId: n.id }),
+    );
     return { networkId: n.id, taskId: t.id };
   });
   s.tasks.kick();
@@ -108,10 +114,15 @@ export async function updateNetwork(s: Services, c: Caller, ws: string, name: st
   const n = await networkByName(s.db.client, a.workspace.id, name);
   if (!n) throw new NotFoundError('network', name);
   return networkView(
-    await editNetwork(s.db.client, n.id, {
-      ...(input.name !== undefined ? { name: input.name } : {}),
-      ...(input.description !== undefined ? { description: input.description } : {}),
-    }),
+    await withEvents(
+      s,
+      (tx) =>
+        editNetwork(tx, n.id, {
+          ...(input.name !== undefined ? { name: input.name } : {}),
+          ...(input.description !== undefined ? { description: input.description } : {}),
+        }),
+      (u) => workspaceEvent(a.workspace.id, 'network', u.id, 'updated', { name: u.name, state: u.state }),
+    ),
   );
 }
 
@@ -142,6 +153,11 @@ export async function deleteNetwork(s: Services, c: Caller, ws: string, name: st
       ...taskLimits(s),
     });
     await setNetworkTask(tx, n.id, t.id, 'deleting');
+    await record(
+      tx,
+      workspaceEvent(workspaceId, 'network', n.id, 'state', { name: n.name, state: 'deleting', taskId: t.id }),
+      taskQueued(workspaceId, { id: t.id, kind: NETWORK_TASKS.delete, targetType: 'network', targetId: n.id }),
+    );
     return { networkId: n.id, taskId: t.id };
   });
   s.tasks.kick();

@@ -3,7 +3,7 @@ import { ConflictError, NotFoundError } from '@kloudak/common';
 import { areaByName } from '../store/areas.js';
 import { createPool as insertPool, deletePool as removePool, listPools as poolRows, poolAtPath, poolByName, type PoolRow } from '../store/pools.js';
 import { invalidField } from './errors.js';
-import { eventSubject, record } from './events.js';
+import { infraEvent, withEvents } from './events.js';
 import { DEFAULT_LIMIT, page, type ListInput, type Page } from './paging.js';
 import { admin, type Caller } from './principal.js';
 import type { Services } from './services.js';
@@ -55,8 +55,11 @@ export async function createPool(
   if (!area) throw invalidField('/area', `area '${input.area}' does not exist`);
   const dup = await poolAtPath(s.db.client, area.id, input.path);
   if (dup) throw new ConflictError(`pool '${dup.name}' already uses this path in area '${input.area}'`);
-  const pool = await insertPool(s.db.client, { name: input.name, areaId: area.id, path: input.path, shared: input.shared ?? true, type: input.type });
-  record(s, eventSubject.infra('pool', 'created'), { poolId: pool.id, name: pool.name, area: area.name, by: p.username });
+  const pool = await withEvents(
+    s,
+    (tx) => insertPool(tx, { name: input.name, areaId: area.id, path: input.path, shared: input.shared ?? true, type: input.type }),
+    (pool) => infraEvent('pool', pool.id, 'created', { name: pool.name, data: { area: area.name, by: p.username } }),
+  );
   return view(pool);
 }
 
@@ -64,6 +67,5 @@ export async function createPool(
 export async function deletePool(s: Services, c: Caller, name: string): Promise<void> {
   const p = admin(c);
   const pool = await poolNamed(s, name);
-  await removePool(s.db.client, pool.id);
-  record(s, eventSubject.infra('pool', 'deleted'), { poolId: pool.id, name: pool.name, by: p.username });
+  await withEvents(s, (tx) => removePool(tx, pool.id), () => infraEvent('pool', pool.id, 'deleted', { name: pool.name, data: { by: p.username } }));
 }

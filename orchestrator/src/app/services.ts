@@ -8,7 +8,7 @@ import type { Clock } from '../clock.js';
 import type { OrchestratorConfig } from '../config.js';
 import type { AgentCommand, CommandResult } from '../domain/agent.js';
 import { DEFAULT_PLACEMENT_POLICY, type PlacementPolicy } from '../domain/placement.js';
-import type { EventBus } from '../events/bus.js';
+import type { EventHub } from '../events/hub.js';
 
 /** What the use cases need of the agent link. */
 export interface AgentLinkPort {
@@ -36,8 +36,11 @@ export interface AppDeps {
   config: OrchestratorConfig;
   log: Logger;
   agents: AgentLinkPort;
-  /** Where use cases record their events (after commit). */
-  events: EventBus;
+  /**
+   * The event streams of this orchestrator (use cases write events with `record`, in their
+   * transactions; this only reads them).
+   */
+  events: Pick<EventHub, 'subscribe' | 'watch'>;
   /** The worker that runs the tasks use cases queue. */
   tasks: TaskWorkerPort;
 }

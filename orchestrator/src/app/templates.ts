@@ -9,7 +9,7 @@ import {
   type TemplateFields,
   type TemplateRow,
 } from '../store/templates.js';
-import { eventSubject, record } from './events.js';
+import { infraEvent, withEvents } from './events.js';
 import { DEFAULT_LIMIT, page, type ListInput, type Page } from './paging.js';
 import { admin, signedIn, type Caller } from './principal.js';
 import type { Services } from './services.js';
@@ -71,8 +71,11 @@ export async function getTemplate(s: Services, c: Caller, name: string): Promise
 export async function createTemplate(s: Services, c: Caller, input: Omit<TemplateInput, 'description'> & { description?: string }): Promise<TemplateView> {
   const p = admin(c);
   const { boot, ...fields } = input;
-  const t = await insertTemplate(s.db.client, { ...fields, description: input.description ?? '', bootKernel: null, bootInitrd: null, bootCmdline: null, ...bootColumns(boot) });
-  record(s, eventSubject.infra('template', 'created'), { templateId: t.id, name: t.name, by: p.username });
+  const t = await withEvents(
+    s,
+    (tx) => insertTemplate(tx, { ...fields, description: input.description ?? '', bootKernel: null, bootInitrd: null, bootCmdline: null, ...bootColumns(boot) }),
+    (t) => infraEvent('template', t.id, 'created', { name: t.name, data: { by: p.username } }),
+  );
   return view(t);
 }
 
@@ -80,8 +83,12 @@ export async function createTemplate(s: Services, c: Caller, input: Omit<Templat
 export async function updateTemplate(s: Services, c: Caller, name: string, input: Partial<TemplateInput>): Promise<TemplateView> {
   const p = admin(c);
   const { boot, ...fields } = input;
-  const t = await writeTemplate(s.db.client, (await templateNamed(s, name)).id, { ...fields, ...bootColumns(boot) });
-  record(s, eventSubject.infra('template', 'updated'), { templateId: t.id, name: t.name, by: p.username });
+  const id = (await templateNamed(s, name)).id;
+  const t = await withEvents(
+    s,
+    (tx) => writeTemplate(tx, id, { ...fields, ...bootColumns(boot) }),
+    (t) => infraEvent('template', t.id, 'updated', { name: t.name, data: { by: p.username } }),
+  );
   return view(t);
 }
 
@@ -89,6 +96,5 @@ export async function updateTemplate(s: Services, c: Caller, name: string, input
 export async function deleteTemplate(s: Services, c: Caller, name: string): Promise<void> {
   const p = admin(c);
   const t = await templateNamed(s, name);
-  await removeTemplate(s.db.client, t.id);
-  record(s, eventSubject.infra('template', 'deleted'), { templateId: t.id, name: t.name, by: p.username });
+  await withEvents(s, (tx) => removeTemplate(tx, t.id), () => infraEvent('template', t.id, 'deleted', { name: t.name, data: { by: p.username } }));
 }

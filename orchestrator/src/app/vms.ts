@@ -34,6 +34,7 @@ import { checkQuota } from './quotas.js';
 import type { Services } from './services.js';
 import { taskLimits } from './tasks.js';
 import { taskView, vmView, type TaskView, type VmView } from './views.js';
+import { record, taskQueued, withEvents, workspaceEvent, type EventInput } from './events.js';
 
 /** Input of {@link createVm}. Sizes default to the template's. */
 export interface CreateVmInput {
@@ -187,6 +188,11 @@ export async function createVm(s: Services, c: Caller, ws: string, input: Create
       });
       await setTaskPlacement(tx, t.id, { host: placed.hostName, pool: placed.poolName, ...placed.reason });
       await setVmTask(tx, vmId, t.id);
+      await record(
+        tx,
+        workspaceEvent(workspaceId, 'vm', vmId, 'created', { name: input.name, state: 'scheduled', taskId: t.id, data: { host: placed.hostName } }),
+        taskQueued(workspaceId, { id: t.id, kind: VM_TASKS.create, targetType: 'vm', targetId: vmId }),
+      );
       return t.id;
     },
     CLAIMS,
@@ -222,6 +228,7 @@ export async function vmAction(s: Services, c: Caller, ws: string, name: string,
       ...taskLimits(s),
     });
     await setVmTask(tx, vm.id, t.id);
+    await record(tx, taskQueued(a.workspace.id, { id: t.id, kind: ACTION_TASK[action], targetType: 'vm', targetId: vm.id }));
     return t.id;
   });
   s.tasks.kick();
@@ -264,6 +271,7 @@ export async function updateVm(
     }
     const area = await areaById(s.db.client, vm.areaId);
     if (!area) throw new NotFoundError('area', vm.areaId);
+    const queued: EventInput[] = [];
     await transaction(
       s.db.client,
       async (tx) => {
@@ -283,6 +291,7 @@ export async function updateVm(
             ...taskLimits(s),
           });
           taskIds.push(t.id);
+          queued.push(taskQueued(workspaceId, { id: t.id, kind: VM_TASKS.attach, targetType: 'vm', targetId: vm.id }));
         }
         for (const n of remove) {
           const i = vm.interfaces.find((x) => x.network.name === n)!;
@@ -296,17 +305,24 @@ export async function updateVm(
             ...taskLimits(s),
           });
           taskIds.push(t.id);
+          queued.push(taskQueued(workspaceId, { id: t.id, kind: VM_TASKS.detach, targetType: 'vm', targetId: vm.id }));
         }
         if (taskIds.length > 0) await setVmTask(tx, vm.id, taskIds[taskIds.length - 1]!);
+        await record(tx, ...queued);
       },
       CLAIMS,
     );
   }
   if (input.name !== undefined || input.description !== undefined) {
-    await editVm(s.db.client, vm.id, {
-      ...(input.name !== undefined ? { name: input.name } : {}),
-      ...(input.description !== undefined ? { description: input.description } : {}),
-    });
+    await withEvents(
+      s,
+      (tx) =>
+        editVm(tx, vm.id, {
+          ...(input.name !== undefined ? { name: input.name } : {}),
+          ...(input.description !== undefined ? { description: input.description } : {}),
+        }),
+      () => workspaceEvent(workspaceId, 'vm', vm.id, 'updated', { name: input.name ?? vm.name, state: vm.state }),
+    );
   }
   if (taskIds.length > 0) s.tasks.kick();
   const [updated, tasks] = await Promise.all([vmById(s.db.client, vm.id), tasksByIds(s.db.client, taskIds)]);
@@ -334,6 +350,11 @@ export async function deleteVm(s: Services, c: Caller, ws: string, name: string)
       ...taskLimits(s),
     });
     await setVmTask(tx, vm.id, t.id, 'deleting');
+    await record(
+      tx,
+      workspaceEvent(a.workspace.id, 'vm', vm.id, 'state', { name: vm.name, state: 'deleting', taskId: t.id }),
+      taskQueued(a.workspace.id, { id: t.id, kind: VM_TASKS.delete, targetType: 'vm', targetId: vm.id }),
+    );
     return t.id;
   });
   s.tasks.kick();

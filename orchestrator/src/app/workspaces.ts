@@ -6,7 +6,7 @@ import { transaction } from '../store/db.js';
 import { bumpTokenVersion } from '../store/users.js';
 import { createWorkspace as insertWorkspace, deleteWorkspace as removeWorkspace, heldBy, memberIds, membershipsOf, updateWorkspace as writeWorkspace } from '../store/workspaces.js';
 import { workspaceAccess } from './access.js';
-import { eventSubject, record } from './events.js';
+import { infraEvent, record, withEvents, workspaceEvent } from './events.js';
 import { DEFAULT_LIMIT, page, type ListInput, type Page } from './paging.js';
 import { signedIn, type Caller } from './principal.js';
 import type { Services } from './services.js';
@@ -27,13 +27,11 @@ function view(w: WorkspaceRow, permissions: Permissions): WorkspaceView {
 /** Create a workspace; the creator becomes a member with every flag. */
 export async function createWorkspace(s: Services, c: Caller, input: { name: string; description?: string }): Promise<WorkspaceView> {
   const p = signedIn(c);
-  const ws = await insertWorkspace(s.db.client, {
-    name: input.name,
-    description: input.description ?? '',
-    ownerId: p.userId,
-    ownerFlags: toColumns(ALL_PERMISSIONS),
-  });
-  record(s, eventSubject.workspace(ws.id, 'workspace', 'created'), { workspaceId: ws.id, name: ws.name, by: p.username });
+  const ws = await withEvents(
+    s,
+    (tx) => insertWorkspace(tx, { name: input.name, description: input.description ?? '', ownerId: p.userId, ownerFlags: toColumns(ALL_PERMISSIONS) }),
+    (ws) => workspaceEvent(ws.id, 'workspace', ws.id, 'created', { name: ws.name, data: { by: p.username } }),
+  );
   return view(ws, ALL_PERMISSIONS);
 }
 
@@ -56,8 +54,11 @@ export async function updateWorkspace(s: Services, c: Caller, name: string, inpu
   const p = signedIn(c);
   const a = await workspaceAccess(s.db.client, p, name);
   requireFlags(a.permissions, 'user_can_edit');
-  const ws = await writeWorkspace(s.db.client, a.workspace.id, input);
-  record(s, eventSubject.workspace(ws.id, 'workspace', 'updated'), { workspaceId: ws.id, name: ws.name, by: p.username });
+  const ws = await withEvents(
+    s,
+    (tx) => writeWorkspace(tx, a.workspace.id, input),
+    (ws) => workspaceEvent(ws.id, 'workspace', ws.id, 'updated', { name: ws.name, data: { by: p.username } }),
+  );
   return view(ws, a.permissions);
 }
 
@@ -71,8 +72,13 @@ export async function deleteWorkspace(s: Services, c: Caller, name: string): Pro
   requireFlags(a.permissions, 'user_can_add', 'user_can_edit', 'user_can_delete');
   await transaction(s.db.client, async (tx) => {
     requireEmptyWorkspace(await heldBy(tx, a.workspace.id));
-    await bumpTokenVersion(tx, await memberIds(tx, a.workspace.id));
+    const members = await memberIds(tx, a.workspace.id);
+    await bumpTokenVersion(tx, members);
     await removeWorkspace(tx, a.workspace.id);
+    await record(
+      tx,
+      workspaceEvent(a.workspace.id, 'workspace', a.workspace.id, 'deleted', { name: a.workspace.name, data: { by: p.username } }),
+      ...members.map((id) => infraEvent('user', id, 'revoked')),
+    );
   });
-  record(s, eventSubject.workspace(a.workspace.id, 'workspace', 'deleted'), { workspaceId: a.workspace.id, name: a.workspace.name, by: p.username });
 }

@@ -1,6 +1,7 @@
 // Host rows as the agent link writes them: enrollment, Hello reconciliation, liveness, fencing.
 import type { Prisma, PrismaClient } from '@kloudak/prisma';
 import type { AgentHello, FenceEvidence } from '../domain/agent.js';
+import { appendEvents } from './outbox.js';
 
 const MIB = 1024n * 1024n;
 const GIB = MIB * 1024n;
@@ -50,20 +51,29 @@ export async function reconcileHello(db: PrismaClient, hello: AgentHello, now: D
   return r.count === 1;
 }
 
-/** Write a liveness change (and the last heartbeat time); returns the host's name, null if gone. */
+/**
+ * Write a liveness change (and the last heartbeat time) with its event (`kloudak.infra.host.state`),
+ * in one transaction; returns the host's name, null if gone.
+ */
 export async function writeHostState(
   db: PrismaClient,
   hostId: string,
   state: 'unknown' | 'up' | 'suspect' | 'down',
   lastHeartbeatAt: Date | undefined,
+  change: { from: string; at: Date },
 ): Promise<string | null> {
   try {
-    const h = await db.host.update({
-      where: { id: hostId },
-      data: { state, ...(lastHeartbeatAt ? { lastHeartbeatAt } : {}) },
-      select: { name: true },
+    return await db.$transaction(async (tx) => {
+      const h = await tx.host.update({
+        where: { id: hostId },
+        data: { state, ...(lastHeartbeatAt ? { lastHeartbeatAt } : {}) },
+        select: { name: true },
+      });
+      await appendEvents(tx, [
+        { workspaceId: null, entity: 'host', entityId: hostId, event: 'state', state, name: h.name, data: { from: change.from, at: change.at.toISOString() } },
+      ]);
+      return h.name;
     });
-    return h.name;
   } catch (err) {
     if ((err as { code?: string }).code === 'P2025') return null;
     throw err;
@@ -92,9 +102,10 @@ export async function hostsHoldingLeases(db: PrismaClient): Promise<{ id: string
   return rows.map((r) => ({ id: r.id, state: r.state as 'up' | 'suspect' }));
 }
 
-/** Store an agent's fence report. */
-export async function storeFenceReport(db: PrismaClient, hostId: string, f: FenceEvidence, receivedAt: Date): Promise<string> {
-  const r = await db.fenceReport.create({
+/** Store an agent's fence report, with its event (`kloudak.infra.fence.reported`). */
+export async function storeFenceReport(db: PrismaClient, hostId: string, hostName: string, f: FenceEvidence, receivedAt: Date): Promise<string> {
+  return db.$transaction(async (tx) => {
+  const r = await tx.fenceReport.create({
     data: {
       hostId,
       fencedAt: f.fencedAt,
@@ -105,5 +116,17 @@ export async function storeFenceReport(db: PrismaClient, hostId: string, f: Fenc
     },
     select: { id: true },
   });
+  await appendEvents(tx, [
+    {
+      workspaceId: null,
+      entity: 'fence',
+      entityId: r.id,
+      event: 'reported',
+      state: 'fenced',
+      name: hostName,
+      data: { hostId, fencedAt: f.fencedAt.toISOString(), leaseExpiredAt: f.leaseExpiredAt.toISOString(), reason: f.reason.slice(0, 1000), domains: f.domains },
+    },
+  ]);
   return r.id;
+  });
 }

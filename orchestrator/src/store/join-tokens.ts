@@ -1,7 +1,7 @@
 // Join tokens (AGENT-LINK.md, "Join tokens and enrollment"): single-use secrets an admin hands to
 // a new host. The database keeps SHA-256 of the secret only; the token string is shown once.
 import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
-import type { Prisma, PrismaClient } from '@kloudak/prisma';
+import type { Prisma } from '@kloudak/prisma';
 import type { DbOrTx } from './db.js';
 
 const TOKEN = /^kjt1\.([0-9a-f]{32})\.([A-Za-z0-9_-]{43})\.([0-9a-f]{64})$/;
@@ -79,7 +79,7 @@ export function joinTokenView(r: Row, now: number): JoinTokenView {
 
 /** Create a token; returns the row and the full token string (the only time the secret exists). */
 export async function createJoinToken(
-  db: PrismaClient,
+  db: DbOrTx,
   input: { areaId: string; expiresAt: Date; createdById: string | null; caFingerprint: string },
 ): Promise<{ row: Row; token: string }> {
   const id = randomUUID();

@@ -8,7 +8,6 @@ import { createLogger } from '@kloudak/common';
 import { openDatabase, type Database } from '@kloudak/prisma';
 import { freshDatabase, waitFor, type FreshDatabase } from '@kloudak/testkit';
 import { systemClock } from '../clock.js';
-import { MemoryEventBus } from '../events/memory.js';
 import { insertTask } from '../store/tasks.js';
 import { commandIdFor, TaskEngine, type TaskEngineOptions } from './engine.js';
 import { StepError, type StepContext, type TaskDefinition } from './types.js';
@@ -67,7 +66,7 @@ for (const engine of ['postgres', 'pglite'] as const) {
     });
 
     function start(defs: TaskDefinition[], opts: Partial<TaskEngineOptions> = {}): TaskEngine {
-      const e = new TaskEngine({ db: db.client, clock: systemClock, log, bus: new MemoryEventBus() }, defs, { ...OPTS, ...opts });
+      const e = new TaskEngine({ db: db.client, clock: systemClock, log }, defs, { ...OPTS, ...opts });
       engines.push(e);
       e.start();
       return e;

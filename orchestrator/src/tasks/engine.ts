@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto';
 import type { Logger } from '@kloudak/common';
 import { Prisma, type PrismaClient } from '@kloudak/prisma';
 import type { Clock } from '../clock.js';
-import type { EventBus } from '../events/bus.js';
+import type { EventInput } from '../events/event.js';
+import { appendEvents } from '../store/outbox.js';
 import { StepError, type StepContext, type StepDefinition, type StepResult, type TaskDefinition, type TaskView, type TxClient } from './types.js';
 
 /** Settings of the {@link TaskEngine}. */
@@ -69,7 +70,7 @@ export class TaskEngine {
   private closed = false;
 
   constructor(
-    private readonly deps: { db: PrismaClient; clock: Clock; log: Logger; bus: EventBus },
+    private readonly deps: { db: PrismaClient; clock: Clock; log: Logger },
     definitions: readonly TaskDefinition[],
     private readonly opts: TaskEngineOptions,
   ) {
@@ -145,7 +146,9 @@ export class TaskEngine {
   private async claim(): Promise<string | null> {
     const now = new Date(this.deps.clock.now());
     const until = new Date(now.getTime() + this.opts.leaseMs);
-    const rows = await this.deps.db.$queryRaw<{ id: string }[]>`
+    // The first claim moves a task from queued to running: that change and its event commit together.
+    return this.deps.db.$transaction(async (tx: TxClient) => {
+    const rows = await tx.$queryRaw<{ id: string; kind: string; workspaceId: string | null; targetType: string; targetId: string; attempts: number }[]>`
       UPDATE "Task" SET "leaseOwner" = ${this.opts.owner}, "leaseExpiresAt" = ${until},
         "attempts" = "attempts" + 1, "startedAt" = COALESCE("startedAt", ${now}), "updatedAt" = ${now},
         "state" = CASE WHEN "state" = 'queued' THEN 'running'::"TaskState" ELSE "state" END
@@ -159,8 +162,12 @@ export class TaskEngine {
               AND o."state" IN ('queued', 'running', 'rolling_back'))
         ORDER BY t."seq" LIMIT 1
         FOR UPDATE SKIP LOCKED)
-      RETURNING "id"::text AS id`;
-    return rows[0]?.id ?? null;
+      RETURNING "id"::text AS id, "kind", "workspaceId"::text AS "workspaceId", "targetType", "targetId", "attempts"`;
+    const r = rows[0];
+    if (!r) return null;
+    if (r.attempts === 1) await appendEvents(tx, this.events(r, 'state', { state: 'running' }));
+    return r.id;
+    });
   }
 
   private async release(id: string): Promise<void> {
@@ -230,12 +237,15 @@ export class TaskEngine {
       const attempt = prev?.state === 'running' ? prev.attempts : (prev?.attempts ?? 0) + 1;
       const stepDeadline = Math.min(now + (sd.timeoutMs ?? this.opts.stepTimeoutMs), task.deadline?.getTime() ?? Infinity);
       // Recorded before it runs: a crash from here on leaves a trace to resume from.
-      const row = await this.deps.db.taskStep.upsert({
-        where: { taskId_seq: { taskId: task.id, seq } },
-        create: { taskId: task.id, seq, name: sd.name, state: 'running', attempts: attempt, startedAt: new Date(now), deadline: new Date(stepDeadline) },
-        update: { state: 'running', attempts: attempt, startedAt: new Date(now), deadline: new Date(stepDeadline), error: null, finishedAt: null },
+      const row = await this.deps.db.$transaction(async (tx: TxClient) => {
+        const r = await tx.taskStep.upsert({
+          where: { taskId_seq: { taskId: task.id, seq } },
+          create: { taskId: task.id, seq, name: sd.name, state: 'running', attempts: attempt, startedAt: new Date(now), deadline: new Date(stepDeadline) },
+          update: { state: 'running', attempts: attempt, startedAt: new Date(now), deadline: new Date(stepDeadline), error: null, finishedAt: null },
+        });
+        await appendEvents(tx, this.events(task, 'step', { step: sd.name, attempt, stepState: 'running' }));
+        return r;
       });
-      this.publish(task, 'step', { step: sd.name, attempt, stepState: 'running' });
       log.info({ step: sd.name, attempt }, 'step started');
       try {
         const out = await this.attempt(task, sd, row.id, attempt, 'run', stepDeadline, results, signal);
@@ -254,11 +264,13 @@ export class TaskEngine {
         // the orchestrator did not; rollback skips the undo of a step none of whose attempts acted.
         const prevActed = (prev?.result as { acted?: boolean } | null)?.acted;
         const acted = prevActed === true || !(err instanceof StepError && err.code === 'not_sent');
-        await this.deps.db.taskStep.update({
-          where: { id: row.id },
-          data: { state: 'failed', error: message, result: { acted }, finishedAt: new Date(this.deps.clock.now()) },
+        await this.deps.db.$transaction(async (tx: TxClient) => {
+          await tx.taskStep.update({
+            where: { id: row.id },
+            data: { state: 'failed', error: message, result: { acted }, finishedAt: new Date(this.deps.clock.now()) },
+          });
+          await appendEvents(tx, this.events(task, 'step', { step: sd.name, attempt, stepState: 'failed' }));
         });
-        this.publish(task, 'step', { step: sd.name, attempt, stepState: 'failed' });
         const left = retryable && attempt < task.maxAttempts && (!task.deadline || this.deps.clock.now() < task.deadline.getTime());
         if (left) {
           const delay = Math.min(this.opts.backoffMaxMs, this.opts.backoffMs * 2 ** (attempt - 1));
@@ -323,8 +335,10 @@ export class TaskEngine {
   }
 
   private async startRollback(task: TaskRow, def: TaskDefinition, reason: string, signal: AbortSignal): Promise<void> {
-    await this.deps.db.task.update({ where: { id: task.id }, data: { state: 'rolling_back', error: reason, runAfter: null } });
-    this.publish(task, 'state', { state: 'rolling_back' });
+    await this.deps.db.$transaction(async (tx: TxClient) => {
+      await tx.task.update({ where: { id: task.id }, data: { state: 'rolling_back', error: reason, runAfter: null } });
+      await appendEvents(tx, this.events(task, 'state', { state: 'rolling_back' }));
+    });
     const fresh = (await this.deps.db.task.findUnique({ where: { id: task.id }, include: { steps: { orderBy: { seq: 'asc' } } } })) as TaskRow;
     await this.rollback(fresh, def, reason, signal);
   }
@@ -372,8 +386,10 @@ export class TaskEngine {
         complete = false;
         break;
       }
-      await this.deps.db.taskStep.update({ where: { id: row.id }, data: { state: 'reverted' } });
-      this.publish(task, 'step', { step: row.name, stepState: 'reverted' });
+      await this.deps.db.$transaction(async (tx: TxClient) => {
+        await tx.taskStep.update({ where: { id: row.id }, data: { state: 'reverted' } });
+        await appendEvents(tx, this.events(task, 'step', { step: row.name, stepState: 'reverted' }));
+      });
     }
     if (signal.aborted) return;
     await this.deps.db.task.update({ where: { id: task.id }, data: { rollbackLog: entries as unknown as Prisma.InputJsonValue } });
@@ -390,22 +406,36 @@ export class TaskEngine {
         where: { id: task.id },
         data: { state, error, finishedAt: new Date(this.deps.clock.now()), leaseOwner: null, leaseExpiresAt: null, runAfter: null },
       });
-      if (!def) return;
-      if (state === 'succeeded') await def.onSucceeded?.(view, tx);
-      else await def.onRolledBack?.(view, tx, error ?? '', complete);
+      if (def) {
+        if (state === 'succeeded') await def.onSucceeded?.(view, tx);
+        else await def.onRolledBack?.(view, tx, error ?? '', complete);
+      }
+      await appendEvents(tx, this.events(task, 'state', { state, ...(error ? { error } : {}) }));
     });
-    this.publish(task, 'state', { state, ...(error ? { error } : {}) });
   }
 
-  private publish(task: TaskRow, event: 'state' | 'step', payload: Record<string, unknown>): void {
-    if (!task.workspaceId) return;
-    this.deps.bus.publish(`kloudak.ws.${task.workspaceId}.task.${event}`, {
-      taskId: task.id,
-      kind: task.kind,
-      targetType: task.targetType,
-      targetId: task.targetId,
-      ...payload,
-    });
+  /**
+   * The events of a task's change, for its workspace's members (none for a task of no workspace).
+   * `state` is the task's state for a state event, the step's for a step event.
+   */
+  private events(
+    task: Pick<TaskRow, 'id' | 'kind' | 'workspaceId' | 'targetType' | 'targetId'>,
+    event: 'state' | 'step',
+    p: { state?: string; step?: string; attempt?: number; stepState?: string; error?: string },
+  ): EventInput[] {
+    if (!task.workspaceId) return [];
+    const { state, ...rest } = p;
+    return [
+      {
+        workspaceId: task.workspaceId,
+        entity: 'task',
+        entityId: task.id,
+        event,
+        state: state ?? p.stepState ?? null,
+        taskId: task.id,
+        data: { kind: task.kind, targetType: task.targetType, targetId: task.targetId, ...rest },
+      },
+    ];
   }
 }
 

@@ -1,12 +1,11 @@
 import type { AgentChannel } from '../agent-api/channel.js';
-import type { EventBus } from '../events/bus.js';
 import { runCommand } from './commands.js';
+import { changeWithEvents, targetEvent } from './events.js';
 import { StepError, type TaskDefinition, type TaskView, type TxClient } from './types.js';
 
 /** What the network tasks need besides the database. */
 export interface NetworkTaskDeps {
   agents: AgentChannel;
-  bus: EventBus;
   /** Whether a host's agent holds a session now. */
   connected(hostId: string): boolean;
 }
@@ -14,9 +13,8 @@ export interface NetworkTaskDeps {
 /** Task kinds of networks. */
 export const NETWORK_TASKS = { create: 'network.create', delete: 'network.delete' } as const;
 
-async function setState(tx: TxClient, bus: EventBus, task: TaskView, state: 'active' | 'error' | 'deleting'): Promise<void> {
-  await tx.network.updateMany({ where: { id: task.targetId }, data: { state } });
-  if (task.workspaceId) bus.publish(`kloudak.ws.${task.workspaceId}.network.state`, { networkId: task.targetId, state, taskId: task.id });
+async function setState(tx: TxClient, task: TaskView, state: 'active' | 'error' | 'deleting'): Promise<void> {
+  await changeWithEvents(tx, (t) => t.network.updateMany({ where: { id: task.targetId }, data: { state } }), targetEvent(task, 'state', state));
 }
 
 /**
@@ -27,7 +25,7 @@ async function setState(tx: TxClient, bus: EventBus, task: TaskView, state: 'act
  * harmless trunk entry until the VLAN is used again).
  */
 export function networkTaskDefinitions(deps: NetworkTaskDeps): TaskDefinition[] {
-  const { agents, bus } = deps;
+  const { agents } = deps;
   const create: TaskDefinition = {
     kind: NETWORK_TASKS.create,
     steps: [
@@ -42,10 +40,10 @@ export function networkTaskDefinitions(deps: NetworkTaskDeps): TaskDefinition[] 
       },
     ],
     async onSucceeded(task, tx) {
-      await setState(tx, bus, task, 'active');
+      await setState(tx, task, 'active');
     },
     async onRolledBack(task, tx) {
-      await setState(tx, bus, task, 'error');
+      await setState(tx, task, 'error');
     },
   };
   const del: TaskDefinition = {
@@ -70,11 +68,10 @@ export function networkTaskDefinitions(deps: NetworkTaskDeps): TaskDefinition[] 
     async onSucceeded(task, tx) {
       // The VLAN is free again, and the name too: the row goes (its tasks stay readable).
       await tx.vlanAllocation.deleteMany({ where: { networkId: task.targetId } });
-      await tx.network.deleteMany({ where: { id: task.targetId } });
-      if (task.workspaceId) bus.publish(`kloudak.ws.${task.workspaceId}.network.deleted`, { networkId: task.targetId, taskId: task.id });
+      await changeWithEvents(tx, (t) => t.network.deleteMany({ where: { id: task.targetId } }), targetEvent(task, 'deleted', 'deleted'));
     },
     async onRolledBack(task, tx) {
-      await setState(tx, bus, task, 'error');
+      await setState(tx, task, 'error');
     },
   };
   return [create, del];

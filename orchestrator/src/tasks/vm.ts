@@ -2,15 +2,14 @@ import type { PrismaClient } from '@kloudak/prisma';
 import type { AgentChannel } from '../agent-api/channel.js';
 import type { NicSpec } from '../domain/agent.js';
 import { addressPoolFor, formatInterfaceAddress, formatIpv4 } from '../domain/ipam.js';
-import type { EventBus } from '../events/bus.js';
 import { releaseVmClaims } from '../store/claims.js';
 import { runCommand } from './commands.js';
+import { changeWithEvents, targetEvent } from './events.js';
 import { StepError, type StepContext, type TaskDefinition, type TaskView, type TxClient } from './types.js';
 
 /** What the VM tasks need besides the database. */
 export interface VmTaskDeps {
   agents: AgentChannel;
-  bus: EventBus;
   /** How long a graceful stop may take before the domain is destroyed. */
   stopTimeoutMs: number;
   /** How often to ask the host whether a new VM runs yet. */
@@ -74,9 +73,9 @@ function parseDotted(ip: string): number {
   return (((p[0]! << 24) >>> 0) + (p[1]! << 16) + (p[2]! << 8) + p[3]!) >>> 0;
 }
 
-async function setState(db: PrismaClient | TxClient, bus: EventBus, task: TaskView, state: VmState): Promise<void> {
-  await db.vm.updateMany({ where: { id: task.targetId }, data: { state } });
-  if (task.workspaceId) bus.publish(`kloudak.ws.${task.workspaceId}.vm.state`, { vmId: task.targetId, state, taskId: task.id });
+/** Write a VM's state and its event, in the caller's transaction or a new one. */
+async function setState(db: PrismaClient | TxClient, task: TaskView, state: VmState): Promise<void> {
+  await changeWithEvents(db, (tx) => tx.vm.updateMany({ where: { id: task.targetId }, data: { state } }), targetEvent(task, 'state', state));
 }
 
 /**
@@ -90,7 +89,7 @@ export function createdRunning(result: unknown, now: number, pollMs: number): bo
 
 /** The task definitions of VMs: create, delete, start, stop, reboot, attach and detach a NIC. */
 export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
-  const { agents, bus } = deps;
+  const { agents } = deps;
 
   const ensureNetworks = {
     name: 'networks',
@@ -129,7 +128,7 @@ export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
         name: 'create',
         async run(ctx) {
           const vm = await loadVm(ctx.db, ctx.task.targetId);
-          await setState(ctx.db, bus, ctx.task, 'creating');
+          await setState(ctx.db, ctx.task, 'creating');
           const t = vm.template;
           const boot = t.bootKernel && t.bootInitrd ? { kernel: t.bootKernel, initrd: t.bootInitrd, cmdline: t.bootCmdline ?? '' } : undefined;
           const host = hostOf(vm);
@@ -187,13 +186,13 @@ export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
       },
     ],
     async onSucceeded(task, tx) {
-      await setState(tx, bus, task, 'running');
+      await setState(tx, task, 'running');
     },
     async onRolledBack(task, tx) {
       // Rolled back completely: nothing is left on any host and the claims are released; the VM
       // stays, in error, so its owner sees why (the task says) and deletes it. Incomplete: the
       // host may still hold it, so its claims stay until a delete succeeds.
-      await setState(tx, bus, task, 'error');
+      await setState(tx, task, 'error');
     },
   };
 
@@ -205,7 +204,7 @@ export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
         // Stop and delete it on its host (the agent destroys, undefines, and removes volumes and ports).
         async run(ctx) {
           const vm = await loadVm(ctx.db, ctx.task.targetId);
-          await setState(ctx.db, bus, ctx.task, 'deleting');
+          await setState(ctx.db, ctx.task, 'deleting');
           if (!vm.hostId) return { host: null };
           await runCommand(agents, ctx, vm.hostId, { vmId: vm.id, action: { kind: 'deleteVm', pool: vm.pool?.name ?? '', bridges: [] } });
           return { host: vm.host?.name ?? null };
@@ -214,11 +213,10 @@ export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
     ],
     async onSucceeded(task, tx) {
       // Gone from the API: the row goes, and with it its interfaces and addresses (cascade).
-      await tx.vm.deleteMany({ where: { id: task.targetId } });
-      if (task.workspaceId) bus.publish(`kloudak.ws.${task.workspaceId}.vm.deleted`, { vmId: task.targetId, taskId: task.id });
+      await changeWithEvents(tx, (t) => t.vm.deleteMany({ where: { id: task.targetId } }), targetEvent(task, 'deleted', 'deleted'));
     },
     async onRolledBack(task, tx) {
-      await setState(tx, bus, task, 'error');
+      await setState(tx, task, 'error');
     },
   };
 
@@ -237,7 +235,7 @@ export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
       },
     ],
     async onSucceeded(task, tx) {
-      await setState(tx, bus, task, after);
+      await setState(tx, task, after);
     },
   });
 
@@ -270,7 +268,7 @@ export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
     async onSucceeded(task, tx) {
       // A detached NIC (and its address) goes once the host no longer has it.
       if (!attach) await tx.vmInterface.deleteMany({ where: { vmId: task.targetId, networkId: String(task.input['networkId'] ?? '') } });
-      if (task.workspaceId) bus.publish(`kloudak.ws.${task.workspaceId}.vm.updated`, { vmId: task.targetId, taskId: task.id });
+      await changeWithEvents(tx, async () => undefined, targetEvent(task, 'updated', null));
     },
     async onRolledBack(task, tx) {
       // An attach that failed leaves no NIC record behind (nor its address).
