@@ -357,6 +357,7 @@ async function main(): Promise<number> {
       args: ['serve'],
       env: {
         KLOUDAK_HOST: '127.0.0.1',
+        KLOUDAK_GRPC_PORT: '0',
         KLOUDAK_DATA_DIR: dataDir,
         DATABASE_URL: db.url,
         NATS_URL,

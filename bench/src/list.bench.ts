@@ -136,6 +136,7 @@ async function runEngine(engine: Engine): Promise<EngineResult> {
     args: ['serve'],
     env: {
       KLOUDAK_HOST: '127.0.0.1',
+      KLOUDAK_GRPC_PORT: '0',
       KLOUDAK_DATA_DIR: dataDir,
       KLOUDAK_LOG_LEVEL: 'silent',
       KLOUDAK_ADMIN_USER: ADMIN.username,

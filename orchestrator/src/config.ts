@@ -6,6 +6,14 @@ export const OrchestratorConfigSchema = Type.Object(
   {
     port: Type.Integer({ minimum: 0, maximum: 65535, default: 8080 }),
     host: Type.String({ minLength: 1, default: '127.0.0.1' }),
+    /** Port of the public gRPC API (kloudak.api.v1), on `host` like REST; 0 picks a free port (tests). */
+    grpcPort: Type.Integer({ minimum: 0, maximum: 65535, default: 9090 }),
+    /**
+     * PEM certificate chain and key clients see: with both, REST (and its WebSocket) and gRPC are
+     * served over TLS; with neither, in plain text (a warning at start unless `host` is loopback).
+     */
+    tlsCertFile: Type.String({ default: '' }),
+    tlsKeyFile: Type.String({ default: '' }),
     dataDir: Type.String({ minLength: 1, default: './data' }),
     /** PostgreSQL URL; the embedded PGlite database is used when empty. */
     databaseUrl: Type.String({ default: '' }),
@@ -84,6 +92,9 @@ export type OrchestratorConfig = Readonly<Static<typeof OrchestratorConfigSchema
 const ENV_NAMES: Record<string, string> = {
   KLOUDAK_PORT: 'port',
   KLOUDAK_HOST: 'host',
+  KLOUDAK_GRPC_PORT: 'grpcPort',
+  KLOUDAK_TLS_CERT_FILE: 'tlsCertFile',
+  KLOUDAK_TLS_KEY_FILE: 'tlsKeyFile',
   KLOUDAK_DATA_DIR: 'dataDir',
   DATABASE_URL: 'databaseUrl',
   NATS_URL: 'natsUrl',
@@ -125,6 +136,7 @@ const ENV_NAMES: Record<string, string> = {
 const FLAG_NAMES: Record<string, string> = {
   port: 'port',
   host: 'host',
+  'grpc-port': 'grpcPort',
   'data-dir': 'dataDir',
   'database-url': 'databaseUrl',
   'nats-url': 'natsUrl',

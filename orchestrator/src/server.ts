@@ -1,4 +1,5 @@
 import { createServer, type Server } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '@kloudak/common';
 import { openDatabase, type Database } from '@kloudak/prisma';
@@ -20,6 +21,8 @@ import { randomUUID } from 'node:crypto';
 import { TaskEngine } from './tasks/engine.js';
 import { networkTaskDefinitions } from './tasks/network.js';
 import { vmTaskDefinitions } from './tasks/vm.js';
+import { GrpcApi } from './grpc/server.js';
+import { loadClientTls, warnIfPlainText } from './client-tls.js';
 
 /** A running orchestrator. */
 export interface Orchestrator {
@@ -45,6 +48,11 @@ export interface Orchestrator {
   tasks: TaskEngine;
   /** The application layer's dependencies: what REST (and later gRPC, the CLI) call use cases with. */
   services: Services;
+  /** `host:port` of the public gRPC API (kloudak.api.v1), and its port. */
+  grpcUrl: string;
+  grpcPort: number;
+  /** Whether REST and gRPC are served over TLS (KLOUDAK_TLS_CERT_FILE / KLOUDAK_TLS_KEY_FILE). */
+  tls: boolean;
   /** Stop accepting, finish in-flight requests (up to the grace period), end agent sessions, close NATS and the database. */
   close(): Promise<void>;
 }
@@ -59,6 +67,8 @@ export interface StartOptions {
 
 /** Open the database, migrate, bootstrap the admin, and serve the API and the agent link. */
 export async function startOrchestrator(config: OrchestratorConfig, log: Logger, clock: Clock, opts: StartOptions = {}): Promise<Orchestrator> {
+  // Before anything opens: a bad certificate or key stops the start at once.
+  const clientTls = loadClientTls(config);
   const db = await openDatabase({ url: config.databaseUrl || undefined, dataDir: config.dataDir });
   let nc: NatsConnection | undefined;
   let relay: OutboxRelay | undefined;
@@ -66,6 +76,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
   let unlisten: (() => Promise<void>) | undefined;
   let link: AgentLink | undefined;
   let engine: TaskEngine | undefined;
+  let grpcApi: GrpcApi | undefined;
   try {
     const m = await db.migrate();
     log.info({ database: db.kind, applied: m.applied, already_applied: m.alreadyApplied }, 'database migrated');
@@ -143,7 +154,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       events,
     });
     const api = createApi(services);
-    const server: Server = createServer(api.app.callback());
+    const server: Server = clientTls ? createTlsServer({ cert: clientTls.cert, key: clientTls.key }, api.app.callback()) : createServer(api.app.callback());
     server.keepAliveTimeout = 65_000;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -151,14 +162,21 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     });
     const addr = server.address() as AddressInfo;
     const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
-    const url = `http://${host}:${addr.port}`;
+    const url = `${clientTls ? 'https' : 'http'}://${host}:${addr.port}`;
+    const grpcServer = await GrpcApi.start(services, api.routes, { host: config.host, port: config.grpcPort, tls: clientTls }, log);
+    grpcApi = grpcServer;
+    const grpcUrl = `${host}:${grpcServer.port}`;
+    warnIfPlainText(log, config.host, clientTls);
     const agentHost = config.agentHost === '0.0.0.0' || config.agentHost === '::' ? '127.0.0.1' : config.agentHost;
     const agentUrl = `${agentHost.includes(':') ? `[${agentHost}]` : agentHost}:${agentLink.port}`;
-    log.info({ url, agent_url: agentUrl, database: db.kind }, 'orchestrator listening');
+    log.info({ url, grpc_url: grpcUrl, tls: clientTls !== null, agent_url: agentUrl, database: db.kind }, 'orchestrator listening');
     tasks.start();
     let closing: Promise<void> | undefined;
     return {
       url,
+      grpcUrl,
+      grpcPort: grpcServer.port,
+      tls: clientTls !== null,
       api,
       db,
       agentUrl,
@@ -176,12 +194,14 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
           const done = new Promise<void>((resolve) => server.close(() => resolve()));
           server.closeIdleConnections();
           const timer = setTimeout(() => server.closeAllConnections(), config.shutdownGraceMs);
+          const grpcDone = grpcServer.close(config.shutdownGraceMs);
           // Tasks stop where they wait and release their leases: the next start resumes them at once.
           await tasks.close();
           // Agent sessions end with UNAVAILABLE (agents reconnect); usage and state writes are flushed.
           await agentLink.close(config.shutdownGraceMs);
           events.close();
           await done;
+          await grpcDone;
           clearTimeout(timer);
           await unlisten?.();
           await outbox.close();
@@ -190,6 +210,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
         })()),
     };
   } catch (err) {
+    await grpcApi?.close(0);
     await engine?.close();
     await link?.close(0);
     hub?.close();

@@ -27,7 +27,7 @@ import {
   type EnrollRequest,
   type LeaseGrant,
 } from '../gen/kloudak/agent/v1/agent.js';
-import { GetHostResponse, HostAdminState, HostState } from '../gen/kloudak/api/v1/api.js';
+import { GetHostResponse, GetTaskResponse } from '../gen/kloudak/api/v1/api.js';
 
 // Timestamps survive a round trip exactly only to the millisecond (useDate=true maps to Date).
 const T0 = new Date('2025-11-25T09:30:00.123Z');
@@ -160,19 +160,37 @@ test('OrchestratorMessage Command CreateVm round-trips', () => {
   assert.equal(decoded.body?.$case === 'command' ? decoded.body.command.action?.$case : undefined, 'createVm');
 });
 
-test('api GetHostResponse round-trips with a Timestamp', () => {
+test('api GetHostResponse round-trips with Timestamps and 64-bit sizes', () => {
   const res = GetHostResponse.fromPartial({
     host: {
       id: 'h1',
       name: 'kvm-01',
-      areaId: 'a1',
-      state: HostState.HOST_STATE_UP,
-      adminState: HostAdminState.HOST_ADMIN_STATE_ACTIVE,
-      capacity: { cpuCount: 64, ramMb: 524288, diskGb: 8192 },
-      lastHeartbeat: T0,
+      area: 'lab',
+      state: 'up',
+      adminState: 'active',
+      capacity: { cpus: 64, ramMb: 524288, diskGb: 8192, memoryBytes: 549_755_813_888n, diskBytes: 8_796_093_022_208n },
+      lastHeartbeatAt: T0,
     },
   });
   assert.deepEqual(roundTrip(GetHostResponse, res), res);
+});
+
+test('api GetTaskResponse carries JSON values (rollback log, placement) and unset optionals', () => {
+  const res = GetTaskResponse.fromPartial({
+    task: {
+      id: 't1',
+      kind: 'vm.create',
+      object: { type: 'vm', id: 'v1' },
+      state: 'rolled_back',
+      rollbackLog: [{ step: 'define', ok: true }],
+      placement: { host: 'kvm-01', score: 0.5 },
+      createdAt: T0,
+    },
+  });
+  const back = roundTrip(GetTaskResponse, res);
+  assert.deepEqual(back, res);
+  assert.equal(back.task?.error, undefined);
+  assert.equal(back.task?.object?.name, undefined);
 });
 
 test('AgentLink over a real grpc-js socket: 3 heartbeats -> 3 lease grants', { timeout: 15_000 }, async () => {

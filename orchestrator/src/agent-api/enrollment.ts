@@ -11,7 +11,7 @@ import { createEnrolledHost, hostNamed } from '../store/agent-hosts.js';
 import { transaction } from '../store/db.js';
 import { consumeJoinToken, parseJoinToken, recordEnrolledHost } from '../store/join-tokens.js';
 import type { CertificateAuthority } from './ca.js';
-import { toGrpcError } from './grpc-status.js';
+import { toGrpcError } from '../grpc/status.js';
 
 const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 
@@ -38,7 +38,7 @@ export async function enroll(deps: EnrollmentDeps, req: EnrollRequest): Promise<
   const issued = await transaction(deps.db.client, async (tx) => {
     const t = await consumeJoinToken(tx, token, now);
     if (!t) throw new UnauthenticatedError('invalid, expired, used or revoked join token');
-    if (await hostNamed(tx, req.hostName)) throw new ConflictError(`a host named '${req.hostName}' exists`);
+    if (await hostNamed(tx, req.hostName)) throw new ConflictError(`a host named '${req.hostName}' exists`, undefined, 'exists');
     const cert = await deps.ca.signClient(hostId, req.publicKeyPem);
     await createEnrolledHost(tx, { id: hostId, name: req.hostName, areaId: t.areaId, agentVersion, certSerial: cert.serial, certExpiresAt: cert.notAfter });
     await recordEnrolledHost(tx, token.id, hostId);
@@ -52,7 +52,7 @@ export async function enroll(deps: EnrollmentDeps, req: EnrollRequest): Promise<
 export function enrollmentError(log: Logger, err: unknown, req: EnrollRequest): grpc.ServiceError {
   let e = err;
   // Two enrollments of one name racing past the check: the unique index decides.
-  if ((err as { code?: string }).code === 'P2002') e = new ConflictError(`a host named '${req.hostName}' exists`);
+  if ((err as { code?: string }).code === 'P2002') e = new ConflictError(`a host named '${req.hostName}' exists`, undefined, 'exists');
   const tokenId = parseJoinToken(req.joinToken.trim())?.id;
   if (e instanceof KloudakError && e.code !== 'internal') {
     log.warn({ host_name: req.hostName.slice(0, 253), join_token_id: tokenId, code: e.code, reason: e.message }, 'enrollment refused');

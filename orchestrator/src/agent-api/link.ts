@@ -21,7 +21,7 @@ import {
   leaseGrantToProto,
 } from './convert.js';
 import { enroll, enrollmentError } from './enrollment.js';
-import { toGrpcError } from './grpc-status.js';
+import { toGrpcError } from '../grpc/status.js';
 import { HeartbeatWriter, LAST_HEARTBEAT_WRITE_MS } from './heartbeat-writer.js';
 import { Liveness, type LiveState, type Transition } from './liveness.js';
 import { Session, type Call } from './session.js';

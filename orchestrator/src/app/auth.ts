@@ -79,7 +79,7 @@ export async function signup(s: Services, c: Caller, input: { username: string; 
   const weak = passwordWeakness(input.password, input.username);
   if (weak) throw invalidField('/password', weak);
   const email = input.email.toLowerCase();
-  if (await userByUsernameOrEmail(s.db.client, input.username, email)) throw new ConflictError('username or email already registered');
+  if (await userByUsernameOrEmail(s.db.client, input.username, email)) throw new ConflictError('username or email already registered', undefined, 'exists');
   const passwordHash = await hashPassword(input.password, s.config.passwordHashCost);
   const u = await createUser(s.db.client, { username: input.username, email, passwordHash });
   c.log.info({ user_id: u.id }, 'user signed up');

@@ -5,7 +5,7 @@ import { databaseError } from '../store/db.js';
  * What a use case failed with, as a typed error: its own KloudakErrors as they are, database
  * failures translated (conflict, not_found, unavailable…). Null for anything else: a bug, which
  * every adapter answers as `internal` without details. Adapters map the code to their status
- * through their one table (http/errors.ts HTTP_STATUS, agent-api/grpc-status.ts).
+ * through their one table (http/errors.ts HTTP_STATUS, grpc/status.ts GRPC_STATUS).
  */
 export function typedError(err: unknown): KloudakError | null {
   if (err instanceof KloudakError) return err;

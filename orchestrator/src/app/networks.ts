@@ -80,7 +80,7 @@ export async function createNetwork(s: Services, c: Caller, ws: string, input: C
     await lockForClaims(tx, workspaceId, area.id);
     await checkQuota(tx, workspaceId, await workspaceUsage(tx, workspaceId), { networks: 1 });
     if (await networkByName(tx, workspaceId, input.name)) {
-      throw new ConflictError(`a network named '${input.name}' already exists in this workspace`, { field: 'name' });
+      throw new ConflictError(`a network named '${input.name}' already exists in this workspace`, { field: 'name' }, 'exists');
     }
     const v = allocateVlan({ first: area.vlanFirst, last: area.vlanLast }, await usedVlans(tx, area.id));
     if (!v.ok) throw new ConflictError(v.message, { field: 'area' });

@@ -54,7 +54,7 @@ export async function createPool(
   const area = await areaByName(s.db.client, input.area);
   if (!area) throw invalidField('/area', `area '${input.area}' does not exist`);
   const dup = await poolAtPath(s.db.client, area.id, input.path);
-  if (dup) throw new ConflictError(`pool '${dup.name}' already uses this path in area '${input.area}'`);
+  if (dup) throw new ConflictError(`pool '${dup.name}' already uses this path in area '${input.area}'`, undefined, 'exists');
   const pool = await withEvents(
     s,
     (tx) => insertPool(tx, { name: input.name, areaId: area.id, path: input.path, shared: input.shared ?? true, type: input.type }),

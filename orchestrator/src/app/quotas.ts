@@ -31,6 +31,7 @@ export async function checkQuota(tx: Tx, workspaceId: string, usage: WorkspaceUs
     if (limit !== null && more > 0 && usage[k] + more > limit) {
       throw new KloudakError('conflict', `quota exceeded: ${k} would be ${usage[k] + more}, the workspace's limit is ${limit}`, {
         details: { quota: k, limit, usage: usage[k], requested: more },
+        conflict: 'quota',
       });
     }
   }

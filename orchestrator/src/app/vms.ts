@@ -148,7 +148,7 @@ export async function createVm(s: Services, c: Caller, ws: string, input: Create
     async (tx) => {
       await lockForClaims(tx, workspaceId, area.id);
       if (await vmNamed(tx, workspaceId, input.name)) {
-        throw new ConflictError(`a VM named '${input.name}' already exists in this workspace`, { field: 'name' });
+        throw new ConflictError(`a VM named '${input.name}' already exists in this workspace`, { field: 'name' }, 'exists');
       }
       await checkQuota(tx, workspaceId, await workspaceUsage(tx, workspaceId), { vms: 1, cpu, ramMb, diskGb, addresses: ordered.length });
       const snapshot = await areaPlacementSnapshot(tx, area.id, (hostId) => s.agents.status(hostId).connected);

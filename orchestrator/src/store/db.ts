@@ -56,7 +56,7 @@ export function databaseError(err: unknown): KloudakError | null {
   if (isPrismaKnown(err)) {
     switch (err.code) {
       case 'P2002':
-        return new KloudakError('conflict', 'an object with this name already exists', { cause: err });
+        return new KloudakError('conflict', 'an object with this name already exists', { cause: err, conflict: 'exists' });
       case 'P2025':
       case 'P2001':
         return new KloudakError('not_found', 'object not found', { cause: err });
@@ -68,7 +68,7 @@ export function databaseError(err: unknown): KloudakError | null {
     // reports a RESTRICT violation, 23001, as a generic database error).
     switch (sqlState(err)) {
       case '23505':
-        return new KloudakError('conflict', 'an object with this name already exists', { cause: err });
+        return new KloudakError('conflict', 'an object with this name already exists', { cause: err, conflict: 'exists' });
       case '22021':
       case '22P05':
         return new KloudakError('validation_failed', 'input contains characters the database cannot store', { cause: err });

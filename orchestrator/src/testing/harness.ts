@@ -112,6 +112,7 @@ export async function startHarness(
     natsUrl: TEST_NATS_URL,
     agentHost: '127.0.0.1',
     agentPort: 0,
+    grpcPort: 0,
     ...overrides,
   });
   const { logDestination, ...start } = startOptions;

@@ -18,16 +18,27 @@ export type ErrorCode =
   | 'unavailable'
   | 'internal';
 
+/**
+ * What kind of `conflict` an error is: a name or object that already exists, a state that does
+ * not allow the change (the default), or a quota it would exceed. HTTP answers all three 409 with
+ * the code `conflict`; gRPC, which has a status for each, answers ALREADY_EXISTS,
+ * FAILED_PRECONDITION and RESOURCE_EXHAUSTED.
+ */
+export type ConflictKind = 'exists' | 'state' | 'quota';
+
 /** Base class: a code, a message safe to show a user, optional structured details and a cause. */
 export class KloudakError extends Error {
   readonly code: ErrorCode;
   readonly details: Record<string, unknown> | undefined;
+  /** Set on `conflict` errors only; 'state' when not said. */
+  readonly conflict: ConflictKind | undefined;
 
-  constructor(code: ErrorCode, message: string, options?: { details?: Record<string, unknown>; cause?: unknown }) {
+  constructor(code: ErrorCode, message: string, options?: { details?: Record<string, unknown>; cause?: unknown; conflict?: ConflictKind }) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = new.target.name;
     this.code = code;
     this.details = options?.details;
+    this.conflict = code === 'conflict' ? (options?.conflict ?? 'state') : undefined;
   }
 }
 
@@ -61,10 +72,10 @@ export class NotFoundError extends KloudakError {
   }
 }
 
-/** The request conflicts with the current state (duplicate name, object in use...). */
+/** The request conflicts with the current state (duplicate name, object in use...); `kind` says which. */
 export class ConflictError extends KloudakError {
-  constructor(message: string, details?: Record<string, unknown>) {
-    super('conflict', message, details === undefined ? undefined : { details });
+  constructor(message: string, details?: Record<string, unknown>, kind: ConflictKind = 'state') {
+    super('conflict', message, details === undefined ? { conflict: kind } : { details, conflict: kind });
   }
 }
 

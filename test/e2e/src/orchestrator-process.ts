@@ -37,7 +37,7 @@ async function startOnce(env: Record<string, string>, timeoutMs: number): Promis
   const port = await freePort();
   let out = '';
   const child = spawn(process.execPath, [ORCHESTRATOR_MAIN, 'serve'], {
-    env: { PATH: process.env['PATH'] ?? '', KLOUDAK_HOST: '127.0.0.1', KLOUDAK_PORT: String(port), KLOUDAK_PASSWORD_HASH_COST: '12', KLOUDAK_AGENT_PORT: '0', ...env },
+    env: { PATH: process.env['PATH'] ?? '', KLOUDAK_HOST: '127.0.0.1', KLOUDAK_PORT: String(port), KLOUDAK_PASSWORD_HASH_COST: '12', KLOUDAK_AGENT_PORT: '0', KLOUDAK_GRPC_PORT: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   child.stdout?.on('data', (d: Buffer) => (out += d.toString()));

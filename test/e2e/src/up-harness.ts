@@ -116,6 +116,7 @@ export async function startUp(cleanup: Cleanup, dataDir: string, env: Record<str
       KLOUDAK_DATA_DIR: dataDir,
       KLOUDAK_PORT: String(httpPort),
       KLOUDAK_AGENT_PORT: String(agentPort),
+      KLOUDAK_GRPC_PORT: '0',
       NATS_URL: TEST_NATS_URL,
       // Hashing cost of the one admin password; the default is made for production.
       KLOUDAK_PASSWORD_HASH_COST: '12',

@@ -33,6 +33,7 @@ export async function startInProcessOrchestrator(
   cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }), `remove ${dataDir}`);
   const orch = await startOrchestrator(
     configWith({
+      grpcPort: 0,
       port: 0,
       host: '127.0.0.1',
       agentPort: await freePort(),

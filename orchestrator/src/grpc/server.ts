@@ -1,0 +1,83 @@
+// The public gRPC server: the kloudak.api.v1 services, server reflection (grpcurl needs no .proto
+// files) and the standard health service, in plain text or over TLS.
+import { createRequire } from 'node:module';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation, protoPath as healthProtoPath, type ServingStatus } from 'grpc-health-check';
+import { KloudakError, type Logger } from '@kloudak/common';
+import type { Services } from '../app/services.js';
+import type { RouteSpec } from '../http/route.js';
+import { apiServices } from './services.js';
+
+/** The certificate chain and key (PEM) clients see; null: plain text. */
+export type TlsKeyPair = { cert: Buffer; key: Buffer } | null;
+
+/** Where and how the public gRPC API listens. */
+export interface GrpcApiOptions {
+  host: string;
+  /** 0 picks a free port (tests). */
+  port: number;
+  tls: TlsKeyPair;
+}
+
+/** Path of kloudak/api/v1/api.proto, shipped by @kloudak/proto. */
+export function apiProtoPath(): string {
+  return createRequire(import.meta.url).resolve('@kloudak/proto/api.proto');
+}
+
+/** A running public gRPC server. */
+export class GrpcApi {
+  private constructor(
+    private readonly server: grpc.Server,
+    private readonly health: HealthImplementation,
+    /** The bound port (the configured one, or the one picked for 0). */
+    readonly port: number,
+    /** The service names it serves (health reports each). */
+    readonly serviceNames: readonly string[],
+  ) {}
+
+  /** Serve the API of `services`, each RPC the twin of its REST operation in `routes`. */
+  static async start(services: Services, routes: readonly RouteSpec[], opts: GrpcApiOptions, log: Logger): Promise<GrpcApi> {
+    const server = new grpc.Server({
+      // A client that stops reading cannot hold a call open forever; idle connections are closed.
+      'grpc.keepalive_time_ms': 60_000,
+      'grpc.max_connection_idle_ms': 300_000,
+      'grpc.max_receive_message_length': 4 * 1024 * 1024,
+    });
+    const ctx = { services, routes: new Map(routes.map((r) => [`${r.method.toUpperCase()} ${r.path}`, r])), log: log.child({ component: 'grpc-api' }) };
+    const names: string[] = [];
+    for (const { definition, implementation } of apiServices(ctx)) {
+      server.addService(definition, implementation);
+      const first = Object.values(definition)[0];
+      if (first) names.push(first.path.split('/')[1] as string);
+    }
+    // Reflection describes what this file and the health service declare, from the same .proto files.
+    const described = protoLoader.loadSync([apiProtoPath(), healthProtoPath], { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
+    new ReflectionService(described).addToServer(server);
+    const health = new HealthImplementation(Object.fromEntries([['', 'SERVING'], ...names.map((n) => [n, 'SERVING'])]) as Record<string, ServingStatus>);
+    health.addToServer(server);
+    const creds = opts.tls ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: opts.tls.cert, private_key: opts.tls.key }], false) : grpc.ServerCredentials.createInsecure();
+    const address = `${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${opts.port}`;
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(address, creds, (err, p) => (err ? reject(new KloudakError('unavailable', `cannot listen on ${address} for gRPC: ${err.message}`, { cause: err })) : resolve(p))),
+    );
+    return new GrpcApi(server, health, port, names);
+  }
+
+  /** Report NOT_SERVING, let calls in flight finish (up to `graceMs`), then cut what is left. */
+  async close(graceMs: number): Promise<void> {
+    this.health.setStatus('', 'NOT_SERVING');
+    for (const n of this.serviceNames) this.health.setStatus(n, 'NOT_SERVING');
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, graceMs);
+      this.server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+}
