@@ -9,6 +9,7 @@ import type { Clock } from './clock.js';
 import type { OrchestratorConfig } from './config.js';
 import { createServices, type Services } from './app/services.js';
 import { createApi, type Api } from './http/app.js';
+import { eventStreams } from './http/events.js';
 import { CertificateAuthority } from './agent-api/ca.js';
 import type { AgentChannel } from './agent-api/channel.js';
 import { AgentLink } from './agent-api/link.js';
@@ -154,7 +155,11 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       events,
     });
     const api = createApi(services);
-    const server: Server = clientTls ? createTlsServer({ cert: clientTls.cert, key: clientTls.key }, api.app.callback()) : createServer(api.app.callback());
+    // WebSocket and SSE event streams share the server; every other request goes to Koa.
+    const streams = eventStreams(services);
+    const handler = streams.wrap(api.app.callback());
+    const server: Server = clientTls ? createTlsServer({ cert: clientTls.cert, key: clientTls.key }, handler) : createServer(handler);
+    streams.attach(server);
     server.keepAliveTimeout = 65_000;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -199,6 +204,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
           await tasks.close();
           // Agent sessions end with UNAVAILABLE (agents reconnect); usage and state writes are flushed.
           await agentLink.close(config.shutdownGraceMs);
+          streams.close();
           events.close();
           await done;
           await grpcDone;
