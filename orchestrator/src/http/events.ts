@@ -8,7 +8,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { KloudakError, UnauthenticatedError } from '@kloudak/common';
 import { authenticate } from '../app/auth.js';
-import { openInfraEvents, openWorkspaceEvents, parseSince, type EventSubscription } from '../app/events.js';
+import { openInfraEvents, openWorkspaceEvents, parseSince, type EventSubscription, type KloudakEvent } from '../app/events.js';
 import type { Caller, Principal } from '../app/principal.js';
 import type { Services } from '../app/services.js';
 import { errorResponse, HTTP_STATUS, toKloudakError } from './errors.js';
@@ -21,6 +21,20 @@ const TOKEN = /^[A-Za-z0-9._~+/=-]{1,8192}$/;
 const FIRST_MESSAGE_MS = 10_000;
 /** Keep-alives: idle proxies close silent connections. */
 const KEEPALIVE_MS = 25_000;
+
+/**
+ * The JSON of an event, made once: the hub hands the same event object to every stream of its
+ * scope, so a thousand clients cost one serialisation.
+ */
+const serialised = new WeakMap<KloudakEvent, string>();
+function json(e: KloudakEvent): string {
+  let s = serialised.get(e);
+  if (s === undefined) {
+    s = JSON.stringify(e);
+    serialised.set(e, s);
+  }
+  return s;
+}
 
 /** WebSocket close codes: 4000 + the HTTP status the same failure answers elsewhere. */
 function closeCode(status: number): number {
@@ -135,7 +149,7 @@ export function eventStreams(s: Services): EventStreams {
     });
     for await (const e of sub) {
       // id: is the sequence, so EventSource resumes with Last-Event-ID by itself.
-      if (!res.write(`id: ${e.seq}\ndata: ${JSON.stringify(e)}\n\n`)) await new Promise((r) => res.once('drain', r));
+      if (!res.write(`id: ${e.seq}\ndata: ${json(e)}\n\n`)) await new Promise((r) => res.once('drain', r));
     }
   }
 
@@ -149,7 +163,7 @@ export function eventStreams(s: Services): EventStreams {
     void (async () => {
       for await (const e of sub) {
         if (socket.readyState !== socket.OPEN) break;
-        socket.send(JSON.stringify(e));
+        socket.send(json(e));
       }
     })();
   }
