@@ -1,0 +1,98 @@
+// The receiving side of event-latency.bench, in a worker thread (its own event loop, so the
+// clients' parsing does not sit on the server's): N WebSocket clients of a workspace's event
+// stream and one bare NATS subscriber of the workspace's subjects. Each records, per change
+// (named by the bench), when the event arrived: performance.timeOrigin + performance.now(), the
+// same clock as the bench's commit times.
+import { parentPort, workerData } from 'node:worker_threads';
+import WebSocket from 'ws';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+
+interface Setup {
+  url: string;
+  natsUrl: string;
+  workspace: string;
+  workspaceId: string;
+  token: string;
+}
+
+const setup = workerData as Setup;
+const now = () => performance.timeOrigin + performance.now();
+const port = parentPort!;
+let sockets: WebSocket[] = [];
+/** change name → arrival times at the WebSocket clients. */
+let ws = new Map<string, number[]>();
+/** change name → arrival time at the bare NATS subscriber. */
+let nats = new Map<string, number>();
+let nc: NatsConnection | undefined;
+
+function record(name: unknown, at: number, into: 'ws' | 'nats'): void {
+  if (typeof name !== 'string' || !name.startsWith('lat-')) return;
+  if (into === 'nats') nats.set(name, at);
+  else {
+    const a = ws.get(name);
+    if (a) a.push(at);
+    else ws.set(name, [at]);
+  }
+}
+
+async function openClients(n: number): Promise<void> {
+  const url = `${setup.url.replace(/^http/, 'ws')}/api/v1/workspaces/${encodeURIComponent(setup.workspace)}/events`;
+  const batch = 50;
+  for (let i = 0; i < n; i += batch) {
+    await Promise.all(
+      Array.from({ length: Math.min(batch, n - i) }, async () => {
+        const s = new WebSocket(url, { headers: { authorization: `Bearer ${setup.token}` }, perMessageDeflate: false });
+        s.on('message', (d: Buffer) => {
+          const at = now();
+          record((JSON.parse(d.toString('utf8')) as { name?: unknown }).name, at, 'ws');
+        });
+        s.on('error', (err) => port.postMessage({ kind: 'error', message: String(err) }));
+        await new Promise<void>((resolve, reject) => {
+          s.once('open', () => resolve());
+          s.once('unexpected-response', (_q, r) => reject(new Error(`upgrade refused: ${r.statusCode}`)));
+        });
+        sockets.push(s);
+      }),
+    );
+  }
+}
+
+port.on('message', (m: { cmd: string; n?: number }) => {
+  void (async () => {
+    switch (m.cmd) {
+      case 'connect': {
+        if (!nc) {
+          nc = await connect({ servers: setup.natsUrl });
+          nc.subscribe(`kloudak.ws.${setup.workspaceId}.>`, {
+            callback: (_err, msg) => {
+              const at = now();
+              record((msg.json() as { name?: unknown }).name, at, 'nats');
+            },
+          });
+          await nc.flush();
+        }
+        await openClients(m.n ?? 1);
+        port.postMessage({ kind: 'ready', clients: sockets.length });
+        return;
+      }
+      case 'collect':
+        port.postMessage({ kind: 'samples', ws: [...ws.entries()], nats: [...nats.entries()] });
+        ws = new Map();
+        nats = new Map();
+        return;
+      case 'disconnect': {
+        const closing = sockets.map((s) => new Promise<void>((r) => (s.readyState === s.CLOSED ? r() : s.once('close', () => r()))));
+        for (const s of sockets) s.close();
+        await Promise.race([Promise.all(closing), new Promise((r) => setTimeout(r, 5000))]);
+        for (const s of sockets) s.terminate();
+        sockets = [];
+        port.postMessage({ kind: 'disconnected' });
+        return;
+      }
+      case 'stop':
+        await nc?.close();
+        port.postMessage({ kind: 'stopped' });
+        return;
+    }
+  })().catch((err: unknown) => port.postMessage({ kind: 'error', message: String(err) }));
+});
