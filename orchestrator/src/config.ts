@@ -35,6 +35,16 @@ export const OrchestratorConfigSchema = Type.Object(
     agentLeaseMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 15000 }),
     /** Safety margin after a lease surely ended before a host counts as down. */
     agentDownMarginMs: Type.Integer({ minimum: 0, maximum: 3_600_000, default: 5000 }),
+    /**
+     * What one agent may send: messages per second on its stream (sustained) and in a burst, and
+     * the size of one message. Past either, its session ends with RESOURCE_EXHAUSTED (the agent
+     * reconnects after a backoff); other hosts see nothing of it.
+     */
+    agentMaxMessagesPerSecond: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 200 }),
+    agentMessageBurst: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 2000 }),
+    agentMaxMessageBytes: Type.Integer({ minimum: 65_536, maximum: 256 * 1024 * 1024, default: 8 * 1024 * 1024 }),
+    /** Messages written to an agent that it has not read yet; past it, its session ends (it does not read). */
+    agentMaxBufferedWrites: Type.Integer({ minimum: 8, maximum: 1_000_000, default: 1024 }),
     adminUser: Type.String({ default: '' }),
     adminEmail: Type.String({ default: '' }),
     adminPassword: Type.String({ default: '' }),
@@ -106,6 +116,10 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_HEARTBEAT_INTERVAL_MS: 'heartbeatIntervalMs',
   KLOUDAK_AGENT_LEASE_MS: 'agentLeaseMs',
   KLOUDAK_AGENT_DOWN_MARGIN_MS: 'agentDownMarginMs',
+  KLOUDAK_AGENT_MAX_MESSAGES_PER_SECOND: 'agentMaxMessagesPerSecond',
+  KLOUDAK_AGENT_MESSAGE_BURST: 'agentMessageBurst',
+  KLOUDAK_AGENT_MAX_MESSAGE_BYTES: 'agentMaxMessageBytes',
+  KLOUDAK_AGENT_MAX_BUFFERED_WRITES: 'agentMaxBufferedWrites',
   KLOUDAK_ADMIN_USER: 'adminUser',
   KLOUDAK_ADMIN_EMAIL: 'adminEmail',
   KLOUDAK_ADMIN_PASSWORD: 'adminPassword',

@@ -16,8 +16,19 @@ import type {
 } from '../domain/agent.js';
 
 /** A bigint counter as a number; byte counts stay exact below 2^53 (8 PiB). */
+/**
+ * The largest byte figure an agent may report (2^53, 8 PiB): what a number holds exactly, and more
+ * than any host or pool. An agent is not trusted: a memory figure of 2^51 bytes once overflowed an
+ * int column, and the batched insert of that minute then lost every host's usage (issue 11); the
+ * columns' own ranges are enforced where rows are built (usage.ts, store/agent-hosts.ts).
+ */
+export const MAX_REPORTED_BYTES = 2 ** 53;
+
+/** A 64-bit counter from the wire as a number in 0..MAX_REPORTED_BYTES. */
 function num(v: bigint | number | undefined): number {
-  return v === undefined ? 0 : Number(v);
+  if (v === undefined) return 0;
+  const n = Number(v);
+  return Number.isFinite(n) ? Math.min(MAX_REPORTED_BYTES, Math.max(0, n)) : 0;
 }
 
 function nicToProto(n: NicSpec): pb.Nic {
@@ -173,8 +184,8 @@ export function helloFromProto(h: pb.Hello): AgentHello {
     agentVersion: h.agentVersion,
     capacity: {
       cpuCount: h.capacity?.cpuCount ?? 0,
-      memoryBytes: h.capacity?.memoryBytes ?? 0n,
-      diskBytes: h.capacity?.diskBytes ?? 0n,
+      memoryBytes: BigInt(num(h.capacity?.memoryBytes)),
+      diskBytes: BigInt(num(h.capacity?.diskBytes)),
     },
     bridges: h.bridges.map((b) => ({ name: b.name, kind: bridgeKind(b.kind), mtu: b.mtu, up: b.up })),
     pools: poolsFromProto(h.pools),

@@ -9,7 +9,7 @@ import { AgentLinkService, type AgentMessage, type EnrollRequest, type EnrollRes
 import type { Clock } from '../clock.js';
 import type { HostInventory } from '../domain/agent.js';
 import { appendEventsNow } from '../store/outbox.js';
-import { hostIdentity, hostsHoldingLeases, reconcileHello, storeFenceReport, writeHostState } from '../store/agent-hosts.js';
+import { hostIdentity, hostsHoldingLeases, reconcileHello, storeFenceReport, vmsOnHost, writeHostState } from '../store/agent-hosts.js';
 import type { CertificateAuthority } from './ca.js';
 import { CommandChannel } from './channel.js';
 import {
@@ -24,7 +24,7 @@ import { enroll, enrollmentError } from './enrollment.js';
 import { toGrpcError } from '../grpc/status.js';
 import { HeartbeatWriter, LAST_HEARTBEAT_WRITE_MS } from './heartbeat-writer.js';
 import { Liveness, type LiveState, type Transition } from './liveness.js';
-import { Session, type Call } from './session.js';
+import { Session, type Call, type SessionLimits } from './session.js';
 import { OptionalClientCertCredentials } from './tls.js';
 import { UsageRecorder, type CurrentUsage } from './usage.js';
 
@@ -44,7 +44,12 @@ export interface AgentLinkOptions {
   helloTimeoutMs?: number;
   /** How often liveness is evaluated; defaults to a quarter heartbeat interval (50 ms – 1 s). */
   tickMs?: number;
+  /** What one agent may send and leave unread; defaults to {@link DEFAULT_SESSION_LIMITS}. */
+  limits?: SessionLimits;
 }
+
+/** The limits of a session when the options give none (the config's defaults). */
+export const DEFAULT_SESSION_LIMITS: SessionLimits = { messagesPerSecond: 200, burst: 2000, maxMessageBytes: 8 * 1024 * 1024, maxBufferedWrites: 1024 };
 
 /** Dependencies of the agent link. */
 export interface AgentLinkDeps {
@@ -104,6 +109,8 @@ export class AgentLink {
       'grpc.http2.min_ping_interval_without_data_ms': 10_000,
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
+      // One agent's message may not be larger than this (the Hello's inventory is the largest).
+      'grpc.max_receive_message_length': (opts.limits ?? DEFAULT_SESSION_LIMITS).maxMessageBytes,
     });
     const creds = new OptionalClientCertCredentials(deps.ca.caCertPem, deps.ca.serverKeyPair());
     const address = opts.host.includes(':') ? `[${opts.host}]:${opts.port}` : `${opts.host}:${opts.port}`;
@@ -216,7 +223,7 @@ export class AgentLink {
       call.emit('error', { code: grpc.status.UNAUTHENTICATED, details: reason, metadata: new grpc.Metadata() });
       return;
     }
-    const session = new Session(hostId, call);
+    const session = new Session(hostId, call, this.opts.limits ?? DEFAULT_SESSION_LIMITS, this.deps.clock.now());
     const log = this.log.child({ host_id: hostId, session_id: session.id });
     let chain: Promise<void> = Promise.resolve();
     const helloTimer = setTimeout(() => {
@@ -231,6 +238,13 @@ export class AgentLink {
     // Messages are handled one after the other, in stream order: a FenceReport is stored before
     // the grant of any later heartbeat is sent, which is what lets the agent delete its record.
     call.on('data', (msg: AgentMessage) => {
+      // Counted as it arrives, before it queues behind the messages being handled: a flood is
+      // cut off at once rather than piling up in the chain.
+      if (!session.ended && !session.admit(this.deps.clock.now())) {
+        log.warn({ limit_per_second: (this.opts.limits ?? DEFAULT_SESSION_LIMITS).messagesPerSecond }, 'agent sends too many messages: session ended');
+        session.end(grpc.status.RESOURCE_EXHAUSTED, 'too many messages on this stream; reconnect later');
+        return;
+      }
       chain = chain.then(async () => {
         if (session.ended) return;
         try {
@@ -325,6 +339,10 @@ export class AgentLink {
         return;
       case 'domainEvent': {
         const e = domainEventFromProto(body.domainEvent);
+        if (!(await vmsOnHost(this.deps.db.client, s.hostId, [e.vmId])).has(e.vmId.toLowerCase())) {
+          log.warn({ vm_id: e.vmId.slice(0, 64), event: e.event }, 'domain event about a VM that is not on this host: ignored');
+          return;
+        }
         log.debug({ vm_id: e.vmId || undefined, event: e.event }, 'domain event');
         // An infrastructure event (the VM's owners see its state changes through its tasks).
         await appendEventsNow(this.deps.db.client, [
@@ -341,7 +359,14 @@ export class AgentLink {
       }
       case 'fenceReport': {
         const now = new Date(this.deps.clock.now());
-        const f = fenceReportFromProto(body.fenceReport, now);
+        const reported = fenceReportFromProto(body.fenceReport, now);
+        // The report is stored (the host did fence: its lease ran out), with only the domains of
+        // VMs placed on this host; what it claims of other hosts' VMs is dropped, never evidence.
+        const own = await vmsOnHost(this.deps.db.client, s.hostId, reported.domains.map((d) => d.vmId));
+        const f = { ...reported, domains: reported.domains.filter((d) => own.has(d.vmId.toLowerCase())) };
+        if (f.domains.length < reported.domains.length) {
+          log.warn({ refused: reported.domains.length - f.domains.length }, 'fence report names VMs that are not on this host: those dropped');
+        }
         const id = await storeFenceReport(this.deps.db.client, s.hostId, s.hello.hostName, f, now);
         log.warn({ fence_report_id: id, reason: f.reason, domains: f.domains.length }, 'agent fenced itself');
         return;

@@ -128,13 +128,18 @@ export class UsageRecorder {
   }
 }
 
+/** An int column's value: one bad figure must never fail the batched insert of every host's row. */
+function int32(v: number): number {
+  return Number.isFinite(v) ? Math.min(2_147_483_647, Math.max(0, Math.round(v))) : 0;
+}
+
 function toRow(hostId: string, b: Bucket): UsageRow {
   return {
     hostId,
     at: new Date(b.start),
     cpuPct: b.cpu / b.n,
-    memUsedMb: Math.round(b.memUsed / b.n / MIB),
-    memTotalMb: Math.round(b.memTotal / b.n / MIB),
+    memUsedMb: int32(b.memUsed / b.n / MIB),
+    memTotalMb: int32(b.memTotal / b.n / MIB),
     diskUsedGb: b.diskUsed / b.n / GIB,
     diskTotalGb: b.diskTotal / b.n / GIB,
     samples: b.n,

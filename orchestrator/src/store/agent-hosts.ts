@@ -37,7 +37,7 @@ export async function reconcileHello(db: PrismaClient, hello: AgentHello, now: D
     where: { id: hello.hostId },
     data: {
       agentVersion: hello.agentVersion,
-      cpuCount: hello.capacity.cpuCount,
+      cpuCount: clampInt(BigInt(hello.capacity.cpuCount)),
       memoryBytes: hello.capacity.memoryBytes,
       diskBytes: hello.capacity.diskBytes,
       ramMb: clampInt(hello.capacity.memoryBytes / MIB),
@@ -129,4 +129,17 @@ export async function storeFenceReport(db: PrismaClient, hostId: string, hostNam
   ]);
   return r.id;
   });
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * Which of `vmIds` are VMs placed on `hostId` now. What an agent says about a VM counts only for
+ * the VMs on its own host: a broken or hostile agent must not report (or fence) another host's.
+ */
+export async function vmsOnHost(db: PrismaClient, hostId: string, vmIds: readonly string[]): Promise<Set<string>> {
+  const ids = [...new Set(vmIds.filter((v) => UUID.test(v)).map((v) => v.toLowerCase()))];
+  if (ids.length === 0) return new Set();
+  const rows = await db.vm.findMany({ where: { id: { in: ids }, hostId }, select: { id: true } });
+  return new Set(rows.map((r) => r.id));
 }

@@ -237,6 +237,11 @@ export class SimAgent extends EventEmitter {
     return this.seq;
   }
 
+  /** Stop reading the stream (a broken agent): what the orchestrator writes piles up on its side. */
+  stopReading(): void {
+    this.call?.pause();
+  }
+
   private open(): void {
     if (this.stopped) return;
     const call = this.client.connect();
