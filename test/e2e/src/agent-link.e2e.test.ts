@@ -346,6 +346,13 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     assert.equal(c.ok, true, JSON.stringify(c.error));
     const state = async (vm: string) => (await lv.getDomainState(await lv.lookupDomainByName(domainName(vm)))).state;
     assert.equal(await state(haVm), 1, 'HA VM running before the partition');
+    // The orchestrator counts fence evidence only for VMs placed on the reporting host: record the
+    // HA VM as placed there, as its create task would have (this test drives the link directly).
+    const db = orch.db.client;
+    const qemuHost = await db.host.findUniqueOrThrow({ where: { id: qemuId } });
+    const tpl = await db.template.create({ data: { name: `${RUN}-ha-tpl`, os: 'test', cpu: 1, ramMb: 128, diskGb: 1, image: 'none.qcow2' } });
+    const ws = await db.workspace.create({ data: { name: `${RUN}-ha-ws`, description: '' } });
+    await db.vm.create({ data: { id: haVm, name: 'ha', workspaceId: ws.id, areaId: qemuHost.areaId, templateId: tpl.id, hostId: qemuId, cpu: 1, ramMb: 128, diskGb: 1, state: 'running', haEnabled: true } });
 
     const cutAt = Date.now();
     a.relay.cut();
