@@ -12,6 +12,7 @@ import { transaction } from '../store/db.js';
 import { consumeJoinToken, parseJoinToken, recordEnrolledHost } from '../store/join-tokens.js';
 import type { CertificateAuthority } from './ca.js';
 import { toGrpcError } from '../grpc/status.js';
+import { appendEvents } from '../store/outbox.js';
 
 const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 
@@ -42,6 +43,9 @@ export async function enroll(deps: EnrollmentDeps, req: EnrollRequest): Promise<
     const cert = await deps.ca.signClient(hostId, req.publicKeyPem);
     await createEnrolledHost(tx, { id: hostId, name: req.hostName, areaId: t.areaId, agentVersion, certSerial: cert.serial, certExpiresAt: cert.notAfter });
     await recordEnrolledHost(tx, token.id, hostId);
+    await appendEvents(tx, [
+      { workspaceId: null, entity: 'host', entityId: hostId, event: 'created', state: 'unknown', name: req.hostName, data: { areaId: t.areaId, joinTokenId: token.id } },
+    ]);
     return cert;
   });
   deps.log.info({ host_id: hostId, host_name: req.hostName, join_token_id: token.id, agent_version: agentVersion, cert_serial: issued.serial }, 'host enrolled');

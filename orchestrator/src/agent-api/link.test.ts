@@ -295,6 +295,10 @@ describe('agent link over TLS on PostgreSQL and NATS', () => {
 
     it('drives liveness up → suspect → down → up, writes Host.state and publishes each change on NATS', async () => {
       const id = await enrolled();
+      // The enrollment's transaction wrote the host's creation to the outbox.
+      const created = await db().outboxEvent.findFirst({ where: { entityId: id.hostId, event: 'created' } });
+      assert.equal(created?.subject, 'kloudak.infra.host.created');
+      assert.equal(created?.state, 'unknown');
       const seen: { hostId: string; name: string; from: string; to: string; at: string }[] = [];
       const sub = nc.subscribe('kloudak.infra.host.state');
       void (async () => {
