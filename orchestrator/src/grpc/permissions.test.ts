@@ -83,6 +83,12 @@ const TWINS: Record<string, string> = {
   'InventoryService.RevokeJoinToken': 'DELETE /hosts/join-tokens/{id}',
 };
 
+/** Server streams, twins of the REST event streams (WebSocket / SSE, not RouteSpecs): grpc/events.test.ts checks them. */
+const STREAMS: Record<string, string> = {
+  'EventService.WatchEvents': 'GET /workspaces/{ws}/events',
+  'EventService.WatchInfraEvents': 'GET /events',
+};
+
 /** REST operations deliberately without a twin: people's account flows (see the README). */
 const REST_ONLY = ['POST /auth/signup', 'POST /auth/password'];
 
@@ -239,7 +245,7 @@ for (const engine of ENGINES) {
 
     it('serves one RPC per REST operation (but the account flows), each naming its twin', () => {
       const served = apiMethods();
-      assert.deepEqual(served, Object.keys(TWINS).sort(), 'RPCs of api.proto and the TWINS table differ');
+      assert.deepEqual(served, [...Object.keys(TWINS), ...Object.keys(STREAMS)].sort(), 'RPCs of api.proto and the TWINS and STREAMS tables differ');
       const rest = h.orch.api.routes.map(routeKey);
       assert.deepEqual(Object.values(TWINS).filter((k) => !rest.includes(k)), [], 'twins that are not REST operations');
       const twinned = new Set(Object.values(TWINS));

@@ -8,6 +8,8 @@ import { HealthImplementation, protoPath as healthProtoPath, type ServingStatus 
 import { KloudakError, type Logger } from '@kloudak/common';
 import type { Services } from '../app/services.js';
 import type { RouteSpec } from '../http/route.js';
+import { EventServiceService } from '@kloudak/proto/api';
+import { eventService, LiveStreams } from './events.js';
 import { apiServices } from './services.js';
 
 /** The certificate chain and key (PEM) clients see; null: plain text. */
@@ -31,6 +33,7 @@ export class GrpcApi {
   private constructor(
     private readonly server: grpc.Server,
     private readonly health: HealthImplementation,
+    private readonly live: LiveStreams,
     /** The bound port (the configured one, or the one picked for 0). */
     readonly port: number,
     /** The service names it serves (health reports each). */
@@ -47,7 +50,9 @@ export class GrpcApi {
     });
     const ctx = { services, routes: new Map(routes.map((r) => [`${r.method.toUpperCase()} ${r.path}`, r])), log: log.child({ component: 'grpc-api' }) };
     const names: string[] = [];
-    for (const { definition, implementation } of apiServices(ctx)) {
+    const live = new LiveStreams();
+    const all = [...apiServices(ctx), { definition: EventServiceService, implementation: eventService(services, ctx.log, live) }];
+    for (const { definition, implementation } of all) {
       server.addService(definition, implementation);
       const first = Object.values(definition)[0];
       if (first) names.push(first.path.split('/')[1] as string);
@@ -62,13 +67,14 @@ export class GrpcApi {
     const port = await new Promise<number>((resolve, reject) =>
       server.bindAsync(address, creds, (err, p) => (err ? reject(new KloudakError('unavailable', `cannot listen on ${address} for gRPC: ${err.message}`, { cause: err })) : resolve(p))),
     );
-    return new GrpcApi(server, health, port, names);
+    return new GrpcApi(server, health, live, port, names);
   }
 
-  /** Report NOT_SERVING, let calls in flight finish (up to `graceMs`), then cut what is left. */
+  /** Report NOT_SERVING, end the event streams (UNAVAILABLE), let calls in flight finish (up to `graceMs`), then cut what is left. */
   async close(graceMs: number): Promise<void> {
     this.health.setStatus('', 'NOT_SERVING');
     for (const n of this.serviceNames) this.health.setStatus(n, 'NOT_SERVING');
+    this.live.closeAll('the server is shutting down');
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         this.server.forceShutdown();

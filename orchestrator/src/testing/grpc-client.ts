@@ -62,6 +62,16 @@ export class GrpcTestClient {
     });
   }
 
+  /** Open the server stream `service.method` (e.g. 'EventService', 'WatchEvents'). */
+  stream(service: string, method: string, request: object, token?: string): grpc.ClientReadableStream<any> { // eslint-disable-line @typescript-eslint/no-explicit-any -- any message
+    const md = new grpc.Metadata();
+    if (token !== undefined) md.set('authorization', `Bearer ${token}`);
+    const c = this.client(service) as unknown as Record<string, (req: object, md: grpc.Metadata) => grpc.ClientReadableStream<unknown>>;
+    const fn = c[method];
+    if (typeof fn !== 'function') throw new Error(`no method ${service}.${method}`);
+    return fn.call(c, request, md);
+  }
+
   close(): void {
     for (const c of this.clients.values()) c.close();
     this.clients.clear();
