@@ -77,4 +77,24 @@ describe('liveness (fake clock)', () => {
     l.forget(H);
     assert.equal(l.state(H), 'unknown');
   });
+
+  it('measures leases on the monotonic clock: a wall-clock step of an hour (NTP) marks no host down or suspect', () => {
+    let wall = 1_000_000;
+    let mono = 5_000;
+    const l = new Liveness({ now: () => wall, monotonic: () => mono }, { heartbeatIntervalMs: 1000, downMarginMs: 5000 });
+    l.alive(H);
+    l.granted(H, 15_000);
+    wall += 3_600_000;
+    assert.deepEqual(l.tick(), [], 'a forward step decides nothing');
+    wall -= 7_200_000;
+    mono += 2_000;
+    l.alive(H);
+    l.granted(H, 15_000);
+    assert.equal(l.lastHeartbeatAt(H), wall, 'the wall time of the heartbeat is what is shown');
+    assert.equal(l.downAt(H), wall + 20_000, 'the lease ends 20 s from now on the wall clock too');
+    mono += 20_000 - 1;
+    assert.deepEqual(l.tick().map((t) => t.to), ['suspect']);
+    mono += 1;
+    assert.deepEqual(l.tick().map((t) => [t.to, t.at]), [['down', wall]], 'down exactly when the lease and margin ran out, monotonic');
+  });
 });

@@ -1,4 +1,4 @@
-import type { Clock } from '../clock.js';
+import { monotonicNow, type Clock } from '../clock.js';
 
 /** Liveness states the agent link drives (Host.state; `fenced` is set by failover, later). */
 export type LiveState = 'unknown' | 'up' | 'suspect' | 'down';
@@ -21,8 +21,11 @@ export interface LivenessTimings {
 
 interface Entry {
   state: LiveState;
+  /** Wall time of the last heartbeat (shown and stored, never used for a deadline). */
   lastHeartbeatAt: number;
-  /** When the last lease was granted (sent) and for how long. */
+  /** Monotonic time of the last heartbeat. */
+  heartbeatMono: number;
+  /** When (monotonic) the last lease was granted (sent), and for how long. */
   lastGrantAt: number;
   lastGrantMs: number;
 }
@@ -35,7 +38,8 @@ export const SUSPECT_AFTER_INTERVALS = 3;
  * `up` while heartbeats arrive; `suspect` after 3 intervals without one; `down` once the last
  * lease granted has surely expired (grant time + duration + margin), and only then. Pure
  * bookkeeping over an injected clock: the caller applies the transitions (database, NATS) and
- * calls {@link tick} periodically, so tests drive time by hand.
+ * calls {@link tick} periodically, so tests drive time by hand. Deadlines are measured on the
+ * clock's monotonic time: a step of the wall clock (NTP) neither hastens nor delays a verdict.
  */
 export class Liveness {
   private readonly hosts = new Map<string, Entry>();
@@ -61,19 +65,21 @@ export class Liveness {
    */
   adopt(hostId: string, state: LiveState, leaseMs: number): void {
     if (this.hosts.has(hostId)) return;
-    const now = this.clock.now();
-    this.hosts.set(hostId, { state, lastHeartbeatAt: now, lastGrantAt: now, lastGrantMs: leaseMs });
+    const mono = monotonicNow(this.clock);
+    this.hosts.set(hostId, { state, lastHeartbeatAt: this.clock.now(), heartbeatMono: mono, lastGrantAt: mono, lastGrantMs: leaseMs });
   }
 
   /** A Hello or a heartbeat arrived: the host is up. Returns the transition, if any. */
   alive(hostId: string): Transition | null {
     const now = this.clock.now();
+    const mono = monotonicNow(this.clock);
     const e = this.hosts.get(hostId);
     if (!e) {
-      this.hosts.set(hostId, { state: 'up', lastHeartbeatAt: now, lastGrantAt: 0, lastGrantMs: 0 });
+      this.hosts.set(hostId, { state: 'up', lastHeartbeatAt: now, heartbeatMono: mono, lastGrantAt: -Infinity, lastGrantMs: 0 });
       return { hostId, from: 'unknown', to: 'up', at: now };
     }
     e.lastHeartbeatAt = now;
+    e.heartbeatMono = mono;
     if (e.state === 'up') return null;
     const from = e.state;
     e.state = 'up';
@@ -84,14 +90,15 @@ export class Liveness {
   granted(hostId: string, durationMs: number): void {
     const e = this.hosts.get(hostId);
     if (!e) return;
-    e.lastGrantAt = this.clock.now();
+    e.lastGrantAt = monotonicNow(this.clock);
     e.lastGrantMs = durationMs;
   }
 
-  /** When the last granted lease surely ended (ms since the epoch), or undefined. */
+  /** When the last granted lease surely ends (wall time, ms since the epoch), or undefined. */
   downAt(hostId: string): number | undefined {
     const e = this.hosts.get(hostId);
-    return e ? e.lastGrantAt + e.lastGrantMs + this.timings.downMarginMs : undefined;
+    if (!e || e.lastGrantAt === -Infinity) return undefined;
+    return this.clock.now() + (e.lastGrantAt + e.lastGrantMs + this.timings.downMarginMs - monotonicNow(this.clock));
   }
 
   /** Stop tracking a host (deleted). */
@@ -102,14 +109,15 @@ export class Liveness {
   /** Evaluate every host against the clock; returns the transitions made. */
   tick(): Transition[] {
     const now = this.clock.now();
+    const mono = monotonicNow(this.clock);
     const out: Transition[] = [];
     for (const [hostId, e] of this.hosts) {
       if (e.state === 'down' || e.state === 'unknown') continue;
       // Down is judged on the lease alone: a host is never down while a lease it holds may still run.
-      if (now >= e.lastGrantAt + e.lastGrantMs + this.timings.downMarginMs) {
+      if (mono >= e.lastGrantAt + e.lastGrantMs + this.timings.downMarginMs) {
         out.push({ hostId, from: e.state, to: 'down', at: now });
         e.state = 'down';
-      } else if (e.state === 'up' && now - e.lastHeartbeatAt >= SUSPECT_AFTER_INTERVALS * this.timings.heartbeatIntervalMs) {
+      } else if (e.state === 'up' && mono - e.heartbeatMono >= SUSPECT_AFTER_INTERVALS * this.timings.heartbeatIntervalMs) {
         out.push({ hostId, from: 'up', to: 'suspect', at: now });
         e.state = 'suspect';
       }
