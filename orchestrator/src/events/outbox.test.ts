@@ -6,6 +6,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import WebSocket from 'ws';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { waitFor } from '@kloudak/testkit';
 import { ENGINES, PASSWORD, startHarness, type Harness } from '../testing/harness.js';
@@ -113,6 +114,27 @@ for (const engine of ENGINES) {
       const events = await streamEvents(jsm);
       const seqs = events.map((e) => e.seq);
       assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b));
+    });
+
+    it('keeps an open event stream going while NATS is down (the hub reads the outbox), and it resumes after', async () => {
+      const name = uniq('ws');
+      assert.equal((await h.admin.client.post('/api/v1/workspaces', { name })).status, 201);
+      const got: KloudakEvent[] = [];
+      const sock = new WebSocket(`${h.url.replace(/^http/, 'ws')}/api/v1/workspaces/${name}/events`, { headers: { authorization: `Bearer ${h.admin.token}` } });
+      sock.on('message', (d: Buffer) => got.push(JSON.parse(d.toString('utf8')) as KloudakEvent));
+      await new Promise((r) => sock.once('open', r));
+      await nats.stop();
+      try {
+        assert.equal((await h.admin.client.patch(`/api/v1/workspaces/${name}`, { description: 'while down' })).status, 200);
+        await waitFor(async () => got.some((e) => e.event === 'updated'), 5000, 'the change, through the poll');
+      } finally {
+        await nats.start();
+      }
+      assert.equal((await h.admin.client.patch(`/api/v1/workspaces/${name}`, { description: 'after' })).status, 200);
+      await waitFor(async () => got.filter((e) => e.event === 'updated').length === 2, 15_000, 'the change after NATS returned');
+      const seqs = got.map((e) => e.seq);
+      assert.deepEqual(seqs, [...new Set(seqs)].sort((x, y) => x - y), 'in order, once each');
+      sock.close();
     });
 
     it('prunes published rows older than the retention', async () => {
