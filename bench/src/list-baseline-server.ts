@@ -20,7 +20,7 @@ const TIMESTAMP_OID = 1114;
 const parseUtcTimestamp = (s: string): Date => new Date(`${s.replace(' ', 'T')}Z`);
 
 const SQL =
-  'SELECT id, name, os, description, cpu, "ramMb", "diskGb", image, "createdAt" FROM "Template" ORDER BY name ASC LIMIT $1';
+  'SELECT id, name, os, description, cpu, "ramMb", "diskGb", image, "bootKernel", "bootInitrd", "bootCmdline", "createdAt" FROM "Template" ORDER BY name ASC LIMIT $1';
 
 interface Row {
   id: string;
@@ -31,6 +31,9 @@ interface Row {
   ramMb: number;
   diskGb: number;
   image: string;
+  bootKernel: string | null;
+  bootInitrd: string | null;
+  bootCmdline: string | null;
   createdAt: Date;
 }
 
@@ -95,6 +98,7 @@ async function main(): Promise<void> {
             ramMb: t.ramMb,
             diskGb: t.diskGb,
             image: t.image,
+            boot: t.bootKernel && t.bootInitrd ? { kernel: t.bootKernel, initrd: t.bootInitrd, cmdline: t.bootCmdline ?? '' } : null,
             createdAt: t.createdAt.toISOString(),
           })),
           nextCursor: rows.length > limit && last !== undefined ? last.name : null,

@@ -13,6 +13,8 @@
 //   BENCH_WARMUP_S     unmeasured warm-up before each run (default 2)
 //   BENCH_CONNECTIONS  concurrent connections             (default 10)
 //   BENCH_ENGINES      comma list of postgres, pglite     (default both)
+//   BENCH_ORCHESTRATOR_NODE_ARGS  node options of the orchestrator process, e.g.
+//                      "--cpu-prof --cpu-prof-dir=DIR" (NODE_OPTIONS refuses --cpu-prof)
 //   KLOUDAK_TEST_PG_URL  PostgreSQL server for the fresh database (scripts/lib.sh exports it)
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -134,9 +136,11 @@ async function runEngine(engine: Engine): Promise<EngineResult> {
     name: `orchestrator (${engine})`,
     script: ORCHESTRATOR_MAIN,
     args: ['serve'],
+    nodeArgs: (process.env['BENCH_ORCHESTRATOR_NODE_ARGS'] ?? '').split(' ').filter(Boolean),
     env: {
       KLOUDAK_HOST: '127.0.0.1',
       KLOUDAK_GRPC_PORT: '0',
+      KLOUDAK_AGENT_PORT: '0', // no agents here; a fixed port could be taken by another orchestrator on the machine
       KLOUDAK_DATA_DIR: dataDir,
       KLOUDAK_LOG_LEVEL: 'silent',
       KLOUDAK_ADMIN_USER: ADMIN.username,
