@@ -294,6 +294,12 @@ for (const engine of ENGINES) {
       const p1 = await u.client.get(`/api/v1/templates?limit=2&after=${prefix}`);
       assert.deepEqual(p1.body.items.map((t: { name: string }) => t.name), names.slice(0, 2));
       assert.equal(p1.body.nextCursor, names[1]);
+      // The list reads raw rows, a single GET reads through the model: both must show the same template.
+      assert.deepEqual(p1.body.items[0], (await u.client.get(`/api/v1/templates/${names[0]}`)).body);
+      await admin.patch(`/api/v1/templates/${names[1]}`, { boot: { kernel: '/boot/vmlinuz', initrd: '/boot/initrd.img' } });
+      const booted = (await u.client.get(`/api/v1/templates?limit=2&after=${prefix}`)).body.items[1];
+      assert.deepEqual(booted, (await u.client.get(`/api/v1/templates/${names[1]}`)).body);
+      assert.deepEqual(booted.boot, { kernel: '/boot/vmlinuz', initrd: '/boot/initrd.img', cmdline: '' });
       const p2 = await u.client.get(`/api/v1/templates?limit=3&after=${p1.body.nextCursor}`);
       assert.deepEqual(p2.body.items.map((t: { name: string }) => t.name), names.slice(2));
       const rest = await u.client.get(`/api/v1/templates?limit=1000&after=${names[4]}`);

@@ -1,4 +1,5 @@
 // VM templates.
+import { Prisma } from '@kloudak/prisma';
 import type { DbOrTx } from './db.js';
 
 /** A template row. */
@@ -21,8 +22,17 @@ export interface TemplateRow {
 /** What an admin sets on a template. */
 export type TemplateFields = Pick<TemplateRow, 'name' | 'os' | 'description' | 'cpu' | 'ramMb' | 'diskGb' | 'image' | 'bootKernel' | 'bootInitrd' | 'bootCmdline'>;
 
+/**
+ * A page of templates in name order. Raw SQL rather than findMany: Prisma's mapping of model rows
+ * cost ~2 ms of CPU per 1,000 rows (list bench profile), the raw query's plain row objects about a
+ * third of that. The columns are TemplateRow's, with the types Prisma gives them (uuid and text as
+ * strings, int4 as numbers, timestamp(3) as a Date).
+ */
 export async function listTemplates(db: DbOrTx, q: { after?: string; take: number }): Promise<TemplateRow[]> {
-  return db.template.findMany({ where: q.after ? { name: { gt: q.after } } : {}, orderBy: { name: 'asc' }, take: q.take });
+  const after = q.after === undefined ? Prisma.empty : Prisma.sql`WHERE "name" > ${q.after}`;
+  return db.$queryRaw<TemplateRow[]>`
+    SELECT "id", "name", "os", "description", "cpu", "ramMb", "diskGb", "image", "bootKernel", "bootInitrd", "bootCmdline", "createdAt"
+    FROM "Template" ${after} ORDER BY "name" ASC LIMIT ${q.take}`;
 }
 
 export async function templateByName(db: DbOrTx, name: string): Promise<TemplateRow | null> {
