@@ -54,6 +54,11 @@ export const OrchestratorConfigSchema = Type.Object(
     jwtIssuer: Type.String({ minLength: 1, default: 'kloudak' }),
     jwtAudience: Type.String({ minLength: 1, default: 'kloudak-api' }),
     tokenTtlSeconds: Type.Integer({ minimum: 60, maximum: 86400 * 30, default: 3600 }),
+    /**
+     * How long an authenticated token's user is remembered (ms; 0: looked up on every request).
+     * Revocations reach every orchestrator over NATS at once; this bounds what they cannot reach.
+     */
+    principalCacheMs: Type.Integer({ minimum: 0, maximum: 60_000, default: 5000 }),
     allowSignup: Type.Boolean({ default: true }),
     /** log2 of scrypt's N; 15 costs about 50-100 ms a hash on a small host. */
     passwordHashCost: Type.Integer({ minimum: 10, maximum: 20, default: 15 }),
@@ -126,6 +131,7 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_JWT_PRIVATE_KEY_FILE: 'jwtPrivateKeyFile',
   KLOUDAK_JWT_PUBLIC_KEY_FILE: 'jwtPublicKeyFile',
   KLOUDAK_TOKEN_TTL_SECONDS: 'tokenTtlSeconds',
+  KLOUDAK_PRINCIPAL_CACHE_MS: 'principalCacheMs',
   KLOUDAK_ALLOW_SIGNUP: 'allowSignup',
   KLOUDAK_PASSWORD_HASH_COST: 'passwordHashCost',
   KLOUDAK_LOGIN_MAX_PER_USER: 'loginMaxPerUser',

@@ -18,6 +18,7 @@ import { EventHub } from './events/hub.js';
 import { closeNats, connectNats } from './events/nats.js';
 import { OutboxRelay } from './events/relay.js';
 import { OUTBOX_CHANNEL } from './store/outbox.js';
+import { RevocationListener } from './events/revocations.js';
 import { randomUUID } from 'node:crypto';
 import { TaskEngine } from './tasks/engine.js';
 import { networkTaskDefinitions } from './tasks/network.js';
@@ -78,6 +79,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
   let link: AgentLink | undefined;
   let engine: TaskEngine | undefined;
   let grpcApi: GrpcApi | undefined;
+  let revocations: RevocationListener | undefined;
   try {
     const m = await db.migrate();
     log.info({ database: db.kind, applied: m.applied, already_applied: m.alreadyApplied }, 'database migrated');
@@ -160,6 +162,9 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       tasks: { kick: () => tasks.kick() },
       events,
     });
+    // Tokens refused on other orchestrators leave this one's principal cache too.
+    const revocationListener = await RevocationListener.start(nats, services.principals, log);
+    revocations = revocationListener;
     const api = createApi(services);
     // WebSocket and SSE event streams share the server; every other request goes to Koa.
     const streams = eventStreams(services);
@@ -217,6 +222,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
           clearTimeout(timer);
           await unlisten?.();
           await outbox.close();
+          revocationListener.close();
           await closeNats(nats);
           await db.close();
         })()),
@@ -228,6 +234,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     hub?.close();
     await unlisten?.();
     await relay?.close();
+    revocations?.close();
     if (nc) await closeNats(nc);
     await db.close();
     throw err;

@@ -51,11 +51,28 @@ function limit(l: RateLimiter, key: string): void {
  * and the token not logged out. Every failure is the same 401.
  */
 export async function authenticate(s: Services, token: string): Promise<Principal> {
+  // The same token again within a few seconds: the checks below passed then, and whatever has
+  // refused the token since has removed it from the cache (see PrincipalCache).
+  const cached = s.principals.get(token);
+  if (cached) return cached;
+  const generation = s.principals.generation;
   const claims = await s.tokens.verify(token);
   if (!UUID.test(claims.sub)) throw new UnauthenticatedError('invalid or expired token');
   const user = await tokenHolder(s.db.client, claims.sub, claims.jti);
   if (!user || user.tokenVersion !== claims.ver || user.revoked) throw new UnauthenticatedError('invalid or expired token');
-  return { userId: user.id, username: user.username, email: user.email, isAdmin: user.isAdmin, jti: claims.jti, exp: claims.exp };
+  const principal = { userId: user.id, username: user.username, email: user.email, isAdmin: user.isAdmin, jti: claims.jti, exp: claims.exp };
+  s.principals.put(token, principal, generation);
+  return principal;
+}
+
+/**
+ * These users' tokens were just refused in the database (logout, password change, removal from
+ * a workspace, workspace deletion): forget them in this orchestrator's cache at once. The other
+ * orchestrators forget them on the `user.revoked` events the change recorded in its transaction
+ * (events/revocations.ts). Call after the change committed.
+ */
+export function tokensRevoked(s: Services, userIds: readonly string[]): void {
+  s.principals.forgetUsers(userIds);
 }
 
 async function issueFor(s: Services, userId: string): Promise<TokenView> {
@@ -115,6 +132,7 @@ export async function logout(s: Services, c: Caller): Promise<void> {
     (tx) => revokeToken(tx, { jti: p.jti, userId: p.userId, expiresAt: new Date(p.exp * 1000) }, new Date(s.clock.now())),
     () => infraEvent('user', p.userId, 'revoked', { name: p.username, data: { jti: p.jti } }),
   );
+  tokensRevoked(s, [p.userId]);
 }
 
 /** Change the caller's password; every token issued before is refused from then on. Limited per address. */
@@ -132,6 +150,7 @@ export async function changePassword(s: Services, c: Caller, input: { currentPas
     await bumpTokenVersion(tx, [u.id]);
     await record(tx, infraEvent('user', u.id, 'revoked', { name: u.username }));
   });
+  tokensRevoked(s, [u.id]);
   c.log.info({ user_id: u.id }, 'password changed');
 }
 

@@ -24,6 +24,7 @@ import {
 } from '../store/workspaces.js';
 import { workspaceAccess } from './access.js';
 import { infraEvent, record, withEvents, workspaceEvent } from './events.js';
+import { tokensRevoked } from './auth.js';
 import { DEFAULT_LIMIT, page, type ListInput, type Page } from './paging.js';
 import { signedIn, type Caller } from './principal.js';
 import type { Services } from './services.js';
@@ -108,7 +109,7 @@ export async function removeMember(s: Services, c: Caller, ws: string, username:
   const p = signedIn(c);
   const a = await workspaceAccess(s.db.client, p, ws);
   requireFlags(a.permissions, 'user_can_delete');
-  await transaction(s.db.client, async (tx) => {
+  const removed = await transaction(s.db.client, async (tx) => {
     await lockWorkspace(tx, a.workspace.id);
     const existing = await memberOf(tx, a.workspace.id, username);
     await deleteMembership(tx, existing.id);
@@ -120,5 +121,7 @@ export async function removeMember(s: Services, c: Caller, ws: string, username:
       workspaceEvent(a.workspace.id, 'member', username, 'removed', { name: username, data: { by: p.username } }),
       infraEvent('user', existing.userId, 'revoked', { name: username }),
     );
+    return existing.userId;
   });
+  tokensRevoked(s, [removed]);
 }

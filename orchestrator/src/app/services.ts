@@ -2,6 +2,7 @@ import type { Logger } from '@kloudak/common';
 import type { Database } from '@kloudak/prisma';
 import type { SendOptions } from '../agent-api/channel.js';
 import type { HostLinkStatus } from '../agent-api/link.js';
+import { PrincipalCache } from '../auth/principal-cache.js';
 import { RateLimiter } from '../auth/rate-limit.js';
 import type { TokenService } from '../auth/tokens.js';
 import type { Clock } from '../clock.js';
@@ -9,6 +10,7 @@ import type { OrchestratorConfig } from '../config.js';
 import type { AgentCommand, CommandResult } from '../domain/agent.js';
 import { DEFAULT_PLACEMENT_POLICY, type PlacementPolicy } from '../domain/placement.js';
 import type { EventHub } from '../events/hub.js';
+import type { Principal } from './principal.js';
 
 /** What the use cases need of the agent link. */
 export interface AgentLinkPort {
@@ -59,6 +61,8 @@ export interface Services extends AppDeps {
   limits: Limits;
   /** How VMs are placed: the configured strategy and overcommit ratios. */
   placement: Readonly<PlacementPolicy>;
+  /** Recently authenticated tokens' principals (authenticate reads it; revocations clear it). */
+  principals: PrincipalCache<Principal>;
 }
 
 /** Build the services once per process: the rate limiters and the placement policy live here, not in an adapter. */
@@ -73,6 +77,7 @@ export function createServices(deps: AppDeps): Services {
       signupByAddress: limiter(deps.config.signupMaxPerAddress),
       passwordChangeByAddress: limiter(deps.config.passwordChangeMaxPerAddress),
     },
+    principals: new PrincipalCache(deps.clock, deps.config.principalCacheMs),
     placement: Object.freeze({
       ...DEFAULT_PLACEMENT_POLICY,
       strategy: deps.config.placementStrategy,

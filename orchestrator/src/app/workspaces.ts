@@ -7,6 +7,7 @@ import { bumpTokenVersion } from '../store/users.js';
 import { createWorkspace as insertWorkspace, deleteWorkspace as removeWorkspace, heldBy, memberIds, membershipsOf, updateWorkspace as writeWorkspace } from '../store/workspaces.js';
 import { workspaceAccess } from './access.js';
 import { infraEvent, record, withEvents, workspaceEvent } from './events.js';
+import { tokensRevoked } from './auth.js';
 import { DEFAULT_LIMIT, page, type ListInput, type Page } from './paging.js';
 import { signedIn, type Caller } from './principal.js';
 import type { Services } from './services.js';
@@ -70,7 +71,7 @@ export async function deleteWorkspace(s: Services, c: Caller, name: string): Pro
   const p = signedIn(c);
   const a = await workspaceAccess(s.db.client, p, name);
   requireFlags(a.permissions, 'user_can_add', 'user_can_edit', 'user_can_delete');
-  await transaction(s.db.client, async (tx) => {
+  const members = await transaction(s.db.client, async (tx) => {
     requireEmptyWorkspace(await heldBy(tx, a.workspace.id));
     const members = await memberIds(tx, a.workspace.id);
     await bumpTokenVersion(tx, members);
@@ -80,5 +81,7 @@ export async function deleteWorkspace(s: Services, c: Caller, name: string): Pro
       workspaceEvent(a.workspace.id, 'workspace', a.workspace.id, 'deleted', { name: a.workspace.name, data: { by: p.username } }),
       ...members.map((id) => infraEvent('user', id, 'revoked')),
     );
+    return members;
   });
+  tokensRevoked(s, members);
 }
