@@ -60,7 +60,7 @@ async function templateNamed(s: Services, name: string): Promise<TemplateRow> {
 export async function listTemplates(s: Services, c: Caller, q: ListInput): Promise<Page<TemplateView>> {
   signedIn(c);
   const limit = q.limit ?? DEFAULT_LIMIT;
-  return page(await templateRows(s.db.client, { ...(q.after ? { after: q.after } : {}), take: limit + 1 }), limit, (r) => r.name, view);
+  return page(await templateRows(s.db, { ...(q.after ? { after: q.after } : {}), take: limit + 1 }), limit, (r) => r.name, view);
 }
 
 export async function getTemplate(s: Services, c: Caller, name: string): Promise<TemplateView> {
