@@ -19,6 +19,8 @@ const BEARER = /^Bearer ([A-Za-z0-9._~+/=-]{1,8192})$/;
 const TOKEN = /^[A-Za-z0-9._~+/=-]{1,8192}$/;
 /** How long a browser has to send its token as the first message. */
 const FIRST_MESSAGE_MS = 10_000;
+/** Bytes a WebSocket may have waiting to be sent before its stream is ended. */
+const MAX_BUFFERED = 8 * 1024 * 1024;
 /** Keep-alives: idle proxies close silent connections. */
 const KEEPALIVE_MS = 25_000;
 
@@ -163,6 +165,11 @@ export function eventStreams(s: Services): EventStreams {
     void (async () => {
       for await (const e of sub) {
         if (socket.readyState !== socket.OPEN) break;
+        // A client that stops reading must not grow the server's memory without bound.
+        if (socket.bufferedAmount > MAX_BUFFERED) {
+          sub.close('the client reads too slowly');
+          break;
+        }
         socket.send(json(e));
       }
     })();
