@@ -20,7 +20,20 @@ export interface DatabaseOptions {
   inMemory?: boolean;
   /** Connection pool size for PostgreSQL. */
   poolSize?: number;
+  /**
+   * PostgreSQL: how long opening a connection, and one statement, may take (ms; defaults
+   * {@link DEFAULT_CONNECT_TIMEOUT_MS}, {@link DEFAULT_STATEMENT_TIMEOUT_MS}). A stalled or
+   * unreachable server then fails requests with an error instead of holding them (and the pool's
+   * connections) forever.
+   */
+  connectTimeoutMs?: number;
+  statementTimeoutMs?: number;
 }
+
+/** Default time to open a PostgreSQL connection. */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+/** Default time one statement may take; the slowest legitimate ones (claims under load) take well under a second. */
+export const DEFAULT_STATEMENT_TIMEOUT_MS = 30_000;
 
 /** An open inventory database: the Prisma client plus raw sessions for migrations and health. */
 export interface Database {
@@ -85,12 +98,24 @@ export function pgliteSession(db: PGlite): SqlSession {
 
 /** Open the inventory database: PostgreSQL when `url` is set, embedded PGlite otherwise. */
 export async function openDatabase(opts: DatabaseOptions): Promise<Database> {
-  if (opts.url) return openPostgres(opts.url, opts.poolSize ?? 10);
+  if (opts.url) {
+    return openPostgres(opts.url, opts.poolSize ?? 10, opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS, opts.statementTimeoutMs ?? DEFAULT_STATEMENT_TIMEOUT_MS);
+  }
   return openPglite(opts);
 }
 
-async function openPostgres(url: string, poolSize: number): Promise<Database> {
-  const pool = new pg.Pool({ connectionString: url, max: poolSize });
+async function openPostgres(url: string, poolSize: number, connectTimeoutMs: number, statementTimeoutMs: number): Promise<Database> {
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: poolSize,
+    connectionTimeoutMillis: connectTimeoutMs,
+    // Enforced by the server (it cancels the statement) and, should the server not answer at all
+    // (stopped, partitioned), by the client a second later.
+    statement_timeout: statementTimeoutMs,
+    query_timeout: statementTimeoutMs + 1000,
+    // A transaction left open by a stalled client must not hold its row locks for ever.
+    idle_in_transaction_session_timeout: Math.max(60_000, 2 * statementTimeoutMs),
+  });
   // An idle client that errors (server restart) must not crash the process; the pool replaces it.
   pool.on('error', () => undefined);
   const client = new PrismaClient({ adapter: new PrismaPg(pool) });

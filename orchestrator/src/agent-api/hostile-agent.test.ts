@@ -140,4 +140,30 @@ describe('a hostile agent changes nothing for the other hosts', () => {
     await Promise.all(sent);
     assert.ok(!h.orch.agentLink.status(deaf.id.hostId).connected, 'the deaf host has no session');
   });
+
+  it('grants leases while the database stalls behind an agent\'s message: no healthy host loses its lease', async () => {
+    const a = await host('stalled');
+    const vmId = await vmOn(a.id.hostId);
+    const lockHeldMs = 1500; // the lease is 400 ms and the margin 200: more than twice both
+    let grantsDuring = 0;
+    let released = false;
+    const locked = db().$transaction(
+      async (tx) => {
+        // Every read of the VM table now waits: the link's check of the next domain event stalls.
+        await tx.$executeRaw`LOCK TABLE "Vm" IN ACCESS EXCLUSIVE MODE`;
+        const before = a.agent.stats.leaseGrants;
+        a.agent.send({ body: { $case: 'domainEvent', domainEvent: { vmId, domainName: `kloudak-${vmId}`, event: pb.DomainEventType.DOMAIN_EVENT_TYPE_STOPPED, detail: '', occurredAt: new Date() } } });
+        await new Promise((r) => setTimeout(r, lockHeldMs));
+        grantsDuring = a.agent.stats.leaseGrants - before;
+        assert.equal(h.orch.agentLink.status(a.id.hostId).state, 'up', 'the host stayed up');
+        released = true;
+      },
+      { timeout: 10_000 },
+    );
+    await locked;
+    assert.ok(released);
+    assert.ok(grantsDuring >= 8, `${grantsDuring} lease grants during ${lockHeldMs} ms of stall (heartbeat every 100 ms)`);
+    // Once the table is free again the domain event goes through.
+    await waitFor(async () => (await db().outboxEvent.count({ where: { entity: 'vm', entityId: vmId, event: 'domain' } })) === 1, 5_000, 'the stalled event recorded');
+  });
 });

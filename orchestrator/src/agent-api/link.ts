@@ -5,7 +5,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { KloudakError, UnauthenticatedError, ValidationError, type Logger } from '@kloudak/common';
 import type { Database } from '@kloudak/prisma';
-import { AgentLinkService, type AgentMessage, type EnrollRequest, type EnrollResponse } from '@kloudak/proto/agent';
+import { AgentLinkService, type AgentMessage, type EnrollRequest, type EnrollResponse, type Heartbeat } from '@kloudak/proto/agent';
 import type { Clock } from '../clock.js';
 import type { HostInventory } from '../domain/agent.js';
 import { appendEventsNow } from '../store/outbox.js';
@@ -245,6 +245,16 @@ export class AgentLink {
         session.end(grpc.status.RESOURCE_EXHAUSTED, 'too many messages on this stream; reconnect later');
         return;
       }
+      // A heartbeat is answered at once, ahead of messages still waiting for the database (a
+      // domain event's write during a PostgreSQL stall must not starve the host of its lease and
+      // make it fence healthy VMs). Not while a fence report is being stored: the agent deletes
+      // its fence record once a later heartbeat is granted, so that grant must follow the store.
+      if (msg.body?.$case === 'heartbeat' && session.hello !== null && session.fenceReportsInFlight === 0) {
+        if (!session.ended) this.heartbeat(session, msg.body.heartbeat);
+        return;
+      }
+      const fence = msg.body?.$case === 'fenceReport';
+      if (fence) session.fenceReportsInFlight += 1;
       chain = chain.then(async () => {
         if (session.ended) return;
         try {
@@ -254,6 +264,8 @@ export class AgentLink {
           if (e.code === 'internal') log.error({ err }, 'session failed');
           const g = toGrpcError(e);
           session.end(g.code, g.details);
+        } finally {
+          if (fence) session.fenceReportsInFlight -= 1;
         }
       });
     });
@@ -320,20 +332,9 @@ export class AgentLink {
     switch (body?.$case) {
       case 'hello':
         throw new ValidationError('Hello was already sent on this stream');
-      case 'heartbeat': {
-        const hb = heartbeatFromProto(body.heartbeat);
-        const t = this.liveness.alive(s.hostId);
-        if (t) this.applyTransition(t);
-        this.usage.record(s.hostId, hb.usage, hb.libvirtConnected);
-        const now = this.deps.clock.now();
-        // The grant goes out before anything slow: the agent measures its lease from the send
-        // time of the heartbeat, so a late grant only shortens the lease it holds.
-        if (s.send({ body: { $case: 'leaseGrant', leaseGrant: leaseGrantToProto(hb.sequence, this.opts.leaseMs, new Date(now)) } })) {
-          this.liveness.granted(s.hostId, this.opts.leaseMs);
-        }
-        this.heartbeats.beat(s.hostId, now);
+      case 'heartbeat':
+        this.heartbeat(s, body.heartbeat);
         return;
-      }
       case 'commandResult':
         this.channel.deliver(s.hostId, commandResultFromProto(body.commandResult, new Date(this.deps.clock.now())));
         return;
@@ -375,6 +376,24 @@ export class AgentLink {
         // An empty message or a kind from a newer agent: ignored, the stream stays up.
         log.debug({}, 'message without a known body ignored');
     }
+  }
+
+  /**
+   * A heartbeat: liveness, usage and the lease grant, all in memory (database writes are queued,
+   * never awaited), so a grant never waits behind a database call.
+   */
+  private heartbeat(s: Session, msg: Heartbeat): void {
+    const hb = heartbeatFromProto(msg);
+    const t = this.liveness.alive(s.hostId);
+    if (t) this.applyTransition(t);
+    this.usage.record(s.hostId, hb.usage, hb.libvirtConnected);
+    const now = this.deps.clock.now();
+    // The agent measures its lease from the send time of the heartbeat, so a late grant only
+    // shortens the lease it holds.
+    if (s.send({ body: { $case: 'leaseGrant', leaseGrant: leaseGrantToProto(hb.sequence, this.opts.leaseMs, new Date(now)) } })) {
+      this.liveness.granted(s.hostId, this.opts.leaseMs);
+    }
+    this.heartbeats.beat(s.hostId, now);
   }
 
   /** Write a liveness change and publish it; a host deleted meanwhile is forgotten. */

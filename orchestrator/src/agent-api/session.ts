@@ -24,6 +24,8 @@ export class Session {
   readonly id = randomUUID();
   ended = false;
   hello: AgentHello | null = null;
+  /** Fence reports received and not yet stored: heartbeats wait behind them (AgentLink.connect). */
+  fenceReportsInFlight = 0;
   readonly writer: CommandWriter;
   /** Token bucket of the agent's messages (starts full). */
   private tokens: number;
