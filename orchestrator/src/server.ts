@@ -179,7 +179,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     const addr = server.address() as AddressInfo;
     const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
     const url = `${clientTls ? 'https' : 'http'}://${host}:${addr.port}`;
-    const grpcServer = await GrpcApi.start(services, api.routes, { host: config.host, port: config.grpcPort, tls: clientTls }, log);
+    const grpcServer = await GrpcApi.start(services, api.routes, { host: config.host, port: config.grpcPort, tls: clientTls }, log, api.metrics);
     grpcApi = grpcServer;
     const grpcUrl = `${host}:${grpcServer.port}`;
     warnIfPlainText(log, config.host, clientTls);

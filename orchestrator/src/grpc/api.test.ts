@@ -214,6 +214,17 @@ describe('public gRPC API', () => {
     assert.ok((d.retrySeconds ?? 0) > 0, JSON.stringify(d));
   });
 
+  it('counts and times its calls in /metrics, beside REST', async () => {
+    await g.call('VmService', 'GetVm', { workspace: w.workspace.name, name: w.vm.name }, owner.token);
+    await g.call('VmService', 'GetVm', { workspace: w.workspace.name, name: 'no-such-vm' }, owner.token);
+    const m = await h.anon.get('/metrics');
+    assert.equal(m.status, 200);
+    const count = (code: string) => Number(new RegExp(`^kloudak_grpc_requests_total\\{method="/kloudak.api.v1.VmService/GetVm",code="${code}"\\} (\\d+)`, 'm').exec(m.body as string)?.[1] ?? 0);
+    assert.ok(count('OK') >= 1, 'OK calls counted');
+    assert.ok(count('NOT_FOUND') >= 1, 'NOT_FOUND calls counted');
+    assert.match(m.body as string, /^kloudak_grpc_request_duration_seconds_count\{method="\/kloudak.api.v1.VmService\/GetVm"\} \d+/m);
+  });
+
   it('offers server reflection: the services and their descriptors, without the .proto files', async () => {
     const reflectionProto = join(dirname(createRequire(import.meta.url).resolve('@grpc/reflection')), '../proto/grpc/reflection/v1/reflection.proto');
     const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(reflectionProto, { keepCase: true, defaults: true })) as unknown as {

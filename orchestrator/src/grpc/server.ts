@@ -5,6 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath, type ServingStatus } from 'grpc-health-check';
+import { Counter, Histogram, type Registry } from 'prom-client';
 import { KloudakError, type Logger } from '@kloudak/common';
 import type { Services } from '../app/services.js';
 import type { RouteSpec } from '../http/route.js';
@@ -28,6 +29,27 @@ export function apiProtoPath(): string {
   return createRequire(import.meta.url).resolve('@kloudak/proto/api.proto');
 }
 
+/** Prometheus counters of the unary calls: by method and status, and their latency by method. */
+function observer(registry: Registry): (method: string, code: string, seconds: number) => void {
+  const calls = new Counter({
+    name: 'kloudak_grpc_requests_total',
+    help: 'Calls of the public gRPC API by method and status',
+    labelNames: ['method', 'code'],
+    registers: [registry],
+  });
+  const latency = new Histogram({
+    name: 'kloudak_grpc_request_duration_seconds',
+    help: 'Latency of the public gRPC API by method',
+    labelNames: ['method'],
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [registry],
+  });
+  return (method, code, seconds) => {
+    calls.inc({ method, code });
+    latency.observe({ method }, seconds);
+  };
+}
+
 /** A running public gRPC server. */
 export class GrpcApi {
   private constructor(
@@ -40,15 +62,23 @@ export class GrpcApi {
     readonly serviceNames: readonly string[],
   ) {}
 
-  /** Serve the API of `services`, each RPC the twin of its REST operation in `routes`. */
-  static async start(services: Services, routes: readonly RouteSpec[], opts: GrpcApiOptions, log: Logger): Promise<GrpcApi> {
+  /**
+   * Serve the API of `services`, each RPC the twin of its REST operation in `routes`; its calls are
+   * counted and timed in `metrics` (REST's registry, so /metrics shows both) when given.
+   */
+  static async start(services: Services, routes: readonly RouteSpec[], opts: GrpcApiOptions, log: Logger, metrics?: Registry): Promise<GrpcApi> {
     const server = new grpc.Server({
       // A client that stops reading cannot hold a call open forever; idle connections are closed.
       'grpc.keepalive_time_ms': 60_000,
       'grpc.max_connection_idle_ms': 300_000,
       'grpc.max_receive_message_length': 4 * 1024 * 1024,
     });
-    const ctx = { services, routes: new Map(routes.map((r) => [`${r.method.toUpperCase()} ${r.path}`, r])), log: log.child({ component: 'grpc-api' }) };
+    const ctx = {
+      services,
+      routes: new Map(routes.map((r) => [`${r.method.toUpperCase()} ${r.path}`, r])),
+      log: log.child({ component: 'grpc-api' }),
+      ...(metrics ? { observe: observer(metrics) } : {}),
+    };
     const names: string[] = [];
     const live = new LiveStreams();
     const all = [...apiServices(ctx), { definition: EventServiceService, implementation: eventService(services, ctx.log, live) }];
