@@ -47,7 +47,8 @@ async function main(argv: string[]): Promise<number> {
     const orch = await startOrchestrator(config, log, systemClock);
     const where = config.databaseUrl ? 'PostgreSQL' : `embedded PGlite in ${config.dataDir}/pglite`;
     process.stderr.write(
-      `\nKloudak is up: ${orch.url}  (API ${orch.url}/api/v1, OpenAPI ${orch.url}/api/v1/openapi.json)\ndatabase: ${where}\n` +
+      `\nKloudak is up: ${orch.url}  (API ${orch.url}/api/v1, OpenAPI ${orch.url}/api/v1/openapi.json)\n` +
+        `gRPC API: ${orch.grpcUrl} (kloudak.api.v1, with reflection)\ndatabase: ${where}\n` +
         `agents: ${orch.agentUrl} (TLS; agent CA fingerprint ${orch.ca.fingerprint})\n\n`,
     );
     await new Promise<void>((resolve) => {
