@@ -8,6 +8,7 @@ import { createLogger } from '@kloudak/common';
 import { openDatabase, type Database } from '@kloudak/prisma';
 import { freshDatabase, waitFor, type FreshDatabase } from '@kloudak/testkit';
 import { systemClock } from '../clock.js';
+import { changeWithEvents } from './events.js';
 import { insertTask } from '../store/tasks.js';
 import { commandIdFor, TaskEngine, type TaskEngineOptions } from './engine.js';
 import { StepError, type StepContext, type TaskDefinition } from './types.js';
@@ -97,6 +98,35 @@ for (const engine of ['postgres', 'pglite'] as const) {
       assert.equal((await db.client.workspace.findUniqueOrThrow({ where: { id: ws } })).description, `ok:${id}`);
       // Each attempt's command id is derived from the step row, so it is stable and unique.
       assert.equal(j[0]!.split(':')[3], commandIdFor(t.steps[0]!.id, 'run', 1));
+    });
+
+    it('ends a task failed when it keeps failing outside its steps past its deadline, instead of running for ever', async () => {
+      const j: Journal = [];
+      const broken = def('k.broken', j);
+      broken.onSucceeded = async () => {
+        throw new Error('finish hook broken');
+      };
+      start([broken], { leaseMs: 200 });
+      const id = await queue('k.broken', 1500);
+      const t = await ended(id, 15_000);
+      assert.equal(t.state, 'failed');
+      assert.match(t.error ?? '', /internal error after \d+ run\(s\): finish hook broken/);
+      assert.equal(t.leaseOwner, null);
+    });
+
+    it('makes a change with its events inside the caller\'s transaction, on either engine (no nested transaction)', async () => {
+      const j: Journal = [];
+      const d = def('k.events', j);
+      d.onSucceeded = async (task, tx) => {
+        await changeWithEvents(tx, (t) => t.workspace.update({ where: { id: task.workspaceId! }, data: { description: `ev:${task.id}` } }), [
+          { workspaceId: task.workspaceId, entity: 'test', entityId: task.targetId, event: 'state', state: 'done', taskId: task.id },
+        ]);
+      };
+      start([d]);
+      const id = await queue('k.events');
+      const t = await ended(id);
+      assert.equal(t.state, 'succeeded', t.error ?? '');
+      assert.equal((await db.client.workspace.findUniqueOrThrow({ where: { id: ws } })).description, `ev:${id}`);
     });
 
     it('retries a step that fails once, after a backoff, with a new command id', async () => {

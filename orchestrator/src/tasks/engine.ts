@@ -6,6 +6,9 @@ import type { EventInput } from '../events/event.js';
 import { appendEvents } from '../store/outbox.js';
 import { StepError, type StepContext, type StepDefinition, type StepResult, type TaskDefinition, type TaskView, type TxClient } from './types.js';
 
+
+/** Runs of a task that fail outside its steps before the task is ended failed (see giveUpIfStuck). */
+export const MAX_RUNS = 50;
 /** Settings of the {@link TaskEngine}. */
 export interface TaskEngineOptions {
   /** This worker's name in the lease column (unique per orchestrator process). */
@@ -129,7 +132,10 @@ export class TaskEngine {
       if (!id) return;
       const abort = new AbortController();
       const done = this.run(id, abort.signal)
-        .catch((err: unknown) => this.deps.log.error({ component: 'tasks', task_id: id, err }, 'task run failed; it resumes when its lease ends'))
+        .catch(async (err: unknown) => {
+          this.deps.log.error({ component: 'tasks', task_id: id, err }, 'task run failed; it resumes when its lease ends');
+          await this.giveUpIfStuck(id, err).catch((e: unknown) => this.deps.log.error({ component: 'tasks', task_id: id, err: e }, 'could not end a stuck task'));
+        })
         .finally(() => {
           this.running.delete(id);
           if (!this.closed) this.kick();
@@ -168,6 +174,28 @@ export class TaskEngine {
     if (r.attempts === 1) await appendEvents(tx, this.events(r, 'state', { state: 'running' }));
     return r.id;
     });
+  }
+
+  /**
+   * A run that failed outside any step (the engine's own writes, a finish hook) is resumed when its
+   * lease ends; if it keeps failing, the task would run for ever. Past its deadline, or after
+   * {@link MAX_RUNS} runs, it ends `failed` with the error, so no task stays unfinished forever.
+   */
+  private async giveUpIfStuck(id: string, err: unknown): Promise<void> {
+    const t = await this.deps.db.task.findUnique({ where: { id }, select: { state: true, attempts: true, deadline: true, workspaceId: true, kind: true, targetType: true, targetId: true } });
+    if (!t || !['queued', 'running', 'rolling_back'].includes(t.state)) return;
+    const now = this.deps.clock.now();
+    const pastDeadline = t.deadline !== null && now >= t.deadline.getTime();
+    if (!pastDeadline && t.attempts < MAX_RUNS) return;
+    const why = `internal error after ${t.attempts} run(s): ${err instanceof Error ? err.message : String(err)}`.slice(0, 1000);
+    await this.deps.db.$transaction(async (tx: TxClient) => {
+      const n = await tx.task.updateMany({
+        where: { id, state: { in: ['queued', 'running', 'rolling_back'] } },
+        data: { state: 'failed', error: why, finishedAt: new Date(now), leaseOwner: null, leaseExpiresAt: null },
+      });
+      if (n.count > 0) await appendEvents(tx, this.events({ id, ...t }, 'state', { state: 'failed' }));
+    });
+    this.deps.log.error({ component: 'tasks', task_id: id, runs: t.attempts }, 'task ended failed: it kept failing outside its steps');
   }
 
   private async release(id: string): Promise<void> {

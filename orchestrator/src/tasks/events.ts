@@ -8,7 +8,9 @@ import type { TaskView, TxClient } from './types.js';
  * client) or a new one (`db` the client). The outbox relay publishes them after the commit.
  */
 export async function changeWithEvents(db: PrismaClient | TxClient, change: (tx: TxClient) => Promise<unknown>, events: readonly EventInput[]): Promise<void> {
-  if ('$transaction' in db) {
+  // A transaction client has $transaction too (Prisma 7 nests with savepoints, which PGlite's
+  // adapter cannot), but no $connect: only the client itself opens a transaction here.
+  if ('$connect' in db) {
     await db.$transaction(async (tx: TxClient) => {
       await change(tx);
       await appendEvents(tx, events);
