@@ -9,6 +9,7 @@ import { admin, signedIn, type Caller, type Principal } from './principal.js';
 import type { Services } from './services.js';
 
 export type { EventInput, KloudakEvent } from '../events/event.js';
+export { eventJson } from '../events/event.js';
 export type { EventSubscription } from '../events/hub.js';
 
 /** Details of an event besides its scope, entity, id and name of what happened. */

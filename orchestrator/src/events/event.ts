@@ -112,3 +112,17 @@ export function toEvent(row: OutboxRow): KloudakEvent {
     ...(Object.keys(data).length > 0 ? { data } : {}),
   };
 }
+
+/**
+ * The JSON of an event, made once: the hub hands the same event object to every stream of its
+ * scope (WebSocket, SSE, gRPC), so a thousand clients cost one serialisation.
+ */
+const serialised = new WeakMap<KloudakEvent, string>();
+export function eventJson(e: KloudakEvent): string {
+  let s = serialised.get(e);
+  if (s === undefined) {
+    s = JSON.stringify(e);
+    serialised.set(e, s);
+  }
+  return s;
+}

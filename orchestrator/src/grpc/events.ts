@@ -6,7 +6,7 @@ import { status as GrpcStatus, type handleServerStreamingCall, type ServerWritab
 import { UnauthenticatedError, type Logger } from '@kloudak/common';
 import type * as pb from '@kloudak/proto/api';
 import { authenticate } from '../app/auth.js';
-import { openInfraEvents, openWorkspaceEvents, type EventSubscription, type KloudakEvent } from '../app/events.js';
+import { eventJson, openInfraEvents, openWorkspaceEvents, type EventSubscription, type KloudakEvent } from '../app/events.js';
 import type { Caller, Principal } from '../app/principal.js';
 import type { Services } from '../app/services.js';
 import { WsParams } from '../http/schemas.js';
@@ -26,17 +26,6 @@ export class LiveStreams {
   }
 }
 
-// The JSON of an event, made once however many streams carry it (the hub hands every stream of a
-// scope the same event object).
-const serialised = new WeakMap<KloudakEvent, string>();
-function json(e: KloudakEvent): string {
-  let s = serialised.get(e);
-  if (s === undefined) {
-    s = JSON.stringify(e);
-    serialised.set(e, s);
-  }
-  return s;
-}
 
 /** An event as the Event message: its fields, and the very JSON the other streams send. */
 export function eventMessage(e: KloudakEvent): pb.Event {
@@ -51,7 +40,7 @@ export function eventMessage(e: KloudakEvent): pb.Event {
     task: e.task ?? undefined,
     name: e.name,
     data: e.data,
-    json: json(e),
+    json: eventJson(e),
   };
 }
 

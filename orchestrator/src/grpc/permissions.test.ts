@@ -5,11 +5,10 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { status } from '@grpc/grpc-js';
-import { PERMISSION_FLAGS, type PermissionFlag } from '../domain/permissions.js';
-import { ENGINES, PASSWORD, startHarness, connectSimHost, type Harness } from '../testing/harness.js';
+import { PERMISSION_FLAGS } from '../domain/permissions.js';
+import { ENGINES, PASSWORD, startHarness, type Harness } from '../testing/harness.js';
 import type { SimAgent } from '../agent-api/testing/sim-agent.js';
 import {
-  createWorld,
   freshArea,
   freshHost,
   freshJoinToken,
@@ -24,7 +23,7 @@ import {
   type World,
 } from '../testing/fixtures.js';
 import { apiMethods, GrpcTestClient, type GrpcResult } from '../testing/grpc-client.js';
-import { expected, RULES, USER_FLAGS } from '../testing/permission-rules.js';
+import { expected, RULES, setUpMatrix, type MatrixCaller } from '../testing/permission-rules.js';
 
 /** Each RPC's REST twin. Written by hand: it is the API's spec as much as the proto is. */
 const TWINS: Record<string, string> = {
@@ -113,15 +112,6 @@ function requestOf(method: string, params: Record<string, string>, body: unknown
   return { ...req, ...b };
 }
 
-interface MatrixCaller {
-  label: string;
-  kind: 'anon' | 'admin' | 'outsider' | 'member';
-  flags: readonly PermissionFlag[];
-  username: string;
-  password: string;
-  userId: string;
-  token: string | undefined;
-}
 
 for (const engine of ENGINES) {
   describe(`gRPC permission matrix on ${engine}`, () => {
@@ -135,7 +125,6 @@ for (const engine of ENGINES) {
     let target: { username: string; userId: string };
 
     const db = () => h.orch.db.client;
-    const idOf = async (username: string) => (await db().user.findUniqueOrThrow({ where: { username } })).id;
     const wsFor = async (c: MatrixCaller, withTarget: boolean) =>
       freshWorkspace(db(), [
         { userId: owner.userId, flags: PERMISSION_FLAGS },
@@ -197,45 +186,7 @@ for (const engine of ENGINES) {
     before(async () => {
       h = await startHarness(engine);
       g = new GrpcTestClient(`127.0.0.1:${h.orch.grpcPort}`);
-      const mk = async (prefix: string) => {
-        const u = await h.user(prefix);
-        return { ...u, userId: await idOf(u.username) };
-      };
-      const [o, t, out, none, managers, ...single] = await Promise.all([
-        mk('owner'),
-        mk('target'),
-        mk('outsider'),
-        mk('noflags'),
-        mk('managers'),
-        ...PERMISSION_FLAGS.map((f) => mk(f.replace(/_/g, '-'))),
-      ]);
-      owner = { username: o!.username, userId: o!.userId };
-      target = { username: t!.username, userId: t!.userId };
-      const as = (label: string, kind: MatrixCaller['kind'], flags: readonly PermissionFlag[], u: typeof o | undefined): MatrixCaller => ({
-        label,
-        kind,
-        flags,
-        username: u!.username,
-        password: u!.password,
-        userId: u!.userId,
-        token: u!.token,
-      });
-      callers = [
-        { label: 'anonymous', kind: 'anon', flags: [], username: '', password: '', userId: '', token: undefined },
-        { label: 'admin', kind: 'admin', flags: [], username: h.admin.username, password: h.admin.password, userId: await idOf(h.admin.username), token: h.admin.token },
-        as('non-member', 'outsider', [], out),
-        as('member without flags', 'member', [], none),
-        ...PERMISSION_FLAGS.map((f, i) => as(`member with ${f}`, 'member', [f], single[i])),
-        as('member with the three user flags', 'member', USER_FLAGS, managers),
-      ];
-      w = await createWorld(db(), [
-        { userId: owner.userId, flags: PERMISSION_FLAGS },
-        { userId: target.userId, flags: [] },
-        ...callers.filter((c) => c.kind === 'member').map((c) => ({ userId: c.userId, flags: c.flags })),
-      ]);
-      const sim = await connectSimHost(h, w.area.id, w.pool.name);
-      simHostId = sim.hostId;
-      simAgent = sim.agent;
+      ({ owner, target, callers, world: w, simHostId, simAgent } = await setUpMatrix(h));
     });
     after(async () => {
       g?.close();

@@ -8,7 +8,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { KloudakError, UnauthenticatedError } from '@kloudak/common';
 import { authenticate } from '../app/auth.js';
-import { openInfraEvents, openWorkspaceEvents, parseSince, type EventSubscription, type KloudakEvent } from '../app/events.js';
+import { eventJson, openInfraEvents, openWorkspaceEvents, parseSince, type EventSubscription } from '../app/events.js';
 import type { Caller, Principal } from '../app/principal.js';
 import type { Services } from '../app/services.js';
 import { errorResponse, HTTP_STATUS, toKloudakError } from './errors.js';
@@ -24,19 +24,6 @@ const MAX_BUFFERED = 8 * 1024 * 1024;
 /** Keep-alives: idle proxies close silent connections. */
 const KEEPALIVE_MS = 25_000;
 
-/**
- * The JSON of an event, made once: the hub hands the same event object to every stream of its
- * scope, so a thousand clients cost one serialisation.
- */
-const serialised = new WeakMap<KloudakEvent, string>();
-function json(e: KloudakEvent): string {
-  let s = serialised.get(e);
-  if (s === undefined) {
-    s = JSON.stringify(e);
-    serialised.set(e, s);
-  }
-  return s;
-}
 
 /** WebSocket close codes: 4000 + the HTTP status the same failure answers elsewhere. */
 function closeCode(status: number): number {
@@ -151,7 +138,7 @@ export function eventStreams(s: Services): EventStreams {
     });
     for await (const e of sub) {
       // id: is the sequence, so EventSource resumes with Last-Event-ID by itself.
-      if (!res.write(`id: ${e.seq}\ndata: ${json(e)}\n\n`)) await new Promise((r) => res.once('drain', r));
+      if (!res.write(`id: ${e.seq}\ndata: ${eventJson(e)}\n\n`)) await new Promise((r) => res.once('drain', r));
     }
   }
 
@@ -170,7 +157,7 @@ export function eventStreams(s: Services): EventStreams {
           sub.close('the client reads too slowly');
           break;
         }
-        socket.send(json(e));
+        socket.send(eventJson(e));
       }
     })();
   }

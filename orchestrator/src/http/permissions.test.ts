@@ -3,11 +3,10 @@
 // the routes come from the running API, and a route without an expectation fails the suite.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { PERMISSION_FLAGS, type PermissionFlag } from '../domain/permissions.js';
-import { ENGINES, PASSWORD, startHarness, connectSimHost, Client, type Harness, type Res } from '../testing/harness.js';
+import { PERMISSION_FLAGS } from '../domain/permissions.js';
+import { ENGINES, PASSWORD, startHarness, Client, type Harness, type Res } from '../testing/harness.js';
 import type { SimAgent } from '../agent-api/testing/sim-agent.js';
 import {
-  createWorld,
   fillPath,
   freshArea,
   freshHost,
@@ -23,20 +22,12 @@ import {
   type World,
 } from '../testing/fixtures.js';
 import type { RouteSpec } from './route.js';
-import { expected, RULES, USER_FLAGS, type Rule } from '../testing/permission-rules.js';
+import { expected, RULES, setUpMatrix, type MatrixCaller, type Rule } from '../testing/permission-rules.js';
 
 // The spec, who may call each route, is testing/permission-rules.ts (shared with the gRPC matrix).
 
 /** A caller of the matrix. Members belong to the fixture workspace (and to fresh ones made per case). */
-interface Caller {
-  label: string;
-  kind: 'anon' | 'admin' | 'outsider' | 'member';
-  flags: readonly PermissionFlag[];
-  username: string;
-  password: string;
-  userId: string;
-  token: string | undefined;
-}
+type Caller = MatrixCaller;
 
 const ERROR_CODE = { 401: 'unauthenticated', 403: 'forbidden', 404: 'not_found' } as const;
 
@@ -145,54 +136,7 @@ for (const engine of ENGINES) {
 
     before(async () => {
       h = await startHarness(engine);
-      const mk = async (prefix: string) => {
-        const u = await h.user(prefix);
-        return { ...u, userId: await idOf(u.username) };
-      };
-      const [o, t, out, none, managers, ...single] = await Promise.all([
-        mk('owner'),
-        mk('target'),
-        mk('outsider'),
-        mk('noflags'),
-        mk('managers'),
-        ...PERMISSION_FLAGS.map((f) => mk(f.replace(/_/g, '-'))),
-      ]);
-      owner = { username: o!.username, userId: o!.userId };
-      target = { username: t!.username, userId: t!.userId };
-      const asCaller = (label: string, kind: Caller['kind'], flags: readonly PermissionFlag[], u: typeof o | undefined): Caller => ({
-        label,
-        kind,
-        flags,
-        username: u!.username,
-        password: u!.password,
-        userId: u!.userId,
-        token: u!.token,
-      });
-      callers = [
-        { label: 'anonymous', kind: 'anon', flags: [], username: '', password: '', userId: '', token: undefined },
-        {
-          label: 'admin',
-          kind: 'admin',
-          flags: [],
-          username: h.admin.username,
-          password: h.admin.password,
-          userId: await idOf(h.admin.username),
-          token: h.admin.token,
-        },
-        asCaller('non-member', 'outsider', [], out),
-        asCaller('member without flags', 'member', [], none),
-        ...PERMISSION_FLAGS.map((f, i) => asCaller(`member with ${f}`, 'member', [f], single[i])),
-        asCaller('member with the three user flags', 'member', USER_FLAGS, managers),
-      ];
-      w = await createWorld(db(), [
-        { userId: owner.userId, flags: PERMISSION_FLAGS },
-        { userId: target.userId, flags: [] },
-        ...callers.filter((c) => c.kind === 'member').map((c) => ({ userId: c.userId, flags: c.flags })),
-      ]);
-      // A placeable host, so VM creation can succeed for those allowed to ask.
-      const sim = await connectSimHost(h, w.area.id, w.pool.name);
-      simHostId = sim.hostId;
-      simAgent = sim.agent;
+      ({ owner, target, callers, world: w, simHostId, simAgent } = await setUpMatrix(h));
     });
     after(async () => {
       await simAgent?.stop();

@@ -1,7 +1,10 @@
 // The permission matrix's spec: who may call each REST operation. Written by hand (it is the
 // spec); the REST matrix (http/permissions.test.ts) and the gRPC one (grpc/permissions.test.ts),
 // whose RPCs each name their REST twin, check the running APIs against it.
-import type { PermissionFlag } from '../domain/permissions.js';
+import { PERMISSION_FLAGS, type PermissionFlag } from '../domain/permissions.js';
+import type { SimAgent } from '../agent-api/testing/sim-agent.js';
+import { createWorld, type World } from './fixtures.js';
+import { connectSimHost, type Harness } from './harness.js';
 
 export const USER_FLAGS = ['user_can_add', 'user_can_edit', 'user_can_delete'] as const satisfies readonly PermissionFlag[];
 
@@ -92,4 +95,73 @@ export function expected(rule: Rule, c: { kind: 'anon' | 'admin' | 'outsider' | 
   if (c.kind === 'admin') return 'success';
   if (c.kind === 'outsider') return 404;
   return rule.flags.every((f) => c.flags.includes(f)) ? 'success' : 403;
+}
+
+/** One caller of the permission matrix: who, how they are signed in, and their flags in the fixture workspace. */
+export interface MatrixCaller {
+  label: string;
+  kind: 'anon' | 'admin' | 'outsider' | 'member';
+  flags: readonly PermissionFlag[];
+  username: string;
+  password: string;
+  userId: string;
+  token: string | undefined;
+}
+
+/** What the REST and gRPC matrices run against: the callers, the fixture world and a placeable host. */
+export interface MatrixSetup {
+  owner: { username: string; userId: string };
+  target: { username: string; userId: string };
+  callers: MatrixCaller[];
+  world: World;
+  simHostId: string;
+  simAgent: SimAgent;
+}
+
+/**
+ * The matrix's callers (anonymous, admin, a non-member, a member without flags, one member per
+ * flag, one with the three user flags), the world whose workspace they belong to, and a simulated
+ * host so VM creation can succeed for those allowed to ask.
+ */
+export async function setUpMatrix(h: Harness): Promise<MatrixSetup> {
+  const db = h.orch.db.client;
+  const idOf = async (username: string) => (await db.user.findUniqueOrThrow({ where: { username } })).id;
+  const mk = async (prefix: string) => {
+    const u = await h.user(prefix);
+    return { ...u, userId: await idOf(u.username) };
+  };
+  const [o, t, out, none, managers, ...single] = await Promise.all([
+    mk('owner'),
+    mk('target'),
+    mk('outsider'),
+    mk('noflags'),
+    mk('managers'),
+    ...PERMISSION_FLAGS.map((f) => mk(f.replace(/_/g, '-'))),
+  ]);
+  const as = (label: string, kind: MatrixCaller['kind'], flags: readonly PermissionFlag[], u: typeof o | undefined): MatrixCaller => ({
+    label,
+    kind,
+    flags,
+    username: u!.username,
+    password: u!.password,
+    userId: u!.userId,
+    token: u!.token,
+  });
+  const callers: MatrixCaller[] = [
+    { label: 'anonymous', kind: 'anon', flags: [], username: '', password: '', userId: '', token: undefined },
+    { label: 'admin', kind: 'admin', flags: [], username: h.admin.username, password: h.admin.password, userId: await idOf(h.admin.username), token: h.admin.token },
+    as('non-member', 'outsider', [], out),
+    as('member without flags', 'member', [], none),
+    ...PERMISSION_FLAGS.map((f, i) => as(`member with ${f}`, 'member', [f], single[i])),
+    as('member with the three user flags', 'member', USER_FLAGS, managers),
+  ];
+  const owner = { username: o!.username, userId: o!.userId };
+  const target = { username: t!.username, userId: t!.userId };
+  const world = await createWorld(db, [
+    { userId: owner.userId, flags: PERMISSION_FLAGS },
+    { userId: target.userId, flags: [] },
+    ...callers.filter((c) => c.kind === 'member').map((c) => ({ userId: c.userId, flags: c.flags })),
+  ]);
+  const sim = await connectSimHost(h, world.area.id, world.pool.name);
+  return { owner, target, callers, world, simHostId: sim.hostId, simAgent: sim.agent };
 }
