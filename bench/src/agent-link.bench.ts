@@ -50,6 +50,7 @@ import {
   table,
   writeResults,
   type ChildServer,
+  backendPids,
 } from './harness.js';
 
 const ORCHESTRATOR_MAIN = fileURLToPath(new URL('../../orchestrator/dist/main.js', import.meta.url));
@@ -146,13 +147,6 @@ async function joinTokens(base: string, token: string, areaId: string, n: number
 
 // ---------- database figures ----------
 
-/** PostgreSQL backends serving the orchestrator's database (its pool), for their CPU time. */
-function backendPids(url: string): Promise<number[]> {
-  return withPg(url, async (c) => {
-    const r = await c.query<{ pid: number }>('SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()');
-    return r.rows.map((x) => x.pid);
-  });
-}
 
 /** Rows of HostUsageSample now, and PostgreSQL's (lagging, ~1–10 s) counter of Host row updates. */
 function dbCounters(url: string): Promise<{ usageRows: number; usageSamples: number; hostUpdates: number }> {

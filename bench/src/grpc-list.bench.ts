@@ -21,7 +21,6 @@ import * as grpc from '@grpc/grpc-js';
 import { openDatabase } from '@kloudak/prisma';
 import { ListVmsRequest, ListVmsResponse } from '@kloudak/proto/api';
 import { freePort, freshDatabase } from '@kloudak/testkit';
-import pg from 'pg';
 import {
   envNumber,
   load,
@@ -39,6 +38,7 @@ import {
   table,
   writeResults,
   type LoadResult,
+  backendPids,
 } from './harness.js';
 
 const ORCHESTRATOR_MAIN = fileURLToPath(new URL('../../orchestrator/dist/main.js', import.meta.url));
@@ -89,16 +89,6 @@ async function seed(databaseUrl: string): Promise<void> {
   }
 }
 
-async function backendPids(url: string): Promise<number[]> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    const r = await c.query<{ pid: number }>('SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()');
-    return r.rows.map((row) => row.pid);
-  } finally {
-    await c.end();
-  }
-}
 
 /**
  * `connections` gRPC clients, each on its own HTTP/2 connection, each calling ListVms again as

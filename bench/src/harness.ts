@@ -6,7 +6,7 @@ import { cpus, totalmem, release, platform } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GUEST, REPO } from '@kloudak/e2e/paths';
-import { freePort, waitFor, type CleanupStack } from '@kloudak/testkit';
+import { freePort, waitFor, withPg, type CleanupStack } from '@kloudak/testkit';
 import autocannon from 'autocannon';
 
 // ---------- settings ----------
@@ -370,4 +370,12 @@ export function runBench(name: string, main: () => Promise<number>): void {
       process.exit(1);
     },
   );
+}
+
+/** PIDs of the PostgreSQL backends connected to `url`'s database (a server's pool), for their CPU time. */
+export function backendPids(url: string): Promise<number[]> {
+  return withPg(url, async (c) => {
+    const r = await c.query<{ pid: number }>('SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()');
+    return r.rows.map((row) => row.pid);
+  });
 }

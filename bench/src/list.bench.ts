@@ -22,8 +22,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
 import { freshDatabase } from '@kloudak/testkit';
-import pg from 'pg';
-import { envNumber, load, machine, machineBusyPct, onCleanup, progress, restCall, runBench, runCleanups, startChild, table, writeResults, type LoadResult } from './harness.js';
+import { backendPids, envNumber, load, machine, machineBusyPct, onCleanup, progress, restCall, runBench, runCleanups, startChild, table, writeResults, type LoadResult } from './harness.js';
 
 const ORCHESTRATOR_MAIN = fileURLToPath(new URL('../../orchestrator/dist/main.js', import.meta.url));
 const BASELINE_SERVER = fileURLToPath(new URL('./list-baseline-server.js', import.meta.url));
@@ -87,17 +86,6 @@ async function fetchList(url: string, headers: Record<string, string>, who: stri
   return body;
 }
 
-/** PIDs of the PostgreSQL backends connected to `url`'s database (the server's pool), for CPU accounting. */
-async function backendPids(url: string): Promise<number[]> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    const r = await c.query<{ pid: number }>('SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()');
-    return r.rows.map((row) => row.pid);
-  } finally {
-    await c.end();
-  }
-}
 
 async function measure(
   label: string,
