@@ -7,10 +7,10 @@ import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import { waitFor } from '@kloudak/testkit';
 import * as pb from '@kloudak/proto/agent';
-import { startHarness, type Harness } from '../testing/harness.js';
+import { connectSimHost, startHarness, type Harness } from '../testing/harness.js';
 import { freshArea, freshTemplate, freshWorkspace, uniq } from '../testing/fixtures.js';
 import { MAX_REPORTED_BYTES } from './convert.js';
-import { enrollSimAgent, SimAgent, type SimIdentity } from './testing/sim-agent.js';
+import type { SimAgent } from './testing/sim-agent.js';
 
 const LIMITS = { agentMaxMessagesPerSecond: 100, agentMessageBurst: 200, agentMaxMessageBytes: 65_536, agentMaxBufferedWrites: 16 };
 
@@ -29,15 +29,11 @@ describe('a hostile agent changes nothing for the other hosts', () => {
     await h?.close();
   });
 
-  async function host(prefix: string, opts: Partial<ConstructorParameters<typeof SimAgent>[0]> = {}): Promise<{ id: SimIdentity; agent: SimAgent }> {
-    const t = await h.admin.client.post('/api/v1/hosts/join-tokens', { area: areaId, expiresIn: 600 });
-    assert.equal(t.status, 201, JSON.stringify(t.body));
-    const id = await enrollSimAgent({ address: h.orch.agentUrl, joinToken: t.body.token as string, hostName: uniq(prefix) });
-    const agent = new SimAgent({ address: h.orch.agentUrl, identity: id, heartbeatMs: 100, ...opts });
+  /** A simulated host of the area, its agent registered for the clean-up (heartbeats every 100 ms). */
+  async function host(prefix: string, opts: Parameters<typeof connectSimHost>[4] = {}): Promise<{ id: { hostId: string }; agent: SimAgent }> {
+    const { hostId, agent } = await connectSimHost(h, areaId, uniq(`${prefix}-pool`), uniq(prefix), { heartbeatMs: 100, ...opts });
     agents.push(agent);
-    await agent.start();
-    await waitFor(async () => agent.stats.leaseGrants >= 1, 10_000, `${prefix} granted`);
-    return { id, agent };
+    return { id: { hostId }, agent };
   }
 
   /** A VM row placed on `hostId`. */

@@ -159,7 +159,7 @@ export async function connectSimHost(
   areaId: string,
   pool: string,
   name = `sim-${++seq}`,
-  opts: Pick<SimAgentOptions, 'onCommand'> & { /** The pool's capacity as this host reports it (default 4000 GiB). */ poolCapacityGb?: number } = {},
+  opts: Partial<Pick<SimAgentOptions, 'onCommand' | 'heartbeatMs' | 'usage' | 'reconnect'>> & { /** The pool's capacity as this host reports it (default 4000 GiB). */ poolCapacityGb?: number } = {},
 ): Promise<{ hostId: string; agent: SimAgent }> {
   const { poolCapacityGb = 4000, ...agentOpts } = opts;
   const poolBytes = BigInt(poolCapacityGb) << 30n;
