@@ -84,6 +84,9 @@ export class AgentLink {
   private timers: NodeJS.Timeout[] = [];
   private closing: Promise<void> | undefined;
 
+  /** What one agent may send and leave unread (the options', or the defaults). */
+  private readonly limits: SessionLimits;
+
   private constructor(
     private readonly deps: AgentLinkDeps,
     private readonly opts: AgentLinkOptions,
@@ -93,6 +96,7 @@ export class AgentLink {
     readonly port: number,
   ) {
     this.log = deps.log.child({ component: 'agent-link' });
+    this.limits = opts.limits ?? DEFAULT_SESSION_LIMITS;
     this.channel = new CommandChannel(deps.clock, this.log);
     this.liveness = new Liveness(deps.clock, { heartbeatIntervalMs: opts.heartbeatIntervalMs, downMarginMs: opts.downMarginMs });
     this.usage = new UsageRecorder(deps.db.client, deps.clock, this.log);
@@ -223,7 +227,7 @@ export class AgentLink {
       call.emit('error', { code: grpc.status.UNAUTHENTICATED, details: reason, metadata: new grpc.Metadata() });
       return;
     }
-    const session = new Session(hostId, call, this.opts.limits ?? DEFAULT_SESSION_LIMITS, this.deps.clock.now());
+    const session = new Session(hostId, call, this.limits, this.deps.clock.now());
     const log = this.log.child({ host_id: hostId, session_id: session.id });
     let chain: Promise<void> = Promise.resolve();
     const helloTimer = setTimeout(() => {
@@ -241,7 +245,7 @@ export class AgentLink {
       // Counted as it arrives, before it queues behind the messages being handled: a flood is
       // cut off at once rather than piling up in the chain.
       if (!session.ended && !session.admit(this.deps.clock.now())) {
-        log.warn({ limit_per_second: (this.opts.limits ?? DEFAULT_SESSION_LIMITS).messagesPerSecond }, 'agent sends too many messages: session ended');
+        log.warn({ limit_per_second: this.limits.messagesPerSecond }, 'agent sends too many messages: session ended');
         session.end(grpc.status.RESOURCE_EXHAUSTED, 'too many messages on this stream; reconnect later');
         return;
       }
