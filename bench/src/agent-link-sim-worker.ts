@@ -1,4 +1,4 @@
-// Load generator of agent-link.bench: a child process (forked with an IPC channel) that runs a
+// Load generator of agent-link.bench and soak.bench: a child process (forked with an IPC channel) that runs a
 // share of the simulated agents (`@kloudak/orchestrator/agent-testing`). It lives in a process of
 // its own so the sims' CPU is never counted as the server's, and several of them spread the sims
 // over the cores. The parent drives it with messages (see `Request`), one at a time.
@@ -14,7 +14,8 @@ import { enrollSimAgent, SimAgent, type SimAgentOptions, type SimIdentity } from
 /** Messages from the parent. */
 export type Request =
   | { op: 'enroll'; address: string; items: { joinToken: string; hostName: string }[]; concurrency: number }
-  | { op: 'start'; address: string; count: number; heartbeatMs: number; concurrency: number }
+  /** Sim i (in enrollment order) connects to `addresses[i % addresses.length]`. */
+  | { op: 'start'; addresses: string[]; count: number; heartbeatMs: number; concurrency: number }
   | { op: 'stopAll' }
   | { op: 'windowStart' }
   | { op: 'windowEnd' }
@@ -116,12 +117,14 @@ async function handle(req: Request): Promise<Reply> {
       return { ok: true, enrolled: got.filter(Boolean).length, total: identities.length, ms: performance.now() - t0, failures: failures.slice(0, 5), failed: failures.length };
     }
     case 'start': {
-      if (agents.length > 0 && addressOfAgents !== req.address) return { ok: false, error: 'stop the running agents before pointing them at another server' };
-      addressOfAgents = req.address;
+      const where = req.addresses.join(',');
+      if (req.addresses.length === 0) return { ok: false, error: 'no address to connect to' };
+      if (agents.length > 0 && addressOfAgents !== where) return { ok: false, error: 'stop the running agents before pointing them at another server' };
+      addressOfAgents = where;
       const want = Math.min(req.count, identities.length);
       const fresh: TimedSimAgent[] = [];
       for (let i = agents.length; i < want; i++) {
-        const a = new TimedSimAgent({ address: req.address, identity: identities[i] as SimIdentity, heartbeatMs: req.heartbeatMs }, onGrant);
+        const a = new TimedSimAgent({ address: req.addresses[i % req.addresses.length] as string, identity: identities[i] as SimIdentity, heartbeatMs: req.heartbeatMs }, onGrant);
         a.on('end', () => (sessionsEnded += 1));
         fresh.push(a);
       }

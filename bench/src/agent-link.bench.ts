@@ -24,14 +24,14 @@
 //   BENCH_START_CONCURRENCY   Connect+Hello in flight per worker          (default 50)
 //   BENCH_ORCHESTRATOR_NODE_ARGS  node options of the orchestrator process (e.g. --cpu-prof)
 //   KLOUDAK_TEST_PG_URL  PostgreSQL server for the fresh database; NATS_URL (nats://127.0.0.1:4222)
-import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { freePort, freshDatabase, withPg } from '@kloudak/testkit';
-import type { Reply, Request, WindowReport } from './agent-link-sim-worker.js';
+import type { WindowReport } from './agent-link-sim-worker.js';
+import { enrollHosts, joinTokens, mergedLatencies, runHosts, SimWorker } from './sim-fleet.js';
 import {
   envNumber,
   machine,
@@ -55,7 +55,6 @@ import {
 
 const ORCHESTRATOR_MAIN = fileURLToPath(new URL('../../orchestrator/dist/main.js', import.meta.url));
 const BASELINE_SERVER = fileURLToPath(new URL('./agent-link-baseline-server.js', import.meta.url));
-const SIM_WORKER = fileURLToPath(new URL('./agent-link-sim-worker.js', import.meta.url));
 
 const STEPS = (process.env['BENCH_STEPS'] ?? '200,1000')
   .split(',')
@@ -71,79 +70,6 @@ const START_CONCURRENCY = Math.round(envNumber('BENCH_START_CONCURRENCY', 50));
 const HEARTBEAT_MS = 1000;
 const NATS_URL = process.env['NATS_URL'] ?? 'nats://127.0.0.1:4222';
 const ADMIN = { username: 'benchadmin', password: 'Bench-link-pass-0123456789' };
-
-// ---------- simulated agents in worker processes ----------
-
-/** One worker process of simulated agents, driven request by request over IPC. */
-class SimWorker {
-  private readonly waiting: { resolve: (r: Reply) => void; reject: (e: Error) => void }[] = [];
-  private readonly exited: Promise<void>;
-
-  constructor(
-    readonly index: number,
-    readonly child: ChildProcess,
-  ) {
-    child.on('message', (r: Reply) => this.waiting.shift()?.resolve(r));
-    this.exited = new Promise((resolve) =>
-      child.once('exit', (code, sig) => {
-        for (let w = this.waiting.shift(); w; w = this.waiting.shift()) w.reject(new Error(`sim worker ${index} exited (${code ?? sig})`));
-        resolve();
-      }),
-    );
-  }
-
-  static start(index: number): SimWorker {
-    // 'advanced' serialisation carries the latency arrays as Float64Array, not JSON.
-    const child = fork(SIM_WORKER, [], { serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: { PATH: process.env['PATH'] ?? '' } });
-    const w = new SimWorker(index, child);
-    onCleanup(`stop sim worker ${index}`, () => w.stop());
-    return w;
-  }
-
-  /** Send one request; rejects on `{ok: false}`. */
-  async request<T extends Record<string, unknown>>(req: Request): Promise<T> {
-    const reply = await new Promise<Reply>((resolve, reject) => {
-      this.waiting.push({ resolve, reject });
-      this.child.send(req);
-    });
-    if (!reply.ok) throw new Error(`sim worker ${this.index}, ${req.op}: ${reply.error}`);
-    return reply as unknown as T;
-  }
-
-  async stop(): Promise<void> {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
-    const kill = setTimeout(() => this.child.kill('SIGKILL'), 10_000);
-    try {
-      this.child.send({ op: 'exit' } satisfies Request);
-    } catch {
-      this.child.kill('SIGTERM');
-    }
-    await this.exited;
-    clearTimeout(kill);
-  }
-}
-
-/** Hosts are dealt round-robin: host i runs in worker i % W, so W workers share any step evenly. */
-function shareOf(worker: number, hosts: number): number {
-  return Math.max(0, Math.ceil((hosts - worker) / WORKERS));
-}
-
-// ---------- REST ----------
-
-/** One single-use join token per host, `limit` requests in flight. */
-async function joinTokens(base: string, token: string, areaId: string, n: number, limit = 8): Promise<string[]> {
-  const out = new Array<string>(n);
-  let next = 0;
-  const lane = async () => {
-    for (let i = next++; i < n; i = next++) {
-      const r = await restCall<{ token: string }>(base, 'POST', '/hosts/join-tokens', { area: areaId, expiresIn: 7200 }, token);
-      if (r.status !== 201) throw new Error(`join token ${i}: HTTP ${r.status} ${JSON.stringify(r.body)}`);
-      out[i] = r.body.token;
-    }
-  };
-  await Promise.all(Array.from({ length: limit }, lane));
-  return out;
-}
 
 // ---------- database figures ----------
 
@@ -252,17 +178,11 @@ async function measure(
   const dbS = await dbWindowCpu();
   const m1 = machineCpuSeconds().busy;
   const wallS = (performance.now() - t0) / 1000;
-  const reports = await Promise.all(workers.map(async (w) => (await w.request<{ report: WindowReport }>({ op: 'windowEnd' })).report));
+  const reports = await Promise.all(workers.map((w) => w.windowEnd()));
   const db1 = databaseUrl ? await dbCounters(databaseUrl) : undefined;
   const mem = memoryKiB(pid);
 
-  const lat = new Float64Array(reports.reduce((n, r) => n + r.latenciesMs.length, 0));
-  let o = 0;
-  for (const r of reports) {
-    lat.set(r.latenciesMs, o);
-    o += r.latenciesMs.length;
-  }
-  lat.sort();
+  const lat = mergedLatencies(reports);
   const hz = Float64Array.from(healthz).sort();
   const sum = <K extends keyof WindowReport>(k: K) => reports.reduce((n, r) => n + (r[k] as number), 0);
   const grants = sum('grants');
@@ -302,17 +222,9 @@ async function measure(
 
 // ---------- the run ----------
 
-/** Make sure every sim worker runs its share of `hosts` (enrolling them first if needed). */
-async function runHosts(workers: SimWorker[], address: string, hosts: number): Promise<number> {
-  const t0 = performance.now();
-  const replies = await Promise.all(
-    workers.map((w) => w.request<{ running: number; failed: number; failures: string[] }>({ op: 'start', address, count: shareOf(w.index, hosts), heartbeatMs: HEARTBEAT_MS, concurrency: START_CONCURRENCY })),
-  );
-  const failed = replies.reduce((n, r) => n + r.failed, 0);
-  if (failed > 0) throw new Error(`${failed} sims could not connect to ${address}, e.g. ${replies.flatMap((r) => r.failures).slice(0, 3).join(' | ')}`);
-  const running = replies.reduce((n, r) => n + r.running, 0);
-  if (running !== hosts) throw new Error(`expected ${hosts} sims running, have ${running}`);
-  return (performance.now() - t0) / 1000;
+/** Make sure every sim worker runs its share of `hosts`, all on `address`. */
+function startHosts(workers: SimWorker[], address: string, hosts: number): Promise<number> {
+  return runHosts(workers, [address], hosts, HEARTBEAT_MS, START_CONCURRENCY);
 }
 
 interface Setup {
@@ -387,17 +299,11 @@ async function main(): Promise<number> {
     for (const hosts of [...STEPS].sort((a, b) => a - b)) {
       // Enroll the hosts this step adds, host i in worker i % W (round-robin, like shareOf).
       t = performance.now();
-      const perWorker: { joinToken: string; hostName: string }[][] = workers.map(() => []);
-      for (let i = enrolled; i < hosts; i++) perWorker[i % WORKERS]?.push({ joinToken: tokens[i] as string, hostName: `bench-kvm-${String(i).padStart(4, '0')}` });
-      const er = await Promise.all(
-        workers.map((w) => w.request<{ failed: number; failures: string[] }>({ op: 'enroll', address: orchAddress, items: perWorker[w.index] ?? [], concurrency: Math.max(1, Math.ceil(ENROLL_CONCURRENCY / WORKERS)) })),
-      );
-      const failed = er.reduce((n, r) => n + r.failed, 0);
-      if (failed > 0) throw new Error(`${failed} enrollments failed, e.g. ${er.flatMap((r) => r.failures).slice(0, 3).join(' | ')}`);
+      await enrollHosts(workers, orchAddress, tokens, { from: enrolled, to: hosts, prefix: 'bench-kvm' }, ENROLL_CONCURRENCY);
       setup.enrollS.push(r2((performance.now() - t) / 1000));
       progress(`enrolled hosts ${enrolled}..${hosts - 1} in ${setup.enrollS.at(-1)}s`);
       enrolled = hosts;
-      setup.connectS[`kloudak-${hosts}`] = r2(await runHosts(workers, orchAddress, hosts));
+      setup.connectS[`kloudak-${hosts}`] = r2(await startHosts(workers, orchAddress, hosts));
       progress(`kloudak: ${hosts} sims connected (HelloAck) in ${setup.connectS[`kloudak-${hosts}`]}s`);
       const r = await measure('kloudak', hosts, orch, workers, db.url);
       results.push(r);
@@ -421,7 +327,7 @@ async function main(): Promise<number> {
     progress(`baseline server ready, agents on ${baseAddress} (pid ${base.child.pid})`);
     results.push(await measure('baseline', 0, base, workers, undefined));
     for (const hosts of [...STEPS].sort((a, b) => a - b)) {
-      setup.connectS[`baseline-${hosts}`] = r2(await runHosts(workers, baseAddress, hosts));
+      setup.connectS[`baseline-${hosts}`] = r2(await startHosts(workers, baseAddress, hosts));
       progress(`baseline: ${hosts} sims connected in ${setup.connectS[`baseline-${hosts}`]}s`);
       results.push(await measure('baseline', hosts, base, workers, undefined));
     }
