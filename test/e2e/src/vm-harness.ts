@@ -16,7 +16,8 @@ export interface Admin {
 }
 
 /**
- * Start an orchestrator in this process on a fresh database named after `dbPrefix`, with a data
+ * Start an orchestrator in this process on a fresh database named after `dbPrefix` (or on
+ * `config.databaseUrl` when given), with a data
  * dir of its own, both ports on loopback (the agent port a free one) and the admin `admin`;
  * `config` and `options` go on top of the defaults. `cleanup` closes it and drops both.
  */
@@ -27,8 +28,13 @@ export async function startInProcessOrchestrator(
   config: Partial<OrchestratorConfig> = {},
   options: StartOptions = {},
 ): Promise<Orchestrator> {
-  const db = await freshDatabase(dbPrefix);
-  cleanup.add(() => db.drop(), `drop the database ${db.name}`);
+  // A database of the caller's own (a private server, say) is used as it is; else a fresh one.
+  let databaseUrl = config.databaseUrl;
+  if (!databaseUrl) {
+    const db = await freshDatabase(dbPrefix);
+    cleanup.add(() => db.drop(), `drop the database ${db.name}`);
+    databaseUrl = db.url;
+  }
   const dataDir = mkdtempSync(join(tmpdir(), `${dbPrefix}-orch-`));
   cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }), `remove ${dataDir}`);
   const orch = await startOrchestrator(
@@ -39,13 +45,13 @@ export async function startInProcessOrchestrator(
       agentPort: await freePort(),
       agentHost: '127.0.0.1',
       dataDir,
-      databaseUrl: db.url,
       natsUrl: TEST_NATS_URL,
       adminUser: admin.username,
       adminPassword: admin.password,
       passwordHashCost: 12,
       logLevel: 'warn',
       ...config,
+      databaseUrl,
     }),
     createLogger({ component: 'orchestrator', level: 'warn' }),
     systemClock,
