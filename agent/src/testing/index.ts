@@ -2,3 +2,4 @@
 export * from './netns.js';
 export * from './ovs-service.js';
 export * from './sim-host.js';
+export * from './private-libvirtd.js';
