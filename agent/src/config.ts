@@ -14,6 +14,9 @@ import type { HostSettings } from './settings.js';
 /** Default path of the configuration file. */
 export const DEFAULT_CONFIG_PATH = '/etc/kloudak/agent.yaml';
 
+/** libvirt's QEMU run directory for qemu:///system. */
+export const DEFAULT_QEMU_RUN_DIR = '/run/libvirt/qemu';
+
 /** The schema of the agent's configuration (keys are camelCase; the file may use snake_case). */
 export const AgentConfigSchema = Type.Object(
   {
@@ -45,6 +48,14 @@ export const AgentConfigSchema = Type.Object(
     heartbeatMs: Type.Integer({ minimum: 50, maximum: 600_000, default: 1000 }),
     /** Upper bound of the lease, whatever the orchestrator grants. */
     fenceLeaseMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 15_000 }),
+    /** How long fencing waits for one libvirt call before it kills QEMU processes from their pid files. */
+    fenceLibvirtTimeoutMs: Type.Integer({ minimum: 50, maximum: 60_000, default: 2000 }),
+    /**
+     * libvirt's QEMU run directory (`<domain>.pid`, `<domain>.xml`), used to fence when libvirt does
+     * not answer. Default: /run/libvirt/qemu for qemu:///system; unset otherwise (no pid-file
+     * fencing: a test:/// host has no QEMU, and must never kill the real host's).
+     */
+    qemuRunDir: Type.Optional(Type.String({ minLength: 1 })),
     /** How long SIGTERM waits for running commands. */
     drainTimeoutMs: Type.Integer({ minimum: 0, default: 30_000 }),
     logLevel: Type.Union(
@@ -89,6 +100,8 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_AGENT_SHUTDOWN_TIMEOUT_MS: 'shutdownTimeoutMs',
   KLOUDAK_AGENT_HEARTBEAT_MS: 'heartbeatMs',
   KLOUDAK_AGENT_FENCE_LEASE_MS: 'fenceLeaseMs',
+  KLOUDAK_AGENT_FENCE_LIBVIRT_TIMEOUT_MS: 'fenceLibvirtTimeoutMs',
+  KLOUDAK_AGENT_QEMU_RUN_DIR: 'qemuRunDir',
   KLOUDAK_AGENT_DRAIN_TIMEOUT_MS: 'drainTimeoutMs',
   KLOUDAK_AGENT_LOG_LEVEL: 'logLevel',
   KLOUDAK_AGENT_LOG_TARGET: 'logTarget',
@@ -171,15 +184,17 @@ export function loadAgentConfig(inputs: ConfigInputs = {}): AgentConfig {
   const defaults = { hostname: osHostname() };
   const merged = { ...defaults, ...file };
   const cfg = loadConfig(AgentConfigSchema, { file: merged, env: { ...fromEnv, ...started }, flags });
-  for (const key of ['dataDir', 'consoleDir', 'seedDir'] as const) {
+  for (const key of ['dataDir', 'consoleDir', 'seedDir', 'qemuRunDir'] as const) {
     const v = cfg[key];
     if (v !== undefined && !isAbsolute(v)) throw new ConfigError(`invalid configuration:\n  /${key}: must be an absolute path, got ${v}`);
   }
+  const extra: { seedDir?: string; qemuRunDir?: string } = {};
   if (isSimulatedHost(cfg.libvirtUri) && cfg.seedDir === undefined) {
     // The test driver cannot upload into volumes: seeds must be local files (see settings.seedDir).
-    return Object.freeze({ ...cfg, seedDir: join(cfg.dataDir, 'seeds') });
+    extra.seedDir = join(cfg.dataDir, 'seeds');
   }
-  return cfg;
+  if (cfg.qemuRunDir === undefined && cfg.libvirtUri === 'qemu:///system') extra.qemuRunDir = DEFAULT_QEMU_RUN_DIR;
+  return Object.keys(extra).length === 0 ? cfg : Object.freeze({ ...cfg, ...extra });
 }
 
 /** Whether a libvirt URI names libvirt's test driver (a simulated host). */

@@ -13,6 +13,7 @@ import { IsoSeedBuilder } from './cloudinit/seed.js';
 import { hostSettingsOf, isSimulatedHost, loadAgentConfig, type AgentConfig } from './config.js';
 import { Lease, systemLeaseClock, type LeaseClock, type LeaseExpiry } from './fence/lease.js';
 import { Fencer } from './fence/fencer.js';
+import { QemuPidfiles } from './fence/qemu-pidfiles.js';
 import { FenceStore } from './fence/records.js';
 import { StartGate } from './fence/start-gate.js';
 import { LibvirtHypervisor } from './hypervisor/libvirt-hypervisor.js';
@@ -132,12 +133,55 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
   await mkdir(cfg.dataDir, { recursive: true, mode: 0o700 });
   for (const dir of [settings.consoleDir, settings.seedDir]) if (dir) await mkdir(dir, { recursive: true, mode: 0o755 });
 
-  const identity = await obtainIdentity(cfg, log, abort.signal);
+  // The lease comes first, before anything that waits (the orchestrator for enrollment, libvirt):
+  // a previous agent process may have held a lease until now while its VMs kept running, so they
+  // must be fenced if no grant comes within one lease, even when libvirtd is down and never comes
+  // back. Until libvirt is connected, fencing kills QEMU processes from their pid files.
+  const fenceStore = new FenceStore(cfg.dataDir);
+  const flog = log.child({ component: 'fence' });
+  let hypervisor: LibvirtHypervisor | null = null;
+  // eslint-disable-next-line prefer-const -- assigned below; the gate only reads it when a command runs
+  let lease: Lease;
+  // No domain define/start without the lease (fence/start-gate.ts).
+  const gate = new StartGate(() => lease.valid);
+  // eslint-disable-next-line prefer-const -- assigned once the link exists; the lease needs the callback first
+  let link: AgentLink;
+  // Self-fencing runs one at a time, each fence in two passes (fence/fencer.ts).
+  const fencer = new Fencer({
+    hypervisor: () => hypervisor,
+    ...(cfg.qemuRunDir !== undefined ? { pidfiles: new QemuPidfiles({ runDir: cfg.qemuRunDir }) } : {}),
+    libvirtTimeoutMs: cfg.fenceLibvirtTimeoutMs,
+    store: fenceStore,
+    gate,
+    log: flog,
+    retryDelayMs: deps.fenceRetryMs ?? 1000,
+    onRecord: () => link?.fenceRecorded(),
+  });
+  const onExpire = (e: LeaseExpiry): void => {
+    flog.error({ lease_expired_at: e.expiredAt.toISOString() }, 'lease expired without a new grant');
+    // The stream may be stuck rather than closed: a new session is the way back.
+    link?.dropSession('lease expired');
+    fencer.onExpire(e);
+  };
+  lease = new Lease({ maxMs: cfg.fenceLeaseMs, clock: deps.clock ?? systemLeaseClock, onExpire });
+  lease.startProvisional();
+  flog.info({ lease_ms: cfg.fenceLeaseMs, qemu_run_dir: cfg.qemuRunDir ?? null }, 'provisional lease armed');
+
+  let identity: Identity;
+  let lv: Libvirt;
+  try {
+    identity = await obtainIdentity(cfg, log, abort.signal);
+    lv = await connectLibvirt(cfg, log.child({ host_id: identity.hostId }), abort.signal);
+  } catch (err) {
+    // Not started: no lease is left behind (a fence already running finishes first).
+    lease.stop();
+    await fencer.idle();
+    throw err;
+  }
   const hlog = log.child({ host_id: identity.hostId });
-  const lv = await connectLibvirt(cfg, hlog, abort.signal);
   lv.connection.on('state', (state, previous) => hlog.info({ component: 'libvirt', state, previous }, 'libvirt connection state'));
 
-  const hypervisor = new LibvirtHypervisor(lv);
+  hypervisor = new LibvirtHypervisor(lv);
   const storage = new LibvirtStorage(lv);
   const network = deps.network ?? new OvsNetworkDriver(runner, cfg.ovsUplink ? { datapathType: cfg.ovsDatapath, uplink: cfg.ovsUplink } : { datapathType: cfg.ovsDatapath });
   const seeds = deps.seeds ?? new IsoSeedBuilder(runner);
@@ -149,10 +193,6 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
       (err: unknown) => hlog.error({ component: 'seed', err }, 'cannot build cloud-init seeds'),
     );
   }
-  // eslint-disable-next-line prefer-const -- assigned below; the gate only reads it when a command runs
-  let lease: Lease;
-  // No domain define/start without the lease (fence/start-gate.ts).
-  const gate = new StartGate(() => lease.valid);
   const ops = new HostOperations({ hypervisor, storage, network, seeds, settings, gate });
   const telemetry = new HostTelemetry({
     lv,
@@ -166,22 +206,6 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
     log: hlog.child({ component: 'telemetry' }),
   });
   const dispatcher = new CommandDispatcher({ ops, inventory: () => telemetry.inventory(), defaultBridge: cfg.bridge, log: hlog.child({ component: 'runner' }) });
-  const fenceStore = new FenceStore(cfg.dataDir);
-  const flog = hlog.child({ component: 'fence' });
-
-  // eslint-disable-next-line prefer-const -- assigned once the link exists; the lease needs the callback first
-  let link: AgentLink;
-  // Self-fencing runs one at a time, each fence in two passes (fence/fencer.ts).
-  const fencer = new Fencer({ hypervisor, store: fenceStore, gate, log: flog, retryDelayMs: deps.fenceRetryMs ?? 1000, onRecord: () => link?.fenceRecorded() });
-  const onExpire = (e: LeaseExpiry): void => {
-    flog.error({ lease_expired_at: e.expiredAt.toISOString() }, 'lease expired without a new grant');
-    // The stream may be stuck rather than closed: a new session is the way back.
-    link?.dropSession('lease expired');
-    fencer.onExpire(e);
-  };
-  lease = new Lease({ maxMs: cfg.fenceLeaseMs, clock: deps.clock ?? systemLeaseClock, onExpire });
-  // A previous agent process may have held a lease until now: fence if no grant comes within one lease.
-  lease.startProvisional();
 
   link = new AgentLink({
     identity,

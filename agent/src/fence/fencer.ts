@@ -14,13 +14,19 @@ import type { Logger } from 'pino';
 import { domainName } from '../names.js';
 import type { Hypervisor } from '../ports.js';
 import type { LeaseExpiry } from './lease.js';
+import type { QemuPidfiles } from './qemu-pidfiles.js';
 import type { FenceStore } from './records.js';
-import { selfFence, type SelfFenceResult } from './self-fence.js';
+import { selfFence, type SelfFenceDeps, type SelfFenceResult } from './self-fence.js';
 import type { StartGate } from './start-gate.js';
 
 /** Dependencies of {@link Fencer}. */
 export interface FencerDeps {
-  hypervisor: Hypervisor;
+  /** libvirt, or a getter of it answering null until the agent has connected to libvirt. */
+  hypervisor: Hypervisor | (() => Hypervisor | null);
+  /** QEMU pid files, to fence when libvirt does not answer (see self-fence.ts); absent: libvirt only. */
+  pidfiles?: QemuPidfiles;
+  /** How long a libvirt call may take before fencing turns to the pid files (default 2000 ms). */
+  libvirtTimeoutMs?: number;
   store: FenceStore;
   gate: Pick<StartGate, 'inProgress'>;
   log: Logger;
@@ -62,7 +68,9 @@ export class Fencer {
   }
 
   private async fence(e: LeaseExpiry, starts: ReturnType<StartGate['inProgress']>): Promise<void> {
-    const deps = { hypervisor: this.d.hypervisor, store: this.d.store, log: this.d.log, retryDelayMs: this.d.retryDelayMs ?? 1000 };
+    const deps: SelfFenceDeps = { hypervisor: this.d.hypervisor, store: this.d.store, log: this.d.log, retryDelayMs: this.d.retryDelayMs ?? 1000 };
+    if (this.d.pidfiles) deps.pidfiles = this.d.pidfiles;
+    if (this.d.libvirtTimeoutMs !== undefined) deps.libvirtTimeoutMs = this.d.libvirtTimeoutMs;
     await this.recorded(await selfFence(deps, e.expiredAt, 'lease expired'));
     if (starts.vmIds.length === 0) return;
     this.d.log.warn({ vm_ids: starts.vmIds }, 'domain starts were in progress when the lease ended; fencing them again once they finish');

@@ -1,6 +1,7 @@
 /**
  * Fence records (AGENT-LINK.md, "Self-fencing"): `<dataDir>/fence/<ISO time>.json` holding
- * `{leaseExpiredAt, reason, domains, fencedAt}`. A record is written (fsynced, atomically) once,
+ * `{leaseExpiredAt, reason, domains, fencedAt}`
+ * (each domain with the `method` that fenced it). A record is written (fsynced, atomically) once,
  * AFTER its fencing destroyed the domains, so a record on disk is a finished one; it is deleted
  * once the orchestrator has surely processed its report. (Agents before this rule wrote a record
  * without `fencedAt` first; such a file is never reported, see {@link isFinished}.)
@@ -9,10 +10,18 @@ import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../link/identity.js';
 
+/**
+ * How a domain was fenced: `libvirt` (destroyed through libvirt) or `pidfile` (libvirt did not
+ * answer; its QEMU process, found from libvirt's pid file, was killed with SIGKILL).
+ */
+export type FenceMethod = 'libvirt' | 'pidfile';
+
 /** A domain destroyed by fencing. */
 export interface FencedDomainRecord {
   domainName: string;
   vmId: string;
+  /** Absent in records of agents before pid-file fencing (those were all `libvirt`). */
+  method?: FenceMethod;
 }
 
 /** One fencing, as kept on disk. */
