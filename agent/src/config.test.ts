@@ -57,6 +57,18 @@ describe('agent config', () => {
     assert.equal(hostSettingsOf(c).seedDir, '/srv/agent/seeds');
   });
 
+  it('reads QEMU pid files from /run/libvirt/qemu on qemu:///system, from nowhere on other hosts unless told', () => {
+    assert.equal(loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file } }).qemuRunDir, '/run/libvirt/qemu');
+    assert.equal(loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file } }).fenceLibvirtTimeoutMs, 2000);
+    assert.equal(loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file, KLOUDAK_AGENT_LIBVIRT_URI: 'test:///tmp/h.xml' } }).qemuRunDir, undefined, 'a simulated host must never kill the real host\'s QEMU');
+    assert.equal(loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file, KLOUDAK_AGENT_LIBVIRT_URI: 'qemu:///session' } }).qemuRunDir, undefined);
+    const c = loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file, KLOUDAK_AGENT_LIBVIRT_URI: 'test:///tmp/h.xml' }, argv: ['--qemu-run-dir=/tmp/run', '--fence-libvirt-timeout-ms=300'] });
+    assert.equal(c.qemuRunDir, '/tmp/run');
+    assert.equal(c.fenceLibvirtTimeoutMs, 300);
+    assert.ok(Object.isFrozen(c));
+    assert.throws(() => loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file, KLOUDAK_AGENT_QEMU_RUN_DIR: 'run/qemu' } }), /qemuRunDir: must be an absolute path/);
+  });
+
   it('knows when systemd started it', () => {
     const c = loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file, INVOCATION_ID: 'abc', NOTIFY_SOCKET: '/run/systemd/notify' } });
     assert.equal(c.underSystemd, true);
