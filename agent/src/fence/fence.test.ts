@@ -178,7 +178,7 @@ describe('self-fencing of real domains on a simulated host', { timeout: 60_000 }
 
     assert.equal(await hv.state(domainName(ha)), 'shutoff');
     assert.equal(await hv.state(domainName(plain)), 'running', 'non-HA keeps running');
-    assert.deepEqual(record.domains, [{ domainName: domainName(ha), vmId: ha }]);
+    assert.deepEqual(record.domains, [{ domainName: domainName(ha), vmId: ha, method: 'libvirt' }]);
     const onDisk = (await store.list())[0]!.record;
     assert.deepEqual(onDisk.domains, record.domains);
     assert.equal(onDisk.leaseExpiredAt, expired.toISOString());
@@ -204,7 +204,7 @@ describe('self-fencing of real domains on a simulated host', { timeout: 60_000 }
       const { file, record } = await selfFence({ hypervisor: hv, store, log: recording }, new Date(), 'lease expired');
       assert.equal(await hv.state(domainName(ha)), 'shutoff', 'the HA domain was destroyed anyway');
       assert.equal(await hv.state(domainName(plain)), 'running');
-      assert.deepEqual(record.domains, [{ domainName: domainName(ha), vmId: ha }]);
+      assert.deepEqual(record.domains, [{ domainName: domainName(ha), vmId: ha, method: 'libvirt' }]);
       assert.equal(file, null, 'no record');
       assert.ok(
         // (node's recursive mkdir reports a read-only parent as ENOENT; the error is logged as it comes)

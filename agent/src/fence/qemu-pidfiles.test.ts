@@ -1,15 +1,19 @@
-// Pid-file fencing, pure parts: QEMU's -name in a /proc cmdline, libvirt's pid files, and the
-// choice of what to kill in a fixture run directory with a fixture /proc (the kill is recorded, not
-// sent). The same code against real QEMU processes: daemon-no-libvirt.test.ts.
+// Pid-file fencing, pure parts: QEMU's -name in a /proc cmdline, libvirt's pid files, the choice
+// of what to kill in a fixture run directory with a fixture /proc (the kill is recorded, not sent),
+// and selfFence turning to the pid files when an injected libvirt hangs or is not connected. The same code against real QEMU processes: daemon-no-libvirt.test.ts.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { domainName } from '../names.js';
 import { statusXml } from '../testing/qemu-run-dir.js';
+import { pino } from 'pino';
+import type { DomainStatus, Hypervisor } from '../ports.js';
 import { parsePidfile, qemuGuestName, QemuPidfiles } from './qemu-pidfiles.js';
+import { FenceStore } from './records.js';
+import { selfFence } from './self-fence.js';
 
 /** A NUL-separated cmdline as in /proc/<pid>/cmdline. */
 function cmdline(...argv: string[]): string {
@@ -139,6 +143,84 @@ describe('QEMU pid files', () => {
         },
       }).killHa(new Set([name]));
       assert.match(denied.failures[0]?.error ?? '', /cannot kill QEMU pid 4242: kill EPERM/);
+    });
+  });
+
+  describe('selfFence turning to the pid files (libvirt faults injected)', () => {
+    let dir: string;
+    let runDir: string;
+    let procDir: string;
+    const a = randomUUID();
+    const b = randomUUID();
+    const log = pino({ level: 'silent' });
+    const never = new Promise<never>(() => undefined);
+
+    function proc(pid: number, argv: string[], state = 'S'): void {
+      mkdirSync(join(procDir, String(pid)), { recursive: true });
+      writeFileSync(join(procDir, String(pid), 'cmdline'), cmdline(...argv));
+      writeFileSync(join(procDir, String(pid), 'stat'), `${pid} (qemu) ${state} 1\n`);
+    }
+
+    before(() => {
+      dir = mkdtempSync(join(tmpdir(), 'kpidf-sf-'));
+      runDir = join(dir, 'run');
+      procDir = join(dir, 'proc');
+      mkdirSync(runDir);
+      for (const [vmId, pid] of [
+        [a, 5001],
+        [b, 5002],
+      ] as const) {
+        writeFileSync(join(runDir, `${domainName(vmId)}.pid`), String(pid));
+        writeFileSync(join(runDir, `${domainName(vmId)}.xml`), statusXml(vmId, true, pid));
+        proc(pid, ['qemu-system-x86_64', '-name', `guest=${domainName(vmId)},debug-threads=on`]);
+      }
+    });
+
+    after(() => rmSync(dir, { recursive: true, force: true }));
+
+    function pidfiles(sent: number[]): QemuPidfiles {
+      return new QemuPidfiles({ runDir, procDir, kill: (pid) => (sent.push(pid), proc(pid, [], 'Z')) });
+    }
+
+    it('libvirt destroys one domain and hangs on the other: only that one is killed by pid, and the record says how each went', async () => {
+      const destroyed: string[] = [];
+      const hv = {
+        list: async (): Promise<DomainStatus[]> => [a, b].map((id) => ({ name: domainName(id), uuid: id, state: 'running' })),
+        xml: async (name: string) => readFileSync(join(runDir, `${name}.xml`), 'utf8'),
+        destroy: async (name: string) => (name === domainName(b) ? never : void destroyed.push(name)),
+      } as unknown as Hypervisor;
+      const sent: number[] = [];
+      const store = new FenceStore(join(dir, 'data1'));
+      const t0 = Date.now();
+      const { record } = await selfFence({ hypervisor: hv, pidfiles: pidfiles(sent), libvirtTimeoutMs: 200, store, log }, new Date(), 'lease expired');
+      assert.ok(Date.now() - t0 < 2000, 'one libvirt timeout, not a retry loop');
+      assert.deepEqual(destroyed, [domainName(a)]);
+      assert.deepEqual(sent, [5002]);
+      assert.deepEqual(
+        [...record.domains].sort((x, y) => x.domainName.localeCompare(y.domainName)),
+        [
+          { domainName: domainName(a), vmId: a, method: 'libvirt' },
+          { domainName: domainName(b), vmId: b, method: 'pidfile' },
+        ].sort((x, y) => x.domainName.localeCompare(y.domainName)),
+      );
+      assert.equal(record.failures, undefined);
+    });
+
+    it('no libvirt connection (a getter answering null): every HA QEMU is killed by pid; without pid files the failure is recorded', async () => {
+      for (const [vmId, pid] of [
+        [a, 5001],
+        [b, 5002],
+      ] as const)
+        proc(pid, ['qemu-system-x86_64', '-name', `guest=${domainName(vmId)}`]);
+      const sent: number[] = [];
+      const { record } = await selfFence({ hypervisor: () => null, pidfiles: pidfiles(sent), store: new FenceStore(join(dir, 'data2')), log }, new Date(), 'lease expired');
+      assert.deepEqual(sent.sort(), [5001, 5002]);
+      assert.deepEqual(record.domains.map((d) => d.method), ['pidfile', 'pidfile']);
+
+      const hung = { list: () => never } as unknown as Hypervisor;
+      const none = await selfFence({ hypervisor: hung, libvirtTimeoutMs: 50, maxAttempts: 2, retryDelayMs: 10, store: new FenceStore(join(dir, 'data3')), log }, new Date(), 'lease expired');
+      assert.deepEqual(none.record.domains, []);
+      assert.match(none.record.failures?.[0]?.error ?? '', /cannot list domains: libvirt did not answer within 50 ms/);
     });
   });
 });
