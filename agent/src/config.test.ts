@@ -57,11 +57,12 @@ describe('agent config', () => {
     assert.equal(hostSettingsOf(c).seedDir, '/srv/agent/seeds');
   });
 
-  it('reads QEMU pid files from /run/libvirt/qemu on qemu:///system, from nowhere on other hosts unless told', () => {
+  it('reads QEMU pid files from /run/libvirt/qemu on the machine\'s qemu:///system, from nowhere else unless told', () => {
     assert.equal(loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file } }).qemuRunDir, '/run/libvirt/qemu');
     assert.equal(loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file } }).fenceLibvirtTimeoutMs, 2000);
     assert.equal(loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file, KLOUDAK_AGENT_LIBVIRT_URI: 'test:///tmp/h.xml' } }).qemuRunDir, undefined, 'a simulated host must never kill the real host\'s QEMU');
     assert.equal(loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file, KLOUDAK_AGENT_LIBVIRT_URI: 'qemu:///session' } }).qemuRunDir, undefined);
+    assert.equal(loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file, KLOUDAK_AGENT_LIBVIRT_SOCKET: '/tmp/private/libvirt-sock' } }).qemuRunDir, undefined, 'another libvirtd keeps its pid files elsewhere');
     const c = loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file, KLOUDAK_AGENT_LIBVIRT_URI: 'test:///tmp/h.xml' }, argv: ['--qemu-run-dir=/tmp/run', '--fence-libvirt-timeout-ms=300'] });
     assert.equal(c.qemuRunDir, '/tmp/run');
     assert.equal(c.fenceLibvirtTimeoutMs, 300);

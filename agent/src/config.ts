@@ -14,6 +14,9 @@ import type { HostSettings } from './settings.js';
 /** Default path of the configuration file. */
 export const DEFAULT_CONFIG_PATH = '/etc/kloudak/agent.yaml';
 
+/** The machine's libvirtd socket. */
+export const DEFAULT_LIBVIRT_SOCKET = '/run/libvirt/libvirt-sock';
+
 /** libvirt's QEMU run directory for qemu:///system. */
 export const DEFAULT_QEMU_RUN_DIR = '/run/libvirt/qemu';
 
@@ -32,7 +35,7 @@ export const AgentConfigSchema = Type.Object(
     tlsServerName: Type.Optional(Type.String({ minLength: 1 })),
     libvirtUri: Type.String({ minLength: 1, default: 'qemu:///system' }),
     /** libvirtd's socket. */
-    libvirtSocket: Type.String({ minLength: 1, default: '/run/libvirt/libvirt-sock' }),
+    libvirtSocket: Type.String({ minLength: 1, default: DEFAULT_LIBVIRT_SOCKET }),
     domainType: Type.Union([Type.Literal('kvm'), Type.Literal('qemu')], { default: 'kvm' }),
     ovsDatapath: Type.Union([Type.Literal('system'), Type.Literal('netdev')], { default: 'system' }),
     /** Uplink (trunk) port of the bridges, whose allowed VLANs follow the networks; unset: none. */
@@ -52,8 +55,9 @@ export const AgentConfigSchema = Type.Object(
     fenceLibvirtTimeoutMs: Type.Integer({ minimum: 50, maximum: 60_000, default: 2000 }),
     /**
      * libvirt's QEMU run directory (`<domain>.pid`, `<domain>.xml`), used to fence when libvirt does
-     * not answer. Default: /run/libvirt/qemu for qemu:///system; unset otherwise (no pid-file
-     * fencing: a test:/// host has no QEMU, and must never kill the real host's).
+     * not answer. Default: /run/libvirt/qemu for qemu:///system on the default socket; unset
+     * otherwise (no pid-file fencing: a test:/// host has no QEMU, and must never kill the real
+     * host's; a libvirtd on another socket keeps its pid files elsewhere).
      */
     qemuRunDir: Type.Optional(Type.String({ minLength: 1 })),
     /** How long SIGTERM waits for running commands. */
@@ -193,7 +197,9 @@ export function loadAgentConfig(inputs: ConfigInputs = {}): AgentConfig {
     // The test driver cannot upload into volumes: seeds must be local files (see settings.seedDir).
     extra.seedDir = join(cfg.dataDir, 'seeds');
   }
-  if (cfg.qemuRunDir === undefined && cfg.libvirtUri === 'qemu:///system') extra.qemuRunDir = DEFAULT_QEMU_RUN_DIR;
+  // Only for the machine's own libvirtd: a libvirtd on another socket (a private one, in its own
+  // mount namespace) keeps its pid files elsewhere, and this run dir would be another's domains.
+  if (cfg.qemuRunDir === undefined && cfg.libvirtUri === 'qemu:///system' && cfg.libvirtSocket === DEFAULT_LIBVIRT_SOCKET) extra.qemuRunDir = DEFAULT_QEMU_RUN_DIR;
   return Object.keys(extra).length === 0 ? cfg : Object.freeze({ ...cfg, ...extra });
 }
 
