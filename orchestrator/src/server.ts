@@ -2,7 +2,7 @@ import { createServer, type Server } from 'node:http';
 import { createServer as createTlsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '@kloudak/common';
-import { openDatabase, type Database } from '@kloudak/prisma';
+import { openDatabase, SessionLock, type Database } from '@kloudak/prisma';
 import { bootstrapAdmin } from './admin.js';
 import { loadOrCreateKeys, TokenService } from './auth/tokens.js';
 import type { Clock } from './clock.js';
@@ -15,8 +15,8 @@ import type { AgentChannel } from './agent-api/channel.js';
 import { AgentLink } from './agent-api/link.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { EventHub } from './events/hub.js';
-import { closeNats, connectNats } from './events/nats.js';
-import { OutboxRelay } from './events/relay.js';
+import { closeNats, connectionState, connectNats } from './events/nats.js';
+import { OutboxRelay, RELAY_LOCK } from './events/relay.js';
 import { OUTBOX_CHANNEL } from './store/outbox.js';
 import { RevocationListener } from './events/revocations.js';
 import { randomUUID } from 'node:crypto';
@@ -65,6 +65,8 @@ export interface StartOptions {
   helloTimeoutMs?: number;
   /** How often liveness is evaluated (tests). */
   livenessTickMs?: number;
+  /** How often the gRPC health service re-evaluates readiness (tests; default 1 s). */
+  grpcHealthCheckMs?: number;
 }
 
 /** Open the database, migrate, bootstrap the admin, and serve the API and the agent link. */
@@ -104,7 +106,10 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     nc = nats;
     // Events: written to the outbox in each change's transaction, published by the relay (woken
     // by the commit's NOTIFY, and a poll), read back by the hub for the event streams.
-    const outbox = await OutboxRelay.start({ db: db.client, nc: nats, log, clock }, { maxAgeMs: config.eventMaxAgeSeconds * 1000, pollMs: config.eventPollMs });
+    // With PostgreSQL several orchestrators may share the outbox: the relay that holds the advisory
+    // lock publishes, the others stand by. PGlite is one process: its relay always publishes.
+    const leader = db.kind === 'postgres' ? new SessionLock(config.databaseUrl, RELAY_LOCK) : undefined;
+    const outbox = await OutboxRelay.start({ db: db.client, nc: nats, log, clock, leader }, { maxAgeMs: config.eventMaxAgeSeconds * 1000, pollMs: config.eventPollMs });
     relay = outbox;
     unlisten = await db.listen(OUTBOX_CHANNEL, () => outbox.kick());
     const events = new EventHub({ db: db.client, nc: nats, log }, { pollMs: config.eventPollMs });
@@ -161,6 +166,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       },
       tasks: { kick: () => tasks.kick() },
       events,
+      bus: connectionState(nats),
     });
     // Tokens refused on other orchestrators leave this one's principal cache too.
     const revocationListener = await RevocationListener.start(nats, services.principals, log);
@@ -179,7 +185,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     const addr = server.address() as AddressInfo;
     const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
     const url = `${clientTls ? 'https' : 'http'}://${host}:${addr.port}`;
-    const grpcServer = await GrpcApi.start(services, api.routes, { host: config.host, port: config.grpcPort, tls: clientTls }, log, api.metrics);
+    const grpcServer = await GrpcApi.start(services, api.routes, { host: config.host, port: config.grpcPort, tls: clientTls, ...(opts.grpcHealthCheckMs !== undefined ? { healthCheckMs: opts.grpcHealthCheckMs } : {}) }, log, api.metrics);
     grpcApi = grpcServer;
     const grpcUrl = `${host}:${grpcServer.port}`;
     warnIfPlainText(log, config.host, clientTls);

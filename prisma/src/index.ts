@@ -1,4 +1,5 @@
 export { openDatabase, pgSession, pgliteSession, type Database, type DatabaseKind, type DatabaseOptions } from './db.js';
+export { SessionLock } from './session-lock.js';
 export {
   migrate,
   pendingMigrations,

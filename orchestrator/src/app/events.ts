@@ -1,5 +1,5 @@
 import type { EventInput, KloudakEvent } from '../events/event.js';
-import type { EventSubscription } from '../events/hub.js';
+import type { EventSubscription, StreamReset } from '../events/hub.js';
 import { transaction, type TransactionLimits, type Tx } from '../store/db.js';
 import { appendEvents } from '../store/outbox.js';
 import { tokenHolder } from '../store/users.js';
@@ -10,7 +10,7 @@ import type { Services } from './services.js';
 
 export type { EventInput, KloudakEvent } from '../events/event.js';
 export { eventJson } from '../events/event.js';
-export type { EventSubscription } from '../events/hub.js';
+export type { EventSubscription, StreamReset } from '../events/hub.js';
 
 /** Details of an event besides its scope, entity, id and name of what happened. */
 export interface EventDetails {
@@ -71,8 +71,9 @@ export function parseSince(value: string | undefined | null, field = '/since'): 
 
 /**
  * A workspace's events for one of its members (404 for anyone else, as everywhere): every event
- * after `since` that is still retained, then the live ones, in order, with no gap and no
- * duplicate; without `since`, what happens from now on. The one source of WebSocket, SSE and gRPC
+ * after `since`, then the live ones, in order, with no gap and no duplicate; without `since`, what
+ * happens from now on. When events after `since` have left the retention, the subscription's
+ * `reset` says so (the adapters send it first) and it goes on from now. The one source of WebSocket, SSE and gRPC
  * WatchEvents: iterate it, and `close()` it when the client goes.
  *
  * It closes itself, with the reason, when the caller stops being allowed: removed from the
@@ -162,5 +163,14 @@ async function guard(
   void sub.closed.then(() => {
     clearTimeout(expiry);
     for (const stop of stops) stop();
+  });
+}
+
+/** The message a stream sends first when it was reset (WebSocket text frame, SSE `reset` event data). */
+export function resetJson(r: StreamReset): string {
+  return JSON.stringify({
+    type: 'reset',
+    ...r,
+    reason: 'events after `since` are no longer retained: reload the state, then apply the events that follow',
   });
 }

@@ -1,12 +1,30 @@
 import type { Services } from './services.js';
 
-/** Whether this orchestrator can serve: its database answers and every migration is applied. */
-export async function readiness(s: Services): Promise<{ ready: boolean; status: string; database: string; pending?: string[] }> {
+/** What /readyz answers (its body, without `ready`) and the gRPC health service follows. */
+export interface Readiness {
+  ready: boolean;
+  status: string;
+  database: string;
+  /** `connected` or `disconnected`; absent when this process has no bus to check. */
+  nats?: string;
+  pending?: string[];
+}
+
+/**
+ * Whether this orchestrator can serve: its database answers, every migration is applied and it is
+ * connected to NATS (which carries the events between orchestrators and the commands to the agents
+ * whose stream another instance holds). The one definition of "ready": /readyz answers it, and the
+ * gRPC health service reports it (grpc/server.ts).
+ */
+export async function readiness(s: Services): Promise<Readiness> {
+  const nats = s.bus ? { nats: s.bus.connected() ? 'connected' : 'disconnected' } : {};
   try {
     await s.db.ping();
     const pending = await s.db.pending();
-    return { ready: pending.length === 0, status: pending.length === 0 ? 'ready' : 'migrations pending', database: s.db.kind, pending };
+    if (pending.length > 0) return { ready: false, status: 'migrations pending', database: s.db.kind, ...nats, pending };
+    if (nats.nats === 'disconnected') return { ready: false, status: 'NATS unreachable', database: s.db.kind, ...nats, pending };
+    return { ready: true, status: 'ready', database: s.db.kind, ...nats, pending };
   } catch {
-    return { ready: false, status: 'database unreachable', database: s.db.kind };
+    return { ready: false, status: 'database unreachable', database: s.db.kind, ...nats };
   }
 }

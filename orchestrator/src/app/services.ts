@@ -30,6 +30,11 @@ export interface TaskWorkerPort {
   kick(): void;
 }
 
+/** What readiness needs of the message bus (NATS): whether this process is connected to it now. */
+export interface BusPort {
+  connected(): boolean;
+}
+
 /** The dependencies of the application layer, built once by the composition root (or a test). */
 export interface AppDeps {
   db: Database;
@@ -45,6 +50,8 @@ export interface AppDeps {
   events: Pick<EventHub, 'subscribe' | 'watch'>;
   /** The worker that runs the tasks use cases queue. */
   tasks: TaskWorkerPort;
+  /** The NATS connection's state, for readiness; absent: not checked. */
+  bus?: BusPort;
 }
 
 /** The attempt counters of the public use cases, in memory per orchestrator instance. */

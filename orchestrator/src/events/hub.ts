@@ -1,7 +1,7 @@
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { Logger } from '@kloudak/common';
 import type { PrismaClient } from '@kloudak/prisma';
-import { eventsAfter, lastSeq } from '../store/outbox.js';
+import { eventsAfter, lastSeq, retainedRange } from '../store/outbox.js';
 import { toEvent, type KloudakEvent } from './event.js';
 
 /** Rows read per query while catching up. */
@@ -13,10 +13,30 @@ const MAX_QUEUED = 10_000;
 export type CloseReason = string;
 
 /**
+ * Why a resuming stream cannot give what its client asked for: events after `since` have left the
+ * retention (or `since` is after every event of this deployment, e.g. a sequence from another
+ * one). The client must reload the state it holds; the stream goes on with the events after
+ * `seq`, the sequence of the last event when it was opened (the `since` of a later resume).
+ */
+export interface StreamReset {
+  /** What the client asked to resume after. */
+  since: number;
+  /** The oldest sequence still retained (any scope); null when nothing is. */
+  oldest: number | null;
+  /** The stream resumes after this sequence. */
+  seq: number;
+}
+
+/**
  * One reader's ordered, gap-free, duplicate-free sequence of events of one scope (a workspace,
  * or the infrastructure). Iterate it; `close` ends it (the iteration returns).
  */
 export interface EventSubscription extends AsyncIterable<KloudakEvent> {
+  /**
+   * Set when the stream could not resume where asked (events pruned since): adapters send it to
+   * the client before any event. Null for a stream that misses nothing.
+   */
+  readonly reset: StreamReset | null;
   /** End the stream; `reason` is what {@link EventSubscription.closed} resolves to. */
   close(reason?: CloseReason): void;
   /** Resolves with the reason once the stream is closed. */
@@ -28,6 +48,7 @@ export type EventWatcher = (events: readonly KloudakEvent[]) => void;
 
 class Reader implements EventSubscription {
   lastSent: bigint;
+  reset: StreamReset | null = null;
   syncing = true;
   private pending: KloudakEvent[] = [];
   private readonly queue: KloudakEvent[] = [];
@@ -233,7 +254,13 @@ export class EventHub {
     });
     s.readers.add(reader);
     try {
-      if (since === null) {
+      // Pruned events cannot be sent: a `since` before the oldest retained one (or after the last
+      // one) resets the stream to now rather than silently skipping what is gone.
+      const range = since === null ? null : await retainedRange(this.deps.db);
+      if (since !== null && range && ((range.oldest !== null && since + 1n < range.oldest) || since > range.last)) {
+        reader.reset = { since: Number(since), oldest: range.oldest === null ? null : Number(range.oldest), seq: Number(range.last) };
+        reader.lastSent = range.last;
+      } else if (since === null) {
         reader.lastSent = await lastSeq(this.deps.db);
       } else {
         for (;;) {

@@ -32,3 +32,18 @@ export async function closeNats(nc: NatsConnection): Promise<void> {
     await nc.close();
   }
 }
+
+/**
+ * Whether `nc` is connected now, followed from its status events (a disconnection is seen at once;
+ * the client reconnects by itself). Readiness and the gRPC health service read it.
+ */
+export function connectionState(nc: NatsConnection): { connected(): boolean } {
+  let up = !nc.isClosed();
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === 'disconnect' || s.type === 'close') up = false;
+      else if (s.type === 'reconnect') up = true;
+    }
+  })().catch(() => undefined);
+  return { connected: () => up && !nc.isClosed() };
+}

@@ -6,6 +6,23 @@ import type { Clock } from '../clock.js';
 import { markPublished, prunePublished, unpublished } from '../store/outbox.js';
 import { EVENT_STREAM, EVENT_SUBJECTS, toEvent } from './event.js';
 
+/**
+ * Who may publish, when several orchestrators share the database: a lock only one process holds
+ * at a time (PostgreSQL: a session advisory lock on a connection of its own, `SessionLock`).
+ * Without one (PGlite: one process), this relay always publishes.
+ */
+export interface RelayLeadership {
+  /** Take the lock if it is free; true when this process holds it. */
+  tryAcquire(): Promise<boolean>;
+  /** Whether this process still holds it (false once its connection failed). */
+  readonly held: boolean;
+  /** Give it up, so another relay takes over at its next poll. */
+  release(): Promise<void>;
+}
+
+/** Key of the advisory lock of the relay that publishes (store/outbox.ts uses 7_212_011_001 for appends). */
+export const RELAY_LOCK = 7_212_011_002n;
+
 /** Settings of the {@link OutboxRelay}. */
 export interface RelayOptions {
   /** How long the stream keeps an event, and the outbox a published row. */
@@ -20,6 +37,13 @@ export interface RelayOptions {
 
 /**
  * Publishes the outbox to JetStream, in sequence order, and marks what was published.
+ *
+ * One relay publishes at a time: every orchestrator runs one, and with a {@link RelayLeadership}
+ * only its holder publishes (and prunes); the others stand by and try to take it at each poll
+ * (`pollMs`), so when the holder stops or dies — PostgreSQL frees a dead session's lock — another
+ * one goes on from the oldest unpublished row within a poll interval. Two publishers at once
+ * would interleave batches and publish rows twice (the stream's dedupe would drop the copies,
+ * but each would be sent and stored in a different order).
  *
  * Why this cannot lose or duplicate: a row is marked only after JetStream acknowledged it, so a
  * crash before the mark publishes it again on the next start, with the same message id
@@ -38,16 +62,18 @@ export class OutboxRelay {
   private failing = false;
   private current: Promise<void> = Promise.resolve();
   private readonly js: JetStreamClient;
+  private leading = false;
+  private lastTry = -Infinity;
 
   private constructor(
-    private readonly deps: { db: PrismaClient; nc: NatsConnection; jsm: JetStreamManager; log: Logger; clock: Clock },
+    private readonly deps: { db: PrismaClient; nc: NatsConnection; jsm: JetStreamManager; log: Logger; clock: Clock; leader?: RelayLeadership | undefined },
     private readonly opts: RelayOptions,
   ) {
     this.js = deps.jsm.jetstream();
   }
 
   /** Create or update the stream (when NATS is up) and start relaying. */
-  static async start(deps: { db: PrismaClient; nc: NatsConnection; log: Logger; clock: Clock }, opts: RelayOptions): Promise<OutboxRelay> {
+  static async start(deps: { db: PrismaClient; nc: NatsConnection; log: Logger; clock: Clock; leader?: RelayLeadership | undefined }, opts: RelayOptions): Promise<OutboxRelay> {
     const jsm = await jetstreamManager(deps.nc, { timeout: opts.publishTimeoutMs ?? 5000 });
     const relay = new OutboxRelay({ ...deps, jsm, log: deps.log.child({ component: 'outbox-relay' }) }, opts);
     await relay.ensureStream().catch((err: unknown) => relay.deps.log.warn({ err }, 'event stream not ready yet; retrying with the next publish'));
@@ -116,12 +142,46 @@ export class OutboxRelay {
     } while (this.running);
   }
 
+  /** Whether this relay publishes now: it holds the lock, or took it (tried at most once a poll interval). */
+  private async lead(): Promise<boolean> {
+    const leader = this.deps.leader;
+    if (!leader) return true;
+    if (leader.held) return true;
+    if (this.leading) {
+      this.leading = false;
+      this.deps.log.warn('lost the outbox relay lock (its database connection failed); standing by');
+    }
+    const now = this.deps.clock.now();
+    if (now - this.lastTry < this.opts.pollMs) return false;
+    this.lastTry = now;
+    let got = false;
+    try {
+      got = await leader.tryAcquire();
+    } catch (err) {
+      if (!this.failing) this.deps.log.warn({ err }, 'cannot try the outbox relay lock (database unreachable?)');
+      return false;
+    }
+    if (got) {
+      this.leading = true;
+      this.deps.log.info('this orchestrator now publishes the outbox');
+    }
+    return got;
+  }
+
+  /** Whether this relay is the one publishing (tests, metrics). */
+  get publishing(): boolean {
+    return this.deps.leader ? this.deps.leader.held : !this.closed;
+  }
+
   private async pump(): Promise<void> {
+    if (!(await this.lead())) return;
     const batch = this.opts.batch ?? 256;
     for (;;) {
       this.again = false;
       const rows = await unpublished(this.deps.db, batch);
       if (rows.length === 0) break;
+      // Lost the lock meanwhile (its connection failed): another relay may be publishing now.
+      if (this.deps.leader && !this.deps.leader.held) return;
       if (!this.streamReady) await this.ensureStream();
       const acks = await Promise.allSettled(
         rows.map((r) =>
@@ -152,10 +212,12 @@ export class OutboxRelay {
     return n;
   }
 
-  /** Stop relaying (what is pending is published by the next start). */
+  /** Stop relaying and give the lock up (what is pending is published by another relay, or the next start). */
   async close(): Promise<void> {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     await this.current.catch(() => undefined);
+    await this.deps.leader?.release();
+    this.leading = false;
   }
 }

@@ -4,6 +4,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { status, type ClientReadableStream } from '@grpc/grpc-js';
+import { waitFor } from '@kloudak/testkit';
 import { startHarness, type Harness, type TestUser } from '../testing/harness.js';
 import { GrpcTestClient } from '../testing/grpc-client.js';
 
@@ -21,11 +22,14 @@ interface Ev {
 /** Everything a stream delivers, and how it ended. */
 class Reader {
   readonly events: Ev[] = [];
+  /** The messages that carried a reset instead of an event, with how many events came before each. */
+  readonly resets: { reset: { since: string; oldest: string | null; seq: string }; after: number }[] = [];
   ended: { code: number; details: string } | null = null;
   private waiters: (() => void)[] = [];
-  constructor(readonly stream: ClientReadableStream<{ event: Ev }>) {
-    stream.on('data', (m: { event: Ev }) => {
-      this.events.push(m.event);
+  constructor(readonly stream: ClientReadableStream<{ event: Ev | null; reset?: { since: string; oldest: string | null; seq: string } | null }>) {
+    stream.on('data', (m: { event: Ev | null; reset?: { since: string; oldest: string | null; seq: string } | null }) => {
+      if (m.event) this.events.push(m.event);
+      else if (m.reset) this.resets.push({ reset: m.reset, after: this.events.length });
       this.kick();
     });
     stream.on('error', (e: { code: number; details: string }) => {
@@ -167,5 +171,35 @@ describe('gRPC WatchEvents', () => {
     await r.until((x) => x.ended !== null, 'the end of the stream', 3000);
     assert.ok(Date.now() - removed < 1000, `ended after ${Date.now() - removed} ms`);
     assert.ok(r.ended?.code === status.NOT_FOUND || r.ended?.code === status.UNAUTHENTICATED, JSON.stringify(r.ended));
+  });
+
+  // Last: it prunes the outbox.
+  it('tells a client resuming from a pruned point with a first message carrying `reset`, then streams what follows', async () => {
+    await touch(1);
+    const db = h.orch.db.client;
+    const since = (await db.outboxEvent.findFirstOrThrow({ orderBy: { seq: 'desc' } })).seq;
+    await touch(2);
+    await waitFor(async () => (await db.outboxEvent.count({ where: { publishedAt: null } })) === 0, 5000, 'everything published');
+    await db.outboxEvent.updateMany({ where: { seq: { lte: since + 1n } }, data: { time: new Date(Date.now() - 2 * 86400_000) } });
+    assert.ok((await h.orch.relay.prune()) >= 2);
+    const oldest = (await db.outboxEvent.findFirstOrThrow({ orderBy: { seq: 'asc' } })).seq;
+    const last = (await db.outboxEvent.findFirstOrThrow({ orderBy: { seq: 'desc' } })).seq;
+
+    const r = open({ workspace: ws, since: String(since) }, owner.token);
+    await r.until((x) => x.resets.length === 1, 'the reset');
+    assert.deepEqual(
+      r.resets.map(({ reset: x, after }) => ({ since: x.since, oldest: x.oldest, seq: x.seq, after })),
+      [{ since: String(since), oldest: String(oldest), seq: String(last), after: 0 }],
+    );
+    await touch(1);
+    await r.until((x) => x.updates().length >= 1, 'the next change');
+    assert.ok(r.events.every((e) => BigInt(e.seq) > last), 'only what follows the reset');
+    r.stream.cancel();
+
+    // From a retained point: no reset.
+    const ok = open({ workspace: ws, since: String(last) }, owner.token);
+    await ok.until((x) => x.updates().length >= 1, 'the retained change after it');
+    assert.equal(ok.resets.length, 0);
+    ok.stream.cancel();
   });
 });

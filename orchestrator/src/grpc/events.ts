@@ -2,8 +2,9 @@
 // http/events.ts). What a stream carries, from where it resumes and when it must end is decided
 // by app/events.ts (openWorkspaceEvents, openInfraEvents); this only writes it out.
 import { once } from 'node:events';
-import { status as GrpcStatus, type handleServerStreamingCall, type ServerWritableStream } from '@grpc/grpc-js';
+import { Metadata, status as GrpcStatus, type handleServerStreamingCall, type ServerWritableStream } from '@grpc/grpc-js';
 import { UnauthenticatedError, type Logger } from '@kloudak/common';
+import { EventServiceService } from '@kloudak/proto/api';
 import type * as pb from '@kloudak/proto/api';
 import { authenticate } from '../app/auth.js';
 import { eventJson, openInfraEvents, openWorkspaceEvents, type EventSubscription, type KloudakEvent } from '../app/events.js';
@@ -13,6 +14,9 @@ import { WsParams } from '../http/schemas.js';
 import { validate } from '../http/validate.js';
 import { toGrpcError } from './status.js';
 import { peerAddress, presentedToken } from './unary.js';
+
+/** A message of WatchEvents or WatchInfraEvents (the same fields): an event, or the first message's reset. */
+type StreamMessage = pb.WatchEventsResponse & pb.WatchInfraEventsResponse;
 
 /** The open streams, so a shutdown can end them rather than wait for them. */
 export class LiveStreams {
@@ -44,6 +48,44 @@ export function eventMessage(e: KloudakEvent): pb.Event {
   };
 }
 
+/**
+ * The response carrying an event, made once: the hub hands the same event object to every stream
+ * of its scope, so every WatchEvents and WatchInfraEvents call writes the same message (their
+ * responses have the same one field).
+ */
+const responses = new WeakMap<KloudakEvent, StreamMessage>();
+function responseOf(e: KloudakEvent): StreamMessage {
+  let r = responses.get(e);
+  if (r === undefined) {
+    r = { event: eventMessage(e), reset: undefined };
+    responses.set(e, r);
+  }
+  return r;
+}
+
+/** Serialise a message once per object: grpc-js copies the bytes into each call's frame. */
+function encodedOnce<T extends object>(encode: (v: T) => Buffer): (v: T) => Buffer {
+  const done = new WeakMap<T, Buffer>();
+  return (v) => {
+    let b = done.get(v);
+    if (b === undefined) {
+      b = encode(v);
+      done.set(v, b);
+    }
+    return b;
+  };
+}
+
+/**
+ * EventService as the server registers it: the generated definition, with each response encoded
+ * once for all the streams it goes to. A thousand clients of a workspace cost one protobuf
+ * encoding of an event, not a thousand (event-latency bench).
+ */
+export const EventServiceDefinition = {
+  watchEvents: { ...EventServiceService.watchEvents, responseSerialize: encodedOnce(EventServiceService.watchEvents.responseSerialize) },
+  watchInfraEvents: { ...EventServiceService.watchInfraEvents, responseSerialize: encodedOnce(EventServiceService.watchInfraEvents.responseSerialize) },
+} as const;
+
 /** The status a stream ends with, from why app/events.ts closed it (the WebSocket's close codes, in gRPC). */
 export function endStatus(reason: string): { code: GrpcStatus; details: string } | null {
   if (reason === 'the client went away') return null;
@@ -61,13 +103,15 @@ async function principalOf(s: Services, call: ServerWritableStream<unknown, unkn
 }
 
 /** Write a subscription out until it or the call ends; honours the client's flow control. */
-async function pump<Res>(call: ServerWritableStream<unknown, Res>, sub: EventSubscription, wrap: (e: pb.Event) => Res, live: LiveStreams): Promise<void> {
+async function pump(call: ServerWritableStream<unknown, StreamMessage>, sub: EventSubscription, live: LiveStreams): Promise<void> {
   live.add(sub);
   call.on('cancelled', () => sub.close('the client went away'));
   call.on('error', () => sub.close('the client went away'));
+  // A resume from a pruned point: the first message carries the reset, no event.
+  if (sub.reset) call.write({ event: undefined, reset: { since: BigInt(sub.reset.since), oldest: sub.reset.oldest === null ? undefined : BigInt(sub.reset.oldest), seq: BigInt(sub.reset.seq) } });
   for await (const e of sub) {
     if (call.cancelled) break;
-    if (!call.write(wrap(eventMessage(e)))) await Promise.race([once(call, 'drain'), sub.closed]);
+    if (!call.write(responseOf(e))) await Promise.race([once(call, 'drain'), sub.closed]);
   }
   const end = endStatus(await sub.closed);
   if (end === null || call.cancelled) return;
@@ -80,7 +124,7 @@ function stream<Req>(
   log: Logger,
   live: LiveStreams,
   open: (c: Caller, req: Req) => Promise<EventSubscription>,
-): handleServerStreamingCall<Req, { event: pb.Event }> {
+): handleServerStreamingCall<Req, StreamMessage> {
   return (call) => {
     const l = log.child({ grpc_method: call.getPath() });
     void (async () => {
@@ -90,7 +134,10 @@ function stream<Req>(
         sub.close('the client went away');
         return;
       }
-      await pump(call as ServerWritableStream<unknown, { event: pb.Event }>, sub, (event) => ({ event }), live);
+      // The response headers go out now, not with the first event: a client that sees them knows
+      // its stream is registered (nothing committed from here on can be missed).
+      call.sendMetadata(new Metadata());
+      await pump(call as ServerWritableStream<unknown, StreamMessage>, sub, live);
     })().catch((err: unknown) => {
       const g = toGrpcError(err);
       if (g.code === GrpcStatus.INTERNAL) l.error({ err }, 'event stream failed');

@@ -7,10 +7,10 @@ import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath, type ServingStatus } from 'grpc-health-check';
 import { Counter, Histogram, type Registry } from 'prom-client';
 import { KloudakError, type Logger } from '@kloudak/common';
+import { readiness } from '../app/health.js';
 import type { Services } from '../app/services.js';
 import type { RouteSpec } from '../http/route.js';
-import { EventServiceService } from '@kloudak/proto/api';
-import { eventService, LiveStreams } from './events.js';
+import { eventService, EventServiceDefinition, LiveStreams } from './events.js';
 import { apiServices } from './services.js';
 
 /** The certificate chain and key (PEM) clients see; null: plain text. */
@@ -22,6 +22,8 @@ export interface GrpcApiOptions {
   /** 0 picks a free port (tests). */
   port: number;
   tls: TlsKeyPair;
+  /** How often the health service re-evaluates readiness (default 1 s). */
+  healthCheckMs?: number;
 }
 
 /** Path of kloudak/api/v1/api.proto, shipped by @kloudak/proto. */
@@ -52,6 +54,10 @@ function observer(registry: Registry): (method: string, code: string, seconds: n
 
 /** A running public gRPC server. */
 export class GrpcApi {
+  private healthTimer: NodeJS.Timeout | undefined;
+  private closing = false;
+  private serving: ServingStatus | undefined;
+
   private constructor(
     private readonly server: grpc.Server,
     private readonly health: HealthImplementation,
@@ -81,7 +87,7 @@ export class GrpcApi {
     };
     const names: string[] = [];
     const live = new LiveStreams();
-    const all = [...apiServices(ctx), { definition: EventServiceService, implementation: eventService(services, ctx.log, live) }];
+    const all = [...apiServices(ctx), { definition: EventServiceDefinition, implementation: eventService(services, ctx.log, live) }];
     for (const { definition, implementation } of all) {
       server.addService(definition, implementation);
       const first = Object.values(definition)[0];
@@ -90,20 +96,56 @@ export class GrpcApi {
     // Reflection describes what this file and the health service declare, from the same .proto files.
     const described = protoLoader.loadSync([apiProtoPath(), healthProtoPath], { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
     new ReflectionService(described).addToServer(server);
-    const health = new HealthImplementation(Object.fromEntries([['', 'SERVING'], ...names.map((n) => [n, 'SERVING'])]) as Record<string, ServingStatus>);
+    // NOT_SERVING until readiness (the one /readyz answers) says otherwise, checked at once below.
+    const health = new HealthImplementation(Object.fromEntries([['', 'NOT_SERVING'], ...names.map((n) => [n, 'NOT_SERVING'])]) as Record<string, ServingStatus>);
     health.addToServer(server);
     const creds = opts.tls ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: opts.tls.cert, private_key: opts.tls.key }], false) : grpc.ServerCredentials.createInsecure();
     const address = `${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${opts.port}`;
     const port = await new Promise<number>((resolve, reject) =>
       server.bindAsync(address, creds, (err, p) => (err ? reject(new KloudakError('unavailable', `cannot listen on ${address} for gRPC: ${err.message}`, { cause: err })) : resolve(p))),
     );
-    return new GrpcApi(server, health, live, port, names);
+    const api = new GrpcApi(server, health, live, port, names);
+    await api.followReadiness(services, opts.healthCheckMs ?? 1000, ctx.log);
+    return api;
+  }
+
+  /**
+   * Report SERVING exactly when /readyz would answer 200 (database up, migrations applied, NATS
+   * connected), re-evaluated every `everyMs`: a load balancer or client that health-checks gRPC
+   * sees the same instance state as one that checks REST.
+   */
+  private async followReadiness(services: Services, everyMs: number, log: Logger): Promise<void> {
+    const check = async (): Promise<void> => {
+      const r = await readiness(services);
+      if (this.closing) return;
+      const status: ServingStatus = r.ready ? 'SERVING' : 'NOT_SERVING';
+      if (status === this.serving) return;
+      if (this.serving !== undefined) log.warn({ health: status, reason: r.status }, 'gRPC health changed');
+      this.setAll(status);
+    };
+    await check();
+    let running = false;
+    this.healthTimer = setInterval(() => {
+      if (running) return;
+      running = true;
+      void check()
+        .catch((err: unknown) => log.warn({ err }, 'readiness check failed'))
+        .finally(() => (running = false));
+    }, everyMs);
+    this.healthTimer.unref();
+  }
+
+  private setAll(status: ServingStatus): void {
+    this.serving = status;
+    this.health.setStatus('', status);
+    for (const n of this.serviceNames) this.health.setStatus(n, status);
   }
 
   /** Report NOT_SERVING, end the event streams (UNAVAILABLE), let calls in flight finish (up to `graceMs`), then cut what is left. */
   async close(graceMs: number): Promise<void> {
-    this.health.setStatus('', 'NOT_SERVING');
-    for (const n of this.serviceNames) this.health.setStatus(n, 'NOT_SERVING');
+    this.closing = true;
+    if (this.healthTimer) clearInterval(this.healthTimer);
+    this.setAll('NOT_SERVING');
     this.live.closeAll('the server is shutting down');
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {

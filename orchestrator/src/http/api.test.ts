@@ -34,11 +34,23 @@ for (const engine of ENGINES) {
       for (const r of h.orch.api.routes) {
         assert.ok(doc.body.paths[`/api/v1${r.path}`]?.[r.method], `${r.method} ${r.path} missing from OpenAPI`);
       }
+      // The event streams (served beside the route table): WebSocket, SSE, since, token, Last-Event-ID, the Event schema.
+      for (const path of ['/api/v1/workspaces/{ws}/events', '/api/v1/events']) {
+        const op = doc.body.paths[path]?.get as { parameters: { name: string; in: string }[]; responses: Record<string, { content?: Record<string, unknown> }> } | undefined;
+        assert.ok(op, `${path} missing from OpenAPI`);
+        const params = op.parameters.map((p) => `${p.in}:${p.name}`);
+        for (const want of ['query:since', 'query:token', 'header:Last-Event-ID']) assert.ok(params.includes(want), `${path}: ${want}`);
+        assert.ok(op.responses['101'], `${path}: WebSocket upgrade`);
+        assert.ok(op.responses['200']?.content?.['text/event-stream'], `${path}: SSE`);
+      }
+      assert.ok(doc.body.paths['/api/v1/workspaces/{ws}/events'].get.parameters.some((p: { name: string; in: string }) => p.in === 'path' && p.name === 'ws'));
+      assert.deepEqual(doc.body.components.schemas.Event.required, ['seq', 'time', 'workspace', 'entity', 'id', 'event', 'state', 'task']);
+      assert.equal(doc.body.components.schemas.StreamReset.properties.type.const, 'reset');
       // Client generators name methods after operationIds: one style (camelCase), each used once.
       const ids: string[] = Object.values(doc.body.paths as Record<string, Record<string, { operationId: string }>>).flatMap((ops) =>
         Object.values(ops).map((op) => op.operationId),
       );
-      assert.equal(ids.length, h.orch.api.routes.length);
+      assert.equal(ids.length, h.orch.api.routes.length + 2, 'every route and the two event streams');
       assert.deepEqual(ids.filter((id) => !/^[a-z][a-zA-Z0-9]*$/.test(id)), [], 'operationIds that are not camelCase');
       assert.deepEqual(ids.filter((id, i) => ids.indexOf(id) !== i), [], 'operationIds used twice');
       const m = await h.anon.get('/metrics');

@@ -228,5 +228,57 @@ for (const engine of ENGINES) {
       assert.ok(c.events.every((e) => e.workspace === null));
       c.close();
     });
+
+    it('tells a client resuming from a pruned point: a reset first (WebSocket message, SSE `reset` event), then the events after it', async () => {
+      await change();
+      const since = (await seqsAfter(0)).at(-1)!;
+      await change();
+      await change();
+      // The retention passes over what came after `since`: the relay prunes it (published, older than the retention).
+      const db = h.orch.db.client;
+      await waitFor(async () => (await db.outboxEvent.count({ where: { publishedAt: null } })) === 0, 5000, 'everything published');
+      await db.outboxEvent.updateMany({ where: { seq: { lte: BigInt(since) + 1n } }, data: { time: new Date(Date.now() - 2 * 86400_000) } });
+      assert.ok((await h.orch.relay.prune()) >= 2);
+      const oldest = Number((await db.outboxEvent.findFirstOrThrow({ orderBy: { seq: 'asc' } })).seq);
+      const last = Number((await db.outboxEvent.findFirstOrThrow({ orderBy: { seq: 'desc' } })).seq);
+
+      const c = new WsClient(wsUrl(events() + `?since=${since}`), { headers: { authorization: `Bearer ${member.token}` } });
+      await c.opened;
+      await waitFor(async () => c.events.length >= 1, 5000, 'the reset');
+      const reset = c.events[0] as unknown as Record<string, unknown>;
+      assert.equal(reset['type'], 'reset');
+      assert.deepEqual([reset['since'], reset['oldest'], reset['seq']], [since, oldest, last]);
+      // Then the live events, after the reset's seq.
+      await change();
+      await waitFor(async () => c.events.length >= 2, 5000, 'the next event');
+      assert.deepEqual(c.events.slice(1).map((e) => e.seq), await seqsAfter(last));
+      c.close();
+
+      // SSE: an event named reset, whose id moves Last-Event-ID past it.
+      const res = await fetch(h.url + events(), { headers: { accept: 'text/event-stream', authorization: `Bearer ${member.token}`, 'last-event-id': String(since) } });
+      assert.equal(res.status, 200);
+      const reader = res.body!.getReader();
+      let text = '';
+      while (!text.includes('event: reset')) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += new TextDecoder().decode(value);
+      }
+      await reader.cancel();
+      const frame = /id: (\d+)\nevent: reset\ndata: (.*)\n/.exec(text);
+      assert.ok(frame, text);
+      const nowLast = Number((await db.outboxEvent.findFirstOrThrow({ orderBy: { seq: 'desc' } })).seq);
+      assert.equal(Number(frame[1]), nowLast);
+      assert.deepEqual((({ type, since: s0 }) => [type, s0])(JSON.parse(frame[2]!) as { type: string; since: number }), ['reset', since]);
+
+      // A resume from a retained point gets no reset.
+      const ok = new WsClient(wsUrl(events() + `?since=${nowLast}`), { headers: { authorization: `Bearer ${member.token}` } });
+      await ok.opened;
+      await change();
+      await waitFor(async () => ok.events.length >= 1, 5000, 'an event');
+      assert.equal((ok.events[0] as unknown as Record<string, unknown>)['type'], undefined);
+      assert.ok(ok.events[0]!.seq > nowLast);
+      ok.close();
+    });
   });
 }

@@ -8,7 +8,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { KloudakError, UnauthenticatedError } from '@kloudak/common';
 import { authenticate } from '../app/auth.js';
-import { eventJson, openInfraEvents, openWorkspaceEvents, parseSince, type EventSubscription } from '../app/events.js';
+import { eventJson, openInfraEvents, openWorkspaceEvents, parseSince, resetJson, type EventSubscription } from '../app/events.js';
 import type { Caller, Principal } from '../app/principal.js';
 import type { Services } from '../app/services.js';
 import { errorResponse, HTTP_STATUS, toKloudakError } from './errors.js';
@@ -130,6 +130,8 @@ export function eventStreams(s: Services): EventStreams {
       'x-request-id': requestId,
     });
     res.write('retry: 1000\n\n');
+    // A resume from a pruned point: the `reset` event (its id moves Last-Event-ID past it) before any event.
+    if (sub.reset) res.write(`id: ${sub.reset.seq}\nevent: reset\ndata: ${resetJson(sub.reset)}\n\n`);
     const keepalive = setInterval(() => res.write(': keep-alive\n\n'), KEEPALIVE_MS);
     res.on('close', () => sub.close('the client went away'));
     void sub.closed.then((reason) => {
@@ -149,6 +151,8 @@ export function eventStreams(s: Services): EventStreams {
       clearInterval(ping);
       if (socket.readyState === socket.OPEN) socket.close(reasonCode(reason), reason.slice(0, 120));
     });
+    // A resume from a pruned point: a {"type":"reset",…} message before any event.
+    if (sub.reset) socket.send(resetJson(sub.reset));
     void (async () => {
       for await (const e of sub) {
         if (socket.readyState !== socket.OPEN) break;

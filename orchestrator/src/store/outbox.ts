@@ -77,3 +77,12 @@ export async function lastSeq(db: DbOrTx): Promise<bigint> {
   const r = await db.outboxEvent.aggregate({ _max: { seq: true } });
   return r._max.seq ?? 0n;
 }
+
+/**
+ * The oldest sequence the outbox still holds (null when empty) and the last one (0 when empty):
+ * a stream resuming after a sequence before `oldest - 1` would miss what was pruned in between.
+ */
+export async function retainedRange(db: DbOrTx): Promise<{ oldest: bigint | null; last: bigint }> {
+  const r = await db.outboxEvent.aggregate({ _min: { seq: true }, _max: { seq: true } });
+  return { oldest: r._min.seq ?? null, last: r._max.seq ?? 0n };
+}
