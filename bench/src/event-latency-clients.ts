@@ -1,11 +1,14 @@
 // The receiving side of event-latency.bench, in a worker thread (its own event loop, so the
-// clients' parsing does not sit on the server's): N WebSocket clients of a workspace's event
-// stream and one bare NATS subscriber of the workspace's subjects. Each records, per change
-// (named by the bench), when the event arrived: performance.timeOrigin + performance.now(), the
-// same clock as the bench's commit times.
+// clients' parsing does not sit on the server's): N clients of a workspace's event stream —
+// WebSocket, or gRPC WatchEvents (each its own HTTP/2 connection, decoding every message with the
+// ts-proto code a TypeScript client would use) — and one bare NATS subscriber of the workspace's
+// subjects. Each records, per change (named by the bench), when the event arrived:
+// performance.timeOrigin + performance.now(), the same clock as the bench's commit times.
 import { parentPort, workerData } from 'node:worker_threads';
 import WebSocket from 'ws';
+import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { EventServiceClient, type WatchEventsResponse } from '@kloudak/proto/api';
 
 interface Setup {
   url: string;
@@ -13,19 +16,25 @@ interface Setup {
   workspace: string;
   workspaceId: string;
   token: string;
+  /** host:port of the public gRPC API. */
+  grpcAddress: string;
 }
+
+/** The stream clients a run opens. */
+export type ClientKind = 'websocket' | 'grpc';
 
 const setup = workerData as Setup;
 const now = () => performance.timeOrigin + performance.now();
 const port = parentPort!;
 let sockets: WebSocket[] = [];
-/** change name → arrival times at the WebSocket clients. */
+let grpcCalls: { client: InstanceType<typeof EventServiceClient>; call: grpc.ClientReadableStream<WatchEventsResponse> }[] = [];
+/** change name → arrival times at the stream clients (WebSocket or gRPC, one kind at a time). */
 let ws = new Map<string, number[]>();
 /** change name → arrival time at the bare NATS subscriber. */
 let nats = new Map<string, number>();
 let nc: NatsConnection | undefined;
 
-function record(name: unknown, at: number, into: 'ws' | 'nats'): void {
+function record(name: unknown, at: number, into: 'stream' | 'nats'): void {
   if (typeof name !== 'string' || !name.startsWith('lat-')) return;
   if (into === 'nats') nats.set(name, at);
   else {
@@ -44,7 +53,7 @@ async function openClients(n: number): Promise<void> {
         const s = new WebSocket(url, { headers: { authorization: `Bearer ${setup.token}` }, perMessageDeflate: false });
         s.on('message', (d: Buffer) => {
           const at = now();
-          record((JSON.parse(d.toString('utf8')) as { name?: unknown }).name, at, 'ws');
+          record((JSON.parse(d.toString('utf8')) as { name?: unknown }).name, at, 'stream');
         });
         s.on('error', (err) => port.postMessage({ kind: 'error', message: String(err) }));
         await new Promise<void>((resolve, reject) => {
@@ -57,7 +66,32 @@ async function openClients(n: number): Promise<void> {
   }
 }
 
-port.on('message', (m: { cmd: string; n?: number }) => {
+async function openGrpcClients(n: number): Promise<void> {
+  const md = new grpc.Metadata();
+  md.set('authorization', `Bearer ${setup.token}`);
+  const batch = 50;
+  for (let i = 0; i < n; i += batch) {
+    await Promise.all(
+      Array.from({ length: Math.min(batch, n - i) }, async () => {
+        // A channel of its own (no shared subchannel): one HTTP/2 connection per client, as a WebSocket has.
+        const client = new EventServiceClient(setup.grpcAddress, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 });
+        const call = client.watchEvents({ workspace: setup.workspace, since: undefined }, md);
+        call.on('data', (r: WatchEventsResponse) => record(r.event?.name, now(), 'stream'));
+        call.on('error', (err: grpc.ServiceError) => {
+          if (err.code !== grpc.status.CANCELLED) port.postMessage({ kind: 'error', message: `WatchEvents: ${err.message}` });
+        });
+        // The stream is open once the server sent its headers (it subscribed before that).
+        await new Promise<void>((resolve, reject) => {
+          call.once('metadata', () => resolve());
+          call.once('error', reject);
+        });
+        grpcCalls.push({ client, call });
+      }),
+    );
+  }
+}
+
+port.on('message', (m: { cmd: string; n?: number; clientKind?: ClientKind }) => {
   void (async () => {
     switch (m.cmd) {
       case 'connect': {
@@ -71,8 +105,9 @@ port.on('message', (m: { cmd: string; n?: number }) => {
           });
           await nc.flush();
         }
-        await openClients(m.n ?? 1);
-        port.postMessage({ kind: 'ready', clients: sockets.length });
+        if (m.clientKind === 'grpc') await openGrpcClients(m.n ?? 1);
+        else await openClients(m.n ?? 1);
+        port.postMessage({ kind: 'ready', clients: sockets.length + grpcCalls.length });
         return;
       }
       case 'collect':
@@ -86,6 +121,11 @@ port.on('message', (m: { cmd: string; n?: number }) => {
         await Promise.race([Promise.all(closing), new Promise((r) => setTimeout(r, 5000))]);
         for (const s of sockets) s.terminate();
         sockets = [];
+        for (const { client, call } of grpcCalls) {
+          call.cancel();
+          client.close();
+        }
+        grpcCalls = [];
         port.postMessage({ kind: 'disconnected' });
         return;
       }

@@ -1,6 +1,7 @@
 // event-latency.bench — from the commit of a state change to the clients of the workspace's event
-// stream: p50/p99 at 1, 100 and 1,000 connected WebSocket clients, against a bare NATS subscriber
-// of the same subjects measured in the same run, on PostgreSQL.
+// stream: p50/p99 at 1, 100 and 1,000 connected WebSocket clients and as many gRPC WatchEvents
+// clients, against a bare NATS subscriber of the same subjects measured in the same run, on
+// PostgreSQL.
 //
 // The orchestrator runs in this process (startInProcessOrchestrator, a fresh database, the shared
 // NATS). Each change is one transaction, as a use case makes it: the workspace's row updated and
@@ -8,17 +9,15 @@
 // commit time is taken when the transaction's promise resolves (PostgreSQL acknowledged the
 // COMMIT). From there the event goes NOTIFY → outbox relay → JetStream (published with its
 // acknowledgement) → the event hub's NATS subscription → one outbox read for the workspace → every
-// open WebSocket. The receivers — N WebSocket clients and one bare NATS subscriber — run in a
-// worker thread (event-latency-clients.ts) and stamp arrivals on the same clock.
+// open stream. The receivers — N stream clients of one kind and one bare NATS subscriber — run in
+// a worker thread (event-latency-clients.ts) and stamp arrivals on the same clock.
 //
-// Latency of a change at a path = arrival − commit; each WebSocket client contributes one sample
-// per change. The bare NATS subscriber sees the relay's publish: it is the floor of any NATS-fed
-// stream (commit → relay → NATS), and the WebSocket figures add the hub and the sockets to it.
-// The ratio is WebSocket p99 ÷ NATS p99.
-//
-// gRPC WatchEvents: the stream's third path belongs with the gRPC API. Add a receiver kind to
-// event-latency-clients.ts (a WatchEvents call per client, recording `name` like the others) and
-// a row per client count here (PATHS).
+// Latency of a change at a path = arrival − commit; each stream client contributes one sample per
+// change. The bare NATS subscriber sees the relay's publish: it is the floor of any NATS-fed
+// stream (commit → relay → NATS), and the WebSocket and gRPC figures add the hub and the
+// connections to it. For each client count the WebSocket clients are measured, then closed, then
+// the gRPC ones (never both at once); the NATS row of a count holds the subscriber's samples of
+// both phases. The ratio is the path's p99 ÷ NATS p99.
 //
 // Environment:
 //   BENCH_CLIENTS   client counts, comma-separated (default 1,100,1000)
@@ -42,8 +41,9 @@ const WARMUP = Math.round(envNumber('BENCH_WARMUP', 20));
 const GAP_MS = envNumber('BENCH_GAP_MS', 20);
 const ADMIN = { username: 'root-admin', password: 'Bench-Event-Latency-2026!' };
 const WS = `${RUN}-ws`;
-/** The receiving paths (gRPC WatchEvents goes here). */
-const PATHS = ['nats (bare)', 'websocket'] as const;
+/** The receiving paths: the baseline and the stream clients (measured one kind at a time). */
+const PATHS = ['nats (bare)', 'websocket', 'grpc'] as const;
+const KINDS = ['websocket', 'grpc'] as const;
 
 const now = () => performance.timeOrigin + performance.now();
 const fmt = (n: number, d = 1) => (Number.isFinite(n) ? n.toFixed(d) : '-');
@@ -76,7 +76,7 @@ async function main(): Promise<number> {
     const workspaceId = (await db.workspace.findUniqueOrThrow({ where: { name: WS } })).id;
 
     const worker = new Worker(new URL('./event-latency-clients.js', import.meta.url), {
-      workerData: { url: orch.url, natsUrl: TEST_NATS_URL, workspace: WS, workspaceId, token: client.token },
+      workerData: { url: orch.url, natsUrl: TEST_NATS_URL, workspace: WS, workspaceId, token: client.token, grpcAddress: `127.0.0.1:${orch.grpcPort}` },
     });
     benchCleanup.add(() => worker.terminate().then(() => undefined), 'stop the receivers');
     const reply = (kind: string) =>
@@ -103,39 +103,43 @@ async function main(): Promise<number> {
     };
 
     for (const n of COUNTS) {
-      progress(`${n} WebSocket client(s): connecting`);
-      worker.postMessage({ cmd: 'connect', n });
-      const ready = await reply('ready');
-      progress(`${String(ready['clients'])} connected; ${WARMUP} warm-up then ${CHANGES} changes, one every ${GAP_MS} ms`);
-      for (let i = 0; i < WARMUP; i++) {
-        await commit(`warm-${n}-${i}`);
-        await new Promise((r) => setTimeout(r, GAP_MS));
-      }
-      const committed = new Map<string, number>();
-      for (let i = 0; i < CHANGES; i++) {
-        const name = `lat-${n}-${i}`;
-        committed.set(name, await commit(name));
-        await new Promise((r) => setTimeout(r, GAP_MS));
-      }
-      await new Promise((r) => setTimeout(r, 2000));
-      worker.postMessage({ cmd: 'collect' });
-      const got = await reply('samples');
-      const wsLat: number[] = [];
-      for (const [name, times] of got['ws'] as [string, number[]][]) {
-        const t0 = committed.get(name);
-        if (t0 !== undefined) for (const t of times) wsLat.push(t - t0);
-      }
       const natsLat: number[] = [];
-      for (const [name, t] of got['nats'] as [string, number][]) {
-        const t0 = committed.get(name);
-        if (t0 !== undefined) natsLat.push(t - t0);
+      for (const kind of KINDS) {
+        progress(`${n} ${kind} client(s): connecting`);
+        worker.postMessage({ cmd: 'connect', n, clientKind: kind });
+        const ready = await reply('ready');
+        progress(`${String(ready['clients'])} connected; ${WARMUP} warm-up then ${CHANGES} changes, one every ${GAP_MS} ms`);
+        for (let i = 0; i < WARMUP; i++) {
+          await commit(`warm-${n}-${kind}-${i}`);
+          await new Promise((r) => setTimeout(r, GAP_MS));
+        }
+        const committed = new Map<string, number>();
+        for (let i = 0; i < CHANGES; i++) {
+          const name = `lat-${n}-${kind}-${i}`;
+          committed.set(name, await commit(name));
+          await new Promise((r) => setTimeout(r, GAP_MS));
+        }
+        await new Promise((r) => setTimeout(r, 2000));
+        worker.postMessage({ cmd: 'collect' });
+        const got = await reply('samples');
+        const lat: number[] = [];
+        for (const [name, times] of got['ws'] as [string, number[]][]) {
+          const t0 = committed.get(name);
+          if (t0 !== undefined) for (const t of times) lat.push(t - t0);
+        }
+        for (const [name, t] of got['nats'] as [string, number][]) {
+          const t0 = committed.get(name);
+          if (t0 !== undefined) natsLat.push(t - t0);
+        }
+        const st = stats(lat, CHANGES * n);
+        results.push({ clients: n, path: kind, stats: st });
+        if (st.lost > 0) failed = true;
+        worker.postMessage({ cmd: 'disconnect' });
+        await reply('disconnected');
       }
-      const nats = stats(natsLat, CHANGES);
-      const ws = stats(wsLat, CHANGES * n);
-      results.push({ clients: n, path: 'nats (bare)', stats: nats }, { clients: n, path: 'websocket', stats: ws });
-      if (ws.lost > 0 || nats.lost > 0) failed = true;
-      worker.postMessage({ cmd: 'disconnect' });
-      await reply('disconnected');
+      const nats = stats(natsLat, CHANGES * KINDS.length);
+      results.push({ clients: n, path: 'nats (bare)', stats: nats });
+      if (nats.lost > 0) failed = true;
     }
     worker.postMessage({ cmd: 'stop' });
     await reply('stopped');
@@ -143,18 +147,20 @@ async function main(): Promise<number> {
     await runCleanups();
   }
 
-  const rows: (string | number)[][] = [['clients', 'path', 'p50 ms', 'p99 ms', 'max ms', 'samples', 'lost', 'p99 ratio ws/nats']];
+  const rows: (string | number)[][] = [['clients', 'path', 'p50 ms', 'p99 ms', 'max ms', 'samples', 'lost', 'p99 ratio path/nats']];
   for (const n of COUNTS) {
     const nats = results.find((r) => r.clients === n && r.path === 'nats (bare)')?.stats;
     for (const path of PATHS) {
       const r = results.find((x) => x.clients === n && x.path === path);
       if (!r) continue;
-      rows.push([n, r.path, fmt(r.stats.p50, 2), fmt(r.stats.p99, 2), fmt(r.stats.max, 2), r.stats.samples, r.stats.lost, r.path === 'websocket' && nats ? fmt(r.stats.p99 / nats.p99, 2) : '']);
+      rows.push([n, r.path, fmt(r.stats.p50, 2), fmt(r.stats.p99, 2), fmt(r.stats.max, 2), r.stats.samples, r.stats.lost, r.path !== 'nats (bare)' && nats ? fmt(r.stats.p99 / nats.p99, 2) : '']);
     }
   }
   console.log(table(rows));
-  const at1000 = results.find((r) => r.clients === 1000 && r.path === 'websocket');
-  if (at1000) console.log(`target: WebSocket p99 at 1,000 clients ≤ 50 ms: ${fmt(at1000.stats.p99, 2)} ms — ${at1000.stats.p99 <= 50 ? 'met' : 'NOT met'}`);
+  for (const kind of KINDS) {
+    const at1000 = results.find((r) => r.clients === 1000 && r.path === kind);
+    if (at1000) console.log(`target: ${kind} p99 at 1,000 clients ≤ 50 ms: ${fmt(at1000.stats.p99, 2)} ms — ${at1000.stats.p99 <= 50 ? 'met' : 'NOT met'}`);
+  }
   const file = writeResults('event-latency', started, { settings: { counts: COUNTS, changes: CHANGES, warmup: WARMUP, gapMs: GAP_MS }, machine: machine(), results });
   progress(`results: ${file}`);
   return failed ? 1 : 0;
