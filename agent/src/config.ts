@@ -60,6 +60,8 @@ export const AgentConfigSchema = Type.Object(
      * host's; a libvirtd on another socket keeps its pid files elsewhere).
      */
     qemuRunDir: Type.Optional(Type.String({ minLength: 1 })),
+    /** Renew the client certificate once less than this fraction of its validity is left. */
+    certRenewFraction: Type.Number({ minimum: 0.01, maximum: 0.9, default: 1 / 3 }),
     /** How long SIGTERM waits for running commands. */
     drainTimeoutMs: Type.Integer({ minimum: 0, default: 30_000 }),
     logLevel: Type.Union(
@@ -106,6 +108,7 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_AGENT_FENCE_LEASE_MS: 'fenceLeaseMs',
   KLOUDAK_AGENT_FENCE_LIBVIRT_TIMEOUT_MS: 'fenceLibvirtTimeoutMs',
   KLOUDAK_AGENT_QEMU_RUN_DIR: 'qemuRunDir',
+  KLOUDAK_AGENT_CERT_RENEW_FRACTION: 'certRenewFraction',
   KLOUDAK_AGENT_DRAIN_TIMEOUT_MS: 'drainTimeoutMs',
   KLOUDAK_AGENT_LOG_LEVEL: 'logLevel',
   KLOUDAK_AGENT_LOG_TARGET: 'logTarget',

@@ -19,7 +19,7 @@ import { StartGate } from './fence/start-gate.js';
 import { LibvirtHypervisor } from './hypervisor/libvirt-hypervisor.js';
 import { domainEventToProto } from './link/convert.js';
 import { EnrollmentError, enroll, isRetryableEnrollError } from './link/enroll.js';
-import { loadIdentity, type Identity } from './link/identity.js';
+import { loadIdentity, parseJoinToken, saveIdentityRecord, type Identity } from './link/identity.js';
 import { AgentLink, backoffDelay, type BackoffOptions, type LinkStatus } from './link/session.js';
 import { createAgentLogger } from './log/logger.js';
 import { OvsNetworkDriver } from './network/ovs.js';
@@ -56,6 +56,7 @@ export interface AgentDeps {
 /** A running agent. */
 export interface AgentHandle {
   readonly config: AgentConfig;
+  /** The identity in use (renewal replaces its key and certificate). */
   readonly identity: Identity;
   readonly lease: Lease;
   readonly dispatcher: CommandDispatcher;
@@ -82,13 +83,47 @@ async function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/**
+ * With an identity and a configured join token it has not met yet (another id than the one it
+ * came from or was refused with): one attempt to enroll again with it, as the same host (a
+ * re-enrollment token, after a re-key). Any failure keeps the identity: a refusal is remembered
+ * (that token is not tried again), an unreachable orchestrator is tried again at the next start.
+ */
+async function reenrollIfNewToken(cfg: AgentConfig, existing: Identity, log: Logger): Promise<Identity> {
+  if (!cfg.joinToken) return existing;
+  let tokenId: string;
+  try {
+    tokenId = parseJoinToken(cfg.joinToken).id;
+  } catch {
+    log.warn({ host_id: existing.hostId }, 'the configured join token is malformed; identity kept');
+    return existing;
+  }
+  if (tokenId === existing.joinTokenId) {
+    log.info({ host_id: existing.hostId }, 'identity found; join token already used');
+    return existing;
+  }
+  const orchestrator = cfg.orchestrator ?? existing.orchestrator;
+  try {
+    const opts = { orchestrator, joinToken: cfg.joinToken, hostName: existing.hostName, dataDir: cfg.dataDir, hostId: existing.hostId };
+    const id = await enroll(cfg.tlsServerName ? { ...opts, tlsServerName: cfg.tlsServerName } : opts);
+    log.warn({ host_id: id.hostId, previous_host_id: existing.hostId, join_token_id: tokenId }, 'enrolled again with a new join token: new certificate');
+    return id;
+  } catch (err) {
+    if (isRetryableEnrollError(err)) {
+      log.warn({ host_id: existing.hostId, err: { message: (err as Error).message } }, 'orchestrator unreachable to enroll again with the new join token; identity kept, tried again at the next start');
+      return existing;
+    }
+    log.warn({ host_id: existing.hostId, join_token_id: tokenId, err: { message: (err as Error).message } }, 'the new join token did not enroll this host again; identity kept');
+    const kept = { ...existing, joinTokenId: tokenId };
+    await saveIdentityRecord(cfg.dataDir, kept);
+    return kept;
+  }
+}
+
 /** The identity in the data dir, or a new one from enrollment (retried while the orchestrator is unreachable). */
 async function obtainIdentity(cfg: AgentConfig, log: Logger, signal: AbortSignal): Promise<Identity> {
   const existing = await loadIdentity(cfg.dataDir);
-  if (existing) {
-    log.info({ host_id: existing.hostId }, 'identity found; join token ignored');
-    return existing;
-  }
+  if (existing) return reenrollIfNewToken(cfg, existing, log);
   if (!cfg.orchestrator) throw new ConfigError('not enrolled yet: KLOUDAK_AGENT_ORCHESTRATOR (orchestrator) is required');
   if (!cfg.joinToken) throw new ConfigError('not enrolled yet: KLOUDAK_AGENT_JOIN_TOKEN (joinToken) is required for the first start');
   for (let attempt = 0; ; attempt++) {
@@ -219,6 +254,8 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
     fenceStore,
     log: hlog,
     startedAt,
+    dataDir: cfg.dataDir,
+    renewFraction: cfg.certRenewFraction,
     ...(deps.backoff ? { backoff: deps.backoff } : {}),
     waitForLibvirt: async () => {
       while (lv.state !== 'ready') {
@@ -243,7 +280,9 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
   let stopping: Promise<void> | null = null;
   return {
     config: cfg,
-    identity,
+    get identity() {
+      return link.currentIdentity();
+    },
     lease,
     dispatcher,
     fenceStore,

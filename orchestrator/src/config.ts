@@ -45,6 +45,17 @@ export const OrchestratorConfigSchema = Type.Object(
     agentMaxMessageBytes: Type.Integer({ minimum: 65_536, maximum: 256 * 1024 * 1024, default: 8 * 1024 * 1024 }),
     /** Messages written to an agent that it has not read yet; past it, its session ends (it does not read). */
     agentMaxBufferedWrites: Type.Integer({ minimum: 8, maximum: 1_000_000, default: 1024 }),
+    /**
+     * Validity of the client certificates the agent CA signs (enrollment, renewal). Agents renew
+     * theirs over the link well before it ends; seconds in tests, a year by default.
+     */
+    agentCertLifetimeSeconds: Type.Integer({ minimum: 10, maximum: 10 * 365 * 86_400, default: 365 * 86_400 }),
+    /**
+     * How long the certificate a renewal replaced stays accepted, at most: until the agent
+     * connects with its new one, or this long (a crash between the renewal and saving the new
+     * identity must not lock the host out).
+     */
+    agentCertRenewGraceSeconds: Type.Integer({ minimum: 1, maximum: 30 * 86_400, default: 3600 }),
     adminUser: Type.String({ default: '' }),
     adminEmail: Type.String({ default: '' }),
     adminPassword: Type.String({ default: '' }),
@@ -125,6 +136,8 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_AGENT_MESSAGE_BURST: 'agentMessageBurst',
   KLOUDAK_AGENT_MAX_MESSAGE_BYTES: 'agentMaxMessageBytes',
   KLOUDAK_AGENT_MAX_BUFFERED_WRITES: 'agentMaxBufferedWrites',
+  KLOUDAK_AGENT_CERT_LIFETIME_SECONDS: 'agentCertLifetimeSeconds',
+  KLOUDAK_AGENT_CERT_RENEW_GRACE_SECONDS: 'agentCertRenewGraceSeconds',
   KLOUDAK_ADMIN_USER: 'adminUser',
   KLOUDAK_ADMIN_EMAIL: 'adminEmail',
   KLOUDAK_ADMIN_PASSWORD: 'adminPassword',

@@ -39,12 +39,13 @@ function fixtures(): Array<{ model: Prisma.ModelName; key: string; data: Record<
         id: host, name: 'h1', areaId: area, state: 'up', adminState: 'maintenance', cpuCount: 8, ramMb: 16384, diskGb: 500, agentVersion: '1.0', lastHeartbeatAt: t('003'),
         memoryBytes: 68_719_476_736n, diskBytes: 9_007_199_254_740_993n, bridges: [{ name: 'br-vm', kind: 'ovs', mtu: 1500, up: true }], pools: [{ name: 'p1', active: true }],
         certSerial: '0a1b2c', certExpiresAt: t('008'), agentStartedAt: t('009'), lastHelloAt: t('010'),
+        prevCertSerial: '0d0e0f', prevCertValidUntil: t('022'),
       },
       change: { state: 'fenced', memoryBytes: 1n },
     },
     {
       model: 'JoinToken', key: 'id',
-      data: { id: id(), areaId: area, secretHash: 'ab'.repeat(32), expiresAt: t('011'), createdById: user, usedAt: t('012'), usedByHostId: host, revokedAt: t('013') },
+      data: { id: id(), areaId: area, secretHash: 'ab'.repeat(32), expiresAt: t('011'), createdById: user, usedAt: t('012'), usedByHostId: host, revokedAt: t('013'), forHostId: host },
       change: { usedAt: t('014') },
     },
     {

@@ -213,6 +213,9 @@ test('AgentLink over a real grpc-js socket: 3 heartbeats -> 3 lease grants', { t
       });
       call.on('end', () => call.end());
     },
+    renewCertificate(_call, callback) {
+      callback(null, { clientCertificatePem: '', caCertificatePem: '', certificateExpiresAt: undefined });
+    },
   };
 
   const server = new Server();
@@ -226,7 +229,7 @@ test('AgentLink over a real grpc-js socket: 3 heartbeats -> 3 lease grants', { t
   try {
     // Unary Enroll through the generated client.
     const enrolled = await new Promise<EnrollResponse>((resolve, reject) =>
-      client.enroll({ joinToken: 't', hostName: 'kvm-01', publicKeyPem: '', agentVersion: '0.1.0' }, (err, res) =>
+      client.enroll({ joinToken: 't', hostName: 'kvm-01', publicKeyPem: '', agentVersion: '0.1.0', hostId: '' }, (err, res) =>
         err ? reject(err) : resolve(res),
       ),
     );

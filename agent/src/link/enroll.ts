@@ -127,6 +127,8 @@ export interface EnrollOptions {
   tlsServerName?: string;
   /** Deadline of the Enroll call. */
   timeoutMs?: number;
+  /** Re-enrollment: the id of the host this agent is (sent as EnrollRequest.host_id). */
+  hostId?: string;
 }
 
 /** Whether an enrollment failure is worth retrying (the orchestrator could not be reached). */
@@ -146,7 +148,7 @@ export async function enroll(o: EnrollOptions): Promise<Identity> {
   try {
     const res = await callEnroll(
       client,
-      { joinToken: o.joinToken, hostName: o.hostName, publicKeyPem: key.publicKeyPem, agentVersion: AGENT_VERSION },
+      { joinToken: o.joinToken, hostName: o.hostName, publicKeyPem: key.publicKeyPem, agentVersion: AGENT_VERSION, hostId: o.hostId ?? '' },
       o.timeoutMs ?? 30_000,
     );
     if (fingerprintOfPem(res.caCertificatePem) !== token.caFingerprint) {
@@ -161,6 +163,7 @@ export async function enroll(o: EnrollOptions): Promise<Identity> {
       hostName: o.hostName,
       orchestrator: o.orchestrator,
       caFingerprint: token.caFingerprint,
+      joinTokenId: token.id,
       clientKeyPem: key.privateKeyPem,
       clientCertPem: res.clientCertificatePem,
       caCertPem: caPem,
@@ -174,7 +177,7 @@ export async function enroll(o: EnrollOptions): Promise<Identity> {
 
 function callEnroll(
   client: AgentLinkClient,
-  req: { joinToken: string; hostName: string; publicKeyPem: string; agentVersion: string },
+  req: { joinToken: string; hostName: string; publicKeyPem: string; agentVersion: string; hostId: string },
   timeoutMs: number,
 ): Promise<{ hostId: string; clientCertificatePem: string; caCertificatePem: string }> {
   return new Promise((resolve, reject) => {

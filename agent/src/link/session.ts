@@ -6,7 +6,11 @@
  * (deleted once a grant answers a later heartbeat). Failures of the fence store (an unreadable
  * data dir) are logged, never thrown: the link and the lease must outlive a broken disk. A lost
  * stream is opened again after a jittered exponential backoff (reset after a healthy session).
+ * With a data dir, the client certificate is renewed before it expires (renew.ts); the link then
+ * ends its session and opens the next at once with the new certificate: the lease, which lives
+ * across sessions, never notices.
  */
+import { X509Certificate } from 'node:crypto';
 import { credentials, type ClientDuplexStream } from '@grpc/grpc-js';
 import { AgentLinkClient, type AgentMessage, type OrchestratorMessage } from '@kloudak/proto/agent';
 import type { Logger } from 'pino';
@@ -18,6 +22,7 @@ import { AGENT_VERSION } from '../version.js';
 import { commandFromProto, fenceReportToProto, heartbeatToProto, helloToProto, resultMessage } from './convert.js';
 import { channelOptions } from './enroll.js';
 import type { Identity } from './identity.js';
+import { DEFAULT_RENEW_FRACTION, RenewalScheduler, renewIdentity } from './renew.js';
 
 /** Backoff between sessions: `initialMs * 2^n`, capped at `maxMs`, with full ±50 % jitter. */
 export interface BackoffOptions {
@@ -50,6 +55,10 @@ export interface LinkDeps {
   backoff?: BackoffOptions;
   /** Waits for libvirt before gathering Hello (an empty inventory would read as "nothing exists"). */
   waitForLibvirt: () => Promise<void>;
+  /** Where the identity lives: set, the certificate is renewed before it expires. */
+  dataDir?: string;
+  /** Renew once less than this fraction of the certificate's validity is left (default a third). */
+  renewFraction?: number;
 }
 
 /** What a test or the daemon can observe of the link. */
@@ -59,6 +68,10 @@ export interface LinkStatus {
   hostId: string;
   heartbeatIntervalMs: number;
   lastSequence: bigint;
+  /** Certificate renewals done by this process. */
+  renewals: number;
+  /** PEM of the client certificate in use. */
+  certificatePem: string;
 }
 
 type Call = ClientDuplexStream<AgentMessage, OrchestratorMessage>;
@@ -82,7 +95,12 @@ interface Session {
 
 /** See the module comment. */
 export class AgentLink {
-  private readonly client: AgentLinkClient;
+  private client: AgentLinkClient;
+  private identity: Identity;
+  private readonly renewal: RenewalScheduler | null;
+  private renewals = 0;
+  /** The next session opens without the backoff (the certificate was just renewed). */
+  private reconnectNow = false;
   private readonly backoff: BackoffOptions;
   private session: Session | null = null;
   private stopped = false;
@@ -98,8 +116,46 @@ export class AgentLink {
   constructor(private readonly d: LinkDeps) {
     this.backoff = d.backoff ?? { initialMs: 500, maxMs: 30_000 };
     this.log = d.log.child({ component: 'link', host_id: d.identity.hostId });
-    const creds = credentials.createSsl(Buffer.from(d.identity.caCertPem), Buffer.from(d.identity.clientKeyPem), Buffer.from(d.identity.clientCertPem));
-    this.client = new AgentLinkClient(d.orchestrator, creds, channelOptions(d.tlsServerName));
+    this.identity = d.identity;
+    this.client = this.clientFor(d.identity);
+    const dataDir = d.dataDir;
+    this.renewal =
+      dataDir === undefined
+        ? null
+        : new RenewalScheduler({
+            fraction: d.renewFraction ?? DEFAULT_RENEW_FRACTION,
+            certPem: () => this.identity.clientCertPem,
+            renew: () => this.renewCertificate(dataDir),
+            log: this.log.child({ component: 'renewal' }),
+          });
+  }
+
+  private clientFor(id: Identity): AgentLinkClient {
+    const creds = credentials.createSsl(Buffer.from(id.caCertPem), Buffer.from(id.clientKeyPem), Buffer.from(id.clientCertPem));
+    return new AgentLinkClient(this.d.orchestrator, creds, channelOptions(this.d.tlsServerName));
+  }
+
+  /** The identity in use (it changes when the certificate is renewed). */
+  currentIdentity(): Identity {
+    return this.identity;
+  }
+
+  /**
+   * Renews the client certificate now (the scheduler calls this when it is due): new key, RPC,
+   * checks, key pair replaced on disk; then the session is ended and the next one opens at once
+   * with the new certificate. Throws when the renewal failed (the old identity stays in use).
+   */
+  async renewCertificate(dataDir: string): Promise<void> {
+    const next = await renewIdentity(this.client, this.identity, dataDir);
+    this.identity = next;
+    this.client = this.clientFor(next);
+    this.renewals++;
+    this.log.info({ not_after: new Date(new X509Certificate(next.clientCertPem).validTo).toISOString() }, 'client certificate renewed; reconnecting with it');
+    const s = this.session;
+    if (s && !s.ended) {
+      this.reconnectNow = true;
+      s.call.cancel();
+    }
   }
 
   /** The link's state now. */
@@ -111,6 +167,8 @@ export class AgentLink {
       hostId: this.d.identity.hostId,
       heartbeatIntervalMs: s?.intervalMs ?? this.d.heartbeatMs,
       lastSequence: s?.seq ?? 0n,
+      renewals: this.renewals,
+      certificatePem: this.identity.clientCertPem,
     };
   }
 
@@ -118,6 +176,7 @@ export class AgentLink {
   start(): void {
     if (this.loop) return;
     this.loop = this.run();
+    this.renewal?.start();
   }
 
   /** Sends a message on the open session (after Hello); dropped when there is none. Returns whether it was sent. */
@@ -139,6 +198,7 @@ export class AgentLink {
   /** Ends the session and the loop; closes the channel. */
   async stop(): Promise<void> {
     this.stopped = true;
+    await this.renewal?.stop();
     const s = this.session;
     if (s && !s.ended) {
       // A half-close says "no more messages"; cancel follows in case the server does not end its side.
@@ -172,6 +232,12 @@ export class AgentLink {
         this.log.warn({ err }, 'session failed');
       }
       if (this.stopped) break;
+      if (this.reconnectNow) {
+        // A renewed certificate: straight to the next session, no pause.
+        this.reconnectNow = false;
+        attempt = 0;
+        continue;
+      }
       if (healthy) attempt = 0;
       const delay = backoffDelay(attempt++, this.backoff);
       this.log.info({ delay_ms: delay, attempt }, 'reconnecting after a pause');
@@ -198,7 +264,8 @@ export class AgentLink {
       this.d.telemetry.inventory(),
     ]);
     if (this.stopped) return false;
-    const call = this.client.connect();
+    const client = this.client;
+    const call = client.connect();
     const s: Session = {
       call,
       open: false,
@@ -222,6 +289,8 @@ export class AgentLink {
         if (s.timer) clearInterval(s.timer);
         if (err) this.log.warn({ reason: why, err: { message: err.message, code: (err as { code?: number }).code } }, 'session ended');
         else this.log.info({ reason: why }, 'session ended');
+        // The channel of a certificate since renewed serves nothing more.
+        if (client !== this.client) client.close();
         resolve(s.acked && s.granted);
       };
       call.on('data', (m: OrchestratorMessage) => this.onMessage(s, m));

@@ -25,8 +25,8 @@ const CA_DAYS = 3650;
 /** Server certificate validity; renewed when fewer than RENEW_DAYS remain. */
 const SERVER_DAYS = 397;
 const RENEW_DAYS = 30;
-/** Client certificate validity: 1 year. */
-const CLIENT_DAYS = 365;
+/** Client certificate validity by default: 1 year (KLOUDAK_AGENT_CERT_LIFETIME_SECONDS). */
+export const DEFAULT_CLIENT_CERT_LIFETIME_MS = 365 * DAY;
 /** Certificates are back-dated a little so a host whose clock lags by minutes accepts them. */
 const BACKDATE_MS = 5 * 60_000;
 const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
@@ -116,6 +116,17 @@ export interface CaOptions {
   extraNames: readonly string[];
   clock: Clock;
   log: Logger;
+  /** Validity of client certificates; default {@link DEFAULT_CLIENT_CERT_LIFETIME_MS}. Tests use seconds. */
+  clientLifetimeMs?: number;
+}
+
+/**
+ * How far a client certificate is back-dated: 5 minutes, or a tenth of a short lifetime. Agents
+ * renew when a fraction of the span notBefore..notAfter is left, so a back-dating as long as the
+ * lifetime itself would make a short-lived certificate look due for renewal at once.
+ */
+export function clientBackdateMs(lifetimeMs: number): number {
+  return Math.min(BACKDATE_MS, Math.floor(lifetimeMs / 10));
 }
 
 /**
@@ -154,6 +165,11 @@ export class CertificateAuthority {
     const ca = new CertificateAuthority(dir, caCertPem, caKey, opts, placeholder);
     ca.server = await ca.loadOrIssueServer();
     return ca;
+  }
+
+  /** Validity of the client certificates this CA signs. */
+  get clientLifetimeMs(): number {
+    return this.opts.clientLifetimeMs ?? DEFAULT_CLIENT_CERT_LIFETIME_MS;
   }
 
   /** The current server key pair (renewed by {@link renewServerIfDue}). */
@@ -254,12 +270,13 @@ export class CertificateAuthority {
     const publicKey = (await subtle.importKey('spki', spki, EC, true, ['verify'])) as Key;
     const now = this.opts.clock.now();
     const serial = randomSerial();
+    const lifetime = this.clientLifetimeMs;
     const cert = await x509.X509CertificateGenerator.create({
       serialNumber: serial,
       subject: `CN=${hostId}`,
       issuer: this.caCertX.subjectName,
-      notBefore: new Date(now - BACKDATE_MS),
-      notAfter: new Date(now + CLIENT_DAYS * DAY),
+      notBefore: new Date(now - clientBackdateMs(lifetime)),
+      notAfter: new Date(now + lifetime),
       signingAlgorithm: SIGN,
       publicKey,
       signingKey: this.caKey,

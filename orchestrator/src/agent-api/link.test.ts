@@ -71,7 +71,7 @@ describe('agent link over TLS on PostgreSQL and NATS', () => {
   }
   function plainEnroll(req: Partial<pb.EnrollRequest>, caPem: string): Promise<pb.EnrollResponse> {
     const c = new pb.AgentLinkClient(address(), grpc.credentials.createSsl(Buffer.from(caPem)));
-    const full: pb.EnrollRequest = { joinToken: '', hostName: `plain-${++n}`, publicKeyPem: '', agentVersion: 't', ...req };
+    const full: pb.EnrollRequest = { joinToken: '', hostName: `plain-${++n}`, publicKeyPem: '', agentVersion: 't', hostId: '', ...req };
     return new Promise<pb.EnrollResponse>((resolve, reject) =>
       c.enroll(full, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (err, r) => (err ? reject(err) : resolve(r))),
     ).finally(() => c.close());
@@ -195,7 +195,7 @@ describe('agent link over TLS on PostgreSQL and NATS', () => {
     it('refuses a plaintext client', async () => {
       const c = new pb.AgentLinkClient(address(), grpc.credentials.createInsecure());
       const err = await new Promise<unknown>((resolve) =>
-        c.enroll({ joinToken: 'x', hostName: 'y', publicKeyPem: '', agentVersion: '' }, new grpc.Metadata(), { deadline: Date.now() + 3000 }, (e) => resolve(e)),
+        c.enroll({ joinToken: 'x', hostName: 'y', publicKeyPem: '', agentVersion: '', hostId: '' }, new grpc.Metadata(), { deadline: Date.now() + 3000 }, (e) => resolve(e)),
       );
       c.close();
       assert.ok(err, 'a plaintext call must fail');

@@ -5,10 +5,20 @@
 import * as grpc from '@grpc/grpc-js';
 import { KloudakError, UnauthenticatedError, ValidationError, type Logger } from '@kloudak/common';
 import type { Database } from '@kloudak/prisma';
-import { AgentLinkService, type AgentMessage, type EnrollRequest, type EnrollResponse, type Heartbeat } from '@kloudak/proto/agent';
+import {
+  AgentLinkService,
+  type AgentMessage,
+  type EnrollRequest,
+  type EnrollResponse,
+  type Heartbeat,
+  type RenewCertificateRequest,
+  type RenewCertificateResponse,
+} from '@kloudak/proto/agent';
 import type { Clock } from '../clock.js';
 import type { HostInventory } from '../domain/agent.js';
+import { serialStanding, type HostCertificates } from '../domain/certificates.js';
 import { appendEventsNow } from '../store/outbox.js';
+import { retirePreviousCertificate } from '../store/host-certs.js';
 import { hostIdentity, hostsHoldingLeases, reconcileHello, storeFenceReport, vmsOnHost, writeHostState } from '../store/agent-hosts.js';
 import type { CertificateAuthority } from './ca.js';
 import { CommandChannel } from './channel.js';
@@ -24,6 +34,7 @@ import { enroll, enrollmentError } from './enrollment.js';
 import { toGrpcError } from '../grpc/status.js';
 import { HeartbeatWriter, LAST_HEARTBEAT_WRITE_MS } from './heartbeat-writer.js';
 import { Liveness, type LiveState, type Transition } from './liveness.js';
+import { CertificateRenewal } from './renewal.js';
 import { Session, type Call, type SessionLimits } from './session.js';
 import { OptionalClientCertCredentials } from './tls.js';
 import { UsageRecorder, type CurrentUsage } from './usage.js';
@@ -46,7 +57,12 @@ export interface AgentLinkOptions {
   tickMs?: number;
   /** What one agent may send and leave unread; defaults to {@link DEFAULT_SESSION_LIMITS}. */
   limits?: SessionLimits;
+  /** How long a certificate replaced by a renewal stays accepted at most; default {@link CERT_RENEW_GRACE_MS}. */
+  certRenewGraceMs?: number;
 }
+
+/** Default of {@link AgentLinkOptions.certRenewGraceMs}: one hour. */
+export const CERT_RENEW_GRACE_MS = 3_600_000;
 
 /** The limits of a session when the options give none (the config's defaults). */
 export const DEFAULT_SESSION_LIMITS: SessionLimits = { messagesPerSecond: 200, burst: 2000, maxMessageBytes: 8 * 1024 * 1024, maxBufferedWrites: 1024 };
@@ -86,6 +102,8 @@ export class AgentLink {
 
   /** What one agent may send and leave unread (the options', or the defaults). */
   private readonly limits: SessionLimits;
+  /** RenewCertificate. */
+  private readonly renewal: CertificateRenewal;
 
   private constructor(
     private readonly deps: AgentLinkDeps,
@@ -101,6 +119,7 @@ export class AgentLink {
     this.liveness = new Liveness(deps.clock, { heartbeatIntervalMs: opts.heartbeatIntervalMs, downMarginMs: opts.downMarginMs });
     this.usage = new UsageRecorder(deps.db.client, deps.clock, this.log);
     this.heartbeats = new HeartbeatWriter(deps.db.client, this.log);
+    this.renewal = new CertificateRenewal({ ...deps, log: this.log, graceMs: opts.certRenewGraceMs ?? CERT_RENEW_GRACE_MS });
   }
 
   /** Bind the agent port and serve. */
@@ -124,12 +143,15 @@ export class AgentLink {
     const link = new AgentLink(deps, opts, server, creds, port);
     server.addService(AgentLinkService, {
       enroll: (call: grpc.ServerUnaryCall<EnrollRequest, EnrollResponse>, cb: grpc.sendUnaryData<EnrollResponse>) => {
-        enroll({ db: deps.db, ca: deps.ca, clock: deps.clock, log: link.log }, call.request).then(
+        const onReenrolled = (hostId: string) => link.hostRevoked(hostId, 'the host enrolled again');
+        enroll({ db: deps.db, ca: deps.ca, clock: deps.clock, log: link.log, onReenrolled }, call.request).then(
           (r) => cb(null, r),
           (err: unknown) => cb(enrollmentError(link.log, err, call.request)),
         );
       },
       connect: (call: Call) => link.connect(call),
+      renewCertificate: (call: grpc.ServerUnaryCall<RenewCertificateRequest, RenewCertificateResponse>, cb: grpc.sendUnaryData<RenewCertificateResponse>) =>
+        link.renewal.handle(call, cb),
     });
     // Hosts a previous run left up still hold leases it granted; they go down only after those end.
     for (const h of await hostsHoldingLeases(deps.db.client)) link.liveness.adopt(h.id, h.state, opts.leaseMs);
@@ -185,6 +207,23 @@ export class AgentLink {
     this.liveness.forget(hostId);
     this.usage.forget(hostId);
     this.inventories.delete(hostId);
+    this.renewal.forget(hostId);
+  }
+
+  /**
+   * A host's certificates were revoked (re-key) or replaced (re-enrollment): its session ends at
+   * once with UNAUTHENTICATED. The host is not forgotten: it goes suspect and down like any host
+   * whose agent stopped, until an agent with a valid certificate says Hello.
+   */
+  hostRevoked(hostId: string, why = 'the host\'s certificate was revoked'): void {
+    const s = this.sessions.get(hostId);
+    if (s) {
+      this.log.warn({ host_id: hostId, session_id: s.id, why }, 'session ended: certificate revoked');
+      s.end(grpc.status.UNAUTHENTICATED, `${why}; the host must re-enroll`);
+      this.sessions.delete(hostId);
+      this.channel.detach(hostId, s.writer);
+    }
+    this.renewal.forget(hostId);
   }
 
   /** End every session, stop the server, flush usage. Idempotent. */
@@ -294,7 +333,7 @@ export class AgentLink {
   private async handle(
     s: Session,
     msg: AgentMessage,
-    identity: Promise<{ name: string; certSerial: string | null } | null>,
+    identity: Promise<({ name: string } & HostCertificates) | null>,
     serial: string,
     log: Logger,
   ): Promise<void> {
@@ -303,13 +342,17 @@ export class AgentLink {
       if (body?.$case !== 'hello') throw new ValidationError('the first message must be Hello');
       const host = await identity;
       if (!host) throw new KloudakError('forbidden', 'this host is not (or no longer) enrolled');
-      // A certificate from an earlier enrollment of the same id (re-issued since) is not accepted.
-      if (host.certSerial !== null && host.certSerial !== serial) throw new UnauthenticatedError('this client certificate has been replaced');
+      // Only the host's current certificate, or the one its last renewal replaced (within the
+      // grace), is accepted: a re-keyed, re-enrolled or older one is refused on every Connect.
+      const standing = serialStanding(host, serial, this.deps.clock.now());
+      if (standing === 'refused') throw new UnauthenticatedError('this client certificate was revoked or replaced; the host must re-enroll');
       const hello = helloFromProto(body.hello);
       if (hello.hostId !== s.hostId) throw new ValidationError('Hello.host_id does not match the client certificate');
       if (hello.hostName !== host.name) throw new ValidationError(`Hello.host_name must be '${host.name}', the enrolled name`);
       const now = new Date(this.deps.clock.now());
       if (!(await reconcileHello(this.deps.db.client, hello, now))) throw new KloudakError('forbidden', 'this host is not (or no longer) enrolled');
+      // The agent uses its renewed certificate: the one it replaced is accepted no longer.
+      if (standing === 'current' && host.prevCertSerial !== null) await retirePreviousCertificate(this.deps.db.client, s.hostId, serial);
       if (s.ended) return;
       s.hello = hello;
       this.inventories.set(s.hostId, hello.inventory);

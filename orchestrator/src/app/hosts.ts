@@ -3,6 +3,7 @@
 import { ConflictError, NotFoundError } from '@kloudak/common';
 import type { HostLinkStatus } from '../agent-api/link.js';
 import { transaction } from '../store/db.js';
+import { revokeHostCertificates } from '../store/host-certs.js';
 import { deleteHost as removeHost, hostById, listHosts as hostRows, setAdminState, usageOf, type HostRow } from '../store/hosts.js';
 import { invalidField } from './errors.js';
 import { infraEvent, record, withEvents } from './events.js';
@@ -123,6 +124,30 @@ export async function deleteHost(s: Services, c: Caller, id: string): Promise<vo
     return h;
   });
   s.agents.hostDeleted(h.id);
+}
+
+/**
+ * Re-key a host: every client certificate of it is revoked at once (Connect and renewal refuse
+ * them) and its session ends. The host keeps its id, VMs and history; its agent must enroll again
+ * with a join token made for it (`POST /hosts/join-tokens {host}`). Until then the host goes
+ * suspect and down like any host whose agent stopped, and its agent fences its HA VMs when its
+ * lease runs out: a host whose key is not trusted must not keep running them.
+ */
+export async function rekeyHost(s: Services, c: Caller, id: string): Promise<HostView> {
+  const p = admin(c);
+  const h = await withEvents(
+    s,
+    async (tx) => {
+      const before = await hostById(tx, id);
+      if (!before || !(await revokeHostCertificates(tx, id))) throw new NotFoundError('host', id);
+      return before;
+    },
+    (h) => infraEvent('host', h.id, 'rekeyed', { name: h.name, state: h.state, data: { by: p.username } }),
+  );
+  s.agents.hostRevoked(h.id);
+  c.log.warn({ host_id: h.id, host_name: h.name }, 'host re-keyed: its certificates are revoked');
+  // No certificate of the host is valid any more: none expires.
+  return view({ ...h, certExpiresAt: null }, s.agents.status(h.id));
 }
 
 function instant(v: string | undefined, field: string, fallback: number): number {

@@ -20,6 +20,8 @@ export interface AgentLinkPort {
   status(hostId: string): HostLinkStatus;
   /** A host was deleted: its session is ended and it is forgotten. */
   hostDeleted(hostId: string): void;
+  /** A host's certificates were revoked (re-key): its session ends at once. */
+  hostRevoked(hostId: string): void;
   /** Send a command to a host and await its one result (never rejects: a failure is `ok: false`). */
   sendCommand(hostId: string, command: AgentCommand, opts: SendOptions): Promise<CommandResult>;
 }

@@ -233,11 +233,12 @@ export function joinToken(t: JoinTokenView): pb.JoinToken {
     revoked: t.revoked,
     revokedAt: time(t.revokedAt),
     expired: t.expired,
+    hostId: opt(t.hostId),
   };
 }
 
 export function joinTokenCreated(t: JoinTokenCreatedView): pb.CreateJoinTokenResponse {
-  return { id: t.id, token: t.token, area: t.area, areaId: t.areaId, expiresAt: time(t.expiresAt), caFingerprint: t.caFingerprint };
+  return { id: t.id, token: t.token, area: t.area, areaId: t.areaId, expiresAt: time(t.expiresAt), caFingerprint: t.caFingerprint, hostId: opt(t.hostId) };
 }
 
 /** A Timestamp of a request as the ISO string REST takes (unset: not given). */

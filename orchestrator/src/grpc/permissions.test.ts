@@ -76,6 +76,7 @@ const TWINS: Record<string, string> = {
   'InventoryService.GetHost': 'GET /hosts/{id}',
   'InventoryService.UpdateHost': 'PATCH /hosts/{id}',
   'InventoryService.DeleteHost': 'DELETE /hosts/{id}',
+  'InventoryService.RekeyHost': 'POST /hosts/{id}/rekey',
   'InventoryService.GetHostUsage': 'GET /hosts/{id}/usage',
   'InventoryService.CreateJoinToken': 'POST /hosts/join-tokens',
   'InventoryService.ListJoinTokens': 'GET /hosts/join-tokens',
@@ -177,6 +178,7 @@ for (const engine of ENGINES) {
         case 'DELETE /hosts/join-tokens/{id}':
           return { req: plain({ id: (await freshJoinToken(db(), w.area.id)).id }) };
         case 'DELETE /hosts/{id}':
+        case 'POST /hosts/{id}/rekey':
           return { req: plain({ id: (await freshHost(db(), w.area.id)).id }) };
         default:
           return { req: plain() };

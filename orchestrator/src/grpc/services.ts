@@ -434,6 +434,13 @@ export function apiServices(ctx: UnaryContext): { definition: grpc.ServiceDefini
       (caller, i: { params: Id }) => hosts.deleteHost(s, caller, i.params.id),
       () => ({}),
     ),
+    rekeyHost: unary(
+      ctx,
+      'POST /hosts/{id}/rekey',
+      (r: pb.RekeyHostRequest) => ({ params: { id: r.id } }),
+      (caller, i: { params: Id }) => hosts.rekeyHost(s, caller, i.params.id),
+      (h) => ({ host: c.host(h) }),
+    ),
     getHostUsage: unary(
       ctx,
       'GET /hosts/{id}/usage',
@@ -444,8 +451,9 @@ export function apiServices(ctx: UnaryContext): { definition: grpc.ServiceDefini
     createJoinToken: unary(
       ctx,
       'POST /hosts/join-tokens',
-      (r: pb.CreateJoinTokenRequest) => ({ body: c.defined({ area: r.area, expiresIn: r.expiresIn === 0 ? undefined : r.expiresIn }) }),
-      (caller, i: { body: { area: string; expiresIn?: number } }) => joinTokens.createJoinToken(s, caller, i.body),
+      (r: pb.CreateJoinTokenRequest) =>
+        ({ body: c.defined({ area: r.area === '' ? undefined : r.area, expiresIn: r.expiresIn === 0 ? undefined : r.expiresIn, host: r.host === '' ? undefined : r.host }) }),
+      (caller, i: { body: { area?: string; expiresIn?: number; host?: string } }) => joinTokens.createJoinToken(s, caller, i.body),
       c.joinTokenCreated,
     ),
     listJoinTokens: unary(

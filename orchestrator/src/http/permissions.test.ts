@@ -127,6 +127,7 @@ for (const engine of ENGINES) {
         case 'DELETE /hosts/join-tokens/{id}':
           return (async () => ({ ...plain, path: fillPath(r.path, { id: (await freshJoinToken(db(), w.area.id)).id }) }))();
         case 'DELETE /hosts/{id}':
+        case 'POST /hosts/{id}/rekey':
           return (async () => ({ ...plain, path: fillPath(r.path, { id: (await freshHost(db(), w.area.id)).id }) }))();
         default:
           // Reads, creations with fresh names, and idempotent patches of the fixtures.

@@ -1,6 +1,7 @@
 // Host rows as the agent link writes them: enrollment, Hello reconciliation, liveness, fencing.
 import type { Prisma, PrismaClient } from '@kloudak/prisma';
 import type { AgentHello, FenceEvidence } from '../domain/agent.js';
+import type { HostCertificates } from '../domain/certificates.js';
 import { appendEvents } from './outbox.js';
 
 const MIB = 1024n * 1024n;
@@ -26,9 +27,9 @@ export async function hostNamed(db: Prisma.TransactionClient | PrismaClient, nam
   return db.host.findUnique({ where: { name }, select: { id: true } });
 }
 
-/** Name and certificate serial of a host, or null when it does not exist. */
-export async function hostIdentity(db: PrismaClient, hostId: string): Promise<{ name: string; certSerial: string | null } | null> {
-  return db.host.findUnique({ where: { id: hostId }, select: { name: true, certSerial: true } });
+/** Name and certificate serials of a host, or null when it does not exist. */
+export async function hostIdentity(db: PrismaClient, hostId: string): Promise<({ name: string } & HostCertificates) | null> {
+  return db.host.findUnique({ where: { id: hostId }, select: { name: true, certSerial: true, prevCertSerial: true, prevCertValidUntil: true } });
 }
 
 /** Write what a Hello says about the host: capacity, version, bridges, pools, agent start. False if the host is gone. */

@@ -5,6 +5,7 @@ import type { DbOrTx } from './db.js';
 export interface HostRow {
   id: string;
   name: string;
+  areaId: string;
   state: string;
   adminState: string;
   cpuCount: number;
@@ -29,6 +30,10 @@ export async function listHosts(db: DbOrTx, q: { after?: string; take: number })
 
 export async function hostById(db: DbOrTx, id: string): Promise<HostRow | null> {
   return db.host.findUnique({ where: { id }, include: hostInclude });
+}
+
+export async function hostByName(db: DbOrTx, name: string): Promise<HostRow | null> {
+  return db.host.findUnique({ where: { name }, include: hostInclude });
 }
 
 /** Set a host's admin state; null when the host does not exist. */

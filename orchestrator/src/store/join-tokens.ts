@@ -48,6 +48,8 @@ export interface JoinTokenView {
   revoked: boolean;
   revokedAt: string | null;
   expired: boolean;
+  /** The existing host this token re-enrolls; null: it enrolls a new host. */
+  hostId: string | null;
 }
 
 type Row = {
@@ -59,6 +61,7 @@ type Row = {
   usedAt: Date | null;
   usedByHostId: string | null;
   revokedAt: Date | null;
+  forHostId: string | null;
 };
 
 export function joinTokenView(r: Row, now: number): JoinTokenView {
@@ -74,18 +77,19 @@ export function joinTokenView(r: Row, now: number): JoinTokenView {
     revoked: r.revokedAt !== null,
     revokedAt: r.revokedAt?.toISOString() ?? null,
     expired: r.expiresAt.getTime() <= now,
+    hostId: r.forHostId,
   };
 }
 
 /** Create a token; returns the row and the full token string (the only time the secret exists). */
 export async function createJoinToken(
   db: DbOrTx,
-  input: { areaId: string; expiresAt: Date; createdById: string | null; caFingerprint: string },
+  input: { areaId: string; expiresAt: Date; createdById: string | null; caFingerprint: string; forHostId?: string | null },
 ): Promise<{ row: Row; token: string }> {
   const id = randomUUID();
   const secret = randomBytes(32).toString('base64url');
   const row = await db.joinToken.create({
-    data: { id, areaId: input.areaId, secretHash: hashSecret(secret), expiresAt: input.expiresAt, createdById: input.createdById },
+    data: { id, areaId: input.areaId, secretHash: hashSecret(secret), expiresAt: input.expiresAt, createdById: input.createdById, forHostId: input.forHostId ?? null },
   });
   return { row, token: formatJoinToken(id, secret, input.caFingerprint) };
 }
@@ -94,22 +98,23 @@ export async function createJoinToken(
  * Consume a token inside the caller's transaction: one conditional UPDATE, so two enrollments
  * racing for the same token cannot both win. The secret is compared as a hash in the WHERE clause
  * and again in constant time here (defence in depth). Returns the area id, or null when the token
- * is unknown, wrong, expired, used or revoked (the caller must not say which).
+ * is unknown, wrong, expired, used or revoked (the caller must not say which), and the host it
+ * re-enrolls (null: it enrolls a new host).
  */
 export async function consumeJoinToken(
   tx: Prisma.TransactionClient,
   t: ParsedJoinToken,
   now: Date,
-): Promise<{ areaId: string } | null> {
+): Promise<{ areaId: string; forHostId: string | null } | null> {
   const hash = hashSecret(t.secret);
   const n = await tx.joinToken.updateMany({
     where: { id: t.id, usedAt: null, revokedAt: null, expiresAt: { gt: now }, secretHash: hash },
     data: { usedAt: now },
   });
   if (n.count !== 1) return null;
-  const row = await tx.joinToken.findUniqueOrThrow({ where: { id: t.id }, select: { areaId: true, secretHash: true } });
+  const row = await tx.joinToken.findUniqueOrThrow({ where: { id: t.id }, select: { areaId: true, secretHash: true, forHostId: true } });
   if (!timingSafeEqual(Buffer.from(row.secretHash, 'hex'), Buffer.from(hash, 'hex'))) return null;
-  return { areaId: row.areaId };
+  return { areaId: row.areaId, forHostId: row.forHostId };
 }
 
 /** Join tokens by id, at most `take` after `after`. */

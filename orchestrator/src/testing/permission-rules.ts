@@ -80,6 +80,7 @@ export const RULES: Record<string, Rule> = {
   'DELETE /hosts/join-tokens/{id}': ADMIN,
   'PATCH /hosts/{id}': ADMIN,
   'DELETE /hosts/{id}': ADMIN,
+  'POST /hosts/{id}/rekey': ADMIN,
 };
 
 

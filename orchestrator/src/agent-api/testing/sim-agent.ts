@@ -91,7 +91,7 @@ export async function enrollSimAgent(opts: { address: string; joinToken: string;
   try {
     const res = await new Promise<pb.EnrollResponse>((resolve, reject) =>
       c.enroll(
-        { joinToken: opts.joinToken, hostName: opts.hostName, publicKeyPem, agentVersion: opts.agentVersion ?? 'sim-0.1.0' },
+        { joinToken: opts.joinToken, hostName: opts.hostName, publicKeyPem, agentVersion: opts.agentVersion ?? 'sim-0.1.0', hostId: '' },
         new grpc.Metadata(),
         { deadline: Date.now() + 15_000 },
         (err, r) => (err ? reject(err) : resolve(r)),

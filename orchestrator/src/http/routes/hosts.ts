@@ -93,6 +93,20 @@ export function hostRoutes(s: Services): RouteSpec[] {
       handler: ({ caller, params }) => hosts.deleteHost(s, caller, params.id),
     }),
     route({
+      method: 'post',
+      path: '/hosts/{id}/rekey',
+      operationId: 'rekeyHost',
+      summary: 'Revoke a host\'s client certificates and end its session; it must re-enroll',
+      description:
+        'Every certificate of the host is refused from now on (Connect and renewal), and its open session ends at once. The host keeps its id, VMs and history; its agent enrolls again with a join token made for it (`POST /hosts/join-tokens {"host": id}`). Until then the host goes down like one whose agent stopped, and its agent fences its HA VMs when its lease runs out.',
+      tag: 'hosts',
+      access: 'admin',
+      params: IdParams,
+      response: { status: 200, description: 'the host, without a valid certificate', schema: HostSchema },
+      errors: [404],
+      handler: ({ caller, params }) => hosts.rekeyHost(s, caller, params.id),
+    }),
+    route({
       method: 'get',
       path: '/hosts/{id}/usage',
       operationId: 'getHostUsage',

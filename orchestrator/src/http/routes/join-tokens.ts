@@ -11,6 +11,7 @@ const JoinTokenCreated = Type.Object({
   areaId: Uuid,
   expiresAt: Timestamp,
   caFingerprint: Type.String({ description: 'SHA-256 of the agent CA certificate (DER), hex' }),
+  hostId: Type.Union([Uuid, Type.Null()], { description: 'the existing host this token re-enrolls; null: it enrolls a new host' }),
 });
 
 const JoinTokenSchema = Type.Object({
@@ -25,6 +26,7 @@ const JoinTokenSchema = Type.Object({
   revoked: Type.Boolean(),
   revokedAt: Type.Union([Timestamp, Type.Null()]),
   expired: Type.Boolean(),
+  hostId: Type.Union([Uuid, Type.Null()], { description: 'the existing host this token re-enrolls; null: it enrolls a new host' }),
 });
 
 const IdParams = Type.Object({ id: Uuid }, { additionalProperties: false });
@@ -36,14 +38,16 @@ export function joinTokenRoutes(s: Services): RouteSpec[] {
       method: 'post',
       path: '/hosts/join-tokens',
       operationId: 'createJoinToken',
-      summary: 'Create a single-use join token with which one new host enrolls in an area',
-      description: 'The token string is returned once; only a hash of its secret is kept. `area` is the area\'s name, as on every other route (its id is accepted too).',
+      summary: 'Create a single-use join token with which one new host enrolls in an area, or an existing host enrolls again',
+      description:
+        'The token string is returned once; only a hash of its secret is kept. `area` is the area\'s name, as on every other route (its id is accepted too). With `host` (an existing host\'s id or name) the token re-enrolls that host: same id, VMs and history, a new certificate, every earlier one revoked; `area` may then be left out (a re-enrollment keeps the host\'s area).',
       tag: 'hosts',
       access: 'admin',
       body: Type.Object(
         {
-          area: Name,
+          area: Type.Optional(Name),
           expiresIn: Type.Optional(Type.Integer({ minimum: 60, maximum: 604_800, default: joinTokens.DEFAULT_JOIN_TOKEN_SECONDS, description: 'seconds' })),
+          host: Type.Optional(Type.String({ minLength: 1, maxLength: 253, description: 'id or name of the existing host to re-enroll' })),
         },
         { additionalProperties: false },
       ),
