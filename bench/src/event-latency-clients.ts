@@ -2,13 +2,17 @@
 // clients' parsing does not sit on the server's): N clients of a workspace's event stream —
 // WebSocket, or gRPC WatchEvents (each its own HTTP/2 connection, decoding every message with the
 // ts-proto code a TypeScript client would use) — and one bare NATS subscriber of the workspace's
-// subjects. Each records, per change (named by the bench), when the event arrived:
+// subjects. gRPC clients are grpc-js (`grpc`) or, to keep the load generator's cost from
+// dominating at 1,000 clients, bare node:http2 sessions that speak the gRPC wire format
+// (`grpc-h2`: a POST with the length-prefixed request, length-prefixed responses decoded by
+// ts-proto; no channel, resolver, interceptors or per-message promise chain). Each records, per change (named by the bench), when the event arrived:
 // performance.timeOrigin + performance.now(), the same clock as the bench's commit times.
 import { parentPort, workerData } from 'node:worker_threads';
 import WebSocket from 'ws';
 import * as grpc from '@grpc/grpc-js';
+import * as http2 from 'node:http2';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { EventServiceClient, type WatchEventsResponse } from '@kloudak/proto/api';
+import { EventServiceClient, WatchEventsRequest, WatchEventsResponse } from '@kloudak/proto/api';
 
 interface Setup {
   url: string;
@@ -21,12 +25,13 @@ interface Setup {
 }
 
 /** The stream clients a run opens. */
-export type ClientKind = 'websocket' | 'grpc';
+export type ClientKind = 'websocket' | 'grpc' | 'grpc-h2';
 
 const setup = workerData as Setup;
 const now = () => performance.timeOrigin + performance.now();
 const port = parentPort!;
 let sockets: WebSocket[] = [];
+let h2Sessions: http2.ClientHttp2Session[] = [];
 let grpcCalls: { client: InstanceType<typeof EventServiceClient>; call: grpc.ClientReadableStream<WatchEventsResponse> }[] = [];
 /** change name → arrival times at the stream clients (WebSocket or gRPC, one kind at a time). */
 let ws = new Map<string, number[]>();
@@ -91,6 +96,42 @@ async function openGrpcClients(n: number): Promise<void> {
   }
 }
 
+/** One WatchEvents call on a bare HTTP/2 session: resolves once the response headers arrived. */
+async function openH2Client(): Promise<void> {
+  const session = http2.connect(`http://${setup.grpcAddress}`);
+  session.on('error', (err) => port.postMessage({ kind: 'error', message: `http2: ${String(err)}` }));
+  h2Sessions.push(session);
+  const body = WatchEventsRequest.encode({ workspace: setup.workspace, since: undefined }).finish();
+  const frame = Buffer.alloc(5 + body.length);
+  frame.writeUInt32BE(body.length, 1);
+  frame.set(body, 5);
+  const req = session.request({
+    ':method': 'POST',
+    ':path': '/kloudak.api.v1.EventService/WatchEvents',
+    'content-type': 'application/grpc+proto',
+    te: 'trailers',
+    authorization: `Bearer ${setup.token}`,
+  });
+  req.end(frame);
+  let buf: Buffer = Buffer.alloc(0);
+  req.on('data', (chunk: Buffer) => {
+    const at = now();
+    buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+    // Length-prefixed messages: 1 byte compressed flag (0 here), 4 bytes length, the message.
+    while (buf.length >= 5) {
+      const len = buf.readUInt32BE(1);
+      if (buf.length < 5 + len) break;
+      record(WatchEventsResponse.decode(buf.subarray(5, 5 + len)).event?.name, at, 'stream');
+      buf = buf.subarray(5 + len);
+    }
+  });
+  req.on('error', () => undefined);
+  await new Promise<void>((resolve, reject) => {
+    req.once('response', (headers) => (headers[':status'] === 200 ? resolve() : reject(new Error(`WatchEvents: HTTP ${String(headers[':status'])}`))));
+    req.once('error', reject);
+  });
+}
+
 port.on('message', (m: { cmd: string; n?: number; clientKind?: ClientKind }) => {
   void (async () => {
     switch (m.cmd) {
@@ -106,8 +147,11 @@ port.on('message', (m: { cmd: string; n?: number; clientKind?: ClientKind }) => 
           await nc.flush();
         }
         if (m.clientKind === 'grpc') await openGrpcClients(m.n ?? 1);
+        else if (m.clientKind === 'grpc-h2') {
+          for (let i = 0; i < (m.n ?? 1); i += 50) await Promise.all(Array.from({ length: Math.min(50, (m.n ?? 1) - i) }, () => openH2Client()));
+        }
         else await openClients(m.n ?? 1);
-        port.postMessage({ kind: 'ready', clients: sockets.length + grpcCalls.length });
+        port.postMessage({ kind: 'ready', clients: sockets.length + grpcCalls.length + h2Sessions.length });
         return;
       }
       case 'collect':
@@ -126,6 +170,8 @@ port.on('message', (m: { cmd: string; n?: number; clientKind?: ClientKind }) => 
           client.close();
         }
         grpcCalls = [];
+        for (const h of h2Sessions) h.destroy();
+        h2Sessions = [];
         port.postMessage({ kind: 'disconnected' });
         return;
       }

@@ -21,6 +21,7 @@
 //
 // Environment:
 //   BENCH_CLIENTS   client counts, comma-separated (default 1,100,1000)
+//   BENCH_KINDS     stream clients measured, in order (default websocket,grpc,grpc-h2)
 //   BENCH_CHANGES   measured changes per count (default 200)
 //   BENCH_WARMUP    unmeasured changes first (default 20)
 //   BENCH_GAP_MS    time between two changes (default 20)
@@ -42,8 +43,9 @@ const GAP_MS = envNumber('BENCH_GAP_MS', 20);
 const ADMIN = { username: 'root-admin', password: 'Bench-Event-Latency-2026!' };
 const WS = `${RUN}-ws`;
 /** The receiving paths: the baseline and the stream clients (measured one kind at a time). */
-const PATHS = ['nats (bare)', 'websocket', 'grpc'] as const;
-const KINDS = ['websocket', 'grpc'] as const;
+const ALL_KINDS = ['websocket', 'grpc', 'grpc-h2'] as const;
+const KINDS = (process.env['BENCH_KINDS'] ?? 'websocket,grpc,grpc-h2').split(',').map((k) => k.trim()).filter((k): k is (typeof ALL_KINDS)[number] => (ALL_KINDS as readonly string[]).includes(k));
+const PATHS = ['nats (bare)', ...ALL_KINDS] as const;
 
 const now = () => performance.timeOrigin + performance.now();
 const fmt = (n: number, d = 1) => (Number.isFinite(n) ? n.toFixed(d) : '-');
