@@ -26,11 +26,14 @@ export interface AgentProcess {
 
 /**
  * Start an agent named `name` that dials `orchestrator` (host:port) with its identity in `dataDir`
- * (enrolling with KLOUDAK_AGENT_JOIN_TOKEN from `env` on the first start). Logs go to stdout as JSON.
+ * (enrolling with KLOUDAK_AGENT_JOIN_TOKEN from `env` on the first start), in the network
+ * namespace `netns` when given. Logs go to stdout as JSON.
  */
-export function spawnAgentProcess(name: string, orchestrator: string, dataDir: string, env: Record<string, string>): AgentProcess {
+export function spawnAgentProcess(name: string, orchestrator: string, dataDir: string, env: Record<string, string>, netns?: string): AgentProcess {
   let out = '';
-  const child = spawn(process.execPath, [AGENT_MAIN], {
+  // In a network namespace through `ip netns exec`, which execs the agent: the child is the agent.
+  const [cmd, args] = netns === undefined ? [process.execPath, [AGENT_MAIN]] : ['ip', ['netns', 'exec', netns, process.execPath, AGENT_MAIN]];
+  const child = spawn(cmd, args, {
     env: {
       PATH: process.env['PATH'] ?? '',
       KLOUDAK_AGENT_ORCHESTRATOR: orchestrator,
