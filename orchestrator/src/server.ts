@@ -18,6 +18,7 @@ import { EventHub } from './events/hub.js';
 import { closeNats, connectionState, connectNats } from './events/nats.js';
 import { OutboxRelay, RELAY_LOCK } from './events/relay.js';
 import { OUTBOX_CHANNEL } from './store/outbox.js';
+import { HostRevocationListener } from './events/host-revocations.js';
 import { RevocationListener } from './events/revocations.js';
 import { randomUUID } from 'node:crypto';
 import { TaskEngine } from './tasks/engine.js';
@@ -82,6 +83,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
   let engine: TaskEngine | undefined;
   let grpcApi: GrpcApi | undefined;
   let revocations: RevocationListener | undefined;
+  let hostRevocations: HostRevocationListener | undefined;
   try {
     const m = await db.migrate();
     log.info({ database: db.kind, applied: m.applied, already_applied: m.alreadyApplied }, 'database migrated');
@@ -174,6 +176,8 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     // Tokens refused on other orchestrators leave this one's principal cache too.
     const revocationListener = await RevocationListener.start(nats, services.principals, log);
     revocations = revocationListener;
+    const hostRevocationListener = await HostRevocationListener.start(nats, { hostRevoked: (id, why, serials) => agentLink.hostRevoked(id, why, serials) }, log);
+    hostRevocations = hostRevocationListener;
     const api = createApi(services);
     // WebSocket and SSE event streams share the server; every other request goes to Koa.
     const streams = eventStreams(services);
@@ -232,6 +236,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
           await unlisten?.();
           await outbox.close();
           revocationListener.close();
+          hostRevocationListener.close();
           await closeNats(nats);
           await db.close();
         })()),
@@ -244,6 +249,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     await unlisten?.();
     await relay?.close();
     revocations?.close();
+    hostRevocations?.close();
     if (nc) await closeNats(nc);
     await db.close();
     throw err;

@@ -213,11 +213,13 @@ export class AgentLink {
   /**
    * A host's certificates were revoked (re-key) or replaced (re-enrollment): its session ends at
    * once with UNAUTHENTICATED. The host is not forgotten: it goes suspect and down like any host
-   * whose agent stopped, until an agent with a valid certificate says Hello.
+   * whose agent stopped, until an agent with a valid certificate says Hello. With `serials`, only
+   * a session opened with one of them ends (another instance's event may arrive after the host
+   * reconnected here with its new certificate).
    */
-  hostRevoked(hostId: string, why = 'the host\'s certificate was revoked'): void {
+  hostRevoked(hostId: string, why = 'the host\'s certificate was revoked', serials?: readonly string[]): void {
     const s = this.sessions.get(hostId);
-    if (s) {
+    if (s && (serials === undefined || serials.includes(s.serial))) {
       this.log.warn({ host_id: hostId, session_id: s.id, why }, 'session ended: certificate revoked');
       s.end(grpc.status.UNAUTHENTICATED, `${why}; the host must re-enroll`);
       this.sessions.delete(hostId);
@@ -267,6 +269,7 @@ export class AgentLink {
       return;
     }
     const session = new Session(hostId, call, this.limits, this.deps.clock.now());
+    session.serial = serial;
     const log = this.log.child({ host_id: hostId, session_id: session.id });
     let chain: Promise<void> = Promise.resolve();
     const helloTimer = setTimeout(() => {

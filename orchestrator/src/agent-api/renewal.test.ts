@@ -8,6 +8,10 @@ import assert from 'node:assert/strict';
 import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import * as pb from '@kloudak/proto/agent';
+import { createLogger } from '@kloudak/common';
+import { systemClock } from '../clock.js';
+import { configWith } from '../config.js';
+import { startOrchestrator, type Orchestrator } from '../server.js';
 import { startHarness, type Harness } from '../testing/harness.js';
 import { createWorld, freshVm, type World } from '../testing/fixtures.js';
 import { GrpcTestClient } from '../testing/grpc-client.js';
@@ -43,8 +47,8 @@ describe('certificate renewal, re-key and re-enrollment (agent link, PostgreSQL)
   }
 
   /** Say Hello with `id`'s certificate: the HelloAck, or the gRPC error that ended the session. */
-  async function hello(id: SimIdentity): Promise<{ ok: true; agent: SimAgent } | { ok: false; code: number; details: string }> {
-    const agent = new SimAgent({ address: address(), identity: id, heartbeatMs: 200, reconnect: false });
+  async function hello(id: SimIdentity, at = address()): Promise<{ ok: true; agent: SimAgent } | { ok: false; code: number; details: string }> {
+    const agent = new SimAgent({ address: at, identity: id, heartbeatMs: 200, reconnect: false });
     try {
       await agent.start();
       open.push(agent);
@@ -219,6 +223,38 @@ describe('certificate renewal, re-key and re-enrollment (agent link, PostgreSQL)
     assert.equal((await call('not-a-uuid'))?.code, grpc.status.INVALID_ARGUMENT);
     assert.equal(await call(id.hostId), null, 'the right id enrolls (the refusals left the token unused)');
     c.close();
+  });
+
+  it('two orchestrators: a re-key or re-enrollment served by one ends the session held by the other, not the new one', async () => {
+    // A second instance of the deployment: same database, data directory (the agent CA) and NATS.
+    const other: Orchestrator = await startOrchestrator(configWith({ ...h.config, port: 0, agentPort: 0 }), createLogger({ component: 'orchestrator-2', level: 'silent' }), systemClock);
+    try {
+      const there = `127.0.0.1:${other.agentPort}`;
+      // Re-key on the first; the session is on the second.
+      const a = await enrolled();
+      const s = await hello(a, there);
+      assert.ok(s.ok, say(s));
+      const ended = new Promise<grpc.StatusObject>((resolve) => s.agent.once('end', resolve));
+      const t0 = Date.now();
+      assert.equal((await h.admin.client.post(`/api/v1/hosts/${a.hostId}/rekey`)).status, 200);
+      const st = await ended;
+      assert.equal(st.code, grpc.status.UNAUTHENTICATED, st.details);
+      assert.ok(Date.now() - t0 < 3000, `ended on the other instance within ${Date.now() - t0} ms`);
+
+      // Re-enrollment on the first while the old session is on the second; the agent at once
+      // connects to the second with its new certificate: that session survives the event.
+      const b = await enrolled();
+      const old = await hello(b, there);
+      assert.ok(old.ok, say(old));
+      const again = await enrollSimAgent({ address: address(), joinToken: await token({ host: b.hostId }), hostName: b.hostName });
+      const fresh = await hello(again, there);
+      assert.ok(fresh.ok, say(fresh));
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal(other.agentLink.status(b.hostId).connected, true, 'the session on the new certificate is still open');
+      if (fresh.ok) await fresh.agent.stop();
+    } finally {
+      await other.close();
+    }
   });
 
   it('answers bad input with 4xx JSON errors (REST) and the matching gRPC statuses', async () => {

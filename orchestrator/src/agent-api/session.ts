@@ -22,6 +22,8 @@ export interface SessionLimits {
 /** One Connect stream. */
 export class Session {
   readonly id = randomUUID();
+  /** Serial of the client certificate the stream was opened with (a revocation ends only those). */
+  serial = '';
   ended = false;
   hello: AgentHello | null = null;
   /** Fence reports received and not yet stored: heartbeats wait behind them (AgentLink.connect). */

@@ -3,7 +3,7 @@
 import { ConflictError, NotFoundError } from '@kloudak/common';
 import type { HostLinkStatus } from '../agent-api/link.js';
 import { transaction } from '../store/db.js';
-import { revokeHostCertificates } from '../store/host-certs.js';
+import { hostCertificates, revokeHostCertificates } from '../store/host-certs.js';
 import { deleteHost as removeHost, hostById, listHosts as hostRows, setAdminState, usageOf, type HostRow } from '../store/hosts.js';
 import { invalidField } from './errors.js';
 import { infraEvent, record, withEvents } from './events.js';
@@ -139,10 +139,12 @@ export async function rekeyHost(s: Services, c: Caller, id: string): Promise<Hos
     s,
     async (tx) => {
       const before = await hostById(tx, id);
-      if (!before || !(await revokeHostCertificates(tx, id))) throw new NotFoundError('host', id);
-      return before;
+      const certs = before ? await hostCertificates(tx, id) : null;
+      if (!before || !certs || !(await revokeHostCertificates(tx, id))) throw new NotFoundError('host', id);
+      return { ...before, revokedSerials: [certs.certSerial, certs.prevCertSerial].filter((x): x is string => x !== null) };
     },
-    (h) => infraEvent('host', h.id, 'rekeyed', { name: h.name, state: h.state, data: { by: p.username } }),
+    // The serials let every orchestrator end a session opened with them (events/host-revocations.ts).
+    (h) => infraEvent('host', h.id, 'rekeyed', { name: h.name, state: h.state, data: { by: p.username, revokedSerials: h.revokedSerials } }),
   );
   s.agents.hostRevoked(h.id);
   c.log.warn({ host_id: h.id, host_name: h.name }, 'host re-keyed: its certificates are revoked');
