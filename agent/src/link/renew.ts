@@ -28,9 +28,11 @@ export function validityOf(certPem: string): { notBefore: number; notAfter: numb
 
 /**
  * Pause before retrying a failed renewal: a tenth of what is left, between 1 s and 10 minutes,
- * so a short outage is ridden out and the certificate is still renewed before it ends.
+ * so a short outage is ridden out and the certificate is still renewed before it ends. Once it
+ * has expired no renewal can succeed (the host must enroll again): 10 minutes, not a busy loop.
  */
 export function retryDelayMs(notAfter: number, now: number): number {
+  if (notAfter <= now) return 600_000;
   return Math.min(600_000, Math.max(1000, Math.floor((notAfter - now) / 10)));
 }
 
