@@ -36,6 +36,16 @@ export const OrchestratorConfigSchema = Type.Object(
     /** Safety margin after a lease surely ended before a host counts as down. */
     agentDownMarginMs: Type.Integer({ minimum: 0, maximum: 3_600_000, default: 5000 }),
     /**
+     * Several orchestrators (ha/README.md): how long one renewal of this instance's registration
+     * lasts (renewed every sixth of it). An instance that cannot renew stops granting leases when
+     * it ends, so it bounds the database stall survived without fencing (default 45 s: three
+     * default leases) and how late the leader marks down the hosts of a dead instance whose agents
+     * did not reconnect elsewhere (TTL + lease + margin).
+     */
+    instanceTtlMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 45_000 }),
+    /** How long one renewal of leadership lasts: a dead leader is replaced within about this. */
+    leaderTtlMs: Type.Integer({ minimum: 100, maximum: 600_000, default: 5000 }),
+    /**
      * What one agent may send: messages per second on its stream (sustained) and in a burst, and
      * the size of one message. Past either, its session ends with RESOURCE_EXHAUSTED (the agent
      * reconnects after a backoff); other hosts see nothing of it.
@@ -132,6 +142,8 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_HEARTBEAT_INTERVAL_MS: 'heartbeatIntervalMs',
   KLOUDAK_AGENT_LEASE_MS: 'agentLeaseMs',
   KLOUDAK_AGENT_DOWN_MARGIN_MS: 'agentDownMarginMs',
+  KLOUDAK_INSTANCE_TTL_MS: 'instanceTtlMs',
+  KLOUDAK_LEADER_TTL_MS: 'leaderTtlMs',
   KLOUDAK_AGENT_MAX_MESSAGES_PER_SECOND: 'agentMaxMessagesPerSecond',
   KLOUDAK_AGENT_MESSAGE_BURST: 'agentMessageBurst',
   KLOUDAK_AGENT_MAX_MESSAGE_BYTES: 'agentMaxMessageBytes',

@@ -20,11 +20,13 @@ import { OutboxRelay, RELAY_LOCK } from './events/relay.js';
 import { OUTBOX_CHANNEL } from './store/outbox.js';
 import { HostRevocationListener } from './events/host-revocations.js';
 import { RevocationListener } from './events/revocations.js';
-import { randomUUID } from 'node:crypto';
 import { TaskEngine } from './tasks/engine.js';
 import { networkTaskDefinitions } from './tasks/network.js';
 import { vmTaskDefinitions } from './tasks/vm.js';
 import { GrpcApi } from './grpc/server.js';
+import { InstanceRegistration } from './ha/instance.js';
+import { Leader } from './ha/leader.js';
+import { LeaderSweeps } from './ha/sweeps.js';
 import { loadClientTls, warnIfPlainText } from './client-tls.js';
 
 /** A running orchestrator. */
@@ -49,6 +51,12 @@ export interface Orchestrator {
   events: EventHub;
   /** The task worker (VM and network tasks). */
   tasks: TaskEngine;
+  /** This process's registration among the deployment's orchestrators. */
+  instance: InstanceRegistration;
+  /** Leadership: exactly one instance runs the single-instance sweeps (failover hooks on it too). */
+  leader: Leader;
+  /** The leader's sweeps (hosts whose owner vanished). */
+  sweeps: LeaderSweeps;
   /** The application layer's dependencies: what REST (and later gRPC, the CLI) call use cases with. */
   services: Services;
   /** `host:port` of the public gRPC API (kloudak.api.v1), and its port. */
@@ -68,6 +76,9 @@ export interface StartOptions {
   livenessTickMs?: number;
   /** How often the gRPC health service re-evaluates readiness (tests; default 1 s). */
   grpcHealthCheckMs?: number;
+  /** How often the leader sweeps, and the session directory is read (tests; defaults 1 s and 2 s). */
+  sweepMs?: number;
+  directoryRefreshMs?: number;
 }
 
 /** Open the database, migrate, bootstrap the admin, and serve the API and the agent link. */
@@ -84,6 +95,9 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
   let grpcApi: GrpcApi | undefined;
   let revocations: RevocationListener | undefined;
   let hostRevocations: HostRevocationListener | undefined;
+  let instance: InstanceRegistration | undefined;
+  let election: Leader | undefined;
+  let sweeps: LeaderSweeps | undefined;
   try {
     const m = await db.migrate();
     log.info({ database: db.kind, applied: m.applied, already_applied: m.alreadyApplied }, 'database migrated');
@@ -111,15 +125,18 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     // by the commit's NOTIFY, and a poll), read back by the hub for the event streams.
     // With PostgreSQL several orchestrators may share the outbox: the relay that holds the advisory
     // lock publishes, the others stand by. PGlite is one process: its relay always publishes.
-    const leader = db.kind === 'postgres' ? new SessionLock(config.databaseUrl, RELAY_LOCK) : undefined;
-    const outbox = await OutboxRelay.start({ db: db.client, nc: nats, log, clock, leader }, { maxAgeMs: config.eventMaxAgeSeconds * 1000, pollMs: config.eventPollMs });
+    const relayLock = db.kind === 'postgres' ? new SessionLock(config.databaseUrl, RELAY_LOCK) : undefined;
+    const outbox = await OutboxRelay.start({ db: db.client, nc: nats, log, clock, leader: relayLock }, { maxAgeMs: config.eventMaxAgeSeconds * 1000, pollMs: config.eventPollMs });
     relay = outbox;
     unlisten = await db.listen(OUTBOX_CHANNEL, () => outbox.kick());
     const events = new EventHub({ db: db.client, nc: nats, log }, { pollMs: config.eventPollMs });
     hub = events;
     events.start();
+    const registration = new InstanceRegistration({ db: db.client, log }, { ttlMs: config.instanceTtlMs });
+    await registration.start();
+    instance = registration;
     const agentLink = await AgentLink.start(
-      { db, ca, clock, log },
+      { db, ca, clock, log, instance: registration },
       {
         host: config.agentHost,
         port: config.agentPort,
@@ -135,9 +152,19 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
         certRenewGraceMs: config.agentCertRenewGraceSeconds * 1000,
         ...(opts.helloTimeoutMs !== undefined ? { helloTimeoutMs: opts.helloTimeoutMs } : {}),
         ...(opts.livenessTickMs !== undefined ? { tickMs: opts.livenessTickMs } : {}),
+        ...(opts.directoryRefreshMs !== undefined ? { directoryRefreshMs: opts.directoryRefreshMs } : {}),
       },
     );
     link = agentLink;
+    const leadership = new Leader({ db: db.client, log }, registration.id, { ttlMs: config.leaderTtlMs });
+    election = leadership;
+    const leaderSweeps = new LeaderSweeps(
+      { db: db.client, clock, log, leader: leadership, target: agentLink },
+      { leaseMs: config.agentLeaseMs, downMarginMs: config.agentDownMarginMs, ...(opts.sweepMs !== undefined ? { sweepMs: opts.sweepMs } : {}) },
+    );
+    sweeps = leaderSweeps;
+    leaderSweeps.start();
+    leadership.start();
     const tasks = new TaskEngine(
       { db: db.client, clock, log },
       [
@@ -145,7 +172,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
         ...networkTaskDefinitions({ agents: agentLink.channel, connected: (id) => agentLink.status(id).connected }),
       ],
       {
-        owner: `orchestrator-${randomUUID()}`,
+        owner: `orchestrator-${registration.id}`,
         leaseMs: config.taskLeaseMs,
         pollMs: 1000,
         concurrency: config.taskConcurrency,
@@ -217,6 +244,9 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       relay: outbox,
       events,
       tasks,
+      instance: registration,
+      leader: leadership,
+      sweeps: leaderSweeps,
       services,
       close: () =>
         (closing ??= (async () => {
@@ -226,8 +256,13 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
           const grpcDone = grpcServer.close(config.shutdownGraceMs);
           // Tasks stop where they wait and release their leases: the next start resumes them at once.
           await tasks.close();
+          // Leadership goes to another instance at once.
+          await leaderSweeps.close();
+          await leadership.close();
           // Agent sessions end with UNAVAILABLE (agents reconnect); usage and state writes are flushed.
           await agentLink.close(config.shutdownGraceMs);
+          // After the last grant: the leader's clocks for this instance's hosts start now.
+          await registration.close();
           streams.close();
           events.close();
           await done;
@@ -244,7 +279,10 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
   } catch (err) {
     await grpcApi?.close(0);
     await engine?.close();
+    await sweeps?.close();
+    await election?.close();
     await link?.close(0);
+    await instance?.close();
     hub?.close();
     await unlisten?.();
     await relay?.close();

@@ -40,6 +40,7 @@ function fixtures(): Array<{ model: Prisma.ModelName; key: string; data: Record<
         memoryBytes: 68_719_476_736n, diskBytes: 9_007_199_254_740_993n, bridges: [{ name: 'br-vm', kind: 'ovs', mtu: 1500, up: true }], pools: [{ name: 'p1', active: true }],
         certSerial: '0a1b2c', certExpiresAt: t('008'), agentStartedAt: t('009'), lastHelloAt: t('010'),
         prevCertSerial: '0d0e0f', prevCertValidUntil: t('022'),
+        ownerInstanceId: id(), sessionOpen: true, sessionEpoch: 9_007_199_254_740_997n,
       },
       change: { state: 'fenced', memoryBytes: 1n },
     },
@@ -86,6 +87,8 @@ function fixtures(): Array<{ model: Prisma.ModelName; key: string; data: Record<
       data: { id: 9_007_199_254_740_993n, hostId: host, at: t('007'), resolution: 60, cpuPct: 12.5, memUsedMb: 1000, memTotalMb: 2000, diskUsedGb: 1.5, diskTotalGb: 3.25, samples: 4 },
       change: { samples: 5 },
     },
+    { model: 'OrchestratorInstance', key: 'id', data: { id: id(), subject: 'kloudak.internal.agent.x', startedAt: t('024'), expiresAt: t('025') }, change: { expiresAt: t('026') } },
+    { model: 'LeaderLease', key: 'name', data: { name: 'orchestrator', instanceId: id(), term: 9_007_199_254_740_999n, since: t('027'), expiresAt: t('028') }, change: { term: 2n } },
     {
       model: 'OutboxEvent', key: 'seq',
       data: {

@@ -3,7 +3,7 @@
 // Beside it: tls.ts (credentials), enrollment.ts (Enroll), session.ts (one stream),
 // heartbeat-writer.ts (batched lastHeartbeatAt writes).
 import * as grpc from '@grpc/grpc-js';
-import { KloudakError, UnauthenticatedError, ValidationError, type Logger } from '@kloudak/common';
+import { KloudakError, UnauthenticatedError, UnavailableError, ValidationError, type Logger } from '@kloudak/common';
 import type { Database } from '@kloudak/prisma';
 import {
   AgentLinkService,
@@ -19,7 +19,10 @@ import type { HostInventory } from '../domain/agent.js';
 import { serialStanding, type HostCertificates } from '../domain/certificates.js';
 import { appendEventsNow } from '../store/outbox.js';
 import { retirePreviousCertificate } from '../store/host-certs.js';
-import { hostIdentity, hostsHoldingLeases, reconcileHello, storeFenceReport, vmsOnHost, writeHostState } from '../store/agent-hosts.js';
+import { hostIdentity, reconcileHello, storeFenceReport, vmsOnHost, writeHostState, type HostStateGuard } from '../store/agent-hosts.js';
+import { claimSession, releaseSession } from '../store/instances.js';
+import { InstanceRegistration } from '../ha/instance.js';
+import { SessionDirectory } from './directory.js';
 import type { CertificateAuthority } from './ca.js';
 import { CommandChannel } from './channel.js';
 import {
@@ -59,6 +62,10 @@ export interface AgentLinkOptions {
   limits?: SessionLimits;
   /** How long a certificate replaced by a renewal stays accepted at most; default {@link CERT_RENEW_GRACE_MS}. */
   certRenewGraceMs?: number;
+  /** How long a registration of the link's own instance lasts when the deps give none (default 45 s). */
+  instanceTtlMs?: number;
+  /** How often the session directory is read from the database (default 2 s). */
+  directoryRefreshMs?: number;
 }
 
 /** Default of {@link AgentLinkOptions.certRenewGraceMs}: one hour. */
@@ -73,11 +80,16 @@ export interface AgentLinkDeps {
   ca: CertificateAuthority;
   clock: Clock;
   log: Logger;
+  /**
+   * This process's registration (several orchestrators: ha/README.md). Absent, the link registers
+   * an instance of its own and ends it when it closes.
+   */
+  instance?: InstanceRegistration;
 }
 
 /** What the REST API shows of a host's link. */
 export interface HostLinkStatus {
-  /** A session is open on this orchestrator. */
+  /** A session is open on this orchestrator or, as far as it knows, on another live instance. */
   connected: boolean;
   /** Liveness as this orchestrator sees it. */
   state: LiveState;
@@ -91,6 +103,11 @@ export class AgentLink {
   readonly channel: CommandChannel;
   readonly liveness: Liveness;
   readonly usage: UsageRecorder;
+  /** This process's registration: owner of the sessions it holds. */
+  readonly instance: InstanceRegistration;
+  /** Sessions open on every live instance. */
+  readonly directory: SessionDirectory;
+  private readonly ownInstance: boolean;
   private readonly sessions = new Map<string, Session>();
   private readonly inventories = new Map<string, HostInventory>();
   private readonly heartbeats: HeartbeatWriter;
@@ -98,6 +115,7 @@ export class AgentLink {
   private readonly writes = new Map<string, Promise<void>>();
   private readonly log: Logger;
   private timers: NodeJS.Timeout[] = [];
+  private readonly unsubscribes: (() => void)[] = [];
   private closing: Promise<void> | undefined;
 
   /** What one agent may send and leave unread (the options', or the defaults). */
@@ -120,6 +138,9 @@ export class AgentLink {
     this.usage = new UsageRecorder(deps.db.client, deps.clock, this.log);
     this.heartbeats = new HeartbeatWriter(deps.db.client, this.log);
     this.renewal = new CertificateRenewal({ ...deps, log: this.log, graceMs: opts.certRenewGraceMs ?? CERT_RENEW_GRACE_MS });
+    this.ownInstance = deps.instance === undefined;
+    this.instance = deps.instance ?? new InstanceRegistration({ db: deps.db.client, log: deps.log }, { ttlMs: opts.instanceTtlMs ?? 45_000 });
+    this.directory = new SessionDirectory({ db: deps.db.client, log: this.log });
   }
 
   /** Bind the agent port and serve. */
@@ -141,6 +162,10 @@ export class AgentLink {
       server.bindAsync(address, creds, (err, p) => (err ? reject(new KloudakError('unavailable', `cannot listen on ${address} for agents: ${err.message}`, { cause: err })) : resolve(p))),
     );
     const link = new AgentLink(deps, opts, server, creds, port);
+    if (link.ownInstance) await link.instance.start();
+    // An instance that could not renew its registration may not grant leases any more: its
+    // agents are sent away, to reconnect to an instance that can (or here once it can again).
+    link.unsubscribes.push(link.instance.onLapse(() => link.endAllSessions(grpc.status.UNAVAILABLE, 'this orchestrator lost its database; reconnect')));
     server.addService(AgentLinkService, {
       enroll: (call: grpc.ServerUnaryCall<EnrollRequest, EnrollResponse>, cb: grpc.sendUnaryData<EnrollResponse>) => {
         const onReenrolled = (hostId: string) => link.hostRevoked(hostId, 'the host enrolled again');
@@ -153,8 +178,10 @@ export class AgentLink {
       renewCertificate: (call: grpc.ServerUnaryCall<RenewCertificateRequest, RenewCertificateResponse>, cb: grpc.sendUnaryData<RenewCertificateResponse>) =>
         link.renewal.handle(call, cb),
     });
-    // Hosts a previous run left up still hold leases it granted; they go down only after those end.
-    for (const h of await hostsHoldingLeases(deps.db.client)) link.liveness.adopt(h.id, h.state, opts.leaseMs);
+    // Hosts a previous run (another instance id) left up are its orphans: the leader marks them
+    // down once the leases that run could have granted surely ended (ha/orphans.ts).
+    await link.directory.refresh();
+    link.timers.push(setInterval(() => void link.directory.refresh().then(() => link.endStaleSessions()), opts.directoryRefreshMs ?? 2000));
     const tick = opts.tickMs ?? Math.min(1000, Math.max(50, Math.floor(opts.heartbeatIntervalMs / 4)));
     link.timers.push(setInterval(() => link.tick(), tick));
     link.timers.push(setInterval(() => void link.usage.flushDue(), 10_000));
@@ -182,8 +209,9 @@ export class AgentLink {
   status(hostId: string): HostLinkStatus {
     const at = this.liveness.lastHeartbeatAt(hostId);
     const s = this.sessions.get(hostId);
+    const elsewhere = this.directory.holder(hostId);
     return {
-      connected: s !== undefined && s.hello !== null,
+      connected: (s !== undefined && s.hello !== null) || (elsewhere !== undefined && elsewhere.instanceId !== this.instance.id),
       state: this.liveness.state(hostId),
       lastHeartbeatAt: at === undefined ? null : new Date(at),
       usage: this.usage.latest(hostId) ?? null,
@@ -200,6 +228,14 @@ export class AgentLink {
     return [...this.sessions.values()].filter((s) => s.hello !== null).length;
   }
 
+  /**
+   * The leader's verdict on a host whose owner vanished (ha/orphans.ts): write it down, through
+   * the same path as the owner's own liveness changes, only if it is still orphaned and up or suspect.
+   */
+  markOrphanDown(hostId: string, ownerInstanceId: string | null): void {
+    this.applyTransition({ hostId, from: 'up', to: 'down', at: this.deps.clock.now() }, { orphanOf: ownerInstanceId });
+  }
+
   /** A host was deleted: end its session with PERMISSION_DENIED and forget it. */
   hostDeleted(hostId: string): void {
     this.sessions.get(hostId)?.end(grpc.status.PERMISSION_DENIED, 'the host was deleted');
@@ -207,6 +243,7 @@ export class AgentLink {
     this.liveness.forget(hostId);
     this.usage.forget(hostId);
     this.inventories.delete(hostId);
+    this.directory.forget(hostId);
     this.renewal.forget(hostId);
   }
 
@@ -232,11 +269,11 @@ export class AgentLink {
   close(graceMs = 5000): Promise<void> {
     return (this.closing ??= (async () => {
       for (const t of this.timers) clearInterval(t);
+      for (const u of this.unsubscribes) u();
       this.channel.close();
       // Long-lived streams never end by themselves: end them so tryShutdown can finish; the
       // agents reconnect (to this orchestrator after a restart, or to another instance).
-      for (const s of this.sessions.values()) s.end(grpc.status.UNAVAILABLE, 'the orchestrator is shutting down');
-      this.sessions.clear();
+      this.endAllSessions(grpc.status.UNAVAILABLE, 'the orchestrator is shutting down');
       await new Promise<void>((resolve) => {
         const force = setTimeout(() => {
           this.server.forceShutdown();
@@ -249,6 +286,8 @@ export class AgentLink {
       });
       await this.usage.flushDue(true);
       await this.settled();
+      // No lease is granted any more: expiring the registration starts the leader's clocks now.
+      if (this.ownInstance) await this.instance.close();
       this.log.info({}, 'agent link stopped');
     })());
   }
@@ -321,6 +360,11 @@ export class AgentLink {
       if (this.sessions.get(hostId) === session) {
         this.sessions.delete(hostId);
         log.info({ why }, 'session closed');
+        const epoch = session.epoch;
+        if (epoch !== null) {
+          this.directory.closed(hostId, epoch);
+          this.queueWrite(hostId, () => releaseSession(this.deps.db.client, hostId, this.instance.id, epoch));
+        }
       }
       this.channel.detach(hostId, session.writer);
     };
@@ -356,7 +400,17 @@ export class AgentLink {
       if (!(await reconcileHello(this.deps.db.client, hello, now))) throw new KloudakError('forbidden', 'this host is not (or no longer) enrolled');
       // The agent uses its renewed certificate: the one it replaced is accepted no longer.
       if (standing === 'current' && host.prevCertSerial !== null) await retirePreviousCertificate(this.deps.db.client, s.hostId, serial);
-      if (s.ended) return;
+      if (!this.instance.valid()) throw new UnavailableError('this orchestrator cannot reach its database now; reconnect');
+      // Committed before the first grant: from now on this instance judges the host's liveness,
+      // and an instance that held an older session stops (its writes are guarded by ownership).
+      const epoch = await claimSession(this.deps.db.client, s.hostId, this.instance.id);
+      if (epoch === null) throw new KloudakError('forbidden', 'this host is not (or no longer) enrolled');
+      if (s.ended) {
+        this.queueWrite(s.hostId, () => releaseSession(this.deps.db.client, s.hostId, this.instance.id, epoch));
+        return;
+      }
+      s.epoch = epoch;
+      this.directory.opened(s.hostId, { instanceId: this.instance.id, subject: this.instance.subject, epoch });
       s.hello = hello;
       this.inventories.set(s.hostId, hello.inventory);
       const older = this.sessions.get(s.hostId);
@@ -366,8 +420,10 @@ export class AgentLink {
         older.end(grpc.status.ABORTED, 'replaced by a newer session');
         this.channel.detach(s.hostId, older.writer);
       }
-      const t = this.liveness.alive(s.hostId);
-      if (t) this.applyTransition(t);
+      // Written even when this process already saw the host up: the row may say otherwise (another
+      // instance, or the leader, marked it down meanwhile); no event when it already says up.
+      const from = this.liveness.state(s.hostId);
+      this.applyTransition(this.liveness.alive(s.hostId) ?? { hostId: s.hostId, from, to: 'up', at: now.getTime() });
       s.send({
         body: {
           $case: 'helloAck',
@@ -440,25 +496,57 @@ export class AgentLink {
     const now = this.deps.clock.now();
     // The agent measures its lease from the send time of the heartbeat, so a late grant only
     // shortens the lease it holds.
-    if (s.send({ body: { $case: 'leaseGrant', leaseGrant: leaseGrantToProto(hb.sequence, this.opts.leaseMs, new Date(now)) } })) {
+    // No grant past this instance's registration: once it has expired, the leader may count the
+    // host's last lease as ended (ha/instance.ts).
+    if (this.instance.valid() && s.send({ body: { $case: 'leaseGrant', leaseGrant: leaseGrantToProto(hb.sequence, this.opts.leaseMs, new Date(now)) } })) {
       this.liveness.granted(s.hostId, this.opts.leaseMs);
     }
     this.heartbeats.beat(s.hostId, now);
   }
 
-  /** Write a liveness change and publish it; a host deleted meanwhile is forgotten. */
-  private applyTransition(t: Transition): void {
+  /**
+   * Write a liveness change and publish it. By default only while this instance owns the host: a
+   * host deleted meanwhile, or claimed by a newer session on another instance, is forgotten here
+   * (and a session of it still open here is stale: it ends). The leader's orphan verdicts pass
+   * their own guard.
+   */
+  private applyTransition(t: Transition, guard: HostStateGuard = { owner: this.instance.id }): void {
     const at = new Date(t.at);
-    const last = this.liveness.lastHeartbeatAt(t.hostId);
-    this.heartbeats.writtenWithState(t.hostId, this.deps.clock.now());
+    const orphan = 'orphanOf' in guard;
+    const last = orphan ? undefined : this.liveness.lastHeartbeatAt(t.hostId);
+    if (!orphan) this.heartbeats.writtenWithState(t.hostId, this.deps.clock.now());
     this.queueWrite(t.hostId, async () => {
-      const name = await writeHostState(this.deps.db.client, t.hostId, t.to, last === undefined ? undefined : new Date(last), { from: t.from, at });
+      const name = await writeHostState(this.deps.db.client, t.hostId, t.to, last === undefined ? undefined : new Date(last), { from: t.from, at }, guard);
       if (name === null) {
+        if (orphan) return;
         this.liveness.forget(t.hostId);
+        const s = this.sessions.get(t.hostId);
+        if (s) {
+          this.log.info({ host_id: t.hostId, session_id: s.id }, 'the host is gone or owned by a newer session elsewhere: this session ends');
+          s.end(grpc.status.ABORTED, 'replaced by a newer session');
+        }
         return;
       }
-      this.log.info({ host_id: t.hostId, from: t.from, to: t.to }, 'host state changed');
+      this.log.info({ host_id: t.hostId, from: t.from, to: t.to, orphan }, 'host state written');
     });
+  }
+
+  /** End every session (shutdown, or a lapsed registration). */
+  private endAllSessions(code: grpc.status, why: string): void {
+    for (const s of [...this.sessions.values()]) s.end(code, why);
+    this.sessions.clear();
+  }
+
+  /** End sessions here that a newer session on another instance replaced (the directory says so). */
+  private endStaleSessions(): void {
+    for (const s of [...this.sessions.values()]) {
+      const h = this.directory.holder(s.hostId);
+      if (s.epoch !== null && h && h.instanceId !== this.instance.id && h.epoch > s.epoch) {
+        this.log.info({ host_id: s.hostId, session_id: s.id, instance_id: h.instanceId }, 'a newer session of this host is open on another instance: this one ends');
+        s.end(grpc.status.ABORTED, 'replaced by a newer session on another orchestrator');
+        this.liveness.forget(s.hostId);
+      }
+    }
   }
 
   private queueWrite(hostId: string, fn: () => Promise<void>): void {

@@ -26,6 +26,8 @@ export class Session {
   serial = '';
   ended = false;
   hello: AgentHello | null = null;
+  /** The session's epoch, from its claim of the host in the database (set at Hello). */
+  epoch: bigint | null = null;
   /** Fence reports received and not yet stored: heartbeats wait behind them (AgentLink.connect). */
   fenceReportsInFlight = 0;
   readonly writer: CommandWriter;

@@ -4,6 +4,7 @@ import { ConflictError, NotFoundError } from '@kloudak/common';
 import type { HostLinkStatus } from '../agent-api/link.js';
 import { transaction } from '../store/db.js';
 import { hostCertificates, revokeHostCertificates } from '../store/host-certs.js';
+import { connectedHosts } from '../store/instances.js';
 import { deleteHost as removeHost, hostById, listHosts as hostRows, setAdminState, usageOf, type HostRow } from '../store/hosts.js';
 import { invalidField } from './errors.js';
 import { infraEvent, record, withEvents } from './events.js';
@@ -51,7 +52,11 @@ const MAX_USAGE_SPAN_MS = 31 * 86_400_000;
 /** Most points one usage query returns (31 days of minutes is 44,640). */
 const MAX_USAGE_POINTS = 50_000;
 
-function view(h: HostRow, link: HostLinkStatus): HostView {
+/**
+ * `connected` is true when ANY orchestrator instance holds the host's session: this one's memory,
+ * or the database (the session's owner, whose registration has not expired).
+ */
+function view(h: HostRow, link: HostLinkStatus, elsewhere: ReadonlySet<string>): HostView {
   // The link's in-memory view is fresher than the row (lastHeartbeatAt is written every 30 s at most).
   const last = link.lastHeartbeatAt && (!h.lastHeartbeatAt || link.lastHeartbeatAt > h.lastHeartbeatAt) ? link.lastHeartbeatAt : h.lastHeartbeatAt;
   const u = link.usage;
@@ -66,7 +71,7 @@ function view(h: HostRow, link: HostLinkStatus): HostView {
     lastHeartbeatAt: last ? last.toISOString() : null,
     vms: h._count.vms,
     createdAt: h.createdAt.toISOString(),
-    connected: link.connected,
+    connected: link.connected || elsewhere.has(h.id),
     usage: u
       ? {
           at: u.at.toISOString(),
@@ -87,14 +92,15 @@ export async function listHosts(s: Services, c: Caller, q: ListInput): Promise<P
   admin(c);
   const limit = q.limit ?? DEFAULT_LIMIT;
   const rows = await hostRows(s.db.client, { ...(q.after ? { after: q.after } : {}), take: limit + 1 });
-  return page(rows, limit, (r) => r.name, (r) => view(r, s.agents.status(r.id)));
+  const connected = await connectedHosts(s.db.client, rows.map((r) => r.id));
+  return page(rows, limit, (r) => r.name, (r) => view(r, s.agents.status(r.id), connected));
 }
 
 export async function getHost(s: Services, c: Caller, id: string): Promise<HostView> {
   admin(c);
   const h = await hostById(s.db.client, id);
   if (!h) throw new NotFoundError('host', id);
-  return view(h, s.agents.status(h.id));
+  return view(h, s.agents.status(h.id), await connectedHosts(s.db.client, [h.id]));
 }
 
 /** Put a host in or out of maintenance (no new VMs are placed on a host in maintenance). */
@@ -109,7 +115,7 @@ export async function updateHost(s: Services, c: Caller, id: string, input: { ma
     },
     (h) => infraEvent('host', h.id, 'updated', { name: h.name, state: h.state, data: { adminState: h.adminState, by: p.username } }),
   );
-  return view(h, s.agents.status(h.id));
+  return view(h, s.agents.status(h.id), await connectedHosts(s.db.client, [h.id]));
 }
 
 /** Forget a host that holds no VMs: its agent's session ends, and it can never connect again. */
@@ -149,7 +155,7 @@ export async function rekeyHost(s: Services, c: Caller, id: string): Promise<Hos
   s.agents.hostRevoked(h.id);
   c.log.warn({ host_id: h.id, host_name: h.name }, 'host re-keyed: its certificates are revoked');
   // No certificate of the host is valid any more: none expires.
-  return view({ ...h, certExpiresAt: null }, s.agents.status(h.id));
+  return view({ ...h, certExpiresAt: null }, s.agents.status(h.id), await connectedHosts(s.db.client, [h.id]));
 }
 
 function instant(v: string | undefined, field: string, fallback: number): number {

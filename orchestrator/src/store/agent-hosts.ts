@@ -53,8 +53,18 @@ export async function reconcileHello(db: PrismaClient, hello: AgentHello, now: D
 }
 
 /**
- * Write a liveness change (and the last heartbeat time) with its event (`kloudak.infra.host.state`),
- * in one transaction; returns the host's name, null if gone.
+ * Who may write a host's liveness (several orchestrators, ha/README.md): `owner` — the instance
+ * that holds (or last held) its session, only while it still is the owner; `orphanOf` — the
+ * leader, for a host whose owner (this id, or none) has no live registration, only while that is
+ * still so and the host is up or suspect.
+ */
+export type HostStateGuard = { owner: string } | { orphanOf: string | null };
+
+/**
+ * Write a liveness change (and the last heartbeat time) with its event (`kloudak.infra.host.state`,
+ * `from` being the state the row had), in one transaction; no event when the row already has that
+ * state. Returns the host's name, or null if it is gone or `guard` does not hold (the caller then
+ * stops tracking the host).
  */
 export async function writeHostState(
   db: PrismaClient,
@@ -62,23 +72,27 @@ export async function writeHostState(
   state: 'unknown' | 'up' | 'suspect' | 'down',
   lastHeartbeatAt: Date | undefined,
   change: { from: string; at: Date },
+  guard?: HostStateGuard,
 ): Promise<string | null> {
-  try {
-    return await db.$transaction(async (tx) => {
-      const h = await tx.host.update({
-        where: { id: hostId },
-        data: { state, ...(lastHeartbeatAt ? { lastHeartbeatAt } : {}) },
-        select: { name: true },
-      });
-      await appendEvents(tx, [
-        { workspaceId: null, entity: 'host', entityId: hostId, event: 'state', state, name: h.name, data: { from: change.from, at: change.at.toISOString() } },
-      ]);
+  return db.$transaction(async (tx) => {
+    const rows = await tx.$queryRaw<{ name: string; state: string; owner: string | null; ownerLive: boolean }[]>`
+      SELECT h."name", h."state"::text AS state, h."ownerInstanceId"::text AS owner,
+        EXISTS (SELECT 1 FROM "OrchestratorInstance" i WHERE i."id" = h."ownerInstanceId" AND i."expiresAt" > now()) AS "ownerLive"
+      FROM "Host" h WHERE h."id" = ${hostId}::uuid FOR UPDATE OF h`;
+    const h = rows[0];
+    if (!h) return null;
+    if (guard && 'owner' in guard && h.owner !== guard.owner) return null;
+    if (guard && 'orphanOf' in guard && (h.owner !== guard.orphanOf || h.ownerLive || !['up', 'suspect'].includes(h.state))) return null;
+    if (h.state === state) {
+      if (lastHeartbeatAt) await tx.host.update({ where: { id: hostId }, data: { lastHeartbeatAt }, select: { id: true } });
       return h.name;
-    });
-  } catch (err) {
-    if ((err as { code?: string }).code === 'P2025') return null;
-    throw err;
-  }
+    }
+    await tx.host.update({ where: { id: hostId }, data: { state, ...(lastHeartbeatAt ? { lastHeartbeatAt } : {}) }, select: { id: true } });
+    await appendEvents(tx, [
+      { workspaceId: null, entity: 'host', entityId: hostId, event: 'state', state, name: h.name, data: { from: h.state || change.from, at: change.at.toISOString() } },
+    ]);
+    return h.name;
+  });
 }
 
 /**
@@ -95,12 +109,6 @@ export async function writeLastHeartbeats(db: PrismaClient, beats: readonly { ho
     UPDATE "Host" AS h SET "lastHeartbeatAt" = GREATEST(h."lastHeartbeatAt", v."at")
     FROM unnest(${ids}::uuid[], ${ats}::timestamp(3)[]) AS v("id", "at")
     WHERE h."id" = v."id"`;
-}
-
-/** Hosts a previous run left up or suspect: they hold leases this process must honour. */
-export async function hostsHoldingLeases(db: PrismaClient): Promise<{ id: string; state: 'up' | 'suspect' }[]> {
-  const rows = await db.host.findMany({ where: { state: { in: ['up', 'suspect'] } }, select: { id: true, state: true } });
-  return rows.map((r) => ({ id: r.id, state: r.state as 'up' | 'suspect' }));
 }
 
 /** Store an agent's fence report, with its event (`kloudak.infra.fence.reported`). */
