@@ -1,12 +1,14 @@
-// grpc.health.v1 follows readiness: with the orchestrator's NATS server (a private one) stopped,
-// /readyz answers 503 and the health service NOT_SERVING, for the server and each service; once
-// NATS is back, 200 and SERVING again.
+// grpc.health.v1 follows readiness. With the orchestrator's database (a private PostgreSQL server)
+// shut down, /readyz answers 503 and the health service NOT_SERVING, for the server and each
+// service; once it is back, 200 and SERVING again. With its NATS server (a private one) stopped,
+// the instance stays ready and SERVING, `degraded`: requests keep working, their events wait in
+// the outbox.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
-import { waitFor } from '@kloudak/testkit';
+import { startPrivatePostgres, waitFor, type PrivatePostgres } from '@kloudak/testkit';
 import { startHarness, type Harness } from '../testing/harness.js';
 import { TestNatsServer } from '../testing/nats-server.js';
 
@@ -14,6 +16,7 @@ type HealthClient = grpc.Client & { Check(req: { service: string }, cb: (err: gr
 
 describe('gRPC health follows readiness', () => {
   let nats: TestNatsServer;
+  let pg: PrivatePostgres;
   let h: Harness;
   let client: HealthClient;
   const check = (service: string) =>
@@ -22,7 +25,8 @@ describe('gRPC health follows readiness', () => {
 
   before(async () => {
     nats = await TestNatsServer.start();
-    h = await startHarness('postgres', { natsUrl: nats.url }, undefined, { grpcHealthCheckMs: 100 });
+    pg = await startPrivatePostgres();
+    h = await startHarness('postgres', { natsUrl: nats.url, databaseUrl: pg.url }, undefined, { grpcHealthCheckMs: 100 });
     const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(healthProtoPath, { keepCase: true, enums: String })) as unknown as {
       grpc: { health: { v1: { Health: new (a: string, c: grpc.ChannelCredentials) => grpc.Client } } };
     };
@@ -32,24 +36,36 @@ describe('gRPC health follows readiness', () => {
     client?.close();
     await h?.close();
     await nats?.close();
+    pg?.stop();
   });
 
-  it('reports NOT_SERVING while NATS is down and SERVING once it is back, as /readyz does', async () => {
+  it('reports NOT_SERVING while the database is down and SERVING once it is back, as /readyz does', async () => {
     assert.deepEqual(await both(), ['SERVING', 'SERVING', 'SERVING']);
     const ready = await h.anon.get('/readyz');
     assert.equal(ready.status, 200);
     assert.equal(ready.body.nats, 'connected');
 
-    await nats.stop();
-    await waitFor(async () => (await check('')) === 'NOT_SERVING', 5000, 'NOT_SERVING after NATS stopped');
+    pg.halt();
+    await waitFor(async () => (await check('')) === 'NOT_SERVING', 15_000, 'NOT_SERVING after the database stopped');
     assert.deepEqual(await both(), ['NOT_SERVING', 'NOT_SERVING', 'NOT_SERVING']);
     const down = await h.anon.get('/readyz');
     assert.equal(down.status, 503);
-    assert.deepEqual([down.body.status, down.body.nats], ['NATS unreachable', 'disconnected']);
+    assert.equal(down.body.status, 'database unreachable');
 
-    await nats.start();
-    await waitFor(async () => (await check('')) === 'SERVING', 10_000, 'SERVING after NATS restarted');
+    pg.start();
+    await waitFor(async () => (await check('')) === 'SERVING', 30_000, 'SERVING after the database restarted');
     assert.deepEqual(await both(), ['SERVING', 'SERVING', 'SERVING']);
     assert.equal((await h.anon.get('/readyz')).status, 200);
+  });
+
+  it('stays SERVING and ready, degraded, while NATS is down: the events wait in the outbox', async () => {
+    await nats.stop();
+    await waitFor(async () => (await h.anon.get('/readyz')).body.nats === 'disconnected', 10_000, 'NATS seen disconnected');
+    const r = await h.anon.get('/readyz');
+    assert.equal(r.status, 200);
+    assert.match(r.body.status, /^degraded: NATS unreachable/);
+    assert.deepEqual(await both(), ['SERVING', 'SERVING', 'SERVING']);
+    await nats.start();
+    await waitFor(async () => (await h.anon.get('/readyz')).body.nats === 'connected', 15_000, 'NATS connected again');
   });
 });

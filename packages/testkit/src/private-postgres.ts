@@ -15,6 +15,10 @@ export interface PrivatePostgres {
   pause(): void;
   /** Let them run again (SIGCONT). */
   resume(): void;
+  /** Shut the server down at once (`pg_ctl stop -m immediate`), keeping its data. */
+  halt(): void;
+  /** Start it again after {@link halt}, on the same port. */
+  start(): void;
   /** Stop the server (resumed first) and remove its data directory. Idempotent. */
   stop(): void;
 }
@@ -98,12 +102,18 @@ export async function startPrivatePostgres(): Promise<PrivatePostgres> {
     }
   };
   const resume = () => signal('SIGCONT');
+  const start = () =>
+    run('pg_ctl', ['-D', data, '-l', join(dir, 'server.log'), '-w', '-o', `-c port=${port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=${dir} -c fsync=off`, 'start']);
+  const halt = () => {
+    resume();
+    run('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop']);
+  };
   try {
     run('initdb', ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync']);
-    run('pg_ctl', ['-D', data, '-l', join(dir, 'server.log'), '-w', '-o', `-c port=${port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=${dir} -c fsync=off`, 'start']);
+    start();
   } catch (err) {
     stop();
     throw err;
   }
-  return { url: `postgresql://postgres@127.0.0.1:${port}/postgres`, port, pause: () => signal('SIGSTOP'), resume, stop };
+  return { url: `postgresql://postgres@127.0.0.1:${port}/postgres`, port, pause: () => signal('SIGSTOP'), resume, halt, start, stop };
 }
