@@ -19,6 +19,7 @@ import { closeNats, connectionState, connectNats } from './events/nats.js';
 import { OutboxRelay, RELAY_LOCK } from './events/relay.js';
 import { OUTBOX_CHANNEL } from './store/outbox.js';
 import { HostRevocationListener } from './events/host-revocations.js';
+import { HostDeletionListener } from './events/host-deletions.js';
 import { RevocationListener } from './events/revocations.js';
 import { TaskEngine } from './tasks/engine.js';
 import { networkTaskDefinitions } from './tasks/network.js';
@@ -95,6 +96,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
   let grpcApi: GrpcApi | undefined;
   let revocations: RevocationListener | undefined;
   let hostRevocations: HostRevocationListener | undefined;
+  let hostDeletions: HostDeletionListener | undefined;
   let instance: InstanceRegistration | undefined;
   let election: Leader | undefined;
   let sweeps: LeaderSweeps | undefined;
@@ -205,6 +207,9 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     revocations = revocationListener;
     const hostRevocationListener = await HostRevocationListener.start(nats, { hostRevoked: (id, why, serials) => agentLink.hostRevoked(id, why, serials) }, log);
     hostRevocations = hostRevocationListener;
+    // A host deleted through another instance: its session may be held here.
+    const hostDeletionListener = await HostDeletionListener.start(nats, { hostDeleted: (id) => agentLink.hostDeleted(id) }, log);
+    hostDeletions = hostDeletionListener;
     const api = createApi(services);
     // WebSocket and SSE event streams share the server; every other request goes to Koa.
     const streams = eventStreams(services);
@@ -272,6 +277,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
           await outbox.close();
           revocationListener.close();
           hostRevocationListener.close();
+          hostDeletionListener.close();
           await closeNats(nats);
           await db.close();
         })()),
@@ -288,6 +294,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     await relay?.close();
     revocations?.close();
     hostRevocations?.close();
+    hostDeletions?.close();
     if (nc) await closeNats(nc);
     await db.close();
     throw err;

@@ -127,6 +127,22 @@ describe('several orchestrators on one database and NATS (postgres)', () => {
     assert.ok(!(await stateEvents(a, id.hostId)).some((e) => e.endsWith('>down')));
     assert.equal((await hostRow(a, id.hostId)).ownerInstanceId, b.instance.id);
   });
+
+  it('(e) deleting a host through A ends its session held by B, and it cannot come back', async () => {
+    const id = await enroll(h, areaId, a.agentPort);
+    const agent = await connect(b, id, b.agentPort, b.instance.id);
+    agents.push(agent);
+    let ended: { code: number; details: string } | null = null;
+    agent.on('end', (st: { code: number; details: string }) => (ended ??= st));
+    const t0 = performance.now();
+    const del = await new Client(a.url, h.admin.token).del(`/api/v1/hosts/${id.hostId}`);
+    assert.equal(del.status, 204, JSON.stringify(del.body));
+    await waitFor(async () => ended !== null, 5000, 'the session on B ended');
+    console.log(`# delete through A ended the session on B after ${(performance.now() - t0).toFixed(0)} ms`);
+    assert.equal(ended!.code, 7, 'PERMISSION_DENIED');
+    assert.equal(b.agentLink.status(id.hostId).connected, false);
+    await assert.rejects(new SimAgent({ address: `127.0.0.1:${b.agentPort}`, identity: id, reconnect: false }).start(), /PERMISSION_DENIED|not \(or no longer\) enrolled/);
+  });
 });
 
 const ORCHESTRATOR_MAIN = fileURLToPath(new URL('../main.js', import.meta.url));
