@@ -54,7 +54,7 @@ describe('agent daemon ↔ test orchestrator (mTLS, simulated host)', { timeout:
   }
 
   function vmSpec(ha: boolean): pb.CreateVm {
-    return { hostname: ha ? 'ha-vm' : 'plain-vm', cpu: 1, ramMb: 256, diskGb: 2, pool: sim.poolName, templateVolume: sim.templateVolume, nics: [], sshAuthorizedKeys: [], passwordHash: '$6$salt$hash', ha, boot: undefined, userData: '' };
+    return { hostname: ha ? 'ha-vm' : 'plain-vm', cpu: 1, ramMb: 256, diskGb: 2, pool: sim.poolName, templateVolume: sim.templateVolume, nics: [], sshAuthorizedKeys: [], passwordHash: '$6$salt$hash', ha, boot: undefined, userData: '', recover: false, defineOnly: false };
   }
 
   before(async () => {

@@ -69,6 +69,11 @@ export interface VmSpec {
   ha: boolean;
   /** The user's own cloud-init user-data (`#cloud-config…` or a `#!` script), added to Kloudak's. */
   userData?: string;
+  /**
+   * Failover: the root volume already exists in `pool` (shared; the VM's host died). It is used as
+   * it is — never cloned again, never deleted by the revert stack; `start: false` defines only.
+   */
+  recover?: { start: boolean };
 }
 
 /** Largest user-data accepted (cloud-init's NoCloud has no limit; this keeps seeds small). */

@@ -28,6 +28,7 @@ import { GrpcApi } from './grpc/server.js';
 import { InstanceRegistration } from './ha/instance.js';
 import { Leader } from './ha/leader.js';
 import { LeaderSweeps } from './ha/sweeps.js';
+import { failoverHooks, startFailoverSweeps, type FailoverDeps } from './ha/failover.js';
 import { loadClientTls, warnIfPlainText } from './client-tls.js';
 
 /** A running orchestrator. */
@@ -202,6 +203,21 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       events,
       bus: connectionState(nats),
     });
+    // Failover: host-down episodes are evacuated, returning hosts cleaned before any command.
+    // Set before the first await after the link started, so no Hello is handled without it.
+    const failover: FailoverDeps = {
+      db: db.client,
+      clock,
+      log,
+      connected: (id) => agentLink.status(id).connected,
+      placement: services.placement,
+      kickTasks: () => tasks.kick(),
+      taskMaxAttempts: config.taskMaxAttempts,
+      recoverTimeoutMs: config.taskTimeoutMs,
+      commandTimeoutMs: Math.min(60_000, config.taskStepTimeoutMs),
+    };
+    agentLink.setHooks(failoverHooks(failover));
+    const stopSweeps = startFailoverSweeps(failover, () => leadership.isLeader());
     // Tokens refused on other orchestrators leave this one's principal cache too.
     const revocationListener = await RevocationListener.start(nats, services.principals, log);
     revocations = revocationListener;
@@ -259,6 +275,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
           server.closeIdleConnections();
           const timer = setTimeout(() => server.closeAllConnections(), config.shutdownGraceMs);
           const grpcDone = grpcServer.close(config.shutdownGraceMs);
+          stopSweeps();
           // Tasks stop where they wait and release their leases: the next start resumes them at once.
           await tasks.close();
           // Leadership goes to another instance at once.

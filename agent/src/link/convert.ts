@@ -52,6 +52,7 @@ export function vmSpecFromProto(vmId: string, c: pb.CreateVm): VmSpec {
   if (c.passwordHash !== '') spec.passwordHash = c.passwordHash;
   if (c.boot) spec.boot = { kernel: c.boot.kernel, initrd: c.boot.initrd, cmdline: c.boot.cmdline };
   if (c.userData !== '') spec.userData = c.userData;
+  if (c.recover) spec.recover = { start: !c.defineOnly };
   return spec;
 }
 
@@ -100,6 +101,8 @@ function actionFromProto(c: pb.Command): AgentAction {
       return { kind: 'readConsole', vmId: vm(), maxBytes: a.readConsole.maxBytes };
     case 'getInventory':
       return { kind: 'getInventory' };
+    case 'evictVm':
+      return { kind: 'evictVm', vmId: vm(), bridges: a.evictVm.bridges.map((b) => bridgeOf(b)).filter((b): b is string => b !== undefined) };
   }
 }
 

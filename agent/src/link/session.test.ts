@@ -65,7 +65,7 @@ describe('fence reports on the link (daemon, simulated hosts)', { timeout: 120_0
     const r = await orch.command({
       deadline: undefined,
       vmId,
-      action: { $case: 'createVm', createVm: { hostname: 'ha', cpu: 1, ramMb: 128, diskGb: 1, pool: sim.poolName, templateVolume: sim.templateVolume, nics: [], sshAuthorizedKeys: [], passwordHash: '', ha: true, boot: undefined, userData: '' } },
+      action: { $case: 'createVm', createVm: { hostname: 'ha', cpu: 1, ramMb: 128, diskGb: 1, pool: sim.poolName, templateVolume: sim.templateVolume, nics: [], sshAuthorizedKeys: [], passwordHash: '', ha: true, boot: undefined, userData: '', recover: false, defineOnly: false } },
     });
     assert.equal(r.ok, true, JSON.stringify(r.error));
   };

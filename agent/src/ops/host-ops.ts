@@ -48,6 +48,20 @@ export class VmNotFoundError extends Error {
   }
 }
 
+/**
+ * A recover (failover) found no root volume to boot from in the pool: the pool is not the shared
+ * one the VM's disk is on, or it is not mounted here. Never answered by cloning a new disk.
+ */
+export class RootVolumeMissingError extends Error {
+  constructor(
+    readonly vmId: string,
+    readonly pool: string,
+  ) {
+    super(`VM ${vmId}: its root volume is not in pool ${pool} on this host (a recover never clones a new one)`);
+    this.name = 'RootVolumeMissingError';
+  }
+}
+
 const KLOUDAK_VOLUME = /^kloudak-([0-9a-f-]{36})-(root\.qcow2|seed\.iso)$/;
 
 /**
@@ -86,6 +100,7 @@ export class HostOperations {
     this.d.gate?.check(spec.vmId, 'create');
     const name = domainName(spec.vmId);
     await this.ensureNicNetworks(spec.nics);
+    if (spec.recover) return this.recoverVm(spec, spec.recover.start);
     return RevertStack.run(async (undo) => {
       // Undo entries are pushed before the step: a step that fails half-way (a volume created but
       // its upload cut) is cleaned by the same idempotent delete.
@@ -105,6 +120,53 @@ export class HostOperations {
       });
       return { domain: name, root, seed };
     });
+  }
+
+  /**
+   * Failover: define (and start) a VM from the root volume it already has on a shared pool — its
+   * host died. The pool is refreshed by the lookup (another host wrote the volume); a missing
+   * root volume fails with NOT_FOUND and nothing is cloned. The seed is written again (this host
+   * may keep seeds locally) and the NIC networks are ensured. A failure undoes the domain and the
+   * seed, never the root volume: it is the VM's disk.
+   */
+  private async recoverVm(spec: VmSpec, start: boolean): Promise<{ domain: string; root: VolumeStatus; seed: VolumeStatus }> {
+    const name = domainName(spec.vmId);
+    const root = await this.d.storage.get(spec.pool, rootVolumeName(spec.vmId));
+    if (root === null) throw new RootVolumeMissingError(spec.vmId, spec.pool);
+    return RevertStack.run(async (undo) => {
+      undo.push('seed', () => this.removeSeed(spec.vmId, spec.pool));
+      const seed = await this.writeSeed(spec.vmId, spec.pool, await this.d.seeds.build(seedFiles(spec)));
+      undo.push('domain definition', async () => {
+        await this.d.hypervisor.destroy(name);
+        await this.d.hypervisor.undefine(name);
+        await this.removeNicPorts(spec.vmId, spec.nics.map((n) => this.bridgeOf(n)));
+      });
+      await this.gated(spec.vmId, 'recover', async () => {
+        await this.d.hypervisor.define(domainXml(spec, this.d.settings));
+        if (start) await this.d.hypervisor.start(name);
+      });
+      return { domain: name, root, seed };
+    });
+  }
+
+  /**
+   * Remove a VM from this host but keep its volumes: destroy, undefine, remove its NIC ports, its
+   * host-local seed file (when seeds live in a local directory) and console log. For a host that
+   * returns after the VM was restarted on another host from the same disk on the shared pool.
+   * Whatever is already gone is skipped.
+   */
+  async evictVm(vmId: string, bridges: readonly string[] = [this.d.settings.bridge]): Promise<void> {
+    checkId(vmId);
+    const name = domainName(vmId);
+    await this.d.hypervisor.destroy(name);
+    await this.d.hypervisor.undefine(name);
+    await this.removeNicPorts(vmId, bridges);
+    const file = seedFilePath(vmId, this.d.settings);
+    if (file !== null) {
+      await rm(file, { force: true });
+      await rm(`${file}.tmp`, { force: true });
+    }
+    await rm(consoleLogPath(vmId, this.d.settings), { force: true });
   }
 
   /**

@@ -20,7 +20,7 @@ import {
   OperationFailedError,
 } from '@kloudak/libvirt';
 import { LeaseExpiredError } from '../fence/start-gate.js';
-import { VmNotFoundError, type HostOperations } from '../ops/host-ops.js';
+import { RootVolumeMissingError, VmNotFoundError, type HostOperations } from '../ops/host-ops.js';
 import { VolumeNotFoundError } from '../storage/libvirt-storage.js';
 import { SpecError, type NicSpec, type VmSpec } from '../spec.js';
 import { CommandError } from '../system/command-runner.js';
@@ -42,6 +42,8 @@ export type CommandErrorCode =
 export type AgentAction =
   | { kind: 'createVm'; spec: VmSpec }
   | { kind: 'deleteVm'; vmId: string; pool: string; bridges: string[] }
+  /** Remove the VM from this host, keeping its volumes (it runs elsewhere now). */
+  | { kind: 'evictVm'; vmId: string; bridges: string[] }
   | { kind: 'startVm'; vmId: string }
   | { kind: 'stopVm'; vmId: string; timeoutMs?: number; force: boolean }
   | { kind: 'rebootVm'; vmId: string }
@@ -78,7 +80,7 @@ export interface CommandOutcome {
 /** What the runner needs from host operations. */
 export type CommandOps = Pick<
   HostOperations,
-  'createVm' | 'deleteVm' | 'startVm' | 'stopVm' | 'rebootVm' | 'attachInterface' | 'detachInterface' | 'ensureNetwork' | 'deleteNetwork' | 'fence' | 'readConsole'
+  'createVm' | 'deleteVm' | 'evictVm' | 'startVm' | 'stopVm' | 'rebootVm' | 'attachInterface' | 'detachInterface' | 'ensureNetwork' | 'deleteNetwork' | 'fence' | 'readConsole'
 >;
 
 /** Dependencies of {@link CommandDispatcher}. */
@@ -108,6 +110,7 @@ export function keyOf(action: AgentAction, defaultBridge: string): string | null
     case 'createVm':
       return `vm:${action.spec.vmId}`;
     case 'deleteVm':
+    case 'evictVm':
     case 'startVm':
     case 'stopVm':
     case 'rebootVm':
@@ -139,7 +142,7 @@ export function errorCodeOf(err: unknown): CommandErrorCode {
   if (err instanceof SpecError) return 'INVALID_ARGUMENT';
   // No lease: the host is fencing. Retryable: once it reconnects and holds a lease, it may start VMs.
   if (err instanceof LeaseExpiredError) return 'UNAVAILABLE';
-  if (err instanceof VmNotFoundError || err instanceof VolumeNotFoundError) return 'NOT_FOUND';
+  if (err instanceof VmNotFoundError || err instanceof VolumeNotFoundError || err instanceof RootVolumeMissingError) return 'NOT_FOUND';
   if (err instanceof LibvirtNotFoundError) return 'NOT_FOUND';
   if (err instanceof NotSupportedError) return 'UNIMPLEMENTED';
   if (err instanceof AlreadyExistsError) return 'ALREADY_EXISTS';
@@ -298,6 +301,9 @@ export class CommandDispatcher {
         return undefined;
       case 'deleteVm':
         await ops.deleteVm({ vmId: a.vmId, pool: a.pool }, a.bridges.length > 0 ? a.bridges : [this.d.defaultBridge]);
+        return undefined;
+      case 'evictVm':
+        await ops.evictVm(a.vmId, a.bridges.length > 0 ? a.bridges : [this.d.defaultBridge]);
         return undefined;
       case 'startVm':
         await ops.startVm(a.vmId);

@@ -68,6 +68,8 @@ interface HostQueue {
 export class CommandChannel implements AgentChannel {
   private readonly hosts = new Map<string, HostQueue>();
   private readonly writers = new Map<string, CommandWriter>();
+  /** Commands written on one session before it is attached (see {@link sendOnSession}), by id. */
+  private readonly direct = new Map<string, { hostId: string; resolve: (r: CommandResult) => void; timer: NodeJS.Timeout }>();
   private closed = false;
 
   constructor(
@@ -105,6 +107,29 @@ export class CommandChannel implements AgentChannel {
     });
   }
 
+  /**
+   * Send a command on one session's `writer` only, before that session is attached (the clean-up
+   * of a returning host, which must end before any other command reaches it). Not queued, not
+   * resent on another session: a session that ends first leaves it to its deadline.
+   */
+  sendOnSession(hostId: string, writer: CommandWriter, command: AgentCommand, opts: SendOptions): Promise<CommandResult> {
+    const id = opts.commandId ?? randomUUID();
+    const deadline = typeof opts.deadline === 'number' ? opts.deadline : opts.deadline.getTime();
+    if (this.closed) return Promise.resolve(failure(id, 'unavailable', 'the orchestrator is shutting down', this.clock.now()));
+    return new Promise<CommandResult>((resolve) => {
+      const timer = setTimeout(() => {
+        this.direct.delete(id);
+        resolve(failure(id, 'deadline_exceeded', 'no result before the deadline', this.clock.now()));
+      }, Math.max(0, deadline - this.clock.now()));
+      this.direct.set(id, { hostId, resolve, timer });
+      if (!writer(commandToProto(id, new Date(deadline), command))) {
+        clearTimeout(timer);
+        this.direct.delete(id);
+        resolve({ ...failure(id, 'unavailable', 'the session could not take the command', this.clock.now()), notSent: true });
+      }
+    });
+  }
+
   /** Commands pending (in flight or waiting) for a host. */
   pendingCount(hostId: string): number {
     const q = this.hosts.get(hostId);
@@ -132,6 +157,13 @@ export class CommandChannel implements AgentChannel {
 
   /** A result arrived from `hostId`. Unknown ids (a late answer after the deadline) are ignored. */
   deliver(hostId: string, result: CommandResult): void {
+    const d = this.direct.get(result.commandId);
+    if (d && d.hostId === hostId) {
+      this.direct.delete(result.commandId);
+      clearTimeout(d.timer);
+      d.resolve(result);
+      return;
+    }
     const q = this.hosts.get(hostId);
     const p = q?.inFlight.get(result.commandId);
     if (!q || !p) {
@@ -153,6 +185,11 @@ export class CommandChannel implements AgentChannel {
     }
     this.hosts.clear();
     this.writers.clear();
+    for (const [id, d] of this.direct) {
+      clearTimeout(d.timer);
+      d.resolve(failure(id, 'unavailable', 'the orchestrator is shutting down', this.clock.now()));
+    }
+    this.direct.clear();
   }
 
   private queue(hostId: string): HostQueue {

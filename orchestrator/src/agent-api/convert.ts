@@ -56,11 +56,16 @@ export function commandToProto(commandId: string, deadline: Date, c: AgentComman
           ha: a.ha,
           boot: a.boot ? { ...a.boot } : undefined,
           userData: a.userData ?? '',
+          recover: a.recover !== undefined,
+          defineOnly: a.recover !== undefined && !a.recover.start,
         },
       };
       break;
     case 'deleteVm':
       action = { $case: 'deleteVm', deleteVm: { pool: a.pool, bridges: [...a.bridges] } };
+      break;
+    case 'evictVm':
+      action = { $case: 'evictVm', evictVm: { bridges: [...a.bridges] } };
       break;
     case 'startVm':
       action = { $case: 'startVm', startVm: {} };

@@ -15,7 +15,7 @@ import {
   type RenewCertificateResponse,
 } from '@kloudak/proto/agent';
 import type { Clock } from '../clock.js';
-import type { HostInventory } from '../domain/agent.js';
+import type { AgentCommand, CommandResult, HostInventory } from '../domain/agent.js';
 import { serialStanding, type HostCertificates } from '../domain/certificates.js';
 import { appendEventsNow } from '../store/outbox.js';
 import { retirePreviousCertificate } from '../store/host-certs.js';
@@ -87,6 +87,21 @@ export interface AgentLinkDeps {
   instance?: InstanceRegistration;
 }
 
+/**
+ * What failover (ha/failover.ts) hooks into the link: a host's down episode began (its state and
+ * evacuation row are committed), and a host said Hello (its domains are known; commands for it
+ * are held until `hostReturned` ends, so it can clean the host first with `send`, which writes
+ * on that session only).
+ */
+export interface HostLifecycleHooks {
+  hostDown(hostId: string, evacuation: { id: string; episode: number }): void;
+  hostReturned(
+    hostId: string,
+    inventory: HostInventory,
+    send: (command: AgentCommand, deadline: Date) => Promise<CommandResult>,
+  ): Promise<void>;
+}
+
 /** What the REST API shows of a host's link. */
 export interface HostLinkStatus {
   /** A session is open on this orchestrator or, as far as it knows, on another live instance. */
@@ -122,6 +137,7 @@ export class AgentLink {
   private readonly limits: SessionLimits;
   /** RenewCertificate. */
   private readonly renewal: CertificateRenewal;
+  private hooks: HostLifecycleHooks | undefined;
 
   private constructor(
     private readonly deps: AgentLinkDeps,
@@ -190,6 +206,11 @@ export class AgentLink {
     for (const t of link.timers) t.unref();
     link.log.info({ port, host: opts.host, ca_fingerprint: deps.ca.fingerprint }, 'agent link listening');
     return link;
+  }
+
+  /** Failover's hooks (set once by the composition root, right after start). */
+  setHooks(hooks: HostLifecycleHooks): void {
+    this.hooks = hooks;
   }
 
   /** Evaluate liveness now (also called by the timer). */
@@ -432,7 +453,7 @@ export class AgentLink {
       });
       this.liveness.granted(s.hostId, this.opts.leaseMs);
       log.info({ agent_version: hello.agentVersion, domains: hello.inventory.domains.length }, 'session open');
-      this.channel.attach(s.hostId, s.writer);
+      this.attachAfterCleanUp(s, hello.inventory, log);
       return;
     }
     switch (body?.$case) {
@@ -485,6 +506,30 @@ export class AgentLink {
   }
 
   /**
+   * Release commands to a session once failover has cleaned its host (domains of VMs that now run
+   * elsewhere destroyed there). Not awaited by the message chain: the clean-up's own results
+   * arrive on that chain. A clean-up that fails ends the session (the agent reconnects and it is
+   * tried again): commands must never reach a host that may still hold a VM placed elsewhere.
+   */
+  private attachAfterCleanUp(s: Session, inventory: HostInventory, log: Logger): void {
+    const hooks = this.hooks;
+    if (!hooks) {
+      this.channel.attach(s.hostId, s.writer);
+      return;
+    }
+    const send = (command: AgentCommand, deadline: Date) => this.channel.sendOnSession(s.hostId, s.writer, command, { deadline });
+    hooks.hostReturned(s.hostId, inventory, send).then(
+      () => {
+        if (!s.ended && this.sessions.get(s.hostId) === s) this.channel.attach(s.hostId, s.writer);
+      },
+      (err: unknown) => {
+        log.error({ err }, 'cleaning the returning host failed: session ended');
+        s.end(grpc.status.UNAVAILABLE, 'the orchestrator could not reconcile this host; reconnect');
+      },
+    );
+  }
+
+  /**
    * A heartbeat: liveness, usage and the lease grant, all in memory (database writes are queued,
    * never awaited), so a grant never waits behind a database call.
    */
@@ -514,10 +559,22 @@ export class AgentLink {
     const at = new Date(t.at);
     const orphan = 'orphanOf' in guard;
     const last = orphan ? undefined : this.liveness.lastHeartbeatAt(t.hostId);
+    const grant = orphan ? undefined : this.liveness.lastGrant(t.hostId);
+    // The host-down evidence (an orphan's verdict: the leader saw its owner vanish, no grant known here).
+    const evidence =
+      t.to === 'down'
+        ? {
+            lastHeartbeatAt: last === undefined ? null : new Date(last).toISOString(),
+            lastLeaseGrantedAt: grant ? new Date(grant.at).toISOString() : null,
+            leaseMs: grant?.durationMs ?? this.opts.leaseMs,
+            downMarginMs: this.opts.downMarginMs,
+            fencedBy: grant ? new Date(grant.at + grant.durationMs + this.opts.downMarginMs).toISOString() : null,
+          }
+        : undefined;
     if (!orphan) this.heartbeats.writtenWithState(t.hostId, this.deps.clock.now());
     this.queueWrite(t.hostId, async () => {
-      const name = await writeHostState(this.deps.db.client, t.hostId, t.to, last === undefined ? undefined : new Date(last), { from: t.from, at }, guard);
-      if (name === null) {
+      const written = await writeHostState(this.deps.db.client, t.hostId, t.to, last === undefined ? undefined : new Date(last), { from: t.from, at, ...(evidence ? { evidence } : {}) }, guard);
+      if (written === null) {
         if (orphan) return;
         this.liveness.forget(t.hostId);
         const s = this.sessions.get(t.hostId);
@@ -527,7 +584,8 @@ export class AgentLink {
         }
         return;
       }
-      this.log.info({ host_id: t.hostId, from: t.from, to: t.to, orphan }, 'host state written');
+      this.log.info({ host_id: t.hostId, from: t.from, to: t.to, orphan, ...(written.evacuation ? { evacuation_id: written.evacuation.id } : {}) }, 'host state written');
+      if (written.evacuation) this.hooks?.hostDown(t.hostId, written.evacuation);
     });
   }
 

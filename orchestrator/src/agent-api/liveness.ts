@@ -94,6 +94,18 @@ export class Liveness {
     e.lastGrantMs = durationMs;
   }
 
+  /** The last lease granted to a host: when (wall time, ms since the epoch) and for how long; undefined if none. */
+  lastGrant(hostId: string): { at: number; durationMs: number } | undefined {
+    const e = this.hosts.get(hostId);
+    if (!e || e.lastGrantAt === -Infinity) return undefined;
+    return { at: this.clock.now() - (monotonicNow(this.clock) - e.lastGrantAt), durationMs: e.lastGrantMs };
+  }
+
+  /** The margin after a lease before a host is down. */
+  get downMarginMs(): number {
+    return this.timings.downMarginMs;
+  }
+
   /** When the last granted lease surely ends (wall time, ms since the epoch), or undefined. */
   downAt(hostId: string): number | undefined {
     const e = this.hosts.get(hostId);

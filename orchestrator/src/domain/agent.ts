@@ -33,8 +33,12 @@ export type CommandAction =
       boot?: { kernel: string; initrd: string; cmdline: string };
       /** The user's own cloud-init user-data (a secret: never logged or put in a task). */
       userData?: string;
+      /** Failover: boot from the existing root volume on the shared pool (never re-cloned); `start: false` defines only. */
+      recover?: { start: boolean };
     }
   | { kind: 'deleteVm'; pool: string; bridges: string[] }
+  /** Remove a VM's domain and ports from a host, never its volumes (it runs on another host now). */
+  | { kind: 'evictVm'; bridges: string[] }
   | { kind: 'startVm' }
   | { kind: 'stopVm'; timeoutMs: number; force: boolean }
   | { kind: 'rebootVm' }

@@ -52,6 +52,26 @@ export async function reconcileHello(db: PrismaClient, hello: AgentHello, now: D
   return r.count === 1;
 }
 
+/** Why a host was declared down, as the orchestrator saw it (stored on the evacuation and in the event). */
+export interface DownEvidence {
+  /** The host's last heartbeat (or Hello), ISO time; null if never seen by this orchestrator. */
+  lastHeartbeatAt: string | null;
+  /** The last lease granted to the host, ISO time, and its length; null if none was granted. */
+  lastLeaseGrantedAt: string | null;
+  leaseMs: number | null;
+  /** The margin after the lease before the host is down. */
+  downMarginMs: number;
+  /** When the lease plus margin ended (the host must have fenced its HA VMs by then), ISO time. */
+  fencedBy: string | null;
+}
+
+/** What {@link writeHostState} wrote: the host's name, and for a new down episode its evacuation. */
+export interface HostStateWritten {
+  name: string;
+  /** Set when this write started a down episode (the host was not down): the evacuation row made with it. */
+  evacuation?: { id: string; episode: number };
+}
+
 /**
  * Who may write a host's liveness (several orchestrators, ha/README.md): `owner` — the instance
  * that holds (or last held) its session, only while it still is the owner; `orphanOf` — the
@@ -65,18 +85,24 @@ export type HostStateGuard = { owner: string } | { orphanOf: string | null };
  * `from` being the state the row had), in one transaction; no event when the row already has that
  * state. Returns the host's name, or null if it is gone or `guard` does not hold (the caller then
  * stops tracking the host).
+ *
+ * A change to `down` from any other state starts a down episode: Host.downEpisode grows by one and
+ * the episode's Evacuation row (unique per host and episode) is created in the same transaction,
+ * with the evidence; the event carries the evidence too. A second `down` for a host already down
+ * (another orchestrator, a replayed transition) changes nothing and makes no evacuation: a host
+ * that flaps is evacuated once per episode, never twice.
  */
 export async function writeHostState(
   db: PrismaClient,
   hostId: string,
   state: 'unknown' | 'up' | 'suspect' | 'down',
   lastHeartbeatAt: Date | undefined,
-  change: { from: string; at: Date },
+  change: { from: string; at: Date; evidence?: DownEvidence },
   guard?: HostStateGuard,
-): Promise<string | null> {
+): Promise<HostStateWritten | null> {
   return db.$transaction(async (tx) => {
-    const rows = await tx.$queryRaw<{ name: string; state: string; owner: string | null; ownerLive: boolean }[]>`
-      SELECT h."name", h."state"::text AS state, h."ownerInstanceId"::text AS owner,
+    const rows = await tx.$queryRaw<{ name: string; state: string; owner: string | null; ownerLive: boolean; downEpisode: number }[]>`
+      SELECT h."name", h."state"::text AS state, h."ownerInstanceId"::text AS owner, h."downEpisode",
         EXISTS (SELECT 1 FROM "OrchestratorInstance" i WHERE i."id" = h."ownerInstanceId" AND i."expiresAt" > now()) AS "ownerLive"
       FROM "Host" h WHERE h."id" = ${hostId}::uuid FOR UPDATE OF h`;
     const h = rows[0];
@@ -85,13 +111,44 @@ export async function writeHostState(
     if (guard && 'orphanOf' in guard && (h.owner !== guard.orphanOf || h.ownerLive || !['up', 'suspect'].includes(h.state))) return null;
     if (h.state === state) {
       if (lastHeartbeatAt) await tx.host.update({ where: { id: hostId }, data: { lastHeartbeatAt }, select: { id: true } });
-      return h.name;
+      return { name: h.name };
     }
-    await tx.host.update({ where: { id: hostId }, data: { state, ...(lastHeartbeatAt ? { lastHeartbeatAt } : {}) }, select: { id: true } });
-    await appendEvents(tx, [
-      { workspaceId: null, entity: 'host', entityId: hostId, event: 'state', state, name: h.name, data: { from: h.state || change.from, at: change.at.toISOString() } },
-    ]);
-    return h.name;
+    const newEpisode = state === 'down';
+    await tx.host.update({
+      where: { id: hostId },
+      data: { state, ...(lastHeartbeatAt ? { lastHeartbeatAt } : {}), ...(newEpisode ? { downEpisode: { increment: 1 } } : {}) },
+      select: { id: true },
+    });
+    const data: Record<string, unknown> = { from: h.state || change.from, at: change.at.toISOString() };
+    let evacuation: HostStateWritten['evacuation'];
+    if (newEpisode) {
+      const episode = h.downEpisode + 1;
+      // Fence reports the host sent after its last lease began (usually none yet: a dead host
+      // reports when it returns; a partitioned one that reached another orchestrator may have).
+      const since = change.evidence?.lastLeaseGrantedAt ? new Date(change.evidence.lastLeaseGrantedAt) : new Date(0);
+      const reports = await tx.fenceReport.findMany({
+        where: { hostId, fencedAt: { gte: since } },
+        orderBy: { fencedAt: 'asc' },
+        take: 20,
+        select: { id: true, fencedAt: true, leaseExpiredAt: true, reason: true, domains: true },
+      });
+      const evidence = {
+        ...(change.evidence ?? {}),
+        ...(guard && 'orphanOf' in guard ? { orphanOf: guard.orphanOf } : {}),
+        fenceReports: reports.map((r) => ({
+          id: r.id,
+          fencedAt: r.fencedAt.toISOString(),
+          leaseExpiredAt: r.leaseExpiredAt.toISOString(),
+          reason: r.reason,
+          domains: Array.isArray(r.domains) ? r.domains.length : 0,
+        })),
+      };
+      const e = await tx.evacuation.create({ data: { hostId, episode, evidence: evidence as Prisma.InputJsonValue }, select: { id: true } });
+      evacuation = { id: e.id, episode };
+      Object.assign(data, { episode, evacuationId: e.id, evidence });
+    }
+    await appendEvents(tx, [{ workspaceId: null, entity: 'host', entityId: hostId, event: 'state', state, name: h.name, data }]);
+    return { name: h.name, ...(evacuation ? { evacuation } : {}) };
   });
 }
 

@@ -25,9 +25,11 @@ export const VM_TASKS = {
   reboot: 'vm.reboot',
   attach: 'vm.attach',
   detach: 'vm.detach',
+  /** Failover: restart an HA VM on the host its claim was moved to, from its disk on the shared pool. */
+  recover: 'vm.recover',
 } as const;
 
-type VmState = 'pending' | 'scheduled' | 'creating' | 'running' | 'stopped' | 'deleting' | 'deleted' | 'error';
+type VmState = 'pending' | 'scheduled' | 'creating' | 'running' | 'stopped' | 'deleting' | 'deleted' | 'error' | 'recovering' | 'lost';
 
 async function loadVm(db: PrismaClient, id: string) {
   const vm = await db.vm.findUnique({
@@ -73,9 +75,13 @@ function parseDotted(ip: string): number {
   return (((p[0]! << 24) >>> 0) + (p[1]! << 16) + (p[2]! << 8) + p[3]!) >>> 0;
 }
 
-/** Write a VM's state and its event, in the caller's transaction or a new one. */
-async function setState(db: PrismaClient | TxClient, task: TaskView, state: VmState): Promise<void> {
-  await changeWithEvents(db, (tx) => tx.vm.updateMany({ where: { id: task.targetId }, data: { state } }), targetEvent(task, 'state', state));
+/** Write a VM's state (and why, or null) and its event, in the caller's transaction or a new one. */
+async function setState(db: PrismaClient | TxClient, task: TaskView, state: VmState, reason: string | null = null): Promise<void> {
+  await changeWithEvents(
+    db,
+    (tx) => tx.vm.updateMany({ where: { id: task.targetId }, data: { state, stateReason: reason } }),
+    reason === null ? targetEvent(task, 'state', state) : targetEvent(task, 'state', state).map((e) => ({ ...e, data: { reason } })),
+  );
 }
 
 /**
@@ -105,6 +111,21 @@ export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
       for (const i of vm.interfaces) nicOf(vm, i);
       return { networks: vm.interfaces.length };
     },
+  };
+
+  /** Until the host reports the domain running (see the create task's `running` step). */
+  const waitRunning = (after: string) => async (ctx: StepContext) => {
+    const vm = await loadVm(ctx.db, ctx.task.targetId);
+    if (createdRunning(ctx.results[after], Date.now(), deps.pollMs)) return { seenBy: after };
+    const host = hostOf(vm);
+    for (let n = 0; ; n++) {
+      const r = await runCommand(agents, ctx, host, { action: { kind: 'getInventory' } }, n);
+      const d = r.inventory?.domains.find((x) => x.vmId.toLowerCase() === vm.id.toLowerCase());
+      if (d?.state === 'running') return { seenBy: 'inventory', domain: d.name };
+      if (Date.now() + deps.pollMs >= ctx.deadline.getTime()) throw new StepError(`the domain is ${d?.state ?? 'missing'}, not running`, 'deadline_exceeded', true);
+      await new Promise((res) => setTimeout(res, deps.pollMs));
+      if (ctx.signal.aborted) throw new Error('aborted');
+    }
   };
 
   const create: TaskDefinition = {
@@ -168,21 +189,7 @@ export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
         // older — the task resumed after a restart — is checked through the host's inventory,
         // read through the agent, every pollMs. Skipping that first inventory saves its ~70 ms
         // (all domains' stats, pools and OVS bridges of the host) per create.
-        async run(ctx) {
-          const vm = await loadVm(ctx.db, ctx.task.targetId);
-          // The step's result says how the running state was seen; the domain's name is the agent's
-          // business (its naming scheme lives in agent/src/names.ts only).
-          if (createdRunning(ctx.results['create'], Date.now(), deps.pollMs)) return { seenBy: 'create' };
-          const host = hostOf(vm);
-          for (let n = 0; ; n++) {
-            const r = await runCommand(agents, ctx, host, { action: { kind: 'getInventory' } }, n);
-            const d = r.inventory?.domains.find((x) => x.vmId.toLowerCase() === vm.id.toLowerCase());
-            if (d?.state === 'running') return { seenBy: 'inventory', domain: d.name };
-            if (Date.now() + deps.pollMs >= ctx.deadline.getTime()) throw new StepError(`the domain is ${d?.state ?? 'missing'}, not running`, 'deadline_exceeded', true);
-            await new Promise((res) => setTimeout(res, deps.pollMs));
-            if (ctx.signal.aborted) throw new Error('aborted');
-          }
-        },
+        run: waitRunning('create'),
       },
     ],
     async onSucceeded(task, tx) {
@@ -280,8 +287,91 @@ export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
     },
   });
 
+  // Failover (ha/failover.ts): the evacuation's transaction moved the VM's host claim to the new
+  // host (addresses, MACs and disk are the VM's rows: unchanged) and set it recovering. This task
+  // defines and starts it there from its existing root volume on the shared pool — never a new
+  // clone — and its rollback never deletes that volume.
+  const recover: TaskDefinition = {
+    kind: VM_TASKS.recover,
+    steps: [
+      {
+        name: 'claim',
+        async run(ctx) {
+          const vm = await loadVm(ctx.db, ctx.task.targetId);
+          const to = String(ctx.task.input['toHostId'] ?? '');
+          if (vm.hostId !== to) throw new StepError('the VM is no longer placed on the host it was to restart on', 'failed_precondition', false);
+          if (vm.state !== 'recovering') throw new StepError(`the VM is ${vm.state}, not recovering`, 'failed_precondition', false);
+          if (!vm.pool) throw new StepError('the VM has no pool', 'failed_precondition', false);
+          return { hostId: to, host: vm.host?.name ?? null, pool: vm.pool.name };
+        },
+      },
+      ensureNetworks,
+      {
+        name: 'recover',
+        async run(ctx) {
+          const vm = await loadVm(ctx.db, ctx.task.targetId);
+          const t = vm.template;
+          const boot = t.bootKernel && t.bootInitrd ? { kernel: t.bootKernel, initrd: t.bootInitrd, cmdline: t.bootCmdline ?? '' } : undefined;
+          const start = ctx.task.input['start'] !== false;
+          try {
+            await runCommand(agents, ctx, hostOf(vm), {
+              vmId: vm.id,
+              action: {
+                kind: 'createVm',
+                hostname: vm.name,
+                cpu: vm.cpu,
+                ramMb: vm.ramMb,
+                diskGb: vm.diskGb,
+                pool: vm.pool?.name ?? '',
+                templateVolume: t.image,
+                nics: vm.interfaces.map((i) => nicOf(vm, i)),
+                sshAuthorizedKeys: Array.isArray(vm.sshKeys) ? (vm.sshKeys as string[]) : [],
+                passwordHash: '',
+                ha: vm.haEnabled,
+                recover: { start },
+                ...(boot ? { boot } : {}),
+                ...(vm.userData ? { userData: vm.userData } : {}),
+              },
+            });
+          } catch (err) {
+            // No root volume there: the pool is not shared with that host after all. Retrying the
+            // same host cannot help (and a recover never clones a new disk).
+            if (err instanceof StepError && err.code === 'not_found') throw new StepError(err.message, 'not_found', false, { cause: err });
+            throw err;
+          }
+          return start ? { recovered: true, runningAt: Date.now() } : { recovered: true, defined: true };
+        },
+        // Remove the domain and its ports from that host, never its volumes (the VM's disk).
+        async undo(ctx) {
+          const vm = await loadVm(ctx.db, ctx.task.targetId);
+          if (!vm.hostId) return;
+          await runCommand(agents, ctx, vm.hostId, { vmId: vm.id, action: { kind: 'evictVm', bridges: [] } });
+        },
+      },
+      {
+        name: 'running',
+        async run(ctx) {
+          if (ctx.task.input['start'] === false) return { seenBy: 'not started: the VM was stopped' };
+          return waitRunning('recover')(ctx);
+        },
+      },
+    ],
+    async onSucceeded(task, tx) {
+      await setState(tx, task, task.input['start'] === false ? 'stopped' : 'running');
+    },
+    async onRolledBack(task, tx, reason, complete) {
+      // Back on its dead host, lost: the sweep retries an HA VM there when a host has room (and
+      // the host's return reconciles it). An incomplete rollback may have left the domain on the
+      // new host: the claim stays there, so that host's return cleans nothing it still needs.
+      const from = String(task.input['fromHostId'] ?? '');
+      if (from && complete) await tx.vm.updateMany({ where: { id: task.targetId, state: 'recovering' }, data: { hostId: from } });
+      await setState(tx, task, 'lost', `the restart on another host failed: ${reason}`.slice(0, 1000));
+    },
+  };
+
   return [
     create,
+    recover,
     del,
     power(VM_TASKS.start, 'start', 'running', 'startVm'),
     power(VM_TASKS.stop, 'stop', 'stopped', 'stopVm'),

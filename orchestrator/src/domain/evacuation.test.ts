@@ -1,0 +1,171 @@
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { planEvacuation, planReturn, type EvacuationVm, type KnownVm } from './evacuation.js';
+import { buildPlacementSnapshot, type PlacementHost, type PlacementPool } from './placement.js';
+
+function host(name: string, over: Partial<PlacementHost> = {}): PlacementHost {
+  return {
+    id: `id-${name}`,
+    name,
+    areaId: 'a1',
+    state: 'up',
+    adminState: 'active',
+    connected: true,
+    cpuCount: 4,
+    ramMb: 8192,
+    claimedCpu: 0,
+    claimedRamMb: 0,
+    ...over,
+  };
+}
+
+const shared: PlacementPool = { id: 'p-shared', name: 'shared', areaId: 'a1', shared: true, capacityGb: 100, claimedGb: 100 };
+const local: PlacementPool = { id: 'p-local', name: 'local', areaId: 'a1', shared: false, capacityGb: 0, claimedGb: 0 };
+
+let n = 0;
+function vm(over: Partial<EvacuationVm> = {}): EvacuationVm {
+  n++;
+  return { id: `vm-${String(n).padStart(3, '0')}`, name: `vm${n}`, workspaceId: 'ws1', areaId: 'a1', cpu: 1, ramMb: 1024, diskGb: 10, ha: true, poolId: 'p-shared', poolShared: true, state: 'running', ...over };
+}
+
+test('HA VMs restart on other up hosts of the area, spread, and never on the dead host', () => {
+  const hosts = [host('a', { state: 'down', claimedCpu: 4, claimedRamMb: 4096 }), host('b'), host('c')];
+  const vms = [vm({ workspaceId: 'w1' }), vm({ workspaceId: 'w2' }), vm({ workspaceId: 'w3' }), vm({ workspaceId: 'w4' })];
+  const plan = planEvacuation({ placement: buildPlacementSnapshot(hosts, [shared]), vms }, 'id-a');
+  assert.equal(plan.moves.length, 4);
+  assert.deepEqual(plan.unplaced, []);
+  const on = (h: string) => plan.moves.filter((m) => m.toHostId === h).length;
+  assert.equal(on('id-a'), 0);
+  // Spread: each host gets two (each decision sees the earlier claims).
+  assert.equal(on('id-b'), 2);
+  assert.equal(on('id-c'), 2);
+  for (const m of plan.moves) {
+    assert.equal(m.poolId, 'p-shared');
+    assert.equal(m.start, true);
+  }
+});
+
+test('anti-affinity: one workspace\'s HA VMs go to different hosts even when one host is emptier', () => {
+  // b is much emptier than c, but both VMs belong to one workspace: the second goes to c.
+  const hosts = [host('a', { state: 'down' }), host('b', { cpuCount: 64, ramMb: 262_144 }), host('c')];
+  const vms = [vm({ workspaceId: 'w' }), vm({ workspaceId: 'w' })];
+  const plan = planEvacuation({ placement: buildPlacementSnapshot(hosts, [shared]), vms }, 'id-a');
+  assert.deepEqual(plan.moves.map((m) => m.toHostName).sort(), ['b', 'c']);
+  assert.deepEqual(plan.moves.map((m) => m.reason.sameWorkspaceHaVms), [0, 0]);
+});
+
+test('VMs that do not fit are reported with each host\'s rejection, largest placed first; the rest still move', () => {
+  // b takes 6 GB of RAM at most, c is in maintenance, d lacks the shared pool.
+  const hosts = [
+    host('a', { state: 'down' }),
+    host('b', { ramMb: 6144 }),
+    host('c', { adminState: 'maintenance' }),
+    host('d', { activePools: new Set<string>() }),
+    host('e', { connected: false }),
+  ];
+  const big = vm({ name: 'big', ramMb: 4096 });
+  const small = vm({ name: 'small', ramMb: 2048 });
+  const huge = vm({ name: 'huge', ramMb: 8192 });
+  const plan = planEvacuation({ placement: buildPlacementSnapshot(hosts, [shared]), vms: [small, big, huge] }, 'id-a');
+  assert.deepEqual(plan.moves.map((m) => m.vmName), ['big', 'small']);
+  assert.deepEqual(plan.unplaced.map((u) => [u.vmName, u.code]), [['huge', 'no_capacity']]);
+  const why = Object.fromEntries((plan.unplaced[0]?.rejections ?? []).map((r) => [r.hostName, r.filter]));
+  assert.deepEqual(why, { a: 'state', b: 'ram', c: 'admin', d: 'pool', e: 'agent' });
+  assert.match(plan.unplaced[0]!.message, /no host of the area can take/);
+});
+
+test('non-HA VMs and VMs on a host-local pool are lost; busy and lost VMs are skipped; stopped HA VMs move without start', () => {
+  const hosts = [host('a', { state: 'down' }), host('b')];
+  const vms = [
+    vm({ name: 'plain', ha: false }),
+    vm({ name: 'local', poolId: 'p-local', poolShared: false }),
+    vm({ name: 'nopool', poolId: null }),
+    vm({ name: 'creating', state: 'creating' }),
+    vm({ name: 'gone', state: 'lost' }),
+    vm({ name: 'err', state: 'error' }),
+    vm({ name: 'off', state: 'stopped' }),
+  ];
+  const plan = planEvacuation({ placement: buildPlacementSnapshot(hosts, [shared, local]), vms }, 'id-a');
+  assert.deepEqual(plan.moves.map((m) => [m.vmName, m.start]), [['off', false]]);
+  assert.deepEqual(plan.lost.map((l) => [l.vmName, l.code]).sort(), [['local', 'local_pool'], ['nopool', 'no_pool'], ['plain', 'not_ha']]);
+  assert.deepEqual(plan.skipped.map((l) => [l.vmName, l.code]).sort(), [['creating', 'busy'], ['err', 'busy'], ['gone', 'already_lost']]);
+  assert.deepEqual(plan.unplaced, []);
+});
+
+test('the retry sweep plans lost HA VMs again, never lost non-HA ones', () => {
+  const hosts = [host('a', { state: 'down' }), host('b')];
+  const vms = [vm({ name: 'ha', state: 'lost' }), vm({ name: 'plain', ha: false, state: 'lost' })];
+  const plan = planEvacuation({ placement: buildPlacementSnapshot(hosts, [shared]), vms }, 'id-a', { retryLost: true });
+  assert.deepEqual(plan.moves.map((m) => m.vmName), ['ha']);
+  assert.deepEqual(plan.skipped.map((m) => [m.vmName, m.code]), [['plain', 'already_lost']]);
+  // Without retryLost, a host-down plan leaves both as they are.
+  const first = planEvacuation({ placement: buildPlacementSnapshot(hosts, [shared]), vms }, 'id-a');
+  assert.deepEqual(first.moves, []);
+  assert.equal(first.skipped.length, 2);
+});
+
+test('only hosts of the VM\'s own area, with its pool, are candidates', () => {
+  const other: PlacementPool = { id: 'p2', name: 'other', areaId: 'a1', shared: true, capacityGb: 1000, claimedGb: 0 };
+  const hosts = [host('a', { state: 'down' }), host('b', { activePools: new Set(['p2']) }), host('x', { areaId: 'a2' })];
+  const plan = planEvacuation({ placement: buildPlacementSnapshot(hosts, [shared, other]), vms: [vm()] }, 'id-a');
+  assert.equal(plan.moves.length, 0);
+  assert.equal(plan.unplaced[0]?.rejections?.find((r) => r.hostName === 'b')?.filter, 'pool');
+  assert.equal(plan.unplaced[0]?.rejections?.some((r) => r.hostName === 'x'), false);
+});
+
+test('deterministic and never over capacity, for any set of VMs (property)', () => {
+  fc.assert(
+    fc.property(
+      fc.array(fc.record({ cpu: fc.integer({ min: 1, max: 4 }), ramMb: fc.integer({ min: 256, max: 8192 }), ha: fc.boolean(), ws: fc.integer({ min: 0, max: 3 }) }), { maxLength: 30 }),
+      fc.array(fc.record({ cpu: fc.integer({ min: 1, max: 8 }), ramMb: fc.integer({ min: 1024, max: 16384 }) }), { minLength: 1, maxLength: 5 }),
+      (specs, hostSpecs) => {
+        const hosts = [host('dead', { state: 'down' }), ...hostSpecs.map((h, i) => host(`h${i}`, { cpuCount: h.cpu, ramMb: h.ramMb }))];
+        const vms = specs.map((s, i) => ({ ...vm({ cpu: s.cpu, ramMb: s.ramMb, ha: s.ha, workspaceId: `w${s.ws}` }), id: `v${i}`, name: `v${i}` }));
+        const snap = { placement: buildPlacementSnapshot(hosts, [shared]), vms };
+        const plan = planEvacuation(snap, 'id-dead');
+        const reversed = planEvacuation({ ...snap, vms: [...vms].reverse() }, 'id-dead');
+        assert.deepEqual(plan, reversed);
+        // Every VM is accounted for exactly once.
+        const all = [...plan.moves.map((m) => m.vmId), ...plan.unplaced.map((u) => u.vmId), ...plan.lost.map((l) => l.vmId), ...plan.skipped.map((s) => s.vmId)];
+        assert.deepEqual(all.sort(), vms.map((v) => v.id).sort());
+        assert.equal(plan.lost.length, vms.filter((v) => !v.ha).length);
+        for (const h of hosts.slice(1)) {
+          const mine = plan.moves.filter((m) => m.toHostId === h.id).map((m) => vms.find((v) => v.id === m.vmId)!);
+          assert.ok(mine.reduce((a, v) => a + v.ramMb, 0) <= h.ramMb);
+          assert.ok(mine.reduce((a, v) => a + v.cpu, 0) <= h.cpuCount * 4);
+        }
+        assert.equal(plan.moves.some((m) => m.toHostId === 'id-dead'), false);
+      },
+    ),
+    { numRuns: 200 },
+  );
+});
+
+test('a returning host: VMs placed elsewhere are evicted, unknown domains deleted with their volumes, lost VMs reconciled', () => {
+  const known = new Map<string, KnownVm>([
+    ['aaaa', { id: 'aaaa', hostId: 'B', state: 'running', poolName: 'shared' }],
+    ['bbbb', { id: 'bbbb', hostId: 'A', state: 'lost', poolName: 'shared' }],
+    ['cccc', { id: 'cccc', hostId: 'A', state: 'running', poolName: 'shared' }],
+    ['dddd', { id: 'dddd', hostId: null, state: 'error', poolName: null }],
+  ]);
+  const domains = [
+    { name: 'kloudak-aaaa', vmId: 'AAAA', state: 'shutoff' },
+    { name: 'kloudak-bbbb', vmId: 'bbbb', state: 'running' },
+    { name: 'kloudak-cccc', vmId: 'cccc', state: 'running' },
+    { name: 'kloudak-dddd', vmId: 'dddd', state: 'shutoff' },
+    { name: 'kloudak-eeee', vmId: 'eeee', state: 'running' },
+    { name: 'foreign', vmId: '', state: 'running' },
+  ];
+  const volumes = [
+    { pool: 'shared', vmId: 'eeee' },
+    { pool: 'local', vmId: 'eeee' },
+    { pool: 'shared', vmId: 'aaaa' },
+  ];
+  assert.deepEqual(planReturn('A', domains, known, volumes), [
+    { kind: 'evict', vmId: 'aaaa', domain: 'kloudak-aaaa', placedOn: 'B' },
+    { kind: 'reconcile', vmId: 'bbbb', domain: 'kloudak-bbbb', state: 'running' },
+    { kind: 'evict', vmId: 'dddd', domain: 'kloudak-dddd', placedOn: null },
+    { kind: 'deleteOrphan', vmId: 'eeee', domain: 'kloudak-eeee', pools: ['local', 'shared'] },
+  ]);
+});

@@ -1,0 +1,238 @@
+/**
+ * Evacuation planning: where the VMs of a dead host go. Pure — data in, data out, no I/O.
+ *
+ * The caller (ha/failover.ts) reads, inside the claims transaction of the host's area, the area's
+ * placement snapshot and the VMs placed on the dead host, calls {@link planEvacuation}, and writes
+ * the plan (claims moved, recover tasks queued, VM states) in the same transaction.
+ *
+ * Rules (book chapter 2: an area is a failover domain; every host of it mounts its shared pools):
+ * - an HA VM that was running or stopped restarts (or is re-homed, stopped) on another host of its
+ *   area, from its disk on the shared pool: the placement filters of domain/placement.ts apply
+ *   (host up, active, agent connected, vCPU and RAM under the ratios) and the target must have
+ *   the VM's own pool active — the disk is not copied, so no other pool will do, and no disk is
+ *   claimed again (it already is, in that pool);
+ * - HA VMs are placed largest first (RAM, then vCPU), each decision seeing the earlier ones
+ *   (applyPlacement), with the spread weigher and the anti-affinity of a workspace's HA VMs;
+ * - an HA VM no host can take is `unplaced`, with the filter that rejected each host: it stays
+ *   listed, and a later sweep retries it when capacity appears;
+ * - a VM without HA, or whose disk is on a host-local pool (gone with the host), is `lost`;
+ * - a VM in the middle of a task (creating, deleting, recovering, …), in error, or already lost is
+ *   `skipped`: its task or the host's return decides (the retry sweep plans lost HA VMs again).
+ * Deterministic: the same snapshot gives the same plan (VMs ordered by size, then name, then id).
+ */
+import {
+  applyPlacement,
+  DEFAULT_PLACEMENT_POLICY,
+  schedule,
+  type HostRejection,
+  type PlacementPolicy,
+  type PlacementReason,
+  type PlacementRequest,
+  type PlacementSnapshot,
+} from './placement.js';
+
+/** A VM placed on the dead host, as the planner sees it. */
+export interface EvacuationVm {
+  id: string;
+  name: string;
+  workspaceId: string;
+  areaId: string;
+  cpu: number;
+  ramMb: number;
+  diskGb: number;
+  ha: boolean;
+  /** The pool holding its disk (null: never placed in one). */
+  poolId: string | null;
+  /** Whether that pool is shared by the area's hosts (false for a host-local pool). */
+  poolShared: boolean;
+  /** The VM's state (Vm.state). */
+  state: string;
+}
+
+/** Everything the planner needs. */
+export interface EvacuationSnapshot {
+  /** The placement snapshot of the dead host's area (or areas). */
+  placement: PlacementSnapshot;
+  /** The VMs placed on the dead host. */
+  vms: readonly EvacuationVm[];
+}
+
+/** An HA VM that restarts (or, stopped, is re-homed) on another host. */
+export interface EvacuationMove {
+  vmId: string;
+  vmName: string;
+  workspaceId: string;
+  toHostId: string;
+  toHostName: string;
+  poolId: string;
+  /** Start it there (it was running); false: define it only (it was stopped). */
+  start: boolean;
+  reason: PlacementReason;
+}
+
+/** Why a VM cannot be restarted, and, for an HA VM that did not fit, each host's rejection. */
+export interface EvacuationLeftBehind {
+  vmId: string;
+  vmName: string;
+  workspaceId: string;
+  /** no_capacity: an HA VM no host can take now (retried later); not_ha; local_pool; no_pool; busy; already_lost. */
+  code: 'no_capacity' | 'not_ha' | 'local_pool' | 'no_pool' | 'busy' | 'already_lost';
+  /** One line, for the VM's event and people. */
+  message: string;
+  rejections?: HostRejection[];
+}
+
+/** The outcome of {@link planEvacuation}. */
+export interface EvacuationPlan {
+  hostId: string;
+  /** HA VMs that restart elsewhere. */
+  moves: EvacuationMove[];
+  /** HA VMs that fit nowhere now (`no_capacity`): reported, kept, retried. */
+  unplaced: EvacuationLeftBehind[];
+  /** VMs that cannot restart elsewhere (not HA, or a disk on a host-local pool): state `lost`. */
+  lost: EvacuationLeftBehind[];
+  /** VMs left as they are (a task is working on them, or they are lost already). */
+  skipped: EvacuationLeftBehind[];
+}
+
+/** VM states the planner acts on; anything else belongs to a task in progress. */
+const SETTLED = new Set(['running', 'stopped']);
+
+/** Options of {@link planEvacuation}. */
+export interface EvacuationOptions {
+  policy?: PlacementPolicy;
+  /**
+   * Plan HA VMs already `lost` too (the sweep that retries the HA VMs an earlier plan could not
+   * place, once capacity appears). Default false: a host-down plan leaves lost VMs as they are.
+   */
+  retryLost?: boolean;
+}
+
+function bySize(a: EvacuationVm, b: EvacuationVm): number {
+  return b.ramMb - a.ramMb || b.cpu - a.cpu || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+}
+
+/**
+ * Plan the evacuation of `hostId`: a host for each HA VM (see the module comment for the rules).
+ * `snapshot.vms` are the VMs placed on that host; others are ignored.
+ */
+export function planEvacuation(snapshot: EvacuationSnapshot, hostId: string, options: EvacuationOptions = {}): EvacuationPlan {
+  const policy = options.policy ?? DEFAULT_PLACEMENT_POLICY;
+  const plan: EvacuationPlan = { hostId, moves: [], unplaced: [], lost: [], skipped: [] };
+  let placement = snapshot.placement;
+  const exclude = new Set([hostId]);
+  const left = (vm: EvacuationVm, code: EvacuationLeftBehind['code'], message: string): EvacuationLeftBehind => ({
+    vmId: vm.id,
+    vmName: vm.name,
+    workspaceId: vm.workspaceId,
+    code,
+    message,
+  });
+  for (const vm of [...snapshot.vms].sort(bySize)) {
+    const retry = vm.state === 'lost' && vm.ha && options.retryLost === true;
+    if (vm.state === 'lost' && !retry) {
+      plan.skipped.push(left(vm, 'already_lost', 'already lost'));
+      continue;
+    }
+    if (!retry && !SETTLED.has(vm.state)) {
+      plan.skipped.push(left(vm, 'busy', `a task is working on it (state ${vm.state})`));
+      continue;
+    }
+    if (!vm.ha) {
+      plan.lost.push(left(vm, 'not_ha', 'its host is down and it is not an HA VM: it returns with its host'));
+      continue;
+    }
+    if (vm.poolId === null) {
+      plan.lost.push(left(vm, 'no_pool', 'it has no disk in any pool to restart from'));
+      continue;
+    }
+    if (!vm.poolShared) {
+      plan.lost.push(left(vm, 'local_pool', 'its disk is on a host-local pool: it returns with its host'));
+      continue;
+    }
+    // The disk exists already (claimed in its pool): only CPU and RAM are claimed again, on a host
+    // that has this very pool active.
+    const request: PlacementRequest = {
+      areaId: vm.areaId,
+      workspaceId: vm.workspaceId,
+      cpu: vm.cpu,
+      ramMb: vm.ramMb,
+      diskGb: 0,
+      ha: true,
+      excludeHostIds: exclude,
+      poolIds: new Set([vm.poolId]),
+    };
+    const r = schedule(placement, request, policy);
+    if (!r.ok) {
+      plan.unplaced.push({ ...left(vm, 'no_capacity', r.message), rejections: r.rejections });
+      continue;
+    }
+    placement = applyPlacement(placement, request, r);
+    plan.moves.push({
+      vmId: vm.id,
+      vmName: vm.name,
+      workspaceId: vm.workspaceId,
+      toHostId: r.hostId,
+      toHostName: r.hostName,
+      poolId: r.poolId,
+      start: vm.state !== 'stopped',
+      reason: r.reason,
+    });
+  }
+  return plan;
+}
+
+/** A domain a returning host reports (its inventory). */
+export interface ReturningDomain {
+  name: string;
+  /** The VM id its name carries (lower case); '' when it carries none. */
+  vmId: string;
+  state: string;
+}
+
+/** What the orchestrator knows of a VM a returning host reports. */
+export interface KnownVm {
+  id: string;
+  /** The host it is placed on now (null: none). */
+  hostId: string | null;
+  state: string;
+  poolName: string | null;
+}
+
+/** What to do on a host that comes back, before any other command reaches it. */
+export type ReturnAction =
+  /** The VM is placed on another host now: destroy and undefine its domain here, keep its volumes. */
+  | { kind: 'evict'; vmId: string; domain: string; placedOn: string | null }
+  /** No VM has this id: delete the domain and its volumes (nobody else can reference them). */
+  | { kind: 'deleteOrphan'; vmId: string; domain: string; pools: string[] }
+  /** A VM marked lost is still here: its state is what the host reports. */
+  | { kind: 'reconcile'; vmId: string; domain: string; state: 'running' | 'stopped' };
+
+/**
+ * Decide what to do with the domains a host reports on its return (pure). `known` are the VMs
+ * with the reported ids (any host); `volumes` the host's Kloudak volumes (pool per VM id).
+ */
+export function planReturn(
+  hostId: string,
+  domains: readonly ReturningDomain[],
+  known: ReadonlyMap<string, KnownVm>,
+  volumes: readonly { pool: string; vmId: string }[],
+): ReturnAction[] {
+  const out: ReturnAction[] = [];
+  for (const d of [...domains].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    const id = d.vmId.toLowerCase();
+    if (id === '') continue;
+    const vm = known.get(id);
+    if (!vm) {
+      const pools = [...new Set(volumes.filter((v) => v.vmId.toLowerCase() === id).map((v) => v.pool))].sort();
+      out.push({ kind: 'deleteOrphan', vmId: id, domain: d.name, pools });
+      continue;
+    }
+    if (vm.hostId !== hostId) {
+      out.push({ kind: 'evict', vmId: id, domain: d.name, placedOn: vm.hostId });
+      continue;
+    }
+    if (vm.state === 'lost') out.push({ kind: 'reconcile', vmId: id, domain: d.name, state: d.state === 'running' ? 'running' : 'stopped' });
+  }
+  return out;
+}

@@ -1,0 +1,244 @@
+/**
+ * Failover: what happens when a host dies and when it comes back (issue 11, "Host failure and
+ * evacuation").
+ *
+ * - The agent link declares a host `down` only once the last lease it granted has surely ended
+ *   (lease + margin: the host has fenced its HA domains by then). That write creates the host-down
+ *   episode's Evacuation row, with the evidence, in the same transaction (store/agent-hosts.ts).
+ * - {@link evacuateHost} plans it: inside the area's claims lock it reads the placement snapshot
+ *   and the host's VMs, calls the pure planEvacuation(), moves each HA VM's host claim to its new
+ *   host and queues its `vm.recover` task, marks the VMs that cannot restart `lost` (with why),
+ *   and marks the evacuation planned — one transaction, so it happens once per episode however
+ *   often it is called (the row is locked and must be pending), by this orchestrator or another.
+ * - {@link sweepEvacuations} is the periodic part (the leader's sweep when there are several
+ *   orchestrators): pending evacuations left by a crash, and lost HA VMs that may fit now.
+ * - {@link cleanReturningHost} runs on a host's Hello before any other command is released to it:
+ *   domains of VMs now placed on another host are evicted (destroyed, undefined, ports removed —
+ *   never their volumes, which live on the shared pool and are in use elsewhere); domains of no VM
+ *   at all are deleted with their volumes; lost VMs of that host take the state it reports.
+ */
+import type { Logger } from '@kloudak/common';
+import type { PrismaClient } from '@kloudak/prisma';
+import type { HostLifecycleHooks } from '../agent-api/link.js';
+import type { Clock } from '../clock.js';
+import type { AgentCommand, CommandResult, HostInventory } from '../domain/agent.js';
+import { planEvacuation, planReturn, type EvacuationPlan, type ReturnAction } from '../domain/evacuation.js';
+import type { PlacementPolicy } from '../domain/placement.js';
+import { areaPlacementSnapshot, lockArea } from '../store/claims.js';
+import {
+  downHostsWithLostHaVms,
+  hostForEvacuation,
+  knownVms,
+  lockEvacuation,
+  markPlanned,
+  pendingEvacuations,
+  reconcileLostVm,
+  recordHostCleanUp,
+  vmsForEvacuation,
+  writeLost,
+  writeMoves,
+} from '../store/evacuations.js';
+import { VM_TASKS } from '../tasks/vm.js';
+
+/** What failover needs. */
+export interface FailoverDeps {
+  db: PrismaClient;
+  clock: Clock;
+  log: Logger;
+  /** Whether a host's agent holds a session (a restart target must). */
+  connected: (hostId: string) => boolean;
+  placement: Readonly<PlacementPolicy>;
+  /** Wake the task worker (recover tasks were queued). */
+  kickTasks: () => void;
+  /** Attempts of each recover step, and how long a recover task may take in all. */
+  taskMaxAttempts: number;
+  recoverTimeoutMs: number;
+  /** How long each clean-up command of a returning host may take. */
+  commandTimeoutMs: number;
+}
+
+/**
+ * Plan every pending evacuation of `hostId` (normally one: the episode that just began). Returns
+ * the plans made; an evacuation already planned (by another call or orchestrator) is skipped.
+ */
+export async function evacuateHost(deps: FailoverDeps, hostId: string): Promise<EvacuationPlan[]> {
+  const plans: EvacuationPlan[] = [];
+  for (const id of await pendingEvacuations(deps.db, hostId)) {
+    const p = await planOne(deps, id);
+    if (p) plans.push(p);
+  }
+  if (plans.some((p) => p.moves.length > 0)) deps.kickTasks();
+  return plans;
+}
+
+async function planOne(deps: FailoverDeps, evacuationId: string): Promise<EvacuationPlan | null> {
+  const started = deps.clock.now();
+  const result = await deps.db.$transaction(
+    async (tx) => {
+      const e = await lockEvacuation(tx, evacuationId);
+      if (!e || e.state !== 'pending') return null;
+      const host = await hostForEvacuation(tx, e.hostId);
+      if (!host) return null;
+      await lockArea(tx, host.areaId);
+      const placement = await areaPlacementSnapshot(tx, host.areaId, deps.connected);
+      const vms = await vmsForEvacuation(tx, host.id);
+      const plan = planEvacuation({ placement, vms }, host.id, { policy: deps.placement });
+      const moved = await writeMoves(tx, host.id, plan.moves, ['running', 'stopped'], {
+        kind: VM_TASKS.recover,
+        maxAttempts: deps.taskMaxAttempts,
+        deadline: new Date(deps.clock.now() + deps.recoverTimeoutMs),
+        evacuationId,
+      });
+      await writeLost(tx, host.id, [...plan.unplaced, ...plan.lost], evacuationId);
+      await markPlanned(tx, evacuationId, host.id, host.name, plan, new Date(deps.clock.now()));
+      return { plan, host, moved: moved.length };
+    },
+    { timeout: 30_000 },
+  );
+  if (!result) return null;
+  const { plan, host } = result;
+  deps.log.warn(
+    {
+      component: 'failover',
+      host_id: host.id,
+      evacuation_id: evacuationId,
+      moves: result.moved,
+      unplaced: plan.unplaced.length,
+      lost: plan.lost.length,
+      skipped: plan.skipped.length,
+      ms: deps.clock.now() - started,
+    },
+    'host evacuation planned',
+  );
+  return plan;
+}
+
+/**
+ * The periodic sweep: evacuations still pending (an orchestrator died between the down state
+ * and its plan), then lost HA VMs of down hosts that may fit somewhere now.
+ */
+export async function sweepEvacuations(deps: FailoverDeps): Promise<{ planned: number; retried: number }> {
+  let planned = 0;
+  for (const id of await pendingEvacuations(deps.db)) if (await planOne(deps, id)) planned++;
+  let retried = 0;
+  for (const hostId of await downHostsWithLostHaVms(deps.db)) retried += await retryLost(deps, hostId);
+  if (planned + retried > 0) deps.kickTasks();
+  return { planned, retried };
+}
+
+async function retryLost(deps: FailoverDeps, hostId: string): Promise<number> {
+  return deps.db.$transaction(
+    async (tx) => {
+      const host = await hostForEvacuation(tx, hostId);
+      if (!host || host.state !== 'down') return 0;
+      await lockArea(tx, host.areaId);
+      const placement = await areaPlacementSnapshot(tx, host.areaId, deps.connected);
+      const vms = (await vmsForEvacuation(tx, host.id)).filter((v) => v.state === 'lost' && v.ha);
+      const plan = planEvacuation({ placement, vms }, host.id, { policy: deps.placement, retryLost: true });
+      if (plan.moves.length === 0) return 0;
+      const moved = await writeMoves(tx, host.id, plan.moves, ['lost'], {
+        kind: VM_TASKS.recover,
+        maxAttempts: deps.taskMaxAttempts,
+        deadline: new Date(deps.clock.now() + deps.recoverTimeoutMs),
+        evacuationId: null,
+      });
+      if (moved.length > 0) deps.log.warn({ component: 'failover', host_id: hostId, moves: moved.length }, 'lost HA VMs fit now: recovering them');
+      return moved.length;
+    },
+    { timeout: 30_000 },
+  );
+}
+
+/** What {@link cleanReturningHost} did. */
+export interface CleanUpReport {
+  evicted: string[];
+  deleted: string[];
+  reconciled: string[];
+  failed: { vmId: string; error: string }[];
+}
+
+/**
+ * Clean a host that said Hello, from the domains it reported, before anything else is sent to it
+ * (see the module comment). Throws when a domain of a VM placed elsewhere could not be evicted:
+ * the link then ends the session, and the next Hello tries again.
+ */
+export async function cleanReturningHost(
+  deps: FailoverDeps,
+  hostId: string,
+  inventory: HostInventory,
+  send: (command: AgentCommand, deadline: Date) => Promise<CommandResult>,
+): Promise<CleanUpReport> {
+  const report: CleanUpReport = { evicted: [], deleted: [], reconciled: [], failed: [] };
+  const domains = inventory.domains.map((d) => ({ name: d.name, vmId: d.vmId, state: d.state }));
+  if (domains.length === 0) return report;
+  const known = await knownVms(deps.db, domains.map((d) => d.vmId));
+  const volumes = inventory.volumes.map((v) => ({ pool: v.pool, vmId: v.vmId }));
+  const actions = planReturn(hostId, domains, known, volumes);
+  if (actions.length === 0) return report;
+  const bridges = [...new Set(inventory.ovsPorts.map((p) => p.bridge))];
+  let mustFail = false;
+  await Promise.all(
+    actions.map(async (a: ReturnAction) => {
+      if (a.kind === 'reconcile') {
+        if (await reconcileLostVm(deps.db, hostId, a.vmId, a.state)) report.reconciled.push(a.vmId);
+        return;
+      }
+      const deadline = new Date(deps.clock.now() + deps.commandTimeoutMs);
+      const results: CommandResult[] = [];
+      if (a.kind === 'evict') {
+        results.push(await send({ vmId: a.vmId, action: { kind: 'evictVm', bridges } }, deadline));
+      } else {
+        // A domain of no VM: nothing can reference its volumes (their names carry its id).
+        if (a.pools.length === 0) results.push(await send({ vmId: a.vmId, action: { kind: 'evictVm', bridges } }, deadline));
+        for (const pool of a.pools) results.push(await send({ vmId: a.vmId, action: { kind: 'deleteVm', pool, bridges } }, deadline));
+      }
+      const bad = results.find((r) => !r.ok);
+      if (bad) {
+        report.failed.push({ vmId: a.vmId, error: `${bad.error?.code ?? 'internal'}: ${bad.error?.message ?? ''}` });
+        // A VM that may run elsewhere must be gone from here before anything else happens here.
+        if (a.kind === 'evict' && a.placedOn !== null) mustFail = true;
+        return;
+      }
+      (a.kind === 'evict' ? report.evicted : report.deleted).push(a.vmId);
+    }),
+  );
+  const level = report.failed.length > 0 ? 'error' : 'warn';
+  deps.log[level]({ component: 'failover', host_id: hostId, ...report }, 'returning host cleaned');
+  await recordHostCleanUp(deps.db, hostId, { ...report });
+  if (mustFail) throw new Error(`could not evict from host ${hostId}: ${report.failed.map((f) => `${f.vmId} (${f.error})`).join(', ')}`);
+  return report;
+}
+
+/** How often {@link startFailoverSweeps} sweeps. */
+export const FAILOVER_SWEEP_MS = 5000;
+
+/**
+ * Run {@link sweepEvacuations} every `everyMs`, while `isLeader()` (with several orchestrators only
+ * the leader sweeps: ha/leader.ts), until the returned function is called.
+ */
+export function startFailoverSweeps(deps: FailoverDeps, isLeader: () => boolean, everyMs = FAILOVER_SWEEP_MS): () => void {
+  let running = false;
+  const timer = setInterval(() => {
+    if (running || !isLeader()) return;
+    running = true;
+    sweepEvacuations(deps)
+      .catch((err: unknown) => deps.log.error({ component: 'failover', err }, 'failover sweep failed'))
+      .finally(() => (running = false));
+  }, everyMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
+/** The link's hooks, wired to failover (the composition root calls `link.setHooks`). */
+export function failoverHooks(deps: FailoverDeps): HostLifecycleHooks {
+  return {
+    hostDown(hostId) {
+      void evacuateHost(deps, hostId).catch((err: unknown) =>
+        deps.log.error({ component: 'failover', host_id: hostId, err }, 'planning the evacuation failed; the sweep tries again'),
+      );
+    },
+    async hostReturned(hostId, inventory, send) {
+      await cleanReturningHost(deps, hostId, inventory, send);
+    },
+  };
+}
