@@ -13,7 +13,7 @@ import { Libvirt, NotSupportedError } from '@kloudak/libvirt';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import { IsoSeedBuilder } from '../cloudinit/seed.js';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor.js';
-import { domainName, seedVolumeName } from '../names.js';
+import { domainName, rootVolumeName, seedVolumeName } from '../names.js';
 import { OvsNetworkDriver } from '../network/ovs.js';
 import { DEFAULT_HOST_SETTINGS, type HostSettings } from '../settings.js';
 import type { VmSpec } from '../spec.js';
@@ -21,7 +21,7 @@ import { LibvirtStorage } from '../storage/libvirt-storage.js';
 import { ProcessRunner } from '../system/command-runner.js';
 import { createTestNet, type TestNet } from '../testing/netns.js';
 import { ensureOvs } from '../testing/ovs-service.js';
-import { HostOperations } from './host-ops.js';
+import { HostOperations, RootVolumeMissingError } from './host-ops.js';
 
 const HOSTS = 4;
 const VMS_PER_HOST = 3;
@@ -196,5 +196,27 @@ describe(`host operations on ${HOSTS} simulated hosts at once (test:///file thro
       for (const s of specs) assert.ok(!existsSync(join(h.dir, seedVolumeName(s.vmId))), 'seed file removed');
       await h.ops.deleteNetwork(10 + h.index);
     }
+  });
+
+  it('recover (failover) boots from the root volume the pool already has, never clones one, never deletes it; evict keeps the volumes', async () => {
+    const [a, b] = [hosts[0]!, hosts[1]!];
+    const vm = { ...spec(77, 1), recover: { start: true } };
+    // b's pool lacks the VM's disk (test-driver pools are private): NOT_FOUND, and nothing made.
+    await assert.rejects(b.ops.createVm(vm), RootVolumeMissingError);
+    assert.equal(await b.storage.get(POOL, rootVolumeName(vm.vmId)), null, 'no clone');
+    assert.equal(await b.hv.state(domainName(vm.vmId)), null, 'no domain');
+    // a has it (as a shared pool would): the domain is defined and started from it.
+    await a.ops.createVm({ ...vm, recover: undefined });
+    await a.ops.evictVm(vm.vmId, [a.settings.bridge]);
+    assert.equal(await a.hv.state(domainName(vm.vmId)), null, 'evicted: no domain');
+    assert.notEqual(await a.storage.get(POOL, rootVolumeName(vm.vmId)), null, 'evicted: the disk stays');
+    await a.ops.createVm(vm);
+    assert.equal(await a.hv.state(domainName(vm.vmId)), 'running');
+    // define only (the VM was stopped)
+    await a.ops.evictVm(vm.vmId, [a.settings.bridge]);
+    await a.ops.createVm({ ...vm, recover: { start: false } });
+    assert.equal(await a.hv.state(domainName(vm.vmId)), 'shutoff');
+    await a.ops.deleteVm({ vmId: vm.vmId, pool: POOL }, [a.settings.bridge]);
+    assert.equal(await a.storage.get(POOL, rootVolumeName(vm.vmId)), null);
   });
 });

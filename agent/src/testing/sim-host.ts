@@ -26,6 +26,13 @@ export interface SimHostOptions {
   templateVolume?: string;
   /** Template size in GiB (default 1). */
   templateGb?: number;
+  /**
+   * More volumes in the pool from the start (default none). A test of failover lists here the
+   * volumes a shared pool would show this host (each test-driver host has a private pool).
+   */
+  volumes?: { name: string; capacityGb: number }[];
+  /** Domains defined from the start, as test-driver domain XML (default none): a host that reboots with its old domains. */
+  domains?: string[];
 }
 
 /** A written simulated host. */
@@ -45,6 +52,17 @@ export function simHostXml(o: Required<Omit<SimHostOptions, 'dir'>>): string {
   const pool = escapeXml(o.poolName);
   const path = escapeXml(o.poolPath);
   const tpl = escapeXml(o.templateVolume);
+  const volumes = o.volumes
+    .map(
+      (v) => `
+    <volume type='file'>
+      <name>${escapeXml(v.name)}</name>
+      <capacity unit='GiB'>${v.capacityGb}</capacity>
+      <allocation unit='MiB'>1</allocation>
+      <target><path>${path}/${escapeXml(v.name)}</path><format type='qcow2'/></target>
+    </volume>`,
+    )
+    .join('');
   return `<node>
   <cpu><nodes>1</nodes><sockets>1</sockets><cores>${o.cpus}</cores><threads>1</threads><active>${o.cpus}</active><mhz>2000</mhz><model>x86_64</model></cpu>
   <memory>${o.memoryMb * 1024}</memory>
@@ -59,10 +77,22 @@ export function simHostXml(o: Required<Omit<SimHostOptions, 'dir'>>): string {
       <capacity unit='GiB'>${o.templateGb}</capacity>
       <allocation unit='MiB'>64</allocation>
       <target><path>${path}/${tpl}</path><format type='qcow2'/></target>
-    </volume>
-  </pool>
+    </volume>${volumes}
+  </pool>${o.domains.map((d) => `\n  ${d}`).join('')}
 </node>
 `;
+}
+
+/**
+ * A test-driver domain named as Kloudak names the VM `vmId`'s domain, running or shut off: for a
+ * host that comes back with domains it had before (the test driver keeps nothing across agent
+ * connections, so the test writes them into the host's node file).
+ */
+export function simDomainXml(vmId: string, state: 'running' | 'shutoff', memoryMb = 256): string {
+  const id = escapeXml(vmId);
+  // test:runstate 5 = VIR_DOMAIN_SHUTOFF (a defined, stopped domain); domains start running by default.
+  const runstate = state === 'shutoff' ? '<test:runstate>5</test:runstate>' : '';
+  return `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'><name>kloudak-${id}</name><uuid>${id}</uuid><memory unit='MiB'>${memoryMb}</memory><vcpu>1</vcpu><os><type>hvm</type></os>${runstate}</domain>`;
 }
 
 /** Writes a simulated host under `o.dir` and returns its URI. */
@@ -75,6 +105,8 @@ export function createSimHost(o: SimHostOptions): SimHost {
     poolCapacityGb: o.poolCapacityGb ?? 100,
     templateVolume: o.templateVolume ?? 'template.qcow2',
     templateGb: o.templateGb ?? 1,
+    volumes: o.volumes ?? [],
+    domains: o.domains ?? [],
   };
   if (!o.dir.startsWith('/')) throw new Error(`the simulated host's dir must be absolute: ${o.dir}`);
   mkdirSync(full.poolPath, { recursive: true });

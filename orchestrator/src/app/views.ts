@@ -84,7 +84,10 @@ export interface VmView {
   area: string;
   template: string;
   host: string | null;
+  /** pending, scheduled, creating, running, stopped, deleting, error, recovering (its host died: restarting elsewhere) or lost (its host is down and it cannot run elsewhere now). */
   state: string;
+  /** Why it is in its state, when that is not obvious (lost: why it could not restart elsewhere); null otherwise. */
+  reason: string | null;
   cpu: number;
   ramMb: number;
   diskGb: number;
@@ -107,6 +110,7 @@ export function vmView(v: VmRow): VmView {
     template: v.template.name,
     host: v.host?.name ?? null,
     state: v.state,
+    reason: v.stateReason ?? null,
     cpu: v.cpu,
     ramMb: v.ramMb,
     diskGb: v.diskGb,

@@ -7,7 +7,7 @@ import { freshDatabase, TEST_NATS_URL, type FreshDatabase } from '@kloudak/testk
 import { systemClock, type Clock } from '../clock.js';
 import { configWith, type OrchestratorConfig } from '../config.js';
 import { startOrchestrator, type Orchestrator, type StartOptions } from '../server.js';
-import { enrollSimAgent, SimAgent, type SimAgentOptions } from '../agent-api/testing/sim-agent.js';
+import { enrollSimAgent, SimAgent, type SimAgentOptions, type SimIdentity } from '../agent-api/testing/sim-agent.js';
 
 /** The two database engines every API test runs against. */
 export const ENGINES = ['postgres', 'pglite'] as const;
@@ -160,7 +160,7 @@ export async function connectSimHost(
   pool: string,
   name = `sim-${++seq}`,
   opts: Partial<Pick<SimAgentOptions, 'onCommand' | 'heartbeatMs' | 'usage' | 'reconnect'>> & { /** The pool's capacity as this host reports it (default 4000 GiB). */ poolCapacityGb?: number } = {},
-): Promise<{ hostId: string; agent: SimAgent }> {
+): Promise<{ hostId: string; agent: SimAgent; identity: SimIdentity }> {
   const { poolCapacityGb = 4000, ...agentOpts } = opts;
   const poolBytes = BigInt(poolCapacityGb) << 30n;
   const t = await h.admin.client.post('/api/v1/hosts/join-tokens', { area: areaId, expiresIn: 600 });
@@ -182,5 +182,5 @@ export async function connectSimHost(
     if (Date.now() > deadline) throw new Error(`simulated host ${name} did not come up`);
     await new Promise((r) => setTimeout(r, 50));
   }
-  return { hostId: identity.hostId, agent };
+  return { hostId: identity.hostId, agent, identity };
 }

@@ -157,6 +157,22 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     return (await host(name))['id'] as string;
   }
 
+  /**
+   * Record a VM as placed on a host, as its create task would have: this test drives the link
+   * directly, and a Kloudak domain of no VM at all is an orphan the orchestrator deletes when its
+   * host says Hello (ha/failover.ts), and the fence evidence counts only for VMs on that host.
+   */
+  let fixture: { templateId: string; workspaceId: string } | undefined;
+  async function recordVm(vmId: string, onHost: string, ha: boolean): Promise<void> {
+    const db = orch.db.client;
+    fixture ??= {
+      templateId: (await db.template.create({ data: { name: `${RUN}-vm-tpl`, os: 'test', cpu: 1, ramMb: 128, diskGb: 1, image: 'none.qcow2' } })).id,
+      workspaceId: (await db.workspace.create({ data: { name: `${RUN}-vm-ws`, description: '' } })).id,
+    };
+    const h = await db.host.findUniqueOrThrow({ where: { id: onHost } });
+    await db.vm.create({ data: { id: vmId, name: `vm-${vmId.slice(0, 8)}`, workspaceId: fixture.workspaceId, areaId: h.areaId, templateId: fixture.templateId, hostId: onHost, cpu: 1, ramMb: 128, diskGb: 1, state: 'running', haEnabled: ha } });
+  }
+
   function createVmAction(vmId: string, ha: boolean, ip: string): CommandAction {
     return {
       kind: 'createVm',
@@ -245,6 +261,7 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     const qemuId = await hostId(`${RUN}-qemu`);
     const vmId = randomUUID();
     qemuVms.push(vmId);
+    await recordVm(vmId, qemuId, true);
     const created = await orch.agents.sendCommand(qemuId, { vmId, action: createVmAction(vmId, true, '10.243.0.41') }, { deadline: Date.now() + 60_000 });
     assert.equal(created.ok, true, JSON.stringify(created.error));
     let consoleText = '';
@@ -262,6 +279,7 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     // The same create on a simulated host (seed as a file there; the test driver cannot upload).
     const simId = await hostId(`${RUN}-sim-1`);
     const simVm = randomUUID();
+    await recordVm(simVm, simId, true);
     const sim = sims[1];
     assert.ok(sim);
     const simAction = { ...createVmAction(simVm, true, '10.243.0.42'), pool: sim.poolName, templateVolume: sim.templateVolume };
@@ -342,17 +360,12 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     const haVm = (globalThis as Record<string, unknown>)['__qemuVm'] as string;
     const plainVm = randomUUID();
     qemuVms.push(plainVm);
+    await recordVm(plainVm, qemuId, false);
     const c = await orch.agents.sendCommand(qemuId, { vmId: plainVm, action: createVmAction(plainVm, false, '10.243.0.43') }, { deadline: Date.now() + 60_000 });
     assert.equal(c.ok, true, JSON.stringify(c.error));
     const state = async (vm: string) => (await lv.getDomainState(await lv.lookupDomainByName(domainName(vm)))).state;
     assert.equal(await state(haVm), 1, 'HA VM running before the partition');
-    // The orchestrator counts fence evidence only for VMs placed on the reporting host: record the
-    // HA VM as placed there, as its create task would have (this test drives the link directly).
-    const db = orch.db.client;
-    const qemuHost = await db.host.findUniqueOrThrow({ where: { id: qemuId } });
-    const tpl = await db.template.create({ data: { name: `${RUN}-ha-tpl`, os: 'test', cpu: 1, ramMb: 128, diskGb: 1, image: 'none.qcow2' } });
-    const ws = await db.workspace.create({ data: { name: `${RUN}-ha-ws`, description: '' } });
-    await db.vm.create({ data: { id: haVm, name: 'ha', workspaceId: ws.id, areaId: qemuHost.areaId, templateId: tpl.id, hostId: qemuId, cpu: 1, ramMb: 128, diskGb: 1, state: 'running', haEnabled: true } });
+    // (Both VMs are recorded as placed on the qemu host: the fence evidence counts only for those.)
 
     const cutAt = Date.now();
     a.relay.cut();

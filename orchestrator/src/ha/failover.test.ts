@@ -1,0 +1,128 @@
+// Failover through the real orchestrator (PostgreSQL and PGlite, the agent link over real sockets,
+// the task worker) with in-process simulated agents that answer every command at once: one
+// evacuation per host-down episode however the host flaps or the planner is called, and a
+// returning host receiving its clean-up before any other command. What the agents do on real
+// libvirt hosts is covered end to end by test/e2e failover.e2e.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import * as pb from '@kloudak/proto/agent';
+import { ENGINES, connectSimHost, startHarness, type Harness } from '../testing/harness.js';
+import { createWorld, uniq, type World } from '../testing/fixtures.js';
+import { SimAgent } from '../agent-api/testing/sim-agent.js';
+import { writeHostState } from '../store/agent-hosts.js';
+import { evacuateHost, sweepEvacuations, type FailoverDeps } from './failover.js';
+import { systemClock } from '../clock.js';
+import { createLogger } from '@kloudak/common';
+import { DEFAULT_PLACEMENT_POLICY } from '../domain/placement.js';
+
+async function until(what: string, ok: () => Promise<boolean>, ms = 15_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await ok())) {
+    if (Date.now() > end) throw new Error(`timed out: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+for (const engine of ENGINES) {
+  describe(`failover on ${engine}`, { timeout: 90_000 }, () => {
+    let h: Harness;
+    let w: World;
+    const stops: (() => Promise<void>)[] = [];
+    const ws = () => `/api/v1/workspaces/${w.workspace.name}`;
+
+    before(async () => {
+      h = await startHarness(engine, { heartbeatIntervalMs: 100, agentLeaseMs: 500, agentDownMarginMs: 200, taskBackoffMs: 100, taskBackoffMaxMs: 200 }, systemClock, { livenessTickMs: 50 });
+      w = await createWorld(h.orch.db.client);
+      // The fixture's host is not connected (never a target); its VM is none of this test's.
+      await h.orch.db.client.vm.deleteMany({ where: { areaId: w.area.id } });
+    });
+    after(async () => {
+      for (const s of stops) await s().catch(() => undefined);
+      await h?.close();
+    });
+
+    it('one evacuation per down episode, however the host flaps; the returning host is cleaned before any other command', async () => {
+      const db = h.orch.db.client;
+      const a = await connectSimHost(h, w.area.id, w.pool.name, uniq('a'), { heartbeatMs: 100, reconnect: false });
+      stops.push(() => a.agent.stop());
+      const names = ['ha1', 'ha2', 'plain'].map((n) => uniq(n));
+      const ids: string[] = [];
+      for (const [i, name] of names.entries()) {
+        const r = await h.admin.client.post(`${ws()}/vms`, { name, template: w.template.name, networks: [w.network.name], cpu: 1, ramMb: 256, ha: i < 2 });
+        assert.equal(r.status, 202, JSON.stringify(r.body));
+        ids.push(r.body.vm.id);
+      }
+      await until('created', async () => (await db.vm.count({ where: { id: { in: ids }, state: 'running' } })) === 3);
+      const b = await connectSimHost(h, w.area.id, w.pool.name, uniq('b'), { heartbeatMs: 100, reconnect: false });
+      stops.push(() => b.agent.stop());
+
+      // Episode 1: A's agent goes; after lease + margin the HA VMs restart on B.
+      await a.agent.stop();
+      await until('HA VMs on B', async () => (await db.vm.count({ where: { id: { in: ids.slice(0, 2) }, state: 'running', hostId: b.hostId } })) === 2);
+      assert.equal((await db.vm.findUniqueOrThrow({ where: { id: ids[2]! } })).state, 'lost');
+      const first = await db.evacuation.findMany({ where: { hostId: a.hostId } });
+      assert.deepEqual(first.map((e) => [e.episode, e.state]), [[1, 'planned']]);
+
+      // Asked again — by the down path, the sweep, or a replayed down write — nothing new.
+      const deps: FailoverDeps = {
+        db,
+        clock: systemClock,
+        log: createLogger({ component: 'test', level: 'silent' }),
+        connected: (id) => h.orch.agentLink.status(id).connected,
+        placement: DEFAULT_PLACEMENT_POLICY,
+        kickTasks: () => h.orch.tasks.kick(),
+        taskMaxAttempts: 3,
+        recoverTimeoutMs: 30_000,
+        commandTimeoutMs: 5_000,
+      };
+      assert.deepEqual(await evacuateHost(deps, a.hostId), []);
+      assert.deepEqual(await sweepEvacuations(deps), { planned: 0, retried: 0 });
+      const replay = await writeHostState(db, a.hostId, 'down', undefined, { from: 'suspect', at: new Date() });
+      assert.equal(replay?.evacuation, undefined);
+      assert.equal(await db.evacuation.count({ where: { hostId: a.hostId } }), 1);
+      assert.equal(await db.task.count({ where: { kind: 'vm.recover', targetId: { in: ids } } }), 2);
+
+      // A returns with its old domains and an orphan; a command queued while it was away waits.
+      const commands: string[] = [];
+      const orphan = randomUUID();
+      const queued = h.orch.agents.sendCommand(a.hostId, { action: { kind: 'getInventory' } }, { deadline: Date.now() + 10_000 });
+      const dom = (vmId: string, state: pb.DomainState) => ({ name: `kloudak-${vmId}`, uuid: vmId, vmId, state, vcpus: 1, memoryBytes: 256n << 20n });
+      const back = new SimAgent({
+        address: `127.0.0.1:${h.orch.agentPort}`,
+        identity: a.identity,
+        heartbeatMs: 100,
+        reconnect: false,
+        hello: {
+          pools: [{ name: w.pool.name, path: '/srv/x', capacityBytes: 4000n << 30n, allocationBytes: 0n, availableBytes: 4000n << 30n, active: true }],
+          inventory: {
+            domains: [dom(ids[0]!, pb.DomainState.DOMAIN_STATE_SHUTOFF), dom(ids[1]!, pb.DomainState.DOMAIN_STATE_SHUTOFF), dom(ids[2]!, pb.DomainState.DOMAIN_STATE_RUNNING), dom(orphan, pb.DomainState.DOMAIN_STATE_RUNNING)],
+            volumes: [{ pool: w.pool.name, name: `kloudak-${orphan}-root.qcow2`, path: '/srv/x/o', capacityBytes: 1n, allocationBytes: 1n, vmId: orphan }],
+            ovsPorts: [],
+          },
+        },
+        onCommand: async (c) => {
+          commands.push(`${c.action?.$case}:${c.vmId || '-'}`);
+          await new Promise((r) => setTimeout(r, 20));
+          return { ok: true };
+        },
+      });
+      stops.push(() => back.stop());
+      await back.start();
+      assert.equal((await queued).ok, true);
+      const firstAfter = commands.indexOf('getInventory:-');
+      assert.ok(firstAfter >= 0, JSON.stringify(commands));
+      assert.deepEqual(commands.slice(0, firstAfter).sort(), [`deleteVm:${orphan}`, `evictVm:${ids[0]}`, `evictVm:${ids[1]}`].sort(), 'the clean-up first');
+      await until('plain reconciled', async () => (await db.vm.findUniqueOrThrow({ where: { id: ids[2]! } })).state === 'running');
+
+      // Episode 2 (a flap): a new evacuation, which finds nothing left to move.
+      await back.stop();
+      await until('episode 2 planned', async () => (await db.evacuation.count({ where: { hostId: a.hostId, state: 'planned' } })) === 2);
+      const second = await db.evacuation.findFirstOrThrow({ where: { hostId: a.hostId, episode: 2 } });
+      const plan = second.plan as { moves: unknown[]; lost: { vmId: string }[] };
+      assert.deepEqual(plan.moves, []);
+      assert.deepEqual(plan.lost.map((l) => l.vmId), [ids[2]]);
+      assert.equal(await db.task.count({ where: { kind: 'vm.recover', targetId: { in: ids } } }), 2);
+    });
+  });
+}
