@@ -32,7 +32,9 @@ for (const engine of ENGINES) {
     const ws = () => `/api/v1/workspaces/${w.workspace.name}`;
 
     before(async () => {
-      h = await startHarness(engine, { heartbeatIntervalMs: 100, agentLeaseMs: 500, agentDownMarginMs: 200, taskBackoffMs: 100, taskBackoffMaxMs: 200 }, systemClock, { livenessTickMs: 50 });
+      // Leases long enough that PGlite (in this process, blocking it for a moment now and then) on a
+      // busy machine cannot make a live host miss one: a false down would be a second episode.
+      h = await startHarness(engine, { heartbeatIntervalMs: 200, agentLeaseMs: 2000, agentDownMarginMs: 500, taskBackoffMs: 100, taskBackoffMaxMs: 200 }, systemClock, { livenessTickMs: 50 });
       w = await createWorld(h.orch.db.client);
       // The fixture's host is not connected (never a target); its VM is none of this test's.
       await h.orch.db.client.vm.deleteMany({ where: { areaId: w.area.id } });
@@ -44,7 +46,7 @@ for (const engine of ENGINES) {
 
     it('one evacuation per down episode, however the host flaps; the returning host is cleaned before any other command', async () => {
       const db = h.orch.db.client;
-      const a = await connectSimHost(h, w.area.id, w.pool.name, uniq('a'), { heartbeatMs: 100, reconnect: false });
+      const a = await connectSimHost(h, w.area.id, w.pool.name, uniq('a'), { heartbeatMs: 200, reconnect: false });
       stops.push(() => a.agent.stop());
       const names = ['ha1', 'ha2', 'plain'].map((n) => uniq(n));
       const ids: string[] = [];
@@ -54,7 +56,7 @@ for (const engine of ENGINES) {
         ids.push(r.body.vm.id);
       }
       await until('created', async () => (await db.vm.count({ where: { id: { in: ids }, state: 'running' } })) === 3);
-      const b = await connectSimHost(h, w.area.id, w.pool.name, uniq('b'), { heartbeatMs: 100, reconnect: false });
+      const b = await connectSimHost(h, w.area.id, w.pool.name, uniq('b'), { heartbeatMs: 200, reconnect: false });
       stops.push(() => b.agent.stop());
 
       // Episode 1: A's agent goes; after lease + margin the HA VMs restart on B.
@@ -91,7 +93,7 @@ for (const engine of ENGINES) {
       const back = new SimAgent({
         address: `127.0.0.1:${h.orch.agentPort}`,
         identity: a.identity,
-        heartbeatMs: 100,
+        heartbeatMs: 200,
         reconnect: false,
         hello: {
           pools: [{ name: w.pool.name, path: '/srv/x', capacityBytes: 4000n << 30n, allocationBytes: 0n, availableBytes: 4000n << 30n, active: true }],
