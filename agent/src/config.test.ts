@@ -23,6 +23,7 @@ describe('agent config', () => {
     assert.equal(c.hostname, hostname());
     assert.equal(c.heartbeatMs, 1000);
     assert.equal(c.fenceLeaseMs, 15_000);
+    assert.equal(c.poolLeases, true);
     assert.equal(c.libvirtUri, 'qemu:///system');
     assert.equal(c.seedDir, undefined);
     assert.equal(c.underSystemd, false);
@@ -31,7 +32,7 @@ describe('agent config', () => {
 
   it('applies file < env < flags, snake_case keys in the file, on/off booleans', () => {
     const c = loadAgentConfig({
-      env: { KLOUDAK_AGENT_CONFIG: file, KLOUDAK_AGENT_HEARTBEAT_MS: '3000', KLOUDAK_AGENT_BRIDGE: 'br-env', KLOUDAK_AGENT_JOIN_TOKEN: 'kjt1.x' },
+      env: { KLOUDAK_AGENT_CONFIG: file, KLOUDAK_AGENT_HEARTBEAT_MS: '3000', KLOUDAK_AGENT_BRIDGE: 'br-env', KLOUDAK_AGENT_JOIN_TOKEN: 'kjt1.x', KLOUDAK_AGENT_POOL_LEASES: 'off' },
       argv: ['--bridge', 'br-flag', '--fence-lease-ms=9000'],
     });
     assert.equal(c.orchestrator, 'orch.example:8443', 'file');
@@ -42,6 +43,7 @@ describe('agent config', () => {
     assert.equal(c.bridge, 'br-flag', 'flag over env');
     assert.equal(c.fenceLeaseMs, 9000);
     assert.equal(c.joinToken, 'kjt1.x');
+    assert.equal(c.poolLeases, false, 'KLOUDAK_AGENT_POOL_LEASES=off');
     assert.equal(hostSettingsOf(c).bridge, 'br-flag');
   });
 

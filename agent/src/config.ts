@@ -49,6 +49,11 @@ export const AgentConfigSchema = Type.Object(
     shutdownTimeoutMs: Type.Integer({ minimum: 0, default: 60_000 }),
     /** Heartbeat period until the orchestrator grants one in HelloAck. */
     heartbeatMs: Type.Integer({ minimum: 50, maximum: 600_000, default: 1000 }),
+    /**
+     * Write a lease file on each active dir/fs/netfs pool at every heartbeat, and report the other
+     * hosts' files there (storage/pool-lease.ts).
+     */
+    poolLeases: Type.Boolean({ default: true }),
     /** Upper bound of the lease, whatever the orchestrator grants. */
     fenceLeaseMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 15_000 }),
     /** How long fencing waits for one libvirt call before it kills QEMU processes from their pid files. */
@@ -109,6 +114,7 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_AGENT_FENCE_LIBVIRT_TIMEOUT_MS: 'fenceLibvirtTimeoutMs',
   KLOUDAK_AGENT_QEMU_RUN_DIR: 'qemuRunDir',
   KLOUDAK_AGENT_CERT_RENEW_FRACTION: 'certRenewFraction',
+  KLOUDAK_AGENT_POOL_LEASES: 'poolLeases',
   KLOUDAK_AGENT_DRAIN_TIMEOUT_MS: 'drainTimeoutMs',
   KLOUDAK_AGENT_LOG_LEVEL: 'logLevel',
   KLOUDAK_AGENT_LOG_TARGET: 'logTarget',
@@ -141,7 +147,7 @@ function normalise(layer: Record<string, unknown>, where: string): Record<string
   for (const [k, v] of Object.entries(layer)) {
     const key = camel(k);
     if (ENV_ONLY_SETTINGS.has(key)) throw new ConfigError(`${where}: ${k} cannot be set here`);
-    out[key] = key === 'nicOffload' ? toBool(v) : v;
+    out[key] = key === 'nicOffload' || key === 'poolLeases' ? toBool(v) : v;
   }
   return out;
 }

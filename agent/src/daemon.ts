@@ -27,6 +27,7 @@ import { HostOperations } from './ops/host-ops.js';
 import type { CommandRunner, NetworkDriver, SeedBuilder } from './ports.js';
 import { CommandDispatcher } from './runner/commands.js';
 import { LibvirtStorage } from './storage/libvirt-storage.js';
+import { fileBasedPools, PoolLeaseKeeper, type LeasePool } from './storage/pool-lease.js';
 import { ProcessRunner } from './system/command-runner.js';
 import { SdNotifier } from './system/sd-notify.js';
 import { collectPools } from './telemetry/libvirt-stats.js';
@@ -62,6 +63,8 @@ export interface AgentHandle {
   readonly dispatcher: CommandDispatcher;
   readonly fenceStore: FenceStore;
   readonly libvirt: Libvirt;
+  /** Pool lease files (null when `poolLeases` is off). */
+  readonly poolLeases: PoolLeaseKeeper | null;
   /** The link's state. */
   status(): LinkStatus;
   /** Resolves after each self-fencing finishes (tests wait on it). */
@@ -192,10 +195,16 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
     retryDelayMs: deps.fenceRetryMs ?? 1000,
     onRecord: () => link?.fenceRecorded(),
   });
+  // Pool lease files (storage/pool-lease.ts), once the identity and libvirt are known.
+  let poolLeases: PoolLeaseKeeper | null = null;
   const onExpire = (e: LeaseExpiry): void => {
     flog.error({ lease_expired_at: e.expiredAt.toISOString() }, 'lease expired without a new grant');
     // The stream may be stuck rather than closed: a new session is the way back.
     link?.dropSession('lease expired');
+    // Registered before the fence is queued: resolves once it (both passes) finished; the lease
+    // files then say "fenced" until a lease is held again.
+    const keeper = poolLeases;
+    if (keeper) void fencer.fenced().then(() => keeper.markFenced(new Date()));
     fencer.onExpire(e);
   };
   lease = new Lease({ maxMs: cfg.fenceLeaseMs, clock: deps.clock ?? systemLeaseClock, onExpire });
@@ -241,6 +250,21 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
     log: hlog.child({ component: 'telemetry' }),
   });
   const dispatcher = new CommandDispatcher({ ops, inventory: () => telemetry.inventory(), defaultBridge: cfg.bridge, log: hlog.child({ component: 'runner' }) });
+  // The second signal: a lease file on each file-based pool. The pool list of the last round that
+  // could ask libvirt serves while libvirtd does not answer.
+  let leasePools: LeasePool[] = [];
+  if (cfg.poolLeases) {
+    poolLeases = new PoolLeaseKeeper({
+      hostId: identity.hostId,
+      pools: async () => {
+        if (lv.state !== 'ready') return leasePools;
+        leasePools = await fileBasedPools(lv).catch(() => leasePools);
+        return leasePools;
+      },
+      leaseRemainingMs: () => lease.remainingMs(),
+      log: hlog.child({ component: 'pool-lease' }),
+    });
+  }
 
   link = new AgentLink({
     identity,
@@ -256,6 +280,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
     startedAt,
     dataDir: cfg.dataDir,
     renewFraction: cfg.certRenewFraction,
+    ...(poolLeases ? { poolLeases } : {}),
     ...(deps.backoff ? { backoff: deps.backoff } : {}),
     waitForLibvirt: async () => {
       while (lv.state !== 'ready') {
@@ -275,6 +300,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
   });
 
   link.start();
+  poolLeases?.start(cfg.heartbeatMs);
   hlog.info({ version: AGENT_VERSION, orchestrator: cfg.orchestrator ?? identity.orchestrator, libvirt_uri: cfg.libvirtUri }, 'agent started');
 
   let stopping: Promise<void> | null = null;
@@ -287,6 +313,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
     dispatcher,
     fenceStore,
     libvirt: lv,
+    poolLeases,
     status: () => link.status(),
     fencing: () => fencer.fenced(),
     stop: () => {
@@ -297,6 +324,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
         if (!drained) hlog.warn({ in_flight: dispatcher.inFlight }, 'commands still running at shutdown');
         await link.stop();
         lease.stop();
+        await poolLeases?.stop();
         await events.unsubscribe().catch(() => undefined);
         await fencer.idle();
         await lv.close();

@@ -11,6 +11,7 @@ import type { AgentAction, AgentCommand, CommandErrorCode, CommandOutcome } from
 import type { FenceRecord } from '../fence/records.js';
 import type { PoolFigures, VmCounters } from '../telemetry/libvirt-stats.js';
 import type { BridgeInfo, Capacity, HeartbeatSample, InventoryReport } from '../telemetry/inventory.js';
+import type { PeerLeaseObservation } from '../storage/pool-lease.js';
 
 function id(what: string, v: string): string {
   try {
@@ -220,7 +221,13 @@ export function helloToProto(h: HelloFacts): pb.AgentMessage {
 }
 
 /** A heartbeat sample → AgentMessage. */
-export function heartbeatToProto(sequence: bigint, sentAt: Date, s: HeartbeatSample, pendingFenceReports: number): pb.AgentMessage {
+export function heartbeatToProto(
+  sequence: bigint,
+  sentAt: Date,
+  s: HeartbeatSample,
+  pendingFenceReports: number,
+  peerLeases: readonly PeerLeaseObservation[] = [],
+): pb.AgentMessage {
   return {
     body: {
       $case: 'heartbeat',
@@ -232,8 +239,25 @@ export function heartbeatToProto(sequence: bigint, sentAt: Date, s: HeartbeatSam
         vms: s.libvirtConnected ? s.vms.map(vmStatsToProto) : [],
         libvirtConnected: s.libvirtConnected,
         pendingFenceReports,
+        peerLeases: peerLeases.map(peerLeaseToProto),
       },
     },
+  };
+}
+
+/** PeerLeaseObservation → PeerLease. */
+export function peerLeaseToProto(o: PeerLeaseObservation): pb.PeerLease {
+  return {
+    poolName: o.poolName,
+    hostId: o.hostId,
+    sequence: BigInt(o.sequence),
+    writtenAt: o.writtenAt,
+    validUntil: o.validUntil,
+    fenced: o.fenced,
+    fencedAt: o.fencedAt ?? undefined,
+    unchangedForMs: BigInt(Math.max(0, Math.round(o.unchangedForMs))),
+    renewalSeen: o.renewalSeen,
+    fileModifiedAt: o.fileModifiedAt,
   };
 }
 

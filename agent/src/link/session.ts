@@ -16,6 +16,7 @@ import { AgentLinkClient, type AgentMessage, type OrchestratorMessage } from '@k
 import type { Logger } from 'pino';
 import type { Lease } from '../fence/lease.js';
 import type { FenceStore } from '../fence/records.js';
+import type { PoolLeaseKeeper } from '../storage/pool-lease.js';
 import type { CommandDispatcher } from '../runner/commands.js';
 import type { HeartbeatSample, HostTelemetry } from '../telemetry/inventory.js';
 import { AGENT_VERSION } from '../version.js';
@@ -53,6 +54,8 @@ export interface LinkDeps {
   log: Logger;
   startedAt: Date;
   backoff?: BackoffOptions;
+  /** What the pool lease files of the other hosts said when last read, sent with each heartbeat. */
+  poolLeases?: Pick<PoolLeaseKeeper, 'peerLeases'>;
   /** Waits for libvirt before gathering Hello (an empty inventory would read as "nothing exists"). */
   waitForLibvirt: () => Promise<void>;
   /** Where the identity lives: set, the certificate is renewed before it expires. */
@@ -376,7 +379,7 @@ export class AgentLink {
       if (s.ended) return;
       s.seq += 1n;
       this.d.lease.noteSent(s.seq);
-      s.call.write(heartbeatToProto(s.seq, new Date(), sample, this.pendingFence));
+      s.call.write(heartbeatToProto(s.seq, new Date(), sample, this.pendingFence, this.d.poolLeases?.peerLeases() ?? []));
     } finally {
       s.heartbeatBusy = false;
     }

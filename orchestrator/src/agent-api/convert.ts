@@ -10,6 +10,7 @@ import type {
   CommandResult,
   DomainLifecycleEvent,
   FenceEvidence,
+  PeerLeaseReport,
   HostInventory,
   NicSpec,
   PoolInfo,
@@ -215,7 +216,34 @@ export function heartbeatFromProto(h: pb.Heartbeat): AgentHeartbeat {
     },
     libvirtConnected: h.libvirtConnected,
     pendingFenceReports: h.pendingFenceReports,
+    peerLeases: peerLeasesFromProto(h.peerLeases),
   };
+}
+
+/** At most this many peer leases are kept from one heartbeat (a hostile agent may send more). */
+export const MAX_PEER_LEASES = 1024;
+const MAX_UNCHANGED_MS = 10 * 365 * 24 * 3600 * 1000;
+
+/** PeerLease[] → PeerLeaseReport[]: bounded, ids and names of sane length, durations clamped. */
+export function peerLeasesFromProto(list: readonly pb.PeerLease[]): PeerLeaseReport[] {
+  const out: PeerLeaseReport[] = [];
+  for (const p of list.slice(0, MAX_PEER_LEASES)) {
+    if (p.hostId === '' || p.hostId.length > 128 || p.poolName.length > 256) continue;
+    const unchanged = p.unchangedForMs > BigInt(MAX_UNCHANGED_MS) ? MAX_UNCHANGED_MS : Number(p.unchangedForMs);
+    out.push({
+      poolName: p.poolName,
+      hostId: p.hostId,
+      sequence: p.sequence,
+      writtenAt: p.writtenAt ?? null,
+      validUntil: p.validUntil ?? null,
+      fenced: p.fenced,
+      fencedAt: p.fencedAt ?? null,
+      unchangedForMs: unchanged,
+      renewalSeen: p.renewalSeen,
+      fileModifiedAt: p.fileModifiedAt ?? null,
+    });
+  }
+  return out;
 }
 
 export function fenceReportFromProto(f: pb.FenceReport, receivedAt: Date): FenceEvidence {

@@ -38,6 +38,7 @@ import { toGrpcError } from '../grpc/status.js';
 import { HeartbeatWriter, LAST_HEARTBEAT_WRITE_MS } from './heartbeat-writer.js';
 import { Liveness, type LiveState, type Transition } from './liveness.js';
 import { CertificateRenewal } from './renewal.js';
+import { PoolLeaseView } from './pool-lease-view.js';
 import { Session, type Call, type SessionLimits } from './session.js';
 import { OptionalClientCertCredentials } from './tls.js';
 import { UsageRecorder, type CurrentUsage } from './usage.js';
@@ -123,6 +124,8 @@ export class AgentLink {
   /** Sessions open on every live instance. */
   readonly directory: SessionDirectory;
   private readonly ownInstance: boolean;
+  /** What agents read of each other's pool lease files (the second signal of a host's death). */
+  readonly poolLeases: PoolLeaseView;
   private readonly sessions = new Map<string, Session>();
   private readonly inventories = new Map<string, HostInventory>();
   private readonly heartbeats: HeartbeatWriter;
@@ -152,6 +155,7 @@ export class AgentLink {
     this.channel = new CommandChannel(deps.clock, this.log);
     this.liveness = new Liveness(deps.clock, { heartbeatIntervalMs: opts.heartbeatIntervalMs, downMarginMs: opts.downMarginMs });
     this.usage = new UsageRecorder(deps.db.client, deps.clock, this.log);
+    this.poolLeases = new PoolLeaseView(deps.clock);
     this.heartbeats = new HeartbeatWriter(deps.db.client, this.log);
     this.renewal = new CertificateRenewal({ ...deps, log: this.log, graceMs: opts.certRenewGraceMs ?? CERT_RENEW_GRACE_MS });
     this.ownInstance = deps.instance === undefined;
@@ -262,6 +266,7 @@ export class AgentLink {
     this.sessions.get(hostId)?.end(grpc.status.PERMISSION_DENIED, 'the host was deleted');
     this.sessions.delete(hostId);
     this.liveness.forget(hostId);
+    this.poolLeases.forget(hostId);
     this.usage.forget(hostId);
     this.inventories.delete(hostId);
     this.directory.forget(hostId);
@@ -538,6 +543,7 @@ export class AgentLink {
     const t = this.liveness.alive(s.hostId);
     if (t) this.applyTransition(t);
     this.usage.record(s.hostId, hb.usage, hb.libvirtConnected);
+    this.poolLeases.record(s.hostId, hb.peerLeases);
     const now = this.deps.clock.now();
     // The agent measures its lease from the send time of the heartbeat, so a late grant only
     // shortens the lease it holds.
@@ -569,6 +575,8 @@ export class AgentLink {
             leaseMs: grant?.durationMs ?? this.opts.leaseMs,
             downMarginMs: this.opts.downMarginMs,
             fencedBy: grant ? new Date(grant.at + grant.durationMs + this.opts.downMarginMs).toISOString() : null,
+            // What its peers last read of its pool lease files, taken now (the views move on).
+            poolLeases: this.poolLeases.evidence(t.hostId),
           }
         : undefined;
     if (!orphan) this.heartbeats.writtenWithState(t.hostId, this.deps.clock.now());

@@ -156,6 +156,61 @@ export interface AgentHeartbeat {
   usage: HostUsage;
   libvirtConnected: boolean;
   pendingFenceReports: number;
+  /** Other hosts' pool lease files as this host read them (evidence only). */
+  peerLeases: PeerLeaseReport[];
+}
+
+/**
+ * One host's reading of another host's lease file on a shared pool (proto PeerLease). Times in
+ * the file are the peer's clock; `unchangedForMs` is the observer's monotonic measure.
+ */
+export interface PeerLeaseReport {
+  poolName: string;
+  hostId: string;
+  sequence: bigint;
+  writtenAt: Date | null;
+  validUntil: Date | null;
+  fenced: boolean;
+  fencedAt: Date | null;
+  unchangedForMs: number;
+  renewalSeen: boolean;
+  fileModifiedAt: Date | null;
+}
+
+/** One observer's latest reading of a host's file on one pool. */
+export interface PoolLeaseObservation {
+  observerHostId: string;
+  poolName: string;
+  sequence: string;
+  /** The subject's wall clock when it wrote the file (ISO), as written. */
+  writtenAt: string | null;
+  /** The end of its orchestrator lease as it wrote it (its clock, ISO). */
+  validUntil: string | null;
+  fenced: boolean;
+  fencedAt: string | null;
+  /** The observer saw the sequence change while it watched. */
+  renewalSeen: boolean;
+  /** How long the observer had read the same sequence, at its report. */
+  unchangedForMs: number;
+  /** Milliseconds since the observer's report arrived. */
+  reportAgeMs: number;
+  /** Milliseconds since the observer last saw the file change (unchanged + report age), when it saw one. */
+  lastRenewalSeenMsAgo: number | null;
+  /** The file's modification time (the storage's clock, ISO). */
+  fileModifiedAt: string | null;
+}
+
+/** Everything known of a host's lease files, for the host-down record and the failover code. */
+export interface PoolLeaseEvidence {
+  hostId: string;
+  /** Observations, newest report first. */
+  observations: PoolLeaseObservation[];
+  /** The most recent renewal any observer saw, ms ago; null when none saw one. */
+  lastRenewalSeenMsAgo: number | null;
+  /** Some observer read "fenced" in its latest reading of the host's file. */
+  fenced: boolean;
+  /** The latest fence time any file gave. */
+  fencedAt: string | null;
 }
 
 /** An agent's report that it fenced itself. */

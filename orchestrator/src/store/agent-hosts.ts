@@ -1,6 +1,6 @@
 // Host rows as the agent link writes them: enrollment, Hello reconciliation, liveness, fencing.
 import type { Prisma, PrismaClient } from '@kloudak/prisma';
-import type { AgentHello, FenceEvidence } from '../domain/agent.js';
+import type { AgentHello, FenceEvidence, PoolLeaseEvidence } from '../domain/agent.js';
 import type { HostCertificates } from '../domain/certificates.js';
 import { appendEvents } from './outbox.js';
 
@@ -63,6 +63,8 @@ export interface DownEvidence {
   downMarginMs: number;
   /** When the lease plus margin ended (the host must have fenced its HA VMs by then), ISO time. */
   fencedBy: string | null;
+  /** What the host's peers last read of its pool lease files (agent-api/pool-lease-view.ts). */
+  poolLeases?: PoolLeaseEvidence;
 }
 
 /** What {@link writeHostState} wrote: the host's name, and for a new down episode its evacuation. */

@@ -124,6 +124,8 @@ export interface SimAgentOptions {
   capacity?: { cpuCount: number; memoryBytes: bigint; diskBytes: bigint };
   /** Usage to report in each heartbeat. */
   usage?: () => { cpuPercent: number; memoryUsedBytes: bigint; memoryTotalBytes: bigint };
+  /** Peers' pool lease files to report in each heartbeat (default none). */
+  peerLeases?: () => pb.PeerLease[];
   /** Answers commands; by default every command succeeds at once. */
   onCommand?: (command: pb.Command) => Promise<SimCommandAnswer> | SimCommandAnswer;
   /** Reconnect after the stream ends (default true), after this delay (default 200 ms). */
@@ -228,7 +230,7 @@ export class SimAgent extends EventEmitter {
       this.send({
         body: {
           $case: 'heartbeat',
-          heartbeat: { sequence: this.seq, sentAt: new Date(), usage: u, pools: [], vms: [], libvirtConnected: true, pendingFenceReports: 0 },
+          heartbeat: { sequence: this.seq, sentAt: new Date(), usage: u, pools: [], vms: [], libvirtConnected: true, pendingFenceReports: 0, peerLeases: this.opts.peerLeases?.() ?? [] },
         },
       })
     ) {
