@@ -145,7 +145,7 @@ export async function writeHostState(
           domains: Array.isArray(r.domains) ? r.domains.length : 0,
         })),
       };
-      const e = await tx.evacuation.create({ data: { hostId, episode, evidence: evidence as Prisma.InputJsonValue }, select: { id: true } });
+      const e = await tx.evacuation.create({ data: { hostId, episode, evidence: evidence as unknown as Prisma.InputJsonValue }, select: { id: true } });
       evacuation = { id: e.id, episode };
       Object.assign(data, { episode, evacuationId: e.id, evidence });
     }
