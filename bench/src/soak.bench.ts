@@ -254,7 +254,11 @@ async function main(): Promise<number> {
     if (area.status !== 201) throw new Error(`create area: HTTP ${area.status} ${JSON.stringify(area.body)}`);
     const tokens = await joinTokens(first.srv.url, login.body.token, area.body.id, HOSTS);
     const workers = Array.from({ length: WORKERS }, (_, i) => SimWorker.start(i));
-    await enrollHosts(workers, first.agents, tokens, { from: 0, to: HOSTS, prefix: 'soak-kvm' }, 16);
+    await enrollHosts(workers, first.agents, tokens, { from: 0, to: HOSTS, prefix: 'soak-kvm' }, 16).catch((err: unknown) => {
+      // The server's side of the failure (its error log lines) beside the client's.
+      progress(`orchestrator output (tail):\n${first.srv.output().slice(-4000)}`);
+      throw err;
+    });
     progress(`${HOSTS} hosts enrolled`);
     await first.srv.stop();
 
