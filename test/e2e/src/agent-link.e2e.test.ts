@@ -299,6 +299,12 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     // A graceful stop takes the guest a second or more: long enough to cut the stream meanwhile.
     const pending = orch.agents.sendCommand(qemuId, { vmId, action: { kind: 'stopVm', timeoutMs: 20_000, force: false } }, { deadline: Date.now() + 60_000 });
     await new Promise((r) => setTimeout(r, 200));
+    // No other host may take the HA VM: the failover of the host's down episode then leaves its
+    // claim here (lost), and the fence report that names it counts as this host's evidence. (A
+    // recover elsewhere would move the claim, and a report arriving meanwhile names a VM no longer
+    // placed on this host.)
+    const others = ((await api('GET', '/hosts')).body['items'] as { id: string; name: string }[]).filter((x) => x.id !== qemuId);
+    for (const o of others) assert.equal((await api('PATCH', `/hosts/${o.id}`, { maintenance: true })).status, 200);
     const cutAt = Date.now();
     a.relay.cut();
     await new Promise((r) => setTimeout(r, 1_000));
@@ -367,6 +373,12 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     assert.equal(await state(haVm), 1, 'HA VM running before the partition');
     // (Both VMs are recorded as placed on the qemu host: the fence evidence counts only for those.)
 
+    // No other host may take the HA VM: the failover of the host's down episode then leaves its
+    // claim here (lost), and the fence report that names it counts as this host's evidence. (A
+    // recover elsewhere would move the claim, and a report arriving meanwhile names a VM no longer
+    // placed on this host.)
+    const others = ((await api('GET', '/hosts')).body['items'] as { id: string; name: string }[]).filter((x) => x.id !== qemuId);
+    for (const o of others) assert.equal((await api('PATCH', `/hosts/${o.id}`, { maintenance: true })).status, 200);
     const cutAt = Date.now();
     a.relay.cut();
     // Watch both sides at once: the agent's fencing (through libvirt) and the orchestrator's verdict.

@@ -153,7 +153,14 @@ describe('agent certificates end to end: renewal, re-key, re-enrollment', { time
     await waitFor(async () => (await row()).state === 'up' && orch.agentLink.status(hostId).connected, 20_000, 'host up').catch((e: unknown) => {
       throw new Error(`${(e as Error).message}\n${agent.output().slice(-3000)}`);
     });
+    // The VMs are recorded as placed on the host, as their create tasks would have: this test
+    // drives the link directly, and a Kloudak domain of no VM is an orphan the orchestrator
+    // deletes when its host says Hello again (ha/failover.ts) — which each renewal's reconnect is.
+    const db = orch.db.client;
+    const tpl = await db.template.create({ data: { name: `certs-tpl-${hostId.slice(0, 8)}`, os: 'test', cpu: 1, ramMb: 128, diskGb: 1, image: 'none.qcow2' } });
+    const ws = await db.workspace.create({ data: { name: `certs-ws-${hostId.slice(0, 8)}`, description: '' } });
     for (const [vmId, ha] of [[haVm, true], [plainVm, false]] as const) {
+      await db.vm.create({ data: { id: vmId, name: `vm-${vmId.slice(0, 8)}`, workspaceId: ws.id, areaId, templateId: tpl.id, hostId, cpu: 1, ramMb: 128, diskGb: 1, state: 'running', haEnabled: ha } });
       const r = await orch.agents.sendCommand(hostId, { vmId, action: createVm(vmId, ha) }, { deadline: Date.now() + 30_000 });
       assert.equal(r.ok, true, JSON.stringify(r.error));
     }
