@@ -31,7 +31,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { freePort, freshDatabase, withPg } from '@kloudak/testkit';
 import type { WindowReport } from './agent-link-sim-worker.js';
-import { enrollHosts, joinTokens, mergedLatencies, runHosts, SimWorker } from './sim-fleet.js';
+import { enrollHosts, joinTokens, mergedLatencies, runHosts, SimWorker, startFleetOrchestrator } from './sim-fleet.js';
 import {
   envNumber,
   machine,
@@ -53,7 +53,6 @@ import {
   backendPids,
 } from './harness.js';
 
-const ORCHESTRATOR_MAIN = fileURLToPath(new URL('../../orchestrator/dist/main.js', import.meta.url));
 const BASELINE_SERVER = fileURLToPath(new URL('./agent-link-baseline-server.js', import.meta.url));
 
 const STEPS = (process.env['BENCH_STEPS'] ?? '200,1000')
@@ -256,31 +255,16 @@ async function main(): Promise<number> {
     progress(`fresh database ${db.name}, open-file limit ${nofile}`);
 
     // ----- Kloudak -----
-    const agentPort = await freePort();
-    const orch = await startChild({
+    const { srv: orch, agents: orchAddress } = await startFleetOrchestrator({
       name: 'orchestrator',
-      script: ORCHESTRATOR_MAIN,
-      args: ['serve'],
-      env: {
-        KLOUDAK_HOST: '127.0.0.1',
-        KLOUDAK_GRPC_PORT: '0',
-        KLOUDAK_DATA_DIR: dataDir,
-        DATABASE_URL: db.url,
-        NATS_URL,
-        KLOUDAK_AGENT_HOST: '127.0.0.1',
-        KLOUDAK_AGENT_PORT: String(agentPort),
-        KLOUDAK_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS),
-        KLOUDAK_LOG_LEVEL: 'warn',
-        KLOUDAK_ADMIN_USER: ADMIN.username,
-        KLOUDAK_ADMIN_PASSWORD: ADMIN.password,
-        KLOUDAK_PASSWORD_HASH_COST: '12', // only the one login is affected
-      },
+      dataDir,
+      databaseUrl: db.url,
+      natsUrl: NATS_URL,
+      heartbeatMs: HEARTBEAT_MS,
+      admin: ADMIN,
       // e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to see where the server's CPU goes.
       nodeArgs: (process.env['BENCH_ORCHESTRATOR_NODE_ARGS'] ?? '').split(' ').filter(Boolean),
-      portVar: 'KLOUDAK_PORT',
-      readyPath: '/readyz',
     });
-    const orchAddress = `127.0.0.1:${agentPort}`;
     progress(`orchestrator ready on ${orch.url}, agents on ${orchAddress} (pid ${orch.child.pid})`);
     const login = await restCall<{ token: string }>(orch.url, 'POST', '/auth/login', ADMIN);
     if (login.status !== 200 || !login.body.token) throw new Error(`login: HTTP ${login.status} ${JSON.stringify(login.body)}`);

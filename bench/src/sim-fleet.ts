@@ -5,9 +5,53 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import type { Reply, Request, WindowReport } from './agent-link-sim-worker.js';
-import { onCleanup, restCall } from './harness.js';
+import { freePort } from '@kloudak/testkit';
+import { onCleanup, restCall, startChild, type ChildServer } from './harness.js';
 
 const SIM_WORKER = fileURLToPath(new URL('./agent-link-sim-worker.js', import.meta.url));
+const ORCHESTRATOR_MAIN = fileURLToPath(new URL('../../orchestrator/dist/main.js', import.meta.url));
+
+/**
+ * An orchestrator process for simulated agents (agent-link, soak): REST on a free port, agents on
+ * another (`agents` is their `host:port`), warn-level logs, `admin` bootstrapped (hash cost 12:
+ * only the one login is affected).
+ */
+export async function startFleetOrchestrator(opts: {
+  name: string;
+  dataDir: string;
+  databaseUrl: string;
+  natsUrl: string;
+  heartbeatMs: number;
+  admin: { username: string; password: string };
+  nodeArgs?: string[];
+  timeoutMs?: number;
+}): Promise<{ srv: ChildServer; agents: string }> {
+  const agentPort = await freePort();
+  const srv = await startChild({
+    name: opts.name,
+    script: ORCHESTRATOR_MAIN,
+    args: ['serve'],
+    env: {
+      KLOUDAK_HOST: '127.0.0.1',
+      KLOUDAK_GRPC_PORT: '0',
+      KLOUDAK_DATA_DIR: opts.dataDir,
+      DATABASE_URL: opts.databaseUrl,
+      NATS_URL: opts.natsUrl,
+      KLOUDAK_AGENT_HOST: '127.0.0.1',
+      KLOUDAK_AGENT_PORT: String(agentPort),
+      KLOUDAK_HEARTBEAT_INTERVAL_MS: String(opts.heartbeatMs),
+      KLOUDAK_LOG_LEVEL: 'warn',
+      KLOUDAK_ADMIN_USER: opts.admin.username,
+      KLOUDAK_ADMIN_PASSWORD: opts.admin.password,
+      KLOUDAK_PASSWORD_HASH_COST: '12',
+    },
+    ...(opts.nodeArgs ? { nodeArgs: opts.nodeArgs } : {}),
+    ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+    portVar: 'KLOUDAK_PORT',
+    readyPath: '/readyz',
+  });
+  return { srv, agents: `127.0.0.1:${agentPort}` };
+}
 
 /** One worker process of simulated agents, driven request by request over IPC. */
 export class SimWorker {

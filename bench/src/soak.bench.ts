@@ -42,9 +42,8 @@ import {
   writeResults,
   type ChildServer,
 } from './harness.js';
-import { enrollHosts, joinTokens, mergedLatencies, runHosts, SimWorker } from './sim-fleet.js';
+import { enrollHosts, joinTokens, mergedLatencies, runHosts, SimWorker, startFleetOrchestrator } from './sim-fleet.js';
 
-const ORCHESTRATOR_MAIN = fileURLToPath(new URL('../../orchestrator/dist/main.js', import.meta.url));
 const BASELINE_SERVER = fileURLToPath(new URL('./agent-link-baseline-server.js', import.meta.url));
 
 const HOSTS = Math.round(envNumber('BENCH_HOSTS', 1000));
@@ -221,32 +220,8 @@ async function main(): Promise<number> {
     onCleanup(`drop database ${db.name}`, () => db.drop());
     // Every instance shares the data dir: the agent CA and the JWT keys are the deployment's, not
     // an instance's (on several machines the same files are copied to each).
-    const startOrchestrator = async (i: number): Promise<{ srv: ChildServer; agents: string }> => {
-      const agentPort = await freePort();
-      const srv = await startChild({
-        name: `orchestrator ${i}`,
-        script: ORCHESTRATOR_MAIN,
-        args: ['serve'],
-        env: {
-          KLOUDAK_HOST: '127.0.0.1',
-          KLOUDAK_GRPC_PORT: '0',
-          KLOUDAK_DATA_DIR: dataDir,
-          DATABASE_URL: db.url,
-          NATS_URL,
-          KLOUDAK_AGENT_HOST: '127.0.0.1',
-          KLOUDAK_AGENT_PORT: String(agentPort),
-          KLOUDAK_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS),
-          KLOUDAK_LOG_LEVEL: 'warn',
-          KLOUDAK_ADMIN_USER: ADMIN.username,
-          KLOUDAK_ADMIN_PASSWORD: ADMIN.password,
-          KLOUDAK_PASSWORD_HASH_COST: '12',
-        },
-        portVar: 'KLOUDAK_PORT',
-        readyPath: '/readyz',
-        timeoutMs: 120_000,
-      });
-      return { srv, agents: `127.0.0.1:${agentPort}` };
-    };
+    const startOrchestrator = (i: number) =>
+      startFleetOrchestrator({ name: `orchestrator ${i}`, dataDir, databaseUrl: db.url, natsUrl: NATS_URL, heartbeatMs: HEARTBEAT_MS, admin: ADMIN, timeoutMs: 120_000 });
     const first = await startOrchestrator(0);
     const login = await restCall<{ token: string }>(first.srv.url, 'POST', '/auth/login', ADMIN);
     if (login.status !== 200) throw new Error(`login: HTTP ${login.status} ${JSON.stringify(login.body)}`);
