@@ -95,6 +95,28 @@ describe('a hostile agent changes nothing for the other hosts', () => {
     assert.equal((await db().vm.findUniqueOrThrow({ where: { id: victimVm } })).hostId, good.id.hostId);
   });
 
+  it('keeps, in a fence report, the VMs an evacuation of the reporting host moved elsewhere', async () => {
+    // A partitioned host fences the HA VMs its down episode restarted elsewhere, and reports it
+    // once it reconnects: by then their claim is on another host, yet they were its own.
+    const other = await host('rescuer');
+    const back = await host('returning');
+    const moved = await vmOn(other.id.hostId);
+    const never = await vmOn(other.id.hostId);
+    await db().evacuation.create({
+      data: { hostId: back.id.hostId, episode: 1, state: 'planned', plannedAt: new Date(), plan: { hostId: back.id.hostId, moves: [{ vmId: moved, toHostId: other.id.hostId }], unplaced: [], lost: [], skipped: [] } },
+    });
+    const fencedAt = new Date(Date.now() - 1000);
+    back.agent.send({
+      body: {
+        $case: 'fenceReport',
+        fenceReport: { domains: [{ domainName: `kloudak-${moved}`, vmId: moved }, { domainName: `kloudak-${never}`, vmId: never }], fencedAt, leaseExpiredAt: fencedAt, reason: 'lease expired' },
+      },
+    });
+    await waitFor(async () => (await db().fenceReport.count({ where: { hostId: back.id.hostId } })) === 1, 5_000, 'the fence report stored');
+    const report = await db().fenceReport.findFirstOrThrow({ where: { hostId: back.id.hostId } });
+    assert.deepEqual(report.domains, [{ domainName: `kloudak-${moved}`, vmId: moved }], 'the moved VM is evidence; a VM never on this host is not');
+  });
+
   it('ends the session of an agent that floods its stream, and of one that sends an oversized message', async () => {
     const good = await host('steady');
     const flood = await host('flood', { reconnect: false });

@@ -14,12 +14,12 @@ import {
   type RenewCertificateRequest,
   type RenewCertificateResponse,
 } from '@kloudak/proto/agent';
-import type { Clock } from '../clock.js';
+import { monotonicNow, type Clock } from '../clock.js';
 import type { AgentCommand, CommandResult, HostInventory } from '../domain/agent.js';
 import { serialStanding, type HostCertificates } from '../domain/certificates.js';
 import { appendEventsNow } from '../store/outbox.js';
 import { retirePreviousCertificate } from '../store/host-certs.js';
-import { hostIdentity, reconcileHello, storeFenceReport, vmsOnHost, writeHostState, type HostStateGuard } from '../store/agent-hosts.js';
+import { hostIdentity, reconcileHello, storeFenceReport, vmsFencedOnHost, vmsOnHost, writeHostState, type HostStateGuard } from '../store/agent-hosts.js';
 import { claimSession, releaseSession } from '../store/instances.js';
 import { InstanceRegistration } from '../ha/instance.js';
 import { SessionDirectory } from './directory.js';
@@ -45,6 +45,9 @@ import { UsageRecorder, type CurrentUsage } from './usage.js';
 
 /** How long an agent has to send Hello after opening Connect. */
 export const HELLO_TIMEOUT_MS = 10_000;
+
+/** After a failed host state write, how long until it is written again (by the liveness tick). */
+export const STATE_RETRY_MS = 1000;
 export { LAST_HEARTBEAT_WRITE_MS };
 
 /** Settings of the agent link. */
@@ -131,6 +134,13 @@ export class AgentLink {
   private readonly heartbeats: HeartbeatWriter;
   /** Per-host chain of database writes, so state changes are written in the order they happened. */
   private readonly writes = new Map<string, Promise<void>>();
+  /**
+   * Hosts whose last state write failed (a database error or timeout), and when to write their
+   * state again. The liveness in memory has moved on (a heartbeat does not make a second `up`
+   * transition), so without this a failed `suspect → up` write would leave the row `suspect`
+   * while the host heartbeats, until its next real change.
+   */
+  private readonly unsynced = new Map<string, number>();
   private readonly log: Logger;
   private timers: NodeJS.Timeout[] = [];
   private readonly unsubscribes: (() => void)[] = [];
@@ -221,7 +231,23 @@ export class AgentLink {
   tick(): Transition[] {
     const ts = this.liveness.tick();
     for (const t of ts) this.applyTransition(t);
+    this.resync(ts);
     return ts;
+  }
+
+  /** Write again the current state of hosts whose last state write failed (none just written). */
+  private resync(written: readonly Transition[]): void {
+    if (this.unsynced.size === 0) return;
+    const now = monotonicNow(this.deps.clock);
+    for (const [hostId, due] of this.unsynced) {
+      if (due > now || this.writes.has(hostId)) continue;
+      this.unsynced.delete(hostId);
+      const state = this.liveness.state(hostId);
+      // A host forgotten meanwhile (deleted, or its session moved) is the new owner's to write.
+      if (state === 'unknown' || written.some((t) => t.hostId === hostId)) continue;
+      this.log.info({ host_id: hostId, state }, 'host state written again after a failed write');
+      this.applyTransition({ hostId, from: state, to: state, at: this.deps.clock.now() });
+    }
   }
 
   /** Wait until every queued database write of the link is done (tests, shutdown). */
@@ -494,8 +520,9 @@ export class AgentLink {
         const now = new Date(this.deps.clock.now());
         const reported = fenceReportFromProto(body.fenceReport, now);
         // The report is stored (the host did fence: its lease ran out), with only the domains of
-        // VMs placed on this host; what it claims of other hosts' VMs is dropped, never evidence.
-        const own = await vmsOnHost(this.deps.db.client, s.hostId, reported.domains.map((d) => d.vmId));
+        // VMs placed on this host or moved off it by its evacuation; what it claims of other
+        // hosts' VMs is dropped, never evidence.
+        const own = await vmsFencedOnHost(this.deps.db.client, s.hostId, reported.domains.map((d) => d.vmId));
         const f = { ...reported, domains: reported.domains.filter((d) => own.has(d.vmId.toLowerCase())) };
         if (f.domains.length < reported.domains.length) {
           log.warn({ refused: reported.domains.length - f.domains.length }, 'fence report names VMs that are not on this host: those dropped');
@@ -581,7 +608,16 @@ export class AgentLink {
         : undefined;
     if (!orphan) this.heartbeats.writtenWithState(t.hostId, this.deps.clock.now());
     this.queueWrite(t.hostId, async () => {
-      const written = await writeHostState(this.deps.db.client, t.hostId, t.to, last === undefined ? undefined : new Date(last), { from: t.from, at, ...(evidence ? { evidence } : {}) }, guard);
+      let written: Awaited<ReturnType<typeof writeHostState>>;
+      try {
+        written = await writeHostState(this.deps.db.client, t.hostId, t.to, last === undefined ? undefined : new Date(last), { from: t.from, at, ...(evidence ? { evidence } : {}) }, guard);
+      } catch (err) {
+        // The leader's orphan sweep retries by itself; the owner's write is retried by tick().
+        if (!orphan) this.unsynced.set(t.hostId, monotonicNow(this.deps.clock) + STATE_RETRY_MS);
+        this.log.error({ host_id: t.hostId, to: t.to, err }, orphan ? 'host state not written' : 'host state not written; written again shortly');
+        return;
+      }
+      if (!orphan) this.unsynced.delete(t.hostId);
       if (written === null) {
         if (orphan) return;
         this.liveness.forget(t.hostId);

@@ -211,3 +211,33 @@ export async function vmsOnHost(db: PrismaClient, hostId: string, vmIds: readonl
   const rows = await db.vm.findMany({ where: { id: { in: ids }, hostId }, select: { id: true } });
   return new Set(rows.map((r) => r.id));
 }
+
+/** How many of a host's latest evacuations {@link vmsFencedOnHost} looks through. */
+const RECENT_EVACUATIONS = 5;
+
+/**
+ * Which of `vmIds` a fence report of `hostId` may name: the VMs placed on it now, and the VMs an
+ * evacuation of this host moved elsewhere. The second set matters because a partitioned host
+ * fences (and reports it, once it reconnects) the VMs its down episode has already restarted on
+ * other hosts: that report is the evidence the restart was safe, not a claim about another
+ * host's VM. A VM that was never on this host is still refused.
+ */
+export async function vmsFencedOnHost(db: PrismaClient, hostId: string, vmIds: readonly string[]): Promise<Set<string>> {
+  const own = await vmsOnHost(db, hostId, vmIds);
+  const rest = new Set(vmIds.map((v) => v.toLowerCase()).filter((v) => UUID.test(v) && !own.has(v)));
+  if (rest.size === 0) return own;
+  const evacuations = await db.evacuation.findMany({
+    where: { hostId, plannedAt: { not: null } },
+    orderBy: { episode: 'desc' },
+    take: RECENT_EVACUATIONS,
+    select: { plan: true },
+  });
+  for (const e of evacuations) {
+    const moves = (e.plan as { moves?: { vmId?: unknown }[] } | null)?.moves ?? [];
+    for (const m of moves) {
+      const id = typeof m.vmId === 'string' ? m.vmId.toLowerCase() : '';
+      if (rest.has(id)) own.add(id);
+    }
+  }
+  return own;
+}
