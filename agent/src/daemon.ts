@@ -67,8 +67,8 @@ export interface AgentHandle {
   readonly poolLeases: PoolLeaseKeeper | null;
   /** The link's state. */
   status(): LinkStatus;
-  /** Resolves after each self-fencing finishes (tests wait on it). */
-  fencing(): Promise<void>;
+  /** Resolves after the next self-fencing finishes: whether it destroyed every HA domain (tests wait on it). */
+  fencing(): Promise<boolean>;
   /**
    * Stops taking commands, lets running ones finish (up to `drainTimeoutMs`), closes the stream
    * and libvirt. Idempotent.
@@ -202,9 +202,16 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
     // The stream may be stuck rather than closed: a new session is the way back.
     link?.dropSession('lease expired');
     // Registered before the fence is queued: resolves once it (both passes) finished; the lease
-    // files then say "fenced" until a lease is held again.
+    // files then say "fenced" until a lease is held again — only when every HA domain is gone:
+    // the orchestrators restart this host's VMs elsewhere on that word.
     const keeper = poolLeases;
-    if (keeper) void fencer.fenced().then(() => keeper.markFenced(new Date()));
+    if (keeper) {
+      void fencer.fenced().then((complete) => {
+        if (complete) return keeper.markFenced(new Date());
+        flog.error({}, 'fencing left HA domains it could not destroy: the pool lease files do not say fenced');
+        return undefined;
+      });
+    }
     fencer.onExpire(e);
   };
   lease = new Lease({ maxMs: cfg.fenceLeaseMs, clock: deps.clock ?? systemLeaseClock, onExpire });

@@ -29,6 +29,7 @@ import { InstanceRegistration } from './ha/instance.js';
 import { Leader } from './ha/leader.js';
 import { LeaderSweeps } from './ha/sweeps.js';
 import { failoverHooks, startFailoverSweeps, type FailoverDeps } from './ha/failover.js';
+import { SharedPoolLeaseEvidence } from './ha/pool-lease-evidence.js';
 import { loadClientTls, warnIfPlainText } from './client-tls.js';
 
 /** A running orchestrator. */
@@ -205,6 +206,9 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     });
     // Failover: host-down episodes are evacuated, returning hosts cleaned before any command.
     // Set before the first await after the link started, so no Hello is handled without it.
+    // Before a restart, the down host's pool lease files as its peers read them, from every instance.
+    const poolLeaseEvidence = new SharedPoolLeaseEvidence({ nc: nats, view: agentLink.poolLeases, instanceId: registration.id, log });
+    poolLeaseEvidence.start();
     const failover: FailoverDeps = {
       db: db.client,
       clock,
@@ -215,6 +219,9 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       taskMaxAttempts: config.taskMaxAttempts,
       recoverTimeoutMs: config.taskTimeoutMs,
       commandTimeoutMs: Math.min(60_000, config.taskStepTimeoutMs),
+      leaseMs: config.agentLeaseMs,
+      // Reports from the last lease only: an older reading says nothing of the host now.
+      poolLeaseEvidence: (hostId, peers) => poolLeaseEvidence.gather(hostId, peers, config.agentLeaseMs),
     };
     agentLink.setHooks(failoverHooks(failover));
     const stopSweeps = startFailoverSweeps(failover, () => leadership.isLeader());
@@ -295,6 +302,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
           revocationListener.close();
           hostRevocationListener.close();
           hostDeletionListener.close();
+          poolLeaseEvidence.stop();
           await closeNats(nats);
           await db.close();
         })()),

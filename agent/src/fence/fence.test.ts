@@ -278,7 +278,7 @@ describe('the lease gate of domain starts, and the second fencing pass (simulate
     const create = opsWith(slow).createVm(spec(inFlight));
     await defineEntered;
     await create; // it started on the old lease
-    await fenced; // both passes
+    assert.equal(await fenced, true, 'both passes destroyed every HA domain'); // both passes
     assert.equal(await hv.state(domainName(inFlight)), 'shutoff', 'the HA domain started by the command in flight was destroyed');
     const records = await store.finished();
     assert.deepEqual(
@@ -286,6 +286,16 @@ describe('the lease gate of domain starts, and the second fencing pass (simulate
       [[], [inFlight]],
       'pass 1 found nothing running; pass 2 destroyed what the in-flight command started',
     );
+  });
+
+  it('a fence that could not destroy every HA domain says so (no "fenced" is announced for it)', async () => {
+    // Fault injection: libvirt never connects and there are no pid files to fall back on.
+    const blind = new Fencer({ hypervisor: () => null, store, gate, log, retryDelayMs: 10, maxAttempts: 2 });
+    const done = blind.fenced();
+    blind.onExpire({ expiredAt: new Date(), expiredAtMono: performance.now() });
+    assert.equal(await done, false);
+    const last = (await store.finished()).at(-1)!.record;
+    assert.ok(last.failures && last.failures.length > 0, 'its record lists what was left');
   });
 
   it('without a lease, createVm and startVm are refused (UNAVAILABLE) and leave nothing behind', async () => {

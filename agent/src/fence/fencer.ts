@@ -32,6 +32,8 @@ export interface FencerDeps {
   log: Logger;
   /** Pause between attempts when libvirt refuses (default 1 s). */
   retryDelayMs?: number;
+  /** Attempts of a fencing pass before it reports the domains it could not destroy (default 30). */
+  maxAttempts?: number;
   /** Called after each pass that wrote a record (the link reports it and updates its count). */
   onRecord?: () => Promise<void> | void;
 }
@@ -39,7 +41,7 @@ export interface FencerDeps {
 /** See the module comment. */
 export class Fencer {
   private chain: Promise<void> = Promise.resolve();
-  private waiters: Array<() => void> = [];
+  private waiters: Array<(complete: boolean) => void> = [];
 
   constructor(private readonly d: FencerDeps) {}
 
@@ -49,17 +51,24 @@ export class Fencer {
     const starts = this.d.gate.inProgress();
     this.chain = this.chain
       .then(() => this.fence(e, starts))
-      .catch((err: unknown) => this.d.log.error({ err }, 'self-fencing failed'))
-      .finally(() => {
+      .catch((err: unknown) => {
+        this.d.log.error({ err }, 'self-fencing failed');
+        return false;
+      })
+      .then((complete) => {
         const w = this.waiters;
         this.waiters = [];
-        for (const f of w) f();
+        for (const f of w) f(complete);
       });
   }
 
-  /** Resolves after the next fence (both passes) finishes. */
-  fenced(): Promise<void> {
-    return new Promise<void>((r) => this.waiters.push(r));
+  /**
+   * Resolves after the next fence (both passes) finishes: true when every HA domain was
+   * destroyed, false when some could not be (its record lists them). Only a complete fence may
+   * be announced as one (the pool lease files' "fenced": the orchestrator restarts on it).
+   */
+  fenced(): Promise<boolean> {
+    return new Promise<boolean>((r) => this.waiters.push(r));
   }
 
   /** Resolves once every queued fence has finished. */
@@ -67,16 +76,20 @@ export class Fencer {
     return this.chain;
   }
 
-  private async fence(e: LeaseExpiry, starts: ReturnType<StartGate['inProgress']>): Promise<void> {
+  private async fence(e: LeaseExpiry, starts: ReturnType<StartGate['inProgress']>): Promise<boolean> {
     const deps: SelfFenceDeps = { hypervisor: this.d.hypervisor, store: this.d.store, log: this.d.log, retryDelayMs: this.d.retryDelayMs ?? 1000 };
     if (this.d.pidfiles) deps.pidfiles = this.d.pidfiles;
     if (this.d.libvirtTimeoutMs !== undefined) deps.libvirtTimeoutMs = this.d.libvirtTimeoutMs;
-    await this.recorded(await selfFence(deps, e.expiredAt, 'lease expired'));
-    if (starts.vmIds.length === 0) return;
+    if (this.d.maxAttempts !== undefined) deps.maxAttempts = this.d.maxAttempts;
+    const first = await selfFence(deps, e.expiredAt, 'lease expired');
+    await this.recorded(first);
+    if (starts.vmIds.length === 0) return first.record.failures === undefined;
     this.d.log.warn({ vm_ids: starts.vmIds }, 'domain starts were in progress when the lease ended; fencing them again once they finish');
     await starts.settled;
     const only = new Set(starts.vmIds.map((id) => domainName(id)));
-    await this.recorded(await selfFence(deps, e.expiredAt, 'lease expired (domain started by a command in flight)', { only, skipEmptyRecord: true }));
+    const second = await selfFence(deps, e.expiredAt, 'lease expired (domain started by a command in flight)', { only, skipEmptyRecord: true });
+    await this.recorded(second);
+    return first.record.failures === undefined && second.record.failures === undefined;
   }
 
   private async recorded(r: SelfFenceResult): Promise<void> {

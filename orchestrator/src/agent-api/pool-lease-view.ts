@@ -97,17 +97,7 @@ export class PoolLeaseView {
         });
       }
     }
-    observations.sort((a, b) => a.reportAgeMs - b.reportAgeMs);
-    const seen = observations.map((o) => o.lastRenewalSeenMsAgo).filter((v): v is number => v !== null);
-    const fencedAts = observations.map((o) => o.fencedAt).filter((v): v is string => v !== null).sort();
-    return {
-      hostId,
-      // Bounded: the evidence goes into an event, and hostile agents may report many pools.
-      observations: observations.slice(0, MAX_OBSERVATIONS),
-      lastRenewalSeenMsAgo: seen.length > 0 ? Math.min(...seen) : null,
-      fenced: observations.some((o) => o.fenced),
-      fencedAt: fencedAts.at(-1) ?? null,
-    };
+    return summarizeEvidence(hostId, observations);
   }
 
   /**
@@ -138,4 +128,28 @@ export class PoolLeaseView {
     }
     this.byObserver.delete(observerHostId);
   }
+}
+
+/**
+ * The evidence of `hostId` from observations (one instance's, or several instances' together:
+ * an observer reporting the same pool to two instances counts once, its freshest report).
+ */
+export function summarizeEvidence(hostId: string, all: readonly PoolLeaseObservation[]): PoolLeaseEvidence {
+  const freshest = new Map<string, PoolLeaseObservation>();
+  for (const o of all) {
+    const k = `${o.observerHostId}\u0000${o.poolName}`;
+    const cur = freshest.get(k);
+    if (!cur || o.reportAgeMs < cur.reportAgeMs) freshest.set(k, o);
+  }
+  const observations = [...freshest.values()].sort((a, b) => a.reportAgeMs - b.reportAgeMs);
+  const seen = observations.map((o) => o.lastRenewalSeenMsAgo).filter((v): v is number => v !== null);
+  const fencedAts = observations.map((o) => o.fencedAt).filter((v): v is string => v !== null).sort();
+  return {
+    hostId,
+    // Bounded: the evidence goes into an event, and hostile agents may report many pools.
+    observations: observations.slice(0, MAX_OBSERVATIONS),
+    lastRenewalSeenMsAgo: seen.length > 0 ? Math.min(...seen) : null,
+    fenced: observations.some((o) => o.fenced),
+    fencedAt: fencedAts.at(-1) ?? null,
+  };
 }

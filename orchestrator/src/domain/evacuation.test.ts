@@ -1,7 +1,9 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { planEvacuation, planReturn, type EvacuationVm, type KnownVm } from './evacuation.js';
+import { planEvacuation, planReturn, restartVerdict, type EvacuationVm, type KnownVm } from './evacuation.js';
+import type { PoolLeaseObservation } from './agent.js';
+import { summarizeEvidence } from '../agent-api/pool-lease-view.js';
 import { buildPlacementSnapshot, type PlacementHost, type PlacementPool } from './placement.js';
 
 function host(name: string, over: Partial<PlacementHost> = {}): PlacementHost {
@@ -168,4 +170,46 @@ test('a returning host: VMs placed elsewhere are evicted, unknown domains delete
     { kind: 'evict', vmId: 'dddd', domain: 'kloudak-dddd', placedOn: null },
     { kind: 'deleteOrphan', vmId: 'eeee', domain: 'kloudak-eeee', pools: ['local', 'shared'] },
   ]);
+});
+
+test('restartVerdict: fenced or a file standing still restarts; a file renewed within the lease and not fenced holds', () => {
+  const obs = (o: Partial<PoolLeaseObservation>): PoolLeaseObservation => ({
+    observerHostId: 'y',
+    poolName: 'shared',
+    sequence: '9',
+    writtenAt: null,
+    validUntil: null,
+    fenced: false,
+    fencedAt: null,
+    renewalSeen: true,
+    unchangedForMs: 100,
+    reportAgeMs: 50,
+    lastRenewalSeenMsAgo: 150,
+    fileModifiedAt: null,
+    ...o,
+  });
+  const ev = (...o: PoolLeaseObservation[]) => summarizeEvidence('x', o);
+  assert.deepEqual(restartVerdict(null, 15_000), { hold: false, why: 'no_witness' });
+  assert.deepEqual(restartVerdict(ev(), 15_000), { hold: false, why: 'no_witness' });
+  const renewed = restartVerdict(ev(obs({})), 15_000);
+  assert.equal(renewed.hold, true);
+  assert.match(renewed.hold ? renewed.message : '', /on shared was renewed 150 ms ago \(seen by 1 peer/);
+  // Fenced wins over a renewal (the agent keeps renewing after it fenced, saying so).
+  assert.deepEqual(restartVerdict(ev(obs({}), obs({ observerHostId: 'z', fenced: true, fencedAt: '2026-12-05T00:00:00.000Z' })), 15_000), { hold: false, why: 'fenced' });
+  // Renewed longer ago than a lease, or never seen changing while watched for long: stood still.
+  assert.deepEqual(restartVerdict(ev(obs({ lastRenewalSeenMsAgo: 15_001, unchangedForMs: 15_000 })), 15_000), { hold: false, why: 'lease_file_stood_still' });
+  assert.deepEqual(restartVerdict(ev(obs({ renewalSeen: false, lastRenewalSeenMsAgo: null, unchangedForMs: 20_000 })), 15_000), { hold: false, why: 'lease_file_stood_still' });
+  // One peer saw it renewed, another (a stale mount) saw it stand still: held.
+  assert.equal(restartVerdict(ev(obs({ observerHostId: 'z', renewalSeen: false, lastRenewalSeenMsAgo: null, unchangedForMs: 20_000 }), obs({})), 15_000).hold, true);
+});
+
+test('summarizeEvidence: an observer reported to two instances counts once, with its freshest report', () => {
+  const base = { poolName: 'p', sequence: '1', writtenAt: null, validUntil: null, fenced: false, fencedAt: null, renewalSeen: true, unchangedForMs: 0, fileModifiedAt: null };
+  const e = summarizeEvidence('x', [
+    { ...base, observerHostId: 'y', reportAgeMs: 900, lastRenewalSeenMsAgo: 900 },
+    { ...base, observerHostId: 'y', reportAgeMs: 100, lastRenewalSeenMsAgo: 100 },
+    { ...base, observerHostId: 'z', poolName: 'q', reportAgeMs: 300, lastRenewalSeenMsAgo: 300 },
+  ]);
+  assert.deepEqual(e.observations.map((o) => [o.observerHostId, o.reportAgeMs]), [['y', 100], ['z', 300]]);
+  assert.equal(e.lastRenewalSeenMsAgo, 100);
 });

@@ -30,6 +30,7 @@ import {
   type PlacementRequest,
   type PlacementSnapshot,
 } from './placement.js';
+import type { PoolLeaseEvidence } from './agent.js';
 
 /** A VM placed on the dead host, as the planner sees it. */
 export interface EvacuationVm {
@@ -235,4 +236,40 @@ export function planReturn(
     if (vm.state === 'lost') out.push({ kind: 'reconcile', vmId: id, domain: d.name, state: d.state === 'running' ? 'running' : 'stopped' });
   }
   return out;
+}
+
+/** Whether a down host's HA VMs may restart elsewhere now, from its pool lease files. */
+export type RestartVerdict =
+  | { hold: false; why: 'fenced' | 'lease_file_stood_still' | 'no_witness' }
+  | { hold: true; why: 'lease_file_renewed'; message: string };
+
+/**
+ * The second signal (issue 11, "A second signal"), read when a down host's evacuation is planned:
+ * the lease rule has already passed (the last lease granted to the host surely ended, plus the
+ * margin), so a host that works has fenced itself by now. Its pool lease files then tell:
+ * - it wrote that it fenced itself → restart;
+ * - a peer of its area saw its file renewed within the last lease, and it did not write that it
+ *   fenced → hold: it is alive on the storage (partitioned from the orchestrators, not dead) and
+ *   its fencing did not happen, so its VMs may still run and write their disks. Restarting them
+ *   would run them twice. Planned again once it writes "fenced" or its files stand still;
+ * - its files stood still, or no peer reads them (no shared file pool, no observer) → restart on
+ *   the lease rule alone, as without this signal.
+ * Pure.
+ */
+export function restartVerdict(evidence: PoolLeaseEvidence | null, leaseMs: number): RestartVerdict {
+  if (evidence === null) return { hold: false, why: 'no_witness' };
+  if (evidence.fenced) return { hold: false, why: 'fenced' };
+  if (evidence.lastRenewalSeenMsAgo !== null && evidence.lastRenewalSeenMsAgo <= leaseMs) {
+    const seen = evidence.observations.filter((o) => o.lastRenewalSeenMsAgo !== null && o.lastRenewalSeenMsAgo <= leaseMs);
+    const pools = [...new Set(seen.map((o) => o.poolName))].sort().join(', ');
+    return {
+      hold: true,
+      why: 'lease_file_renewed',
+      message:
+        `its lease file on ${pools} was renewed ${evidence.lastRenewalSeenMsAgo} ms ago (seen by ${new Set(seen.map((o) => o.observerHostId)).size} peer(s)) ` +
+        'and does not say it fenced itself: the host may still run its VMs; they restart once it fences or its file stands still',
+    };
+  }
+  if (evidence.observations.length > 0) return { hold: false, why: 'lease_file_stood_still' };
+  return { hold: false, why: 'no_witness' };
 }

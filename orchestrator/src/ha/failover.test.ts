@@ -77,6 +77,7 @@ for (const engine of ENGINES) {
         taskMaxAttempts: 3,
         recoverTimeoutMs: 30_000,
         commandTimeoutMs: 5_000,
+        leaseMs: 600,
       };
       assert.deepEqual(await evacuateHost(deps, a.hostId), []);
       assert.deepEqual(await sweepEvacuations(deps), { planned: 0, retried: 0 });

@@ -22,7 +22,8 @@ import type { PrismaClient } from '@kloudak/prisma';
 import type { HostLifecycleHooks } from '../agent-api/link.js';
 import type { Clock } from '../clock.js';
 import type { AgentCommand, CommandResult, HostInventory } from '../domain/agent.js';
-import { planEvacuation, planReturn, type EvacuationPlan, type ReturnAction } from '../domain/evacuation.js';
+import type { PoolLeaseEvidence } from '../domain/agent.js';
+import { planEvacuation, planReturn, restartVerdict, type EvacuationPlan, type RestartVerdict, type ReturnAction } from '../domain/evacuation.js';
 import type { PlacementPolicy } from '../domain/placement.js';
 import { areaPlacementSnapshot, lockArea } from '../store/claims.js';
 import {
@@ -31,8 +32,10 @@ import {
   knownVms,
   lockEvacuation,
   markPlanned,
+  pendingEvacuationHost,
   pendingEvacuations,
   reconcileLostVm,
+  recordHeld,
   recordHostCleanUp,
   vmsForEvacuation,
   writeLost,
@@ -55,6 +58,14 @@ export interface FailoverDeps {
   recoverTimeoutMs: number;
   /** How long each clean-up command of a returning host may take. */
   commandTimeoutMs: number;
+  /** The lease granted to agents: a lease file renewed within it is a host alive on the storage. */
+  leaseMs: number;
+  /**
+   * What the peers of a down host (`peers`: the other hosts of its area) read of its pool lease
+   * files, from every instance (ha/pool-lease-evidence.ts); absent: restarts follow the lease
+   * rule alone.
+   */
+  poolLeaseEvidence?: (hostId: string, peers: readonly string[]) => Promise<PoolLeaseEvidence>;
 }
 
 /**
@@ -71,8 +82,28 @@ export async function evacuateHost(deps: FailoverDeps, hostId: string): Promise<
   return plans;
 }
 
+/**
+ * Whether the pool lease files of a pending evacuation's host hold its restart back
+ * (restartVerdict). Read outside the plan's transaction: gathering asks the other instances.
+ */
+async function heldBack(deps: FailoverDeps, evacuationId: string): Promise<{ verdict: RestartVerdict; evidence: PoolLeaseEvidence | null } | null> {
+  const head = await pendingEvacuationHost(deps.db, evacuationId);
+  if (!head) return null;
+  const evidence = deps.poolLeaseEvidence ? await deps.poolLeaseEvidence(head.hostId, head.peers) : null;
+  const verdict = restartVerdict(evidence, deps.leaseMs);
+  if (verdict.hold) {
+    const first = await recordHeld(deps.db, evacuationId, head.hostId, head.hostName, { message: verdict.message, evidence }, new Date(deps.clock.now()));
+    deps.log[first ? 'warn' : 'debug']({ component: 'failover', host_id: head.hostId, evacuation_id: evacuationId, reason: verdict.message }, 'host evacuation held back');
+  } else if (head.held) {
+    deps.log.warn({ component: 'failover', host_id: head.hostId, evacuation_id: evacuationId, why: verdict.why }, 'host evacuation no longer held back');
+  }
+  return { verdict, evidence };
+}
+
 async function planOne(deps: FailoverDeps, evacuationId: string): Promise<EvacuationPlan | null> {
   const started = deps.clock.now();
+  const gate = await heldBack(deps, evacuationId);
+  if (!gate || gate.verdict.hold) return null;
   const result = await deps.db.$transaction(
     async (tx) => {
       const e = await lockEvacuation(tx, evacuationId);
@@ -90,7 +121,7 @@ async function planOne(deps: FailoverDeps, evacuationId: string): Promise<Evacua
         evacuationId,
       });
       await writeLost(tx, host.id, [...plan.unplaced, ...plan.lost], evacuationId);
-      await markPlanned(tx, evacuationId, host.id, host.name, plan, new Date(deps.clock.now()));
+      await markPlanned(tx, evacuationId, host.id, host.name, plan, new Date(deps.clock.now()), { restart: gate.verdict.why });
       return { plan, host, moved: moved.length };
     },
     { timeout: 30_000 },
@@ -118,12 +149,19 @@ async function planOne(deps: FailoverDeps, evacuationId: string): Promise<Evacua
  * and its plan), then lost HA VMs of down hosts that may fit somewhere now.
  */
 export async function sweepEvacuations(deps: FailoverDeps): Promise<{ planned: number; retried: number }> {
-  let planned = 0;
-  for (const id of await pendingEvacuations(deps.db)) if (await planOne(deps, id)) planned++;
+  const planned = await sweepPending(deps);
   let retried = 0;
   for (const hostId of await downHostsWithLostHaVms(deps.db)) retried += await retryLost(deps, hostId);
-  if (planned + retried > 0) deps.kickTasks();
+  if (retried > 0) deps.kickTasks();
   return { planned, retried };
+}
+
+/** Plan the evacuations still pending; returns how many were planned. */
+async function sweepPending(deps: FailoverDeps): Promise<number> {
+  let planned = 0;
+  for (const id of await pendingEvacuations(deps.db)) if (await planOne(deps, id)) planned++;
+  if (planned > 0) deps.kickTasks();
+  return planned;
 }
 
 async function retryLost(deps: FailoverDeps, hostId: string): Promise<number> {
@@ -209,19 +247,26 @@ export async function cleanReturningHost(
   return report;
 }
 
-/** How often {@link startFailoverSweeps} sweeps. */
-export const FAILOVER_SWEEP_MS = 5000;
+/** How often {@link startFailoverSweeps} plans pending evacuations (a restart held back waits at most this after its host fences). */
+export const FAILOVER_SWEEP_MS = 1000;
+
+/** Lost HA VMs are tried again every this many sweeps. */
+const RETRY_LOST_EVERY = 5;
 
 /**
- * Run {@link sweepEvacuations} every `everyMs`, while `isLeader()` (with several orchestrators only
- * the leader sweeps: ha/leader.ts), until the returned function is called.
+ * Sweep every `everyMs` while `isLeader()` (with several orchestrators only the leader sweeps:
+ * ha/leader.ts), until the returned function is called: pending evacuations each time (one left
+ * by a crash, or held back by its host's pool lease files), lost HA VMs every fifth time
+ * ({@link sweepEvacuations}).
  */
 export function startFailoverSweeps(deps: FailoverDeps, isLeader: () => boolean, everyMs = FAILOVER_SWEEP_MS): () => void {
   let running = false;
+  let n = 0;
   const timer = setInterval(() => {
     if (running || !isLeader()) return;
     running = true;
-    sweepEvacuations(deps)
+    const all = n++ % RETRY_LOST_EVERY === 0;
+    (all ? sweepEvacuations(deps) : sweepPending(deps))
       .catch((err: unknown) => deps.log.error({ component: 'failover', err }, 'failover sweep failed'))
       .finally(() => (running = false));
   }, everyMs);

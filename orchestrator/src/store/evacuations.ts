@@ -149,14 +149,14 @@ export async function writeLost(tx: Tx, hostId: string, left: readonly Evacuatio
 }
 
 /** Record an evacuation's plan (state planned), with its infrastructure event. */
-export async function markPlanned(tx: Tx, id: string, hostId: string, hostName: string, plan: EvacuationPlan, at: Date): Promise<void> {
+export async function markPlanned(tx: Tx, id: string, hostId: string, hostName: string, plan: EvacuationPlan, at: Date, gate?: { restart: string }): Promise<void> {
   const summary = {
     moves: plan.moves.map((m) => ({ vmId: m.vmId, vm: m.vmName, toHostId: m.toHostId, toHost: m.toHostName, start: m.start })),
     unplaced: plan.unplaced.map((u) => ({ vmId: u.vmId, vm: u.vmName, code: u.code, message: u.message })),
     lost: plan.lost.map((u) => ({ vmId: u.vmId, vm: u.vmName, code: u.code, message: u.message })),
     skipped: plan.skipped.map((u) => ({ vmId: u.vmId, vm: u.vmName, code: u.code, message: u.message })),
   };
-  await tx.evacuation.update({ where: { id }, data: { state: 'planned', plan: summary as Prisma.InputJsonValue, plannedAt: at } });
+  await tx.evacuation.update({ where: { id }, data: { state: 'planned', plan: (gate ? { ...summary, restart: gate.restart } : summary) as Prisma.InputJsonValue, plannedAt: at } });
   await appendEvents(tx, [
     {
       workspaceId: null,
@@ -168,6 +168,36 @@ export async function markPlanned(tx: Tx, id: string, hostId: string, hostName: 
       data: { hostId, moves: summary.moves.length, unplaced: summary.unplaced.length, lost: summary.lost.length, skipped: summary.skipped.length, plan: summary },
     },
   ]);
+}
+
+/** A pending evacuation's host, with the other hosts of its area (the peers that read its pool lease files). */
+export async function pendingEvacuationHost(db: PrismaClient, id: string): Promise<{ hostId: string; hostName: string; peers: string[]; held: boolean } | null> {
+  const e = await db.evacuation.findUnique({ where: { id }, select: { state: true, evidence: true, host: { select: { id: true, name: true, areaId: true } } } });
+  if (!e || e.state !== 'pending') return null;
+  const peers = await db.host.findMany({ where: { areaId: e.host.areaId, id: { not: e.host.id } }, select: { id: true } });
+  const evidence = (e.evidence ?? {}) as Record<string, unknown>;
+  return { hostId: e.host.id, hostName: e.host.name, peers: peers.map((p) => p.id), held: evidence['held'] !== undefined };
+}
+
+/**
+ * Record, once per evacuation, that its restart is held back by the host's pool lease files (in
+ * its evidence, with an infrastructure event); later checks that still hold write nothing.
+ * Returns whether this call recorded it.
+ */
+export async function recordHeld(db: PrismaClient, id: string, hostId: string, hostName: string, held: { message: string; evidence: unknown }, at: Date): Promise<boolean> {
+  return db.$transaction(async (tx) => {
+    const e = await lockEvacuation(tx, id);
+    if (!e || e.state !== 'pending') return false;
+    const row = await tx.evacuation.findUniqueOrThrow({ where: { id }, select: { evidence: true } });
+    const evidence = (row.evidence ?? {}) as Record<string, unknown>;
+    if (evidence['held'] !== undefined) return false;
+    const record = { since: at.toISOString(), reason: held.message, poolLeases: held.evidence };
+    await tx.evacuation.update({ where: { id }, data: { evidence: { ...evidence, held: record } as Prisma.InputJsonValue } });
+    await appendEvents(tx, [
+      { workspaceId: null, entity: 'evacuation', entityId: id, event: 'held', state: 'pending', name: hostName, data: { hostId, episode: e.episode, ...record } },
+    ]);
+    return true;
+  });
 }
 
 /** The VMs with these ids (any host), for a returning host's clean-up. */

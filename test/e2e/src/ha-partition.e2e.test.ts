@@ -206,7 +206,16 @@ describe('a partitioned qemu host fences its HA VM before it restarts elsewhere 
       return v['state'] === 'running' && v['host'] === target.name;
     }, 30_000);
     assert.equal((await vm('plain'))['state'], 'lost');
-    console.log(`# HA VM off on A ${offOnA} ms after the cut, running on ${target.name} ${failoverMs} ms after (lease ${LEASE_MS} ms, margin ${MARGIN_MS} ms); ${polls} checker polls so far`);
+    // When A's agent saw its lease end and when it had destroyed the HA domain (its own log).
+    const at = (msg: string) => {
+      const line = a.agent.output().split('\n').find((l) => l.includes(`"msg":"${msg}`));
+      const t = line ? Date.parse((JSON.parse(line) as { time: string }).time) : NaN;
+      return Number.isNaN(t) ? '?' : String(t - cutAt);
+    };
+    console.log(
+      `# HA VM off on A ${offOnA} ms after the cut (A's lease expired at ${at('lease expired without a new grant')} ms, domain fenced at ${at('fenced: ')} ms, fencing done at ${at('fencing done')} ms), ` +
+        `running on ${target.name} ${failoverMs} ms after (lease ${LEASE_MS} ms, margin ${MARGIN_MS} ms); ${polls} checker polls so far`,
+    );
   });
 
   it('A comes back: its stale HA domain is removed, the lost VM runs again in the API, and no VM ever ran twice', async () => {
