@@ -13,6 +13,7 @@ import { eventStreams } from './http/events.js';
 import { CertificateAuthority } from './agent-api/ca.js';
 import type { AgentChannel } from './agent-api/channel.js';
 import { AgentLink } from './agent-api/link.js';
+import { CommandRouter } from './agent-api/routing.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { EventHub } from './events/hub.js';
 import { closeNats, connectionState, connectNats } from './events/nats.js';
@@ -40,8 +41,10 @@ export interface Orchestrator {
   /** `host:port` agents dial (the agent link, gRPC over TLS). */
   agentUrl: string;
   agentPort: number;
-  /** Send commands to hosts. */
+  /** Send commands to hosts (routed to the instance that holds each host's session). */
   agents: AgentChannel;
+  /** The command router behind {@link agents} (tests). */
+  router: CommandRouter;
   /** The agent link itself (sessions, liveness, usage), for tests and tools. */
   agentLink: AgentLink;
   /** The agent CA (its fingerprint goes into join tokens). */
@@ -94,6 +97,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
   let hub: EventHub | undefined;
   let unlisten: (() => Promise<void>) | undefined;
   let link: AgentLink | undefined;
+  let router: CommandRouter | undefined;
   let engine: TaskEngine | undefined;
   let grpcApi: GrpcApi | undefined;
   let revocations: RevocationListener | undefined;
@@ -160,6 +164,10 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       },
     );
     link = agentLink;
+    // Commands for a host whose session another instance holds go there over NATS (agent-api/routing.ts).
+    const commands = new CommandRouter({ local: agentLink.channel, directory: agentLink.directory, instance: registration, nc: nats, clock, log });
+    await commands.start();
+    router = commands;
     const leadership = new Leader({ db: db.client, log }, registration.id, { ttlMs: config.leaderTtlMs });
     election = leadership;
     const leaderSweeps = new LeaderSweeps(
@@ -172,8 +180,8 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     const tasks = new TaskEngine(
       { db: db.client, clock, log },
       [
-        ...vmTaskDefinitions({ agents: agentLink.channel, stopTimeoutMs: 60_000, pollMs: 500 }),
-        ...networkTaskDefinitions({ agents: agentLink.channel, connected: (id) => agentLink.status(id).connected }),
+        ...vmTaskDefinitions({ agents: commands, stopTimeoutMs: 60_000, pollMs: 500 }),
+        ...networkTaskDefinitions({ agents: commands, connected: (id) => agentLink.status(id).connected }),
       ],
       {
         owner: `orchestrator-${registration.id}`,
@@ -198,7 +206,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
         status: (id) => agentLink.status(id),
         hostDeleted: (id) => agentLink.hostDeleted(id),
         hostRevoked: (id) => agentLink.hostRevoked(id),
-        sendCommand: (id, command, o) => agentLink.channel.sendCommand(id, command, o),
+        sendCommand: (id, command, o) => commands.sendCommand(id, command, o),
       },
       tasks: { kick: () => tasks.kick() },
       events,
@@ -265,7 +273,8 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       db,
       agentUrl,
       agentPort: agentLink.port,
-      agents: agentLink.channel,
+      agents: commands,
+      router: commands,
       agentLink,
       ca,
       nats,
@@ -288,6 +297,8 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
           // Leadership goes to another instance at once.
           await leaderSweeps.close();
           await leadership.close();
+          // Commands routed here go back to their senders ("moved"), before the local channel closes.
+          await commands.close();
           // Agent sessions end with UNAVAILABLE (agents reconnect); usage and state writes are flushed.
           await agentLink.close(config.shutdownGraceMs);
           // After the last grant: the leader's clocks for this instance's hosts start now.
@@ -312,6 +323,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     await engine?.close();
     await sweeps?.close();
     await election?.close();
+    await router?.close();
     await link?.close(0);
     await instance?.close();
     hub?.close();

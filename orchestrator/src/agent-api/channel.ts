@@ -38,6 +38,8 @@ interface Pending {
   proto: pb.Command;
   deadline: number;
   resolve: (r: CommandResult) => void;
+  /** Callers that sent the same id again while it was pending: they get the same result. */
+  joined: ((r: CommandResult) => void)[];
   timer: NodeJS.Timeout;
   /** True once it is the command in flight for its key (it may be on the wire). */
   inFlight: boolean;
@@ -81,6 +83,10 @@ export class CommandChannel implements AgentChannel {
     const id = opts.commandId ?? randomUUID();
     const deadline = typeof opts.deadline === 'number' ? opts.deadline : opts.deadline.getTime();
     if (this.closed) return Promise.resolve(failure(id, 'unavailable', 'the orchestrator is shutting down', this.clock.now()));
+    // The same id while it is pending (a command routed here again, after its sender lost track of
+    // it): one entry, one result for both; two entries under one id would settle each other.
+    const same = this.find(hostId, id);
+    if (same) return new Promise<CommandResult>((resolve) => same.joined.push(resolve));
     return new Promise<CommandResult>((resolve) => {
       const key = command.vmId ? command.vmId.toLowerCase() : null;
       const p: Pending = {
@@ -90,6 +96,7 @@ export class CommandChannel implements AgentChannel {
         proto: commandToProto(id, new Date(deadline), command),
         deadline,
         resolve,
+        joined: [],
         // Timers run on real time; the delay is computed from the injected clock.
         timer: setTimeout(() => this.expire(p), Math.max(0, deadline - this.clock.now())),
         inFlight: false,
@@ -173,14 +180,47 @@ export class CommandChannel implements AgentChannel {
     this.finish(q, p, result);
   }
 
+  /**
+   * Take pending commands of `hostId` back without waiting for their results (command routing: the
+   * host's session is on another instance now, and the caller sends them there under the same
+   * ids). Each one's promise resolves with `unavailable` (notSent when it was never written); the
+   * next command waiting on its VM is released. Waiting commands are taken first, so a command
+   * withdrawn with the one in flight before it is never released in between. Returns, for each id
+   * that was still pending, whether it was written on a session (the agent may have acted on it);
+   * an id missing from the answer had its result already (or was never pending here).
+   */
+  withdraw(hostId: string, ids: Iterable<string>): Map<string, { written: boolean }> {
+    const out = new Map<string, { written: boolean }>();
+    const q = this.hosts.get(hostId);
+    if (!q) return out;
+    const want = new Set(ids);
+    const why = 'the host\'s session moved to another orchestrator instance';
+    for (const [key, list] of [...q.waiting]) {
+      for (const p of [...list]) {
+        if (!want.has(p.id)) continue;
+        list.splice(list.indexOf(p), 1);
+        out.set(p.id, { written: false });
+        this.settle(p, { ...failure(p.id, 'unavailable', why, this.clock.now()), notSent: true });
+      }
+      if (list.length === 0) q.waiting.delete(key);
+    }
+    for (const p of [...q.inFlight.values()]) {
+      if (!want.has(p.id)) continue;
+      out.set(p.id, { written: p.written });
+      this.finish(q, p, p.written ? failure(p.id, 'unavailable', why, this.clock.now()) : { ...failure(p.id, 'unavailable', why, this.clock.now()), notSent: true });
+    }
+    if (out.size > 0) this.log.info({ component: 'agent-link', host_id: hostId, withdrawn: out.size }, 'commands withdrawn: the host\'s session is elsewhere');
+    this.cleanup(hostId, q);
+    return out;
+  }
+
   /** Answer every pending command with `unavailable` (shutdown). */
   close(): void {
     this.closed = true;
     for (const q of this.hosts.values()) {
       const all = [...q.inFlight.values(), ...[...q.waiting.values()].flat()];
       for (const p of all) {
-        clearTimeout(p.timer);
-        p.resolve(failure(p.id, 'unavailable', 'the orchestrator is shutting down', this.clock.now()));
+        this.settle(p, failure(p.id, 'unavailable', 'the orchestrator is shutting down', this.clock.now()));
       }
     }
     this.hosts.clear();
@@ -247,6 +287,19 @@ export class CommandChannel implements AgentChannel {
   private settle(p: Pending, result: CommandResult): void {
     clearTimeout(p.timer);
     p.resolve(result);
+    for (const j of p.joined) j(result);
+  }
+
+  private find(hostId: string, id: string): Pending | undefined {
+    const q = this.hosts.get(hostId);
+    if (!q) return undefined;
+    const p = q.inFlight.get(id);
+    if (p) return p;
+    for (const list of q.waiting.values()) {
+      const w = list.find((x) => x.id === id);
+      if (w) return w;
+    }
+    return undefined;
   }
 
   private cleanup(hostId: string, q: HostQueue): void {

@@ -158,7 +158,8 @@ export class SimAgent extends EventEmitter {
   readonly stats: SimStats = { sessions: 0, helloAcks: 0, leaseGrants: 0, commandsReceived: 0, commandsRun: 0, heartbeatsSent: 0 };
   /** Status of the last session that ended. */
   lastStatus: grpc.StatusObject | null = null;
-  private readonly client: pb.AgentLinkClient;
+  private client: pb.AgentLinkClient;
+  private readonly creds: grpc.ChannelCredentials;
   private call: grpc.ClientDuplexStream<pb.AgentMessage, pb.OrchestratorMessage> | null = null;
   private hbTimer: NodeJS.Timeout | null = null;
   private reconnectTimer: NodeJS.Timeout | null = null;
@@ -170,7 +171,23 @@ export class SimAgent extends EventEmitter {
   constructor(private readonly opts: SimAgentOptions) {
     super();
     const id = opts.identity;
-    this.client = client(opts.address, opts.credentials ?? grpc.credentials.createSsl(Buffer.from(id.caPem), Buffer.from(id.keyPem), Buffer.from(id.certPem)));
+    this.creds = opts.credentials ?? grpc.credentials.createSsl(Buffer.from(id.caPem), Buffer.from(id.keyPem), Buffer.from(id.certPem));
+    this.client = client(opts.address, this.creds);
+  }
+
+  /**
+   * Dial another orchestrator from now on (a session that moves between instances): the current
+   * stream is cut, and the agent reconnects to `address` (if reconnecting is allowed). It stays the
+   * same agent: commands it ran are still answered from memory under their ids.
+   */
+  moveTo(address: string): void {
+    const old = this.client;
+    const call = this.call;
+    this.client = client(address, this.creds);
+    if (call) {
+      call.once('status', () => old.close());
+      call.cancel();
+    } else old.close();
   }
 
   /** Connect; resolves at the first HelloAck, rejects if the first session ends before it. */
