@@ -9,7 +9,9 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import * as pb from '@kloudak/proto/agent';
 import { createLogger } from '@kloudak/common';
-import { waitFor } from '@kloudak/testkit';
+import { TEST_NATS_URL, waitFor } from '@kloudak/testkit';
+import { connect } from '@nats-io/transport-node';
+import { CommandRouter } from '../agent-api/routing.js';
 import { systemClock } from '../clock.js';
 import { configWith } from '../config.js';
 import { startOrchestrator, type Orchestrator } from '../server.js';
@@ -183,6 +185,27 @@ describe('command routing between two orchestrators (postgres, NATS)', () => {
     const { hostId } = await hostOn(b);
     const r = await a.agents.sendCommand(hostId, { action: { kind: 'getInventory' } }, { deadline: Date.now() + DEADLINE_MS });
     assert.equal(r.ok, true);
+  });
+
+  it('with NATS down, a command for a host held by B waits for a session on A (notSent at its deadline), and completes once the agent dials A', async () => {
+    const { hostId, agent } = await hostOn(b);
+    const nc = await connect({ servers: TEST_NATS_URL });
+    await nc.close();
+    // A's channel and directory, with a NATS connection that is down for good.
+    const router = new CommandRouter({ local: a.agentLink.channel, directory: a.agentLink.directory, instance: a.instance, nc, clock: systemClock, log: createLogger({ component: 'test', level: 'silent' }) });
+    const t0 = performance.now();
+    const r = await within(router.sendCommand(hostId, { action: { kind: 'getInventory' } }, { deadline: Date.now() + 800 }), 5000, 'the deadline result');
+    assert.equal(r.ok, false);
+    assert.equal(r.error?.code, 'deadline_exceeded');
+    assert.equal(r.notSent, true, 'never reached any session');
+    assert.ok(performance.now() - t0 >= 700);
+    assert.equal(agent.stats.commandsReceived, 0);
+    const later = router.sendCommand(hostId, { action: { kind: 'getInventory' } }, { deadline: Date.now() + DEADLINE_MS });
+    agent.moveTo(a.agentUrl);
+    const ok = await within(later, 8000, 'the result once the agent is on A');
+    assert.equal(ok.ok, true, JSON.stringify(ok));
+    assert.equal(agent.stats.commandsReceived, 1);
+    await router.close();
   });
 
   it('a VM created through A\'s REST API (A\'s task engine) on a host whose agent is on B is running', async () => {
