@@ -1,6 +1,6 @@
 import type { PrismaClient } from '@kloudak/prisma';
 import type { AgentChannel } from '../agent-api/channel.js';
-import type { NicSpec } from '../domain/agent.js';
+import type { AgentCommand, NicSpec } from '../domain/agent.js';
 import { addressPoolFor, formatInterfaceAddress, formatIpv4 } from '../domain/ipam.js';
 import { releaseVmClaims } from '../store/claims.js';
 import { runCommand } from './commands.js';
@@ -67,6 +67,34 @@ export function nicOf(vm: Pick<LoadedVm, 'area'>, i: LoadedVm['interfaces'][numb
     address: addr,
     gateway: pool.gateway !== null ? formatIpv4(pool.gateway) : '',
     dnsServers: [],
+  };
+}
+
+/**
+ * The agent's createVm for a VM as the database holds it: on its first creation, and with
+ * `recover` to define (and start) it again from its existing disk on another host.
+ */
+function createVmCommand(vm: LoadedVm, extra: { recover?: { start: boolean } } = {}): AgentCommand {
+  const t = vm.template;
+  const boot = t.bootKernel && t.bootInitrd ? { kernel: t.bootKernel, initrd: t.bootInitrd, cmdline: t.bootCmdline ?? '' } : undefined;
+  return {
+    vmId: vm.id,
+    action: {
+      kind: 'createVm',
+      hostname: vm.name,
+      cpu: vm.cpu,
+      ramMb: vm.ramMb,
+      diskGb: vm.diskGb,
+      pool: vm.pool?.name ?? '',
+      templateVolume: t.image,
+      nics: vm.interfaces.map((i) => nicOf(vm, i)),
+      sshAuthorizedKeys: Array.isArray(vm.sshKeys) ? (vm.sshKeys as string[]) : [],
+      passwordHash: '',
+      ha: vm.haEnabled,
+      ...extra,
+      ...(boot ? { boot } : {}),
+      ...(vm.userData ? { userData: vm.userData } : {}),
+    },
   };
 }
 
@@ -150,27 +178,7 @@ export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
         async run(ctx) {
           const vm = await loadVm(ctx.db, ctx.task.targetId);
           await setState(ctx.db, ctx.task, 'creating');
-          const t = vm.template;
-          const boot = t.bootKernel && t.bootInitrd ? { kernel: t.bootKernel, initrd: t.bootInitrd, cmdline: t.bootCmdline ?? '' } : undefined;
-          const host = hostOf(vm);
-          await runCommand(agents, ctx, host, {
-            vmId: vm.id,
-            action: {
-              kind: 'createVm',
-              hostname: vm.name,
-              cpu: vm.cpu,
-              ramMb: vm.ramMb,
-              diskGb: vm.diskGb,
-              pool: vm.pool?.name ?? '',
-              templateVolume: t.image,
-              nics: vm.interfaces.map((i) => nicOf(vm, i)),
-              sshAuthorizedKeys: Array.isArray(vm.sshKeys) ? (vm.sshKeys as string[]) : [],
-              passwordHash: '',
-              ha: vm.haEnabled,
-              ...(boot ? { boot } : {}),
-              ...(vm.userData ? { userData: vm.userData } : {}),
-            },
-          });
+          await runCommand(agents, ctx, hostOf(vm), createVmCommand(vm));
           // The agent answers createVm once libvirt has started the domain: that answer is the
           // host's report that it runs, as fresh as a poll of its inventory would be.
           return { created: true, runningAt: Date.now() };
@@ -310,29 +318,9 @@ export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
         name: 'recover',
         async run(ctx) {
           const vm = await loadVm(ctx.db, ctx.task.targetId);
-          const t = vm.template;
-          const boot = t.bootKernel && t.bootInitrd ? { kernel: t.bootKernel, initrd: t.bootInitrd, cmdline: t.bootCmdline ?? '' } : undefined;
           const start = ctx.task.input['start'] !== false;
           try {
-            await runCommand(agents, ctx, hostOf(vm), {
-              vmId: vm.id,
-              action: {
-                kind: 'createVm',
-                hostname: vm.name,
-                cpu: vm.cpu,
-                ramMb: vm.ramMb,
-                diskGb: vm.diskGb,
-                pool: vm.pool?.name ?? '',
-                templateVolume: t.image,
-                nics: vm.interfaces.map((i) => nicOf(vm, i)),
-                sshAuthorizedKeys: Array.isArray(vm.sshKeys) ? (vm.sshKeys as string[]) : [],
-                passwordHash: '',
-                ha: vm.haEnabled,
-                recover: { start },
-                ...(boot ? { boot } : {}),
-                ...(vm.userData ? { userData: vm.userData } : {}),
-              },
-            });
+            await runCommand(agents, ctx, hostOf(vm), createVmCommand(vm, { recover: { start } }));
           } catch (err) {
             // No root volume there: the pool is not shared with that host after all. Retrying the
             // same host cannot help (and a recover never clones a new disk).
