@@ -427,6 +427,10 @@ export class CommandRouter implements AgentChannel {
             // Nobody listens on that subject: the instance is gone; nobody received the command.
             this.log.info({ host_id: c.hostId, command_id: c.id, instance: to.instanceId }, 'the instance holding the session does not answer (gone?): directory read again');
             end({ kind: 'moved', written: false, refresh: true });
+          } else if (e.name === 'InvalidArgumentError') {
+            // Refused before it left (larger than NATS takes): no other route would take it either.
+            this.log.error({ host_id: c.hostId, command_id: c.id, err: e.message }, 'routed command refused by NATS');
+            end({ kind: 'result', result: failure(c.id, 'invalid_argument', `the command cannot be routed to the orchestrator holding the host's session: ${e.message ?? 'refused'}`, this.deps.clock.now(), true) });
           } else if (e.name === 'TimeoutError' || e.cause?.name === 'TimeoutError') {
             end({ kind: 'result', result: failure(c.id, 'deadline_exceeded', 'no result from the orchestrator holding the host\'s session before the deadline', this.deps.clock.now(), false) });
           } else {
@@ -533,8 +537,28 @@ export class CommandRouter implements AgentChannel {
     this.log.debug(log, 'routed command taken');
     void this.deps.local.sendCommand(r.hostId, r.command, { deadline: r.deadline, commandId: r.commandId }).then((result) => {
       if (this.incoming.get(r.commandId) !== inc) return; // withdrawn and answered "moved"
-      this.replyIncoming(r.commandId, { v: WIRE_VERSION, kind: 'result', result: resultToWire(result) });
+      this.replyIncoming(r.commandId, this.fitting(result));
     });
+  }
+
+  /**
+   * The reply carrying `result`, within what NATS takes in one message: a console tail too large
+   * is cut at its start (it is a tail: `truncated` says so); any other result too large becomes a
+   * failure (the agent did act: never notSent).
+   */
+  private fitting(result: CommandResult): RoutedReply {
+    const max = (this.deps.nc.info?.max_payload ?? 1024 * 1024) - 1024;
+    const reply: RoutedReply = { v: WIRE_VERSION, kind: 'result', result: resultToWire(result) };
+    const size = Buffer.byteLength(JSON.stringify(reply));
+    if (size <= max) return reply;
+    if (result.console) {
+      const over = size - max;
+      // Base64 takes 4 characters for 3 bytes: drop enough bytes from the start, in whole groups.
+      const drop = Math.min(result.console.data.length, Math.ceil(over / 4) * 3 + 3);
+      return { v: WIRE_VERSION, kind: 'result', result: resultToWire({ ...result, console: { data: result.console.data.subarray(drop), truncated: true } }) };
+    }
+    this.log.error({ command_id: result.commandId, bytes: size, max_bytes: max }, 'a command result is too large to route');
+    return { v: WIRE_VERSION, kind: 'result', result: resultToWire(failure(result.commandId, 'resource_exhausted', `the result (${size} bytes) is too large to route between orchestrators`, this.deps.clock.now())) };
   }
 
   /** Withdraw commands routed here for `hostId` and answer them "moved" (shutdown). */

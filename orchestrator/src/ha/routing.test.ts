@@ -91,6 +91,16 @@ describe('command routing between two orchestrators (postgres, NATS)', () => {
     assert.equal(con.ok, true);
     assert.deepEqual([...(con.console?.data ?? [])], [0, 1, 2, 255, 10]);
     assert.equal(con.console?.truncated, true);
+    // A console tail larger than one NATS message is cut at its start, and says so.
+    const big = Buffer.alloc(1024 * 1024, 'a');
+    big.write('THE-END', big.length - 7);
+    const bid = randomUUID();
+    handlers.set(bid, () => ({ ok: true, payload: { $case: 'consoleOutput', consoleOutput: { data: big, truncated: false } } }));
+    const tail = await a.agents.sendCommand(hostId, { vmId: randomUUID(), action: { kind: 'readConsole', maxBytes: big.length } }, { deadline: Date.now() + DEADLINE_MS, commandId: bid });
+    assert.equal(tail.ok, true, JSON.stringify(tail.error));
+    assert.equal(tail.console?.truncated, true);
+    assert.ok(tail.console!.data.length > 512 * 1024 && tail.console!.data.length < big.length, String(tail.console?.data.length));
+    assert.equal(tail.console!.data.subarray(-7).toString(), 'THE-END');
     // A failure keeps its code.
     const fid = randomUUID();
     handlers.set(fid, () => ({ ok: false, error: { code: pb.ErrorCode.ERROR_CODE_NOT_FOUND, message: 'no such domain' } }));
