@@ -139,7 +139,7 @@ describe('two orchestrators: the leader is killed during a failover, and the oth
     cleanup.add(() => leader.kill());
     await waitFor('L prints its agent port', async () => /agents: 127\.0\.0\.1:\d+/.test(leader.output()), 10_000);
     leaderAgentPort = Number(/agents: 127\.0\.0\.1:(\d+)/.exec(leader.output())?.[1]);
-    s = await startInProcessOrchestrator(cleanup, 'kloudak_e2e_ha_leader', ADMIN, { ...T, databaseUrl: db.url, dataDir, logLevel: 'warn' }, { livenessTickMs: 100 });
+    s = await startInProcessOrchestrator(cleanup, 'kloudak_e2e_ha_leader', ADMIN, { ...T, databaseUrl: db.url, dataDir, logLevel: 'warn' }, { livenessTickMs: 100, directoryRefreshMs: 200 });
     await client.login(ADMIN);
     net = await createTestNet('kh-');
     cleanup.add(() => net.cleanup());
@@ -156,7 +156,9 @@ describe('two orchestrators: the leader is killed during a failover, and the oth
 
   it('L leads; the HA VMs are placed on A, whose agent dials L (their tasks run on either instance)', async () => {
     assert.equal(s.leader.isLeader(), false, 'the process started first leads');
-    await startHost(A, leaderAgentPort, { cpus: 8, memoryMb: 8192 });
+    const aId = await startHost(A, leaderAgentPort, { cpus: 8, memoryMb: 8192 });
+    // Placement runs on S (its API): S must know A's session is open on L (its directory, read every 200 ms).
+    await waitFor('S sees A connected on L', async () => s.agentLink.status(aId).connected, 10_000, 50);
     const front = await api('POST', `/workspaces/${WS}/networks`, { name: 'front', area: RUN });
     assert.equal(front.status, 202, JSON.stringify(front.body));
     await client.succeeded(front.body['task']['id']);
@@ -178,7 +180,7 @@ describe('two orchestrators: the leader is killed during a failover, and the oth
     await startHost(C, s.agentPort, { cpus: 4, memoryMb: 2048 }, shared);
     const aId = hostIds.get(A)!;
     // L must know B and C are connected (they are on S) before A's evacuation is planned there.
-    await new Promise((r) => setTimeout(r, 2500));
+    await new Promise((r) => setTimeout(r, 3000));
 
     const killedAgentAt = Date.now();
     await agents.get(A)!.kill();
@@ -197,7 +199,7 @@ describe('two orchestrators: the leader is killed during a failover, and the oth
     const killedAt = Date.now();
     await leader.kill();
     const atKill = await s.db.client.task.findMany({ where: { kind: 'vm.recover' }, select: { state: true, leaseOwner: true } });
-    console.log(`# L killed ${killedAt - killedAgentAt} ms after A's agent; recover tasks then: ${atKill.map((t) => `${t.state}@${t.leaseOwner === ownS ? 'S' : 'L'}`).join(', ')}`);
+    console.log(`# L killed ${killedAt - killedAgentAt} ms after A's agent; recover tasks then: ${atKill.map((t) => `${t.state}@${t.leaseOwner === null ? 'none' : t.leaseOwner === ownS ? 'S' : 'L'}`).join(', ')}`);
     assert.ok(onL, 'a recover task was running on L');
     assert.equal(await s.db.client.evacuation.count({ where: { hostId: aId } }), 1, 'planned by L before it died');
 
