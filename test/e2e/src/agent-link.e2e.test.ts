@@ -11,7 +11,6 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Libvirt } from '@kloudak/libvirt';
@@ -23,6 +22,7 @@ import { Cleanup, waitFor } from '@kloudak/testkit';
 import { spawnAgentProcess, type AgentProcess } from './agent-process.js';
 import { agentHostEnv, ApiClient, jsonLines } from './api-client.js';
 import { GUEST, QEMU_URI, removeDomains, setUpQemuHost, testGuestImage } from './qemu-host.js';
+import { Relay } from './relay.js';
 import { startInProcessOrchestrator } from './vm-harness.js';
 
 const RUN = `ke${randomBytes(3).toString('hex')}`;
@@ -32,51 +32,6 @@ const LEASE_MS = 2_500;
 // The margin must cover the agent's destroy of its HA domains (about 1.5 s under TCG here): the
 // orchestrator may restart them elsewhere once the host is down, so they must be off by then.
 const DOWN_MARGIN_MS = 3_000;
-
-/** A TCP relay from a local port to the orchestrator's agent port that the test can cut. */
-class Relay {
-  private readonly sockets = new Set<Socket>();
-  private open = true;
-  private constructor(
-    private readonly server: Server,
-    readonly port: number,
-  ) {}
-
-  static async start(targetPort: number): Promise<Relay> {
-    const server = createServer();
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const address = server.address();
-    const relay = new Relay(server, typeof address === 'object' && address ? address.port : 0);
-    server.on('connection', (client) => {
-      if (!relay.open) return client.destroy();
-      const upstream = connect(targetPort, '127.0.0.1');
-      for (const s of [client, upstream]) {
-        relay.sockets.add(s);
-        s.on('close', () => relay.sockets.delete(s));
-        s.on('error', () => undefined);
-      }
-      client.pipe(upstream).pipe(client);
-      client.on('close', () => upstream.destroy());
-      upstream.on('close', () => client.destroy());
-    });
-    return relay;
-  }
-
-  /** Reset every connection and refuse new ones until {@link heal}. */
-  cut(): void {
-    this.open = false;
-    for (const s of this.sockets) s.resetAndDestroy();
-  }
-
-  heal(): void {
-    this.open = true;
-  }
-
-  async close(): Promise<void> {
-    this.cut();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
-  }
-}
 
 /** An agent process that dials the orchestrator through its own relay. */
 interface RelayedAgent extends AgentProcess {

@@ -37,26 +37,23 @@ export async function startInProcessOrchestrator(
   }
   const dataDir = mkdtempSync(join(tmpdir(), `${dbPrefix}-orch-`));
   cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }), `remove ${dataDir}`);
-  const orch = await startOrchestrator(
-    configWith({
-      grpcPort: 0,
-      port: 0,
-      host: '127.0.0.1',
-      agentPort: await freePort(),
-      agentHost: '127.0.0.1',
-      dataDir,
-      natsUrl: TEST_NATS_URL,
-      adminUser: admin.username,
-      adminPassword: admin.password,
-      passwordHashCost: 12,
-      logLevel: 'warn',
-      ...config,
-      databaseUrl,
-    }),
-    createLogger({ component: 'orchestrator', level: 'warn' }),
-    systemClock,
-    options,
-  );
+  const resolved = configWith({
+    grpcPort: 0,
+    port: 0,
+    host: '127.0.0.1',
+    agentPort: await freePort(),
+    agentHost: '127.0.0.1',
+    dataDir,
+    natsUrl: TEST_NATS_URL,
+    adminUser: admin.username,
+    adminPassword: admin.password,
+    passwordHashCost: 12,
+    logLevel: 'warn',
+    ...config,
+    databaseUrl,
+  });
+  // The log goes to stdout at `config.logLevel` (default warn): a benchmark keeps its figures' stdout clean with 'error'.
+  const orch = await startOrchestrator(resolved, createLogger({ component: 'orchestrator', level: resolved.logLevel }), systemClock, options);
   cleanup.add(() => orch.close(), 'close the orchestrator');
   return orch;
 }
