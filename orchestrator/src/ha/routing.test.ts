@@ -181,6 +181,50 @@ describe('command routing between two orchestrators (postgres, NATS)', () => {
     assert.deepEqual([a.router.pending(), b.router.pending()], [{ outgoing: 0, incoming: 0 }, { outgoing: 0, incoming: 0 }]);
   });
 
+  it('a holder that shuts down gives its routed commands back: the sender re-routes and gets one result', async () => {
+    // A third instance, C, to be shut down.
+    const c = await startOrchestrator(configWith({ ...h.config, port: 0, agentPort: 0, grpcPort: 0 }), createLogger({ component: 'orchestrator-c', level: 'silent' }), systemClock, START);
+    let cClosed = false;
+    try {
+      const { hostId, agent } = await hostOn(c);
+      const id = randomUUID();
+      const g = gate();
+      let runs = 0;
+      handlers.set(id, async () => {
+        runs += 1;
+        await g.wait;
+        return { ok: true };
+      });
+      const received = new Promise<void>((r) => agent.once('command', () => r()));
+      let results = 0;
+      const sent = a.agents.sendCommand(hostId, { vmId: randomUUID(), action: { kind: 'stopVm', timeoutMs: 1000, force: false } }, { deadline: Date.now() + DEADLINE_MS, commandId: id }).then((r) => {
+        results += 1;
+        return r;
+      });
+      await within(received, 5000, 'the agent got the command');
+      assert.equal(c.router.pending().incoming, 1);
+      // C stops: its router first (as C's close does, before the sessions end), which gives the
+      // command back to A while the session is still on C; then the agent dials A instead.
+      await c.router.close();
+      assert.equal(c.router.pending().incoming, 0, 'given back');
+      await new Promise((res) => setTimeout(res, 300));
+      assert.equal(results, 0, 'no result yet: A keeps trying');
+      agent.moveTo(a.agentUrl);
+      await c.close();
+      cClosed = true;
+      await waitFor(async () => a.agentLink.directory.holder(hostId)?.instanceId === a.instance.id, 5000, 'the session on A');
+      g.open();
+      const r = await within(sent, 5000, 'the result');
+      assert.equal(r.ok, true, JSON.stringify(r));
+      await new Promise((res) => setTimeout(res, 200));
+      assert.equal(results, 1);
+      assert.equal(runs, 1);
+      assert.deepEqual(a.router.pending(), { outgoing: 0, incoming: 0 });
+    } finally {
+      if (!cClosed) await c.close();
+    }
+  });
+
   it('a routed request that is not JSON, or not a command, gets an error reply; the responder goes on', async () => {
     const ask = async (body: string) => (await a.nats.request(b.instance.subject, body, { timeout: 3000 })).json<{ kind: string; message?: string }>();
     const notJson = await ask('{not json');
