@@ -21,6 +21,7 @@ import {
   readTypedParam,
   readVol,
   uuidFromString,
+  writeTypedParam,
   uuidToString,
   writeDomain,
   writePool,
@@ -102,6 +103,34 @@ export const Flags = {
   /** `VIR_STORAGE_VOL_DELETE_ZEROED`. */
   VOL_DELETE_ZEROED: 1 << 0,
 } as const;
+
+/** `virDomainMigrateFlags` (libvirt-domain.h). */
+export const MigrateFlags = {
+  /** Keep the domain running while its memory is copied. */
+  LIVE: 1 << 0,
+  /** The source daemon connects to the destination daemon itself (the client only starts it). */
+  PEER2PEER: 1 << 1,
+  /** Define the domain persistently on the destination. */
+  PERSIST_DEST: 1 << 3,
+  /** Undefine the domain on the source once the migration succeeded. */
+  UNDEFINE_SOURCE: 1 << 4,
+  /** Skip libvirt's safety checks (disk cache modes on storage it does not know to be shared). */
+  UNSAFE: 1 << 9,
+  /** Cancel the migration when a disk I/O error happens on the source. */
+  ABORT_ON_ERROR: 1 << 12,
+} as const;
+
+/** Typed parameters of a migration (`VIR_MIGRATE_PARAM_*`, libvirt-domain.h). */
+export interface MigrateParams {
+  /** `migrate_uri`: where the hypervisor streams memory, e.g. `tcp:10.0.0.2` (the destination picks a port). */
+  migrateUri?: string;
+  /** `destination_xml`: the domain's XML as the destination must run it (its host-local paths and names). */
+  destinationXml?: string;
+  /** `persistent_xml`: the persistent definition on the destination (with PERSIST_DEST). */
+  persistentXml?: string;
+  /** `bandwidth` in MiB/s; unset: unlimited. */
+  bandwidthMiBs?: number;
+}
 
 /** Stat groups of CONNECT_GET_ALL_DOMAIN_STATS (`VIR_DOMAIN_STATS_*`). */
 export const DomainStatsGroup = {
@@ -370,6 +399,29 @@ export class Libvirt {
   /** Stops a domain now (DOMAIN_DESTROY_FLAGS; `Flags.DESTROY_GRACEFUL` to avoid SIGKILL). */
   async destroyDomain(dom: DomainRef, flags = 0, call?: CallOptions): Promise<void> {
     ret(await this.call(Proc.DOMAIN_DESTROY_FLAGS, args((w) => (writeDomain(w, dom), w.uint(flags))), call), () => undefined);
+  }
+
+  /**
+   * Migrates a domain to another libvirtd (DOMAIN_MIGRATE_PERFORM3_PARAMS). With
+   * `MigrateFlags.PEER2PEER` this daemon connects to `dconnuri` itself and drives the whole
+   * migration; the call returns once it has finished (or failed, leaving the domain running here).
+   * What a client's virDomainMigrateToURI3 sends in peer-to-peer mode: no cookie.
+   */
+  async migrateDomainPeerToPeer(dom: DomainRef, dconnuri: string, params: MigrateParams, flags: number, call?: CallOptions): Promise<void> {
+    const list: TypedParam[] = [];
+    if (params.migrateUri !== undefined) list.push({ field: 'migrate_uri', type: 'string', value: params.migrateUri });
+    if (params.destinationXml !== undefined) list.push({ field: 'destination_xml', type: 'string', value: params.destinationXml });
+    if (params.persistentXml !== undefined) list.push({ field: 'persistent_xml', type: 'string', value: params.persistentXml });
+    if (params.bandwidthMiBs !== undefined) list.push({ field: 'bandwidth', type: 'ullong', value: BigInt(params.bandwidthMiBs) });
+    const body = args((w) => {
+      writeDomain(w, dom);
+      w.optional(dconnuri, (x, v) => x.string(v));
+      w.array(list, writeTypedParam);
+      w.opaque(new Uint8Array(0));
+      w.uint(flags);
+    });
+    // remote_domain_migrate_perform3_params_ret: the cookie (empty in peer-to-peer mode).
+    ret(await this.call(Proc.DOMAIN_MIGRATE_PERFORM3_PARAMS, body, call), (r) => void r.opaque());
   }
 
   /** Removes a domain's persistent definition (DOMAIN_UNDEFINE_FLAGS, `Flags.UNDEFINE_*`). */

@@ -6,7 +6,7 @@ import test, { afterEach, beforeEach, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Libvirt } from './api.js';
+import { Libvirt, MigrateFlags } from './api.js';
 import { LibvirtConnection } from './client.js';
 import type { ConnectionOptions, ConnectionState } from './client.js';
 import {
@@ -25,6 +25,8 @@ import {
   Proc,
   STREAM_CHUNK_MAX,
   encodeFrame,
+  readDomain,
+  readTypedParam,
   uuidFromString,
   writeDomain,
   writeTypedParam,
@@ -399,6 +401,33 @@ describe('Libvirt API decoding against a fake daemon', () => {
     assert.deepEqual(
       rec.params.map((p) => p.type),
       ['int', 'uint', 'llong', 'ullong', 'double', 'boolean', 'string'],
+    );
+  });
+
+  test('peer-to-peer migration: domain, destination URI, typed string parameters, empty cookie, flags', async () => {
+    fake.on(Proc.DOMAIN_MIGRATE_PERFORM3_PARAMS, (call) => {
+      const r = new XdrReader(call.args);
+      assert.equal(readDomain(r).name, 'vm1');
+      assert.equal(
+        r.optional((x) => x.string()),
+        'qemu+unix:///system?socket=/run/b/libvirt-sock',
+      );
+      assert.deepEqual(r.array(readTypedParam), [
+        { field: 'migrate_uri', type: 'string', value: 'tcp:127.0.0.1' },
+        { field: 'destination_xml', type: 'string', value: '<domain/>' },
+        { field: 'persistent_xml', type: 'string', value: '<domain/>' },
+      ]);
+      assert.equal(r.opaque().length, 0, 'no cookie in peer-to-peer mode');
+      assert.equal(r.uint(), MigrateFlags.LIVE | MigrateFlags.PEER2PEER | MigrateFlags.UNSAFE);
+      // remote_domain_migrate_perform3_params_ret: the (empty) cookie.
+      return { body: new XdrWriter().opaque(new Uint8Array(0)).finish() };
+    });
+    lv = await Libvirt.connect({ uri: 'test:///default', socketPath: fake.socketPath });
+    await lv.migrateDomainPeerToPeer(
+      DOM,
+      'qemu+unix:///system?socket=/run/b/libvirt-sock',
+      { migrateUri: 'tcp:127.0.0.1', destinationXml: '<domain/>', persistentXml: '<domain/>' },
+      MigrateFlags.LIVE | MigrateFlags.PEER2PEER | MigrateFlags.UNSAFE,
     );
   });
 
