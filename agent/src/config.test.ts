@@ -47,6 +47,27 @@ describe('agent config', () => {
     assert.equal(hostSettingsOf(c).bridge, 'br-flag');
   });
 
+  it('live migration: this host as peers reach it (default libvirt over TLS to the hostname), and the tap prefix', () => {
+    const d = hostSettingsOf(loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file, KLOUDAK_AGENT_HOSTNAME: 'kvm-7' } }));
+    assert.deepEqual(d.migration, { peerUri: 'qemu+tls://kvm-7/system', address: 'kvm-7', timeoutMs: 300_000 });
+    assert.equal(d.tapPrefix, undefined);
+    const s = hostSettingsOf(
+      loadAgentConfig({
+        env: {
+          KLOUDAK_AGENT_CONFIG: file,
+          KLOUDAK_AGENT_MIGRATION_URI: 'qemu+unix:///system?socket=/tmp/b/libvirt-sock',
+          KLOUDAK_AGENT_MIGRATION_ADDRESS: '10.0.0.12',
+          KLOUDAK_AGENT_MIGRATION_TIMEOUT_MS: '60000',
+          KLOUDAK_AGENT_TAP_PREFIX: 'kb',
+        },
+      }),
+    );
+    assert.deepEqual(s.migration, { peerUri: 'qemu+unix:///system?socket=/tmp/b/libvirt-sock', address: '10.0.0.12', timeoutMs: 60_000 });
+    assert.equal(s.tapPrefix, 'kb');
+    assert.throws(() => loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file, KLOUDAK_AGENT_TAP_PREFIX: 'KL-' } }), ConfigError);
+    assert.throws(() => loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: file, KLOUDAK_AGENT_MIGRATION_ADDRESS: '10.0.0.1; rm -rf /' } }), ConfigError);
+  });
+
   it('takes the config path from --config over KLOUDAK_AGENT_CONFIG, and refuses a named file that is missing', () => {
     const c = loadAgentConfig({ env: { KLOUDAK_AGENT_CONFIG: join(dir, 'nope.yaml') }, argv: [`--config=${file}`] });
     assert.equal(c.bridge, 'br-file');

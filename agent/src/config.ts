@@ -46,6 +46,14 @@ export const AgentConfigSchema = Type.Object(
     /** Local directory of cloud-init seeds; default unset (seeds are pool volumes), `<dataDir>/seeds` on test:/// hosts. */
     seedDir: Type.Optional(Type.String({ minLength: 1 })),
     machine: Type.Optional(Type.String({ minLength: 1 })),
+    /** First two letters of VM tap names (default "kl"); test hosts sharing one network stack need different ones. */
+    tapPrefix: Type.Optional(Type.String({ pattern: '^[a-z]{2}$' })),
+    /** This host's libvirtd as other hosts' libvirtds reach it for live migration (default `qemu+tls://<hostname>/system`). */
+    migrationUri: Type.Optional(Type.String({ minLength: 1, maxLength: 1024, pattern: '^[a-z0-9+]+:' })),
+    /** Address other hosts' QEMU streams a migrating VM's memory to (default: the hostname). */
+    migrationAddress: Type.Optional(Type.String({ minLength: 1, maxLength: 253, pattern: '^[A-Za-z0-9.:\\[\\]-]+$' })),
+    /** How long a live migration from this host may take. */
+    migrationTimeoutMs: Type.Integer({ minimum: 1000, maximum: 3_600_000, default: 300_000 }),
     shutdownTimeoutMs: Type.Integer({ minimum: 0, default: 60_000 }),
     /** Heartbeat period until the orchestrator grants one in HelloAck. */
     heartbeatMs: Type.Integer({ minimum: 50, maximum: 600_000, default: 1000 }),
@@ -108,6 +116,10 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_AGENT_CONSOLE_DIR: 'consoleDir',
   KLOUDAK_AGENT_SEED_DIR: 'seedDir',
   KLOUDAK_AGENT_MACHINE: 'machine',
+  KLOUDAK_AGENT_TAP_PREFIX: 'tapPrefix',
+  KLOUDAK_AGENT_MIGRATION_URI: 'migrationUri',
+  KLOUDAK_AGENT_MIGRATION_ADDRESS: 'migrationAddress',
+  KLOUDAK_AGENT_MIGRATION_TIMEOUT_MS: 'migrationTimeoutMs',
   KLOUDAK_AGENT_SHUTDOWN_TIMEOUT_MS: 'shutdownTimeoutMs',
   KLOUDAK_AGENT_HEARTBEAT_MS: 'heartbeatMs',
   KLOUDAK_AGENT_FENCE_LEASE_MS: 'fenceLeaseMs',
@@ -227,8 +239,14 @@ export function hostSettingsOf(cfg: AgentConfig): HostSettings {
     bridge: cfg.bridge,
     consoleDir: cfg.consoleDir,
     shutdownTimeoutMs: cfg.shutdownTimeoutMs,
+    migration: {
+      peerUri: cfg.migrationUri ?? `qemu+tls://${cfg.hostname}/system`,
+      address: cfg.migrationAddress ?? cfg.hostname,
+      timeoutMs: cfg.migrationTimeoutMs,
+    },
   };
   if (cfg.machine !== undefined) s.machine = cfg.machine;
+  if (cfg.tapPrefix !== undefined) s.tapPrefix = cfg.tapPrefix;
   if (cfg.seedDir !== undefined) s.seedDir = cfg.seedDir;
   return s;
 }

@@ -20,4 +20,11 @@ test('anything but a lower-case UUID is refused before it reaches a name', () =>
     assert.throws(() => domainName(bad), /not a Kloudak id/);
   }
   assert.throws(() => tapName(ID, 100));
+  assert.throws(() => tapName(ID, 0, 'k'), /bad tap prefix/);
+  assert.throws(() => tapName(ID, 0, 'k;'), /bad tap prefix/);
+});
+
+test('a host with a tap prefix of its own names its taps with it (two simulated hosts in one network stack)', () => {
+  assert.equal(tapName(ID, 1, 'kb'), 'kb1a2b3c4d5e-1');
+  assert.ok(tapName(ID, 99, 'zz').length <= 15);
 });

@@ -31,12 +31,19 @@ export function seedVolumeName(vmId: string): string {
 
 /**
  * Host-side interface (and OVS port) name of a VM's NIC: at most 15 characters (IFNAMSIZ - 1).
- * "kl" + first 10 hex digits of the VM id + "-" + NIC index.
+ * The host's tap prefix (default "kl", see HostSettings.tapPrefix) + first 10 hex digits of the VM
+ * id + "-" + NIC index.
  */
-export function tapName(vmId: string, index: number): string {
+export function tapName(vmId: string, index: number, prefix = DEFAULT_TAP_PREFIX): string {
   if (!Number.isInteger(index) || index < 0 || index > 99) throw new Error(`bad NIC index ${index}`);
-  return `kl${checkId(vmId).replace(/-/g, '').slice(0, 10)}-${index}`;
+  if (!TAP_PREFIX.test(prefix)) throw new Error(`bad tap prefix ${JSON.stringify(prefix)}`);
+  return `${prefix}${checkId(vmId).replace(/-/g, '').slice(0, 10)}-${index}`;
 }
+
+/** The tap prefix of a host that sets none. */
+export const DEFAULT_TAP_PREFIX = 'kl';
+/** A tap prefix: two lower-case letters (a tap name has at most 15 characters). */
+export const TAP_PREFIX = /^[a-z]{2}$/;
 
 /** The VM id a Kloudak domain name stands for, or null for a foreign domain. */
 export function vmIdOfDomain(name: string): string | null {

@@ -59,6 +59,26 @@ export interface Hypervisor {
   /** Live and persistent device hot-(un)plug. */
   attachDevice(name: string, xml: string): Promise<void>;
   detachDevice(name: string, xml: string): Promise<void>;
+  /**
+   * Live-migrate a running domain to another host's libvirtd, peer to peer (this daemon connects
+   * to `peerUri` itself). Resolves once it runs there, defined persistently, and is undefined here;
+   * on failure it keeps running here.
+   */
+  migrate(name: string, to: MigrationRequest): Promise<void>;
+}
+
+/** Where and how {@link Hypervisor.migrate} moves a domain. */
+export interface MigrationRequest {
+  /** The destination libvirtd's URI, as this host's libvirtd reaches it. */
+  peerUri: string;
+  /** Where QEMU streams the memory, e.g. `tcp:10.0.0.12`. */
+  migrateUri: string;
+  /** The domain's XML on the destination (same name and UUID). */
+  xml: string;
+  /** The disks are on storage both hosts mount (the orchestrator knows: the area's shared pool). */
+  sharedStorage: boolean;
+  /** Cancel after this long. */
+  timeoutMs: number;
 }
 
 /** A volume in a storage pool. */

@@ -43,6 +43,27 @@ export interface HostSettings {
    * simulated hosts use).
    */
   seedDir?: string;
+  /**
+   * First two letters of the VM NICs' tap (and OVS port) names; default "kl". Hosts that share one
+   * network stack — the simulated hosts of a test, all in one machine's root namespace — need
+   * different ones: during a live migration the VM has a tap on both hosts at once.
+   */
+  tapPrefix?: string;
+  /** How other hosts migrate VMs to this one (live migration, peer to peer). */
+  migration?: MigrationSettings;
+}
+
+/** How a VM is live-migrated to this host. */
+export interface MigrationSettings {
+  /**
+   * URI of this host's libvirtd as the other hosts' libvirtds reach it (the source daemon connects
+   * to it itself), e.g. `qemu+tls://host-b/system`.
+   */
+  peerUri: string;
+  /** Address other hosts' QEMU streams a VM's memory to (libvirt picks the port). */
+  address: string;
+  /** How long a migration from this host may take before it is cancelled (the VM keeps running here). */
+  timeoutMs: number;
 }
 
 /** Defaults of a production host. */

@@ -104,6 +104,19 @@ function actionFromProto(c: pb.Command): AgentAction {
       return { kind: 'getInventory' };
     case 'evictVm':
       return { kind: 'evictVm', vmId: vm(), bridges: a.evictVm.bridges.map((b) => bridgeOf(b)).filter((b): b is string => b !== undefined) };
+    case 'prepareMigration': {
+      if (!a.prepareMigration.vm) throw new SpecError('PrepareMigration needs its vm');
+      // The VM's disk exists on the shared pool: its spec is a recover's (never a clone).
+      const spec = vmSpecFromProto(c.vmId, { ...a.prepareMigration.vm, recover: true, defineOnly: false });
+      return { kind: 'prepareMigration', spec };
+    }
+    case 'migrateVm': {
+      const m = a.migrateVm;
+      if (m.destLibvirtUri === '' || m.migrateUri === '' || m.destDomainXml === '') throw new SpecError('MigrateVm needs the destination URI, the migration URI and the domain XML');
+      const out: AgentAction = { kind: 'migrateVm', vmId: vm(), target: { libvirtUri: m.destLibvirtUri, migrateUri: m.migrateUri, domainXml: m.destDomainXml }, sharedStorage: m.sharedStorage };
+      if (m.timeoutMs > 0) out.timeoutMs = m.timeoutMs;
+      return out;
+    }
   }
 }
 
@@ -138,6 +151,7 @@ export function commandResultToProto(o: CommandOutcome): pb.CommandResult {
   let payload: pb.CommandResult['payload'];
   if (o.payload?.kind === 'inventory') payload = { $case: 'inventory', inventory: inventoryToProto(o.payload.inventory) };
   else if (o.payload?.kind === 'console') payload = { $case: 'consoleOutput', consoleOutput: { data: o.payload.data, truncated: o.payload.truncated } };
+  else if (o.payload?.kind === 'migrationTarget') payload = { $case: 'migrationTarget', migrationTarget: { ...o.payload.target } };
   return {
     commandId: o.commandId,
     ok: o.ok,

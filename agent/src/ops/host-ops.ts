@@ -1,10 +1,11 @@
 import { open, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { seedFiles } from '../cloudinit/seed.js';
-import { domainName, rootVolumeName, seedVolumeName, tapName, vmIdOfDomain, checkId } from '../names.js';
+import { DEFAULT_TAP_PREFIX, domainName, rootVolumeName, seedVolumeName, tapName, vmIdOfDomain, checkId } from '../names.js';
 import type { DomainState, Hypervisor, NetworkDriver, OvsPort, SeedBuilder, Storage, VolumeStatus } from '../ports.js';
 import type { DomainStartGate } from '../fence/start-gate.js';
 import { RevertStack } from '../runner/revert.js';
-import type { HostSettings } from '../settings.js';
+import type { HostSettings, MigrationSettings } from '../settings.js';
 import { checkNic, checkVlan, checkVmSpec, normalizeMac, type NicSpec, type VmSpec } from '../spec.js';
 import { consoleLogPath, domainXml, nicXml, seedFilePath } from '../xml/domain.js';
 
@@ -32,6 +33,16 @@ export interface HostInventory {
   volumes: Array<{ pool: string; name: string; vmId: string | null }>;
   /** Kloudak NIC ports per bridge (named by tapName). */
   ports: OvsPort[];
+}
+
+/** How a source host migrates a VM to this host (the answer of prepareMigration). */
+export interface MigrationTarget {
+  /** This host's libvirtd as the source's libvirtd reaches it. */
+  libvirtUri: string;
+  /** Where QEMU streams the memory (`tcp:<address>`; libvirt picks the port). */
+  migrateUri: string;
+  /** The domain XML as this host defines it (its console path, tap names, seed). */
+  domainXml: string;
 }
 
 /** Where a VM's volumes live: needed by operations that remove them. */
@@ -202,9 +213,66 @@ export class HostOperations {
     await rm(`${file}.tmp`, { force: true });
   }
 
+  /** This host's migration settings (a host that sets none: libvirt over TLS to its hostname). */
+  private migrationSettings(): MigrationSettings {
+    return this.d.settings.migration ?? { peerUri: `qemu+tls://${hostname()}/system`, address: hostname(), timeoutMs: 300_000 };
+  }
+
+  /**
+   * Live migration, destination side: get ready to receive the VM (it runs on another host, its
+   * disk on a pool both hosts mount). The NICs' bridges and VLANs are ensured, the root volume must
+   * be in the pool (NOT_FOUND otherwise: the pool is not shared with this host; nothing is ever
+   * cloned), and the seed is written when this host keeps seeds in a local directory (a seed
+   * volume is on the shared pool already, in use by the running VM: left alone). Answers how the
+   * source reaches this host and the domain XML with this host's own paths and tap names. Defines
+   * and starts nothing: the migration itself does, on the source's call.
+   */
+  async prepareMigration(spec: VmSpec): Promise<MigrationTarget> {
+    checkVmSpec(spec);
+    // A host without a lease must not take a VM in (the migration starts it here).
+    this.d.gate?.check(spec.vmId, 'migrate in');
+    await this.ensureNicNetworks(spec.nics);
+    if ((await this.d.storage.get(spec.pool, rootVolumeName(spec.vmId))) === null) throw new RootVolumeMissingError(spec.vmId, spec.pool);
+    if (seedFilePath(spec.vmId, this.d.settings) !== null) await this.writeSeed(spec.vmId, spec.pool, await this.d.seeds.build(seedFiles(spec)));
+    const m = this.migrationSettings();
+    // IPv6 literals go in brackets in QEMU's URI.
+    const host = m.address.includes(':') && !m.address.startsWith('[') ? `[${m.address}]` : m.address;
+    return { libvirtUri: m.peerUri, migrateUri: `tcp:${host}`, domainXml: domainXml({ ...spec, recover: { start: true } }, this.d.settings) };
+  }
+
+  /**
+   * Live migration, source side: libvirt's peer-to-peer live migration of the running VM to the
+   * host a prepareMigration answered. This host's libvirtd connects to the destination's itself and
+   * QEMU streams the memory; on success the domain runs there (defined persistently) and is gone
+   * from here, and this host's console log and local seed file of it are removed (unless the
+   * destination uses the very same paths). On failure libvirt leaves it running here. A VM whose
+   * domain is not running here fails with VmNotFoundError: whether it already runs on the
+   * destination is for the orchestrator to ask the destination.
+   */
+  async migrateVm(vmId: string, target: MigrationTarget & { sharedStorage: boolean; timeoutMs?: number }): Promise<{ ms: number }> {
+    checkId(vmId);
+    const name = domainName(vmId);
+    const state = await this.d.hypervisor.state(name);
+    if (state === null || state === 'shutoff' || state === 'crashed') throw new VmNotFoundError(vmId);
+    const started = Date.now();
+    await this.d.hypervisor.migrate(name, {
+      peerUri: target.libvirtUri,
+      migrateUri: target.migrateUri,
+      xml: target.domainXml,
+      sharedStorage: target.sharedStorage,
+      timeoutMs: target.timeoutMs ?? this.migrationSettings().timeoutMs,
+    });
+    const ms = Date.now() - started;
+    const seed = seedFilePath(vmId, this.d.settings);
+    for (const file of [consoleLogPath(vmId, this.d.settings), ...(seed === null ? [] : [seed])]) {
+      if (!target.domainXml.includes(file)) await rm(file, { force: true });
+    }
+    return { ms };
+  }
+
   /** Delete every NIC port of a VM (named `tapName(vmId, i)`) left on these bridges. */
   private async removeNicPorts(vmId: string, bridges: Iterable<string>): Promise<void> {
-    const prefix = tapName(vmId, 0).slice(0, -1); // "kl<10 hex>-": the VM's taps, whatever the index
+    const prefix = tapName(vmId, 0, this.d.settings.tapPrefix).slice(0, -1); // "kl<10 hex>-": the VM's taps, whatever the index
     for (const bridge of new Set(bridges)) {
       for (const p of await this.d.network.listPorts(bridge)) {
         if (p.name.startsWith(prefix)) await this.d.network.deletePort(bridge, p.name);
@@ -337,8 +405,9 @@ export class HostOperations {
       }
     }
     const ports: OvsPort[] = [];
+    const ownPort = new RegExp(`^${this.d.settings.tapPrefix ?? DEFAULT_TAP_PREFIX}[0-9a-f]{10}-\\d+$`);
     for (const bridge of bridges) {
-      for (const p of await this.d.network.listPorts(bridge)) if (/^kl[0-9a-f]{10}-\d+$/.test(p.name)) ports.push(p);
+      for (const p of await this.d.network.listPorts(bridge)) if (ownPort.test(p.name)) ports.push(p);
     }
     return { domains, volumes, ports };
   }

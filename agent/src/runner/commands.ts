@@ -20,7 +20,7 @@ import {
   OperationFailedError,
 } from '@kloudak/libvirt';
 import { LeaseExpiredError } from '../fence/start-gate.js';
-import { RootVolumeMissingError, VmNotFoundError, type HostOperations } from '../ops/host-ops.js';
+import { RootVolumeMissingError, VmNotFoundError, type HostOperations, type MigrationTarget } from '../ops/host-ops.js';
 import { VolumeNotFoundError } from '../storage/libvirt-storage.js';
 import { SpecError, type NicSpec, type VmSpec } from '../spec.js';
 import { CommandError } from '../system/command-runner.js';
@@ -54,6 +54,10 @@ export type AgentAction =
   | { kind: 'fence'; vmIds: string[]; reason: string }
   | { kind: 'readConsole'; vmId: string; maxBytes: number }
   | { kind: 'getInventory' }
+  /** Live migration, destination side: get ready to receive the VM; answers a migration target. */
+  | { kind: 'prepareMigration'; spec: VmSpec }
+  /** Live migration, source side: move the running VM to the destination a prepareMigration answered. */
+  | { kind: 'migrateVm'; vmId: string; target: MigrationTarget; sharedStorage: boolean; timeoutMs?: number }
   /** A command that could not be understood; answered INVALID_ARGUMENT with `message`. */
   | { kind: 'invalid'; message: string };
 
@@ -66,7 +70,10 @@ export interface AgentCommand {
 }
 
 /** Data returned by the commands that return data. */
-export type CommandPayload = { kind: 'inventory'; inventory: InventoryReport } | { kind: 'console'; data: Buffer; truncated: boolean };
+export type CommandPayload =
+  | { kind: 'inventory'; inventory: InventoryReport }
+  | { kind: 'console'; data: Buffer; truncated: boolean }
+  | { kind: 'migrationTarget'; target: MigrationTarget };
 
 /** The outcome of a command: exactly one per command id. */
 export interface CommandOutcome {
@@ -80,7 +87,20 @@ export interface CommandOutcome {
 /** What the runner needs from host operations. */
 export type CommandOps = Pick<
   HostOperations,
-  'createVm' | 'deleteVm' | 'evictVm' | 'startVm' | 'stopVm' | 'rebootVm' | 'attachInterface' | 'detachInterface' | 'ensureNetwork' | 'deleteNetwork' | 'fence' | 'readConsole'
+  | 'createVm'
+  | 'deleteVm'
+  | 'evictVm'
+  | 'startVm'
+  | 'stopVm'
+  | 'rebootVm'
+  | 'attachInterface'
+  | 'detachInterface'
+  | 'ensureNetwork'
+  | 'deleteNetwork'
+  | 'fence'
+  | 'readConsole'
+  | 'prepareMigration'
+  | 'migrateVm'
 >;
 
 /** Dependencies of {@link CommandDispatcher}. */
@@ -108,7 +128,10 @@ const HARD_CAP_IDS = 50_000;
 export function keyOf(action: AgentAction, defaultBridge: string): string | null {
   switch (action.kind) {
     case 'createVm':
+    case 'prepareMigration':
       return `vm:${action.spec.vmId}`;
+    case 'migrateVm':
+      return `vm:${action.vmId}`;
     case 'deleteVm':
     case 'evictVm':
     case 'startVm':
@@ -345,6 +368,13 @@ export class CommandDispatcher {
       }
       case 'getInventory':
         return { kind: 'inventory', inventory: await this.d.inventory() };
+      case 'prepareMigration':
+        return { kind: 'migrationTarget', target: await ops.prepareMigration(a.spec) };
+      case 'migrateVm': {
+        const r = await ops.migrateVm(a.vmId, { ...a.target, sharedStorage: a.sharedStorage, ...(a.timeoutMs !== undefined ? { timeoutMs: a.timeoutMs } : {}) });
+        log.info({ ms: r.ms, shared_storage: a.sharedStorage }, 'VM live-migrated to another host');
+        return undefined;
+      }
       case 'invalid':
         throw new SpecError(a.message);
     }
@@ -352,7 +382,7 @@ export class CommandDispatcher {
 }
 
 function vmIdField(a: AgentAction): { vm_id?: string } {
-  if (a.kind === 'createVm') return { vm_id: a.spec.vmId };
+  if (a.kind === 'createVm' || a.kind === 'prepareMigration') return { vm_id: a.spec.vmId };
   if ('vmId' in a) return { vm_id: a.vmId };
   return {};
 }

@@ -235,6 +235,10 @@ describe('nicXml', () => {
       assert.ok(doc.includes(el), 'same element as in the full domain XML');
       assertValid(`<domain type='qemu'><name>x</name><memory>65536</memory><os><type>hvm</type></os><devices>${el}</devices></domain>`);
     }
+    // A host with a tap prefix of its own (test hosts sharing one network stack) uses it everywhere.
+    const kb = { ...ci, tapPrefix: 'kb' };
+    assert.match(nicXml(VM, 1, nic, kb), new RegExp(`<target dev='${tapName(VM, 1, 'kb')}'/>`));
+    assert.ok(domainXml(spec(), kb).includes(`<target dev='${tapName(VM, 0, 'kb')}'/>`));
     assert.throws(() => nicXml(VM, 100, nic, host), /bad NIC index/);
     assert.throws(() => nicXml('x', 0, nic, host), /not a Kloudak id/);
   });

@@ -19,7 +19,7 @@ import type { XmlFragment } from './escape.js';
 export const KLOUDAK_VM_NS = 'https://kloudak.dev/xmlns/vm/1';
 
 /** The settings domain XML depends on. */
-export type DomainXmlSettings = Pick<HostSettings, 'domainType' | 'nicOffload' | 'bridge' | 'consoleDir' | 'machine' | 'seedDir'>;
+export type DomainXmlSettings = Pick<HostSettings, 'domainType' | 'nicOffload' | 'bridge' | 'consoleDir' | 'machine' | 'seedDir' | 'tapPrefix'>;
 
 /** Path of a VM's serial console log. */
 export function consoleLogPath(vmId: string, settings: Pick<HostSettings, 'consoleDir'>): string {
@@ -35,11 +35,11 @@ export function seedFilePath(vmId: string, settings: Pick<HostSettings, 'seedDir
  * One NIC's `<interface>`: in the domain XML and for hot-(un)plug. `index` is the NIC's position
  * (guest order), which names its tap device.
  */
-export function nicXml(vmId: string, index: number, nic: NicSpec, settings: Pick<HostSettings, 'nicOffload' | 'bridge'>): string {
+export function nicXml(vmId: string, index: number, nic: NicSpec, settings: Pick<HostSettings, 'nicOffload' | 'bridge' | 'tapPrefix'>): string {
   return nicFragment(vmId, index, nic, settings).toString();
 }
 
-function nicFragment(vmId: string, index: number, nic: NicSpec, settings: Pick<HostSettings, 'nicOffload' | 'bridge'>): XmlFragment {
+function nicFragment(vmId: string, index: number, nic: NicSpec, settings: Pick<HostSettings, 'nicOffload' | 'bridge' | 'tapPrefix'>): XmlFragment {
   checkNic(nic, index);
   const bridge = nic.bridge ?? checkIfName('settings.bridge', settings.bridge);
   // Always tagged (checkNic refuses VLAN 0): a port without a tag would trunk every VLAN.
@@ -56,7 +56,7 @@ function nicFragment(vmId: string, index: number, nic: NicSpec, settings: Pick<H
   return xml`<interface type='bridge'>
       <source bridge='${bridge}'/>
       <virtualport type='openvswitch'/>${vlan}
-      <target dev='${tapName(vmId, index)}'/>
+      <target dev='${tapName(vmId, index, settings.tapPrefix)}'/>
       <mac address='${normalizeMac(nic.mac)}'/>
       <model type='virtio'/>${offload}
     </interface>`;
