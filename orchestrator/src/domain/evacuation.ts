@@ -107,6 +107,13 @@ export interface EvacuationOptions {
    * place, once capacity appears). Default false: a host-down plan leaves lost VMs as they are.
    */
   retryLost?: boolean;
+  /**
+   * Plan VMs without HA too, like HA ones (a drain moves every VM it can; the n+1 check asks
+   * whether all of a host's VMs would fit elsewhere), HA VMs first. Anti-affinity still counts HA
+   * VMs only.
+   * Default false: a dead host's non-HA VMs are lost.
+   */
+  allVms?: boolean;
 }
 
 function bySize(a: EvacuationVm, b: EvacuationVm): number {
@@ -129,7 +136,9 @@ export function planEvacuation(snapshot: EvacuationSnapshot, hostId: string, opt
     code,
     message,
   });
-  for (const vm of [...snapshot.vms].sort(bySize)) {
+  // With allVms, HA VMs go first: when room runs out, a VM without HA is the one left behind.
+  const order = options.allVms === true ? (a: EvacuationVm, b: EvacuationVm) => Number(b.ha) - Number(a.ha) || bySize(a, b) : bySize;
+  for (const vm of [...snapshot.vms].sort(order)) {
     const retry = vm.state === 'lost' && vm.ha && options.retryLost === true;
     if (vm.state === 'lost' && !retry) {
       plan.skipped.push(left(vm, 'already_lost', 'already lost'));
@@ -139,7 +148,7 @@ export function planEvacuation(snapshot: EvacuationSnapshot, hostId: string, opt
       plan.skipped.push(left(vm, 'busy', `a task is working on it (state ${vm.state})`));
       continue;
     }
-    if (!vm.ha) {
+    if (!vm.ha && options.allVms !== true) {
       plan.lost.push(left(vm, 'not_ha', 'its host is down and it is not an HA VM: it returns with its host'));
       continue;
     }
@@ -159,7 +168,7 @@ export function planEvacuation(snapshot: EvacuationSnapshot, hostId: string, opt
       cpu: vm.cpu,
       ramMb: vm.ramMb,
       diskGb: 0,
-      ha: true,
+      ha: vm.ha,
       excludeHostIds: exclude,
       poolIds: new Set([vm.poolId]),
     };
