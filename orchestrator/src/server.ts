@@ -7,7 +7,7 @@ import { bootstrapAdmin } from './admin.js';
 import { loadOrCreateKeys, TokenService } from './auth/tokens.js';
 import type { Clock } from './clock.js';
 import type { OrchestratorConfig } from './config.js';
-import { createServices, type Services } from './app/services.js';
+import { createServices, placementPolicyOf, type Services } from './app/services.js';
 import { createApi, type Api } from './http/app.js';
 import { eventStreams } from './http/events.js';
 import { CertificateAuthority } from './agent-api/ca.js';
@@ -25,6 +25,7 @@ import { RevocationListener } from './events/revocations.js';
 import { TaskEngine } from './tasks/engine.js';
 import { networkTaskDefinitions } from './tasks/network.js';
 import { vmTaskDefinitions } from './tasks/vm.js';
+import { drainTaskDefinitions } from './tasks/drain.js';
 import { GrpcApi } from './grpc/server.js';
 import { InstanceRegistration } from './ha/instance.js';
 import { Leader } from './ha/leader.js';
@@ -182,6 +183,16 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       [
         ...vmTaskDefinitions({ agents: commands, stopTimeoutMs: 60_000, pollMs: 500 }),
         ...networkTaskDefinitions({ agents: commands, connected: (id) => agentLink.status(id).connected }),
+        ...drainTaskDefinitions({
+          agents: commands,
+          connected: (id) => agentLink.status(id).connected,
+          placement: placementPolicyOf(config),
+          pollMs: 500,
+          stopTimeoutMs: 60_000,
+          migrationTimeoutMs: 300_000,
+          // Every VM of the host, one after the other: far longer than one step of a VM's task.
+          moveStepTimeoutMs: Math.max(config.taskStepTimeoutMs, 3_600_000),
+        }),
       ],
       {
         owner: `orchestrator-${registration.id}`,

@@ -98,6 +98,37 @@ export function commandToProto(commandId: string, deadline: Date, c: AgentComman
     case 'getInventory':
       action = { $case: 'getInventory', getInventory: {} };
       break;
+    case 'prepareMigration': {
+      const v = a.vm;
+      action = {
+        $case: 'prepareMigration',
+        prepareMigration: {
+          vm: {
+            hostname: v.hostname,
+            cpu: v.cpu,
+            ramMb: v.ramMb,
+            diskGb: v.diskGb,
+            pool: v.pool,
+            templateVolume: v.templateVolume,
+            nics: v.nics.map(nicToProto),
+            sshAuthorizedKeys: [...v.sshAuthorizedKeys],
+            passwordHash: v.passwordHash,
+            ha: v.ha,
+            boot: v.boot ? { ...v.boot } : undefined,
+            userData: v.userData ?? '',
+            recover: true,
+            defineOnly: false,
+          },
+        },
+      };
+      break;
+    }
+    case 'migrateVm':
+      action = {
+        $case: 'migrateVm',
+        migrateVm: { destLibvirtUri: a.target.libvirtUri, migrateUri: a.target.migrateUri, destDomainXml: a.target.domainXml, sharedStorage: a.sharedStorage, timeoutMs: a.timeoutMs },
+      };
+      break;
   }
   return { commandId, deadline, vmId: c.vmId ?? '', action };
 }
@@ -162,6 +193,7 @@ export function commandResultFromProto(r: pb.CommandResult, receivedAt: Date): C
   const out: CommandResult = { commandId: r.commandId, ok: r.ok, completedAt: r.completedAt ?? receivedAt };
   if (!r.ok) out.error = { code: r.error ? errorCodeFromProto(r.error.code) : 'internal', message: r.error?.message ?? '' };
   if (r.payload?.$case === 'inventory') out.inventory = inventoryFromProto(r.payload.inventory);
+  if (r.payload?.$case === 'migrationTarget') out.migrationTarget = { ...r.payload.migrationTarget };
   if (r.payload?.$case === 'consoleOutput') out.console = { data: Buffer.from(r.payload.consoleOutput.data), truncated: r.payload.consoleOutput.truncated };
   return out;
 }

@@ -1,6 +1,10 @@
 // Areas (failover domains with a subnet and a VLAN range): users read them, admins manage them.
 import { ConflictError, NotFoundError } from '@kloudak/common';
+import { checkNPlusOne, type NPlusOneReport } from '../domain/drain.js';
 import { checkArea, formatVlanRange, overlappingArea, type Cidr } from '../domain/inventory-rules.js';
+import { areaPlacementSnapshot } from '../store/claims.js';
+import { areaHostIds, areaVms } from '../store/evacuations.js';
+import { connectedHosts } from '../store/instances.js';
 import { lockNamed } from '../store/access.js';
 import { allocationsIn, areaByName, areaSubnets, createArea as insertArea, deleteArea as removeArea, listAreas as areaRows, updateArea as writeArea, type AreaRow } from '../store/areas.js';
 import { transaction, type Tx } from '../store/db.js';
@@ -62,6 +66,30 @@ export async function listAreas(s: Services, c: Caller, q: ListInput): Promise<P
 export async function getArea(s: Services, c: Caller, name: string): Promise<AreaView> {
   signedIn(c);
   return view(await areaNamed(s, name));
+}
+
+/** The n+1 check of an area, as the API shows it. */
+export interface AreaCapacityView extends NPlusOneReport {
+  area: string;
+  checkedAt: string;
+}
+
+/**
+ * The n+1 check (admin): would the area survive the loss of its largest host (by the vCPU and RAM
+ * its VMs claim)? The evacuation planner places that host's HA VMs, then all of its VMs, on the
+ * other hosts as they are now (capacity, state, maintenance, connection, the VMs' pools), and the
+ * answer names the VMs that would not fit and why. Read without the claims lock: a snapshot.
+ */
+export async function areaCapacity(s: Services, c: Caller, name: string): Promise<AreaCapacityView> {
+  admin(c);
+  const a = await areaNamed(s, name);
+  const db = s.db.client;
+  const hostIds = await areaHostIds(db, a.id);
+  // Connected to this orchestrator, or to another one (its registration says so).
+  const elsewhere = await connectedHosts(db, hostIds);
+  const snapshot = await areaPlacementSnapshot(db, a.id, (id) => s.agents.status(id).connected || elsewhere.has(id));
+  const report = checkNPlusOne(a.id, snapshot, await areaVms(db, a.id), s.placement);
+  return { area: a.name, checkedAt: new Date(s.clock.now()).toISOString(), ...report };
 }
 
 /** Create an area; its subnet may not overlap another area's (admin). */

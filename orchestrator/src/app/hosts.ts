@@ -6,6 +6,9 @@ import { transaction } from '../store/db.js';
 import { hostCertificates, revokeHostCertificates } from '../store/host-certs.js';
 import { connectedHosts } from '../store/instances.js';
 import { deleteHost as removeHost, hostById, listHosts as hostRows, setAdminState, usageOf, type HostRow } from '../store/hosts.js';
+import { insertTask, latestTask, taskById, unfinishedTask } from '../store/tasks.js';
+import { HOST_TASKS } from '../tasks/drain.js';
+import { taskView, type TaskView } from './views.js';
 import { invalidField } from './errors.js';
 import { infraEvent, record, withEvents } from './events.js';
 import { DEFAULT_LIMIT, page, type ListInput, type Page } from './paging.js';
@@ -116,6 +119,65 @@ export async function updateHost(s: Services, c: Caller, id: string, input: { ma
     (h) => infraEvent('host', h.id, 'updated', { name: h.name, state: h.state, data: { adminState: h.adminState, by: p.username } }),
   );
   return view(h, s.agents.status(h.id), await connectedHosts(s.db.client, [h.id]));
+}
+
+/** How a drain moves running VMs: live migration (default) or stop and restart on the new host. */
+export interface DrainInput {
+  mode?: 'live' | 'restart';
+}
+
+/** A host and the task draining it. */
+export interface HostDrain {
+  host: HostView;
+  task: TaskView;
+}
+
+/** A drain may take this long in all (every VM of the host, one after the other). */
+const DRAIN_TIMEOUT_MS = 4 * 3600_000;
+
+/**
+ * Drain a host (admin): a persisted `host.drain` task puts it in maintenance, then moves every VM
+ * it can to other hosts of its area (tasks/drain.ts), and reports those that cannot move. The
+ * host must be up (a dead host is evacuated by failover instead); a drain already under way is
+ * answered again rather than queued twice.
+ */
+export async function drainHost(s: Services, c: Caller, id: string, input: DrainInput): Promise<HostDrain> {
+  const p = admin(c);
+  const mode = input.mode ?? 'live';
+  const before = await hostById(s.db.client, id);
+  if (!before) throw new NotFoundError('host', id);
+  // A host that is not up is failover's (its VMs are evacuated when it goes down); one up but
+  // momentarily without its agent's session still drains: its moves fail and are retried.
+  if (before.state !== 'up') throw new ConflictError(`host ${before.name} is ${before.state}: only an up host can be drained (failover evacuates a dead one)`, { state: before.state });
+  const taskId = await transaction(s.db.client, async (tx) => {
+    const pending = await unfinishedTask(tx, before.id, HOST_TASKS.drain);
+    if (pending) return pending.id;
+    const t = await insertTask(tx, {
+      kind: HOST_TASKS.drain,
+      workspaceId: null,
+      createdById: p.userId,
+      targetType: 'host',
+      targetId: before.id,
+      input: { name: before.name, mode },
+      maxAttempts: s.config.taskMaxAttempts,
+      deadline: new Date(s.clock.now() + Math.max(s.config.taskTimeoutMs, DRAIN_TIMEOUT_MS)),
+    });
+    await record(tx, infraEvent('host', before.id, 'draining', { name: before.name, state: before.state, taskId: t.id, data: { mode, by: p.username } }));
+    return t.id;
+  });
+  s.tasks.kick();
+  const [h, t] = await Promise.all([hostById(s.db.client, before.id), taskById(s.db.client, taskId)]);
+  return { host: view(h ?? before, s.agents.status(before.id), await connectedHosts(s.db.client, [before.id])), task: taskView(t) };
+}
+
+/** The host's latest drain task (admin): its steps, and in `placement.drain` the plan and progress. */
+export async function getHostDrain(s: Services, c: Caller, id: string): Promise<TaskView> {
+  admin(c);
+  const h = await hostById(s.db.client, id);
+  if (!h) throw new NotFoundError('host', id);
+  const t = await latestTask(s.db.client, h.id, HOST_TASKS.drain);
+  if (!t) throw new NotFoundError('drain of host', id);
+  return taskView(t);
 }
 
 /** Forget a host that holds no VMs: its agent's session ends, and it can never connect again. */

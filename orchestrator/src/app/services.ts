@@ -74,6 +74,17 @@ export interface Services extends AppDeps {
   principals: PrincipalCache<Principal>;
 }
 
+/** The configured placement policy: strategy and overcommit ratios over the defaults. */
+export function placementPolicyOf(config: OrchestratorConfig): Readonly<PlacementPolicy> {
+  return Object.freeze({
+    ...DEFAULT_PLACEMENT_POLICY,
+    strategy: config.placementStrategy,
+    cpuOvercommit: config.cpuOvercommit,
+    ramOvercommit: config.ramOvercommit,
+    diskOvercommit: config.diskOvercommit,
+  });
+}
+
 /** Build the services once per process: the rate limiters and the placement policy live here, not in an adapter. */
 export function createServices(deps: AppDeps): Services {
   const windowMs = deps.config.loginWindowSeconds * 1000;
@@ -87,12 +98,6 @@ export function createServices(deps: AppDeps): Services {
       passwordChangeByAddress: limiter(deps.config.passwordChangeMaxPerAddress),
     },
     principals: new PrincipalCache(deps.clock, deps.config.principalCacheMs),
-    placement: Object.freeze({
-      ...DEFAULT_PLACEMENT_POLICY,
-      strategy: deps.config.placementStrategy,
-      cpuOvercommit: deps.config.cpuOvercommit,
-      ramOvercommit: deps.config.ramOvercommit,
-      diskOvercommit: deps.config.diskOvercommit,
-    }),
+    placement: placementPolicyOf(deps.config),
   };
 }

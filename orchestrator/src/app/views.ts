@@ -84,7 +84,7 @@ export interface VmView {
   area: string;
   template: string;
   host: string | null;
-  /** pending, scheduled, creating, running, stopped, deleting, error, recovering (its host died: restarting elsewhere) or lost (its host is down and it cannot run elsewhere now). */
+  /** pending, scheduled, creating, running, stopped, deleting, error, recovering (its host died: restarting elsewhere), migrating (a drain of its host is moving it) or lost (its host is down and it cannot run elsewhere now). */
   state: string;
   /** Why it is in its state, when that is not obvious (lost: why it could not restart elsewhere); null otherwise. */
   reason: string | null;

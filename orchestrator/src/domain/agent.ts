@@ -15,8 +15,40 @@ export interface NicSpec {
   dnsServers: string[];
 }
 
+/** A VM's definition as a create (or a migration's destination) needs it. */
+export interface VmDefinition {
+  hostname: string;
+  cpu: number;
+  ramMb: number;
+  diskGb: number;
+  pool: string;
+  templateVolume: string;
+  nics: NicSpec[];
+  sshAuthorizedKeys: string[];
+  /** crypt(3) hash, never a clear-text password; empty: none. */
+  passwordHash: string;
+  ha: boolean;
+  boot?: { kernel: string; initrd: string; cmdline: string };
+  /** The user's own cloud-init user-data (a secret: never logged or put in a task). */
+  userData?: string;
+}
+
+/** How a source host migrates a VM to a destination (the destination's answer to prepareMigration). */
+export interface MigrationTarget {
+  /** The destination's libvirtd as the source's libvirtd reaches it. */
+  libvirtUri: string;
+  /** Where QEMU streams the memory. */
+  migrateUri: string;
+  /** The domain XML as the destination defines it. */
+  domainXml: string;
+}
+
 /** What a command asks an agent to do. VM commands name the VM in {@link AgentCommand.vmId}. */
 export type CommandAction =
+  /** Live migration, destination side: get ready to receive the VM (its disk is on the shared pool). */
+  | { kind: 'prepareMigration'; vm: VmDefinition }
+  /** Live migration, source side: peer-to-peer live migration to the prepared destination. */
+  | { kind: 'migrateVm'; target: MigrationTarget; sharedStorage: boolean; timeoutMs: number }
   | {
       kind: 'createVm';
       hostname: string;
@@ -97,6 +129,8 @@ export interface CommandResult {
   inventory?: HostInventory;
   /** Answer of readConsole. */
   console?: { data: Buffer; truncated: boolean };
+  /** Answer of prepareMigration. */
+  migrationTarget?: MigrationTarget;
   /** Set on a failure when the command never reached any session: the agent cannot have acted on it. */
   notSent?: boolean;
 }

@@ -10,6 +10,7 @@ import { ENGINES, PASSWORD, startHarness, type Harness } from '../testing/harnes
 import type { SimAgent } from '../agent-api/testing/sim-agent.js';
 import {
   freshArea,
+  freshDrainedHost,
   freshHost,
   freshJoinToken,
   freshNetwork,
@@ -78,6 +79,9 @@ const TWINS: Record<string, string> = {
   'InventoryService.DeleteHost': 'DELETE /hosts/{id}',
   'InventoryService.RekeyHost': 'POST /hosts/{id}/rekey',
   'InventoryService.GetHostUsage': 'GET /hosts/{id}/usage',
+  'InventoryService.DrainHost': 'POST /hosts/{id}/drain',
+  'InventoryService.GetHostDrain': 'GET /hosts/{id}/drain',
+  'InventoryService.GetAreaCapacity': 'GET /areas/{name}/capacity',
   'InventoryService.CreateJoinToken': 'POST /hosts/join-tokens',
   'InventoryService.ListJoinTokens': 'GET /hosts/join-tokens',
   'InventoryService.RevokeJoinToken': 'DELETE /hosts/join-tokens/{id}',
@@ -177,7 +181,10 @@ for (const engine of ENGINES) {
           return { req: plain({ name: (await freshTemplate(db())).name }) };
         case 'DELETE /hosts/join-tokens/{id}':
           return { req: plain({ id: (await freshJoinToken(db(), w.area.id)).id }) };
+        case 'GET /hosts/{id}/drain':
+          return { req: plain({ id: (await freshDrainedHost(db(), w.area.id)).id }) };
         case 'DELETE /hosts/{id}':
+        case 'POST /hosts/{id}/drain':
         case 'POST /hosts/{id}/rekey':
           return { req: plain({ id: (await freshHost(db(), w.area.id)).id }) };
         default:

@@ -448,6 +448,27 @@ export function apiServices(ctx: UnaryContext): { definition: grpc.ServiceDefini
       (caller, i: { params: Id; query: { from?: string; to?: string } }) => hosts.hostUsage(s, caller, i.params.id, i.query),
       c.hostUsage,
     ),
+    drainHost: unary(
+      ctx,
+      'POST /hosts/{id}/drain',
+      (r: pb.DrainHostRequest) => ({ params: { id: r.id }, body: c.defined({ mode: r.mode === '' ? undefined : r.mode }) }),
+      (caller, i: { params: Id; body: hosts.DrainInput }) => hosts.drainHost(s, caller, i.params.id, i.body),
+      (d) => ({ host: c.host(d.host), task: c.task(d.task) }),
+    ),
+    getHostDrain: unary(
+      ctx,
+      'GET /hosts/{id}/drain',
+      (r: pb.GetHostDrainRequest) => ({ params: { id: r.id } }),
+      (caller, i: { params: Id }) => hosts.getHostDrain(s, caller, i.params.id),
+      (t) => ({ task: c.task(t) }),
+    ),
+    getAreaCapacity: unary(
+      ctx,
+      'GET /areas/{name}/capacity',
+      (r: pb.GetAreaCapacityRequest) => ({ params: { name: r.name } }),
+      (caller, i: { params: Named }) => areas.areaCapacity(s, caller, i.params.name),
+      (a) => ({ area: a.area, survives: a.survives, report: JSON.parse(JSON.stringify(a)) as unknown }),
+    ),
     createJoinToken: unary(
       ctx,
       'POST /hosts/join-tokens',

@@ -324,6 +324,73 @@ for (const engine of ENGINES) {
       assert.equal((await admin.del(`/api/v1/templates/${names[4]}`)).status, 204);
     });
 
+    it('drains a host (admin): a task puts it in maintenance and reports the VMs no other host can take; bad input is refused', async () => {
+      const db = h.orch.db.client;
+      const area = await freshArea(db);
+      const pool = await db.storagePool.create({ data: { name: uniq('pool'), areaId: area.id, path: `/srv/pools/${uniq('p')}`, type: 'dir', shared: true, sizeGb: 1000 } });
+      const host = await db.host.create({ data: { name: uniq('kvm'), areaId: area.id, cpuCount: 16, ramMb: 65536, diskGb: 900, state: 'up', lastHeartbeatAt: new Date() } });
+      // Up in the database, but no agent holds its session: placement's agent filter refuses it.
+      const other = await db.host.create({ data: { name: uniq('kvm'), areaId: area.id, cpuCount: 16, ramMb: 65536, diskGb: 900, state: 'up', lastHeartbeatAt: new Date() } });
+      const down = await db.host.create({ data: { name: uniq('kvm'), areaId: area.id, cpuCount: 16, ramMb: 65536, diskGb: 900, state: 'down' } });
+      const ws = await freshWorkspace(db, []);
+      const tpl = await freshTemplate(db);
+      const vm = await db.vm.create({
+        data: { name: uniq('vm'), workspaceId: ws.id, areaId: area.id, templateId: tpl.id, hostId: host.id, poolId: pool.id, cpu: 2, ramMb: 2048, diskGb: 10, state: 'running', haEnabled: true },
+      });
+      const admin = h.admin.client;
+      const u = await h.user('quinn');
+      // Permission, unknown ids, bad bodies, a host that is not up.
+      assert.equal((await u.client.post(`/api/v1/hosts/${host.id}/drain`, {})).status, 403);
+      assert.equal((await u.client.get(`/api/v1/areas/${area.name}/capacity`)).status, 403);
+      assert.equal((await u.client.get(`/api/v1/hosts/${host.id}/drain`)).status, 403);
+      const unknown = await admin.post('/api/v1/hosts/00000000-0000-0000-0000-000000000000/drain', {});
+      assert.equal(unknown.status, 404);
+      assert.equal(unknown.body.error.code, 'not_found');
+      assert.equal((await admin.post('/api/v1/hosts/not-a-uuid/drain', {})).status, 400);
+      const badMode = await admin.post(`/api/v1/hosts/${host.id}/drain`, { mode: 'teleport' });
+      assert.equal(badMode.status, 400);
+      assert.equal(badMode.body.error.code, 'validation_failed');
+      assert.equal((await admin.post(`/api/v1/hosts/${host.id}/drain`, { mode: 'live', force: true })).status, 400, 'unknown properties are refused');
+      assert.equal((await admin.req('POST', `/api/v1/hosts/${host.id}/drain`, '{"mode":')).status, 400, 'malformed JSON');
+      const downDrain = await admin.post(`/api/v1/hosts/${down.id}/drain`, {});
+      assert.equal(downDrain.status, 409);
+      assert.match(downDrain.body.error.message, /only an up host can be drained/);
+      assert.equal((await admin.get(`/api/v1/hosts/${host.id}/drain`)).status, 404, 'no drain yet');
+      assert.equal((await admin.get('/api/v1/areas/no-such-area/capacity')).status, 404);
+
+      // The n+1 check: the largest host is `host` (its VM claims 2 GiB); no other host can take it.
+      const cap = await admin.get(`/api/v1/areas/${area.name}/capacity`);
+      assert.equal(cap.status, 200, JSON.stringify(cap.body));
+      assert.equal(cap.body.area, area.name);
+      assert.deepEqual(cap.body.largestHost, { id: host.id, name: host.name, claimedCpu: 2, claimedRamMb: 2048, vms: 1 });
+      assert.equal(cap.body.survives, false);
+      assert.deepEqual(cap.body.ha.left.map((l: { vmId: string; code: string }) => [l.vmId, l.code]), [[vm.id, 'no_capacity']]);
+      const why = Object.fromEntries(cap.body.ha.left[0].rejections.map((r: { hostName: string; filter: string }) => [r.hostName, r.filter]));
+      // The filters run in order: state, admin state, agent, then the excluded host itself.
+      assert.deepEqual(why, { [host.name]: 'agent', [other.name]: 'agent', [down.name]: 'state' });
+
+      // The drain: a task (202), the host in maintenance, the VM reported as one that cannot move.
+      const d = await admin.post(`/api/v1/hosts/${host.id}/drain`, {});
+      assert.equal(d.status, 202, JSON.stringify(d.body));
+      assert.equal(d.body.task.kind, 'host.drain');
+      assert.deepEqual(d.body.task.object, { type: 'host', id: host.id, name: host.name });
+      let t = d.body.task;
+      for (let i = 0; i < 200 && !['succeeded', 'failed', 'rolled_back'].includes(t.state); i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        t = (await admin.get(`/api/v1/hosts/${host.id}/drain`)).body;
+      }
+      assert.equal(t.state, 'succeeded', JSON.stringify(t));
+      assert.deepEqual(t.steps.map((s: { name: string; state: string }) => [s.name, s.state]), [['maintenance', 'succeeded'], ['plan', 'succeeded'], ['move', 'succeeded']]);
+      assert.deepEqual(t.placement.drain.moves, []);
+      assert.deepEqual(t.placement.drain.cannotMove.map((c: { vmId: string; code: string }) => [c.vmId, c.code]), [[vm.id, 'no_capacity']]);
+      assert.equal((await admin.get(`/api/v1/hosts/${host.id}`)).body.adminState, 'maintenance');
+      const still = await db.vm.findUniqueOrThrow({ where: { id: vm.id } });
+      assert.deepEqual([still.hostId, still.state], [host.id, 'running'], 'a VM that cannot move stays as it was');
+      const events = await db.outboxEvent.findMany({ where: { entityId: host.id }, orderBy: { seq: 'asc' }, select: { event: true } });
+      for (const e of ['draining', 'updated', 'drain_planned', 'drained']) assert.ok(events.some((x) => x.event === e), `event host.${e}: ${events.map((x) => x.event).join(', ')}`);
+      await db.vm.delete({ where: { id: vm.id } });
+    });
+
     it('shows hosts, toggles maintenance and deletes only empty hosts', async () => {
       const db = h.orch.db.client;
       const area = await freshArea(db);

@@ -9,6 +9,7 @@ import type { SimAgent } from '../agent-api/testing/sim-agent.js';
 import {
   fillPath,
   freshArea,
+  freshDrainedHost,
   freshHost,
   freshJoinToken,
   freshNetwork,
@@ -126,7 +127,11 @@ for (const engine of ENGINES) {
           return (async () => ({ ...plain, path: fillPath(r.path, { name: (await freshTemplate(db())).name }) }))();
         case 'DELETE /hosts/join-tokens/{id}':
           return (async () => ({ ...plain, path: fillPath(r.path, { id: (await freshJoinToken(db(), w.area.id)).id }) }))();
+        case 'GET /hosts/{id}/drain':
+          // A host with a drain behind it (the fixture host has none).
+          return (async () => ({ ...plain, path: fillPath(r.path, { id: (await freshDrainedHost(db(), w.area.id)).id }) }))();
         case 'DELETE /hosts/{id}':
+        case 'POST /hosts/{id}/drain':
         case 'POST /hosts/{id}/rekey':
           return (async () => ({ ...plain, path: fillPath(r.path, { id: (await freshHost(db(), w.area.id)).id }) }))();
         default:

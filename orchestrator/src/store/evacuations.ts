@@ -1,5 +1,6 @@
 // Evacuations (one per host-down episode), the VMs of a dead host, and what a plan writes.
 import type { Prisma, PrismaClient } from '@kloudak/prisma';
+import type { AreaVm } from '../domain/drain.js';
 import type { EvacuationLeftBehind, EvacuationMove, EvacuationPlan, EvacuationVm, KnownVm } from '../domain/evacuation.js';
 import type { EventInput } from '../events/event.js';
 import { appendEvents } from './outbox.js';
@@ -36,6 +37,33 @@ export async function vmsForEvacuation(tx: Tx, hostId: string): Promise<Evacuati
     name: v.name,
     workspaceId: v.workspaceId,
     areaId: v.areaId,
+    cpu: v.cpu,
+    ramMb: v.ramMb,
+    diskGb: v.diskGb,
+    ha: v.haEnabled,
+    poolId: v.poolId,
+    poolShared: v.pool?.shared ?? false,
+    state: v.state,
+  }));
+}
+
+/** Ids of an area's hosts. */
+export async function areaHostIds(db: Prisma.TransactionClient | PrismaClient, areaId: string): Promise<string[]> {
+  return (await db.host.findMany({ where: { areaId }, select: { id: true } })).map((h) => h.id);
+}
+
+/** Every VM of an area that is placed on a host, as the n+1 check sees it. */
+export async function areaVms(db: Prisma.TransactionClient | PrismaClient, areaId: string): Promise<AreaVm[]> {
+  const rows = await db.vm.findMany({
+    where: { areaId, hostId: { not: null } },
+    select: { id: true, name: true, workspaceId: true, areaId: true, hostId: true, cpu: true, ramMb: true, diskGb: true, haEnabled: true, poolId: true, state: true, pool: { select: { shared: true } } },
+  });
+  return rows.map((v) => ({
+    id: v.id,
+    name: v.name,
+    workspaceId: v.workspaceId,
+    areaId: v.areaId,
+    hostId: v.hostId,
     cpu: v.cpu,
     ramMb: v.ramMb,
     diskGb: v.diskGb,

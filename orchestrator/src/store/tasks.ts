@@ -52,6 +52,11 @@ export async function unfinishedTask(db: DbOrTx, targetId: string, kind: string)
 
 const withSteps = { steps: { orderBy: { seq: 'asc' as const } } } satisfies Prisma.TaskInclude;
 
+/** The newest task of `kind` on an object, with its steps, or null. */
+export async function latestTask(db: DbOrTx, targetId: string, kind: string): Promise<TaskRow | null> {
+  return db.task.findFirst({ where: { targetId, kind }, include: withSteps, orderBy: { seq: 'desc' } });
+}
+
 /** A task with its steps in order, as the API shows it. */
 export type TaskRow = Prisma.TaskGetPayload<{ include: typeof withSteps }>;
 

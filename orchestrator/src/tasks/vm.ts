@@ -1,6 +1,6 @@
 import type { PrismaClient } from '@kloudak/prisma';
 import type { AgentChannel } from '../agent-api/channel.js';
-import type { AgentCommand, NicSpec } from '../domain/agent.js';
+import type { AgentCommand, NicSpec, VmDefinition } from '../domain/agent.js';
 import { addressPoolFor, formatInterfaceAddress, formatIpv4 } from '../domain/ipam.js';
 import { releaseVmClaims } from '../store/claims.js';
 import { runCommand } from './commands.js';
@@ -50,6 +50,37 @@ type LoadedVm = Awaited<ReturnType<typeof loadVm>>;
 function hostOf(vm: LoadedVm): string {
   if (!vm.hostId) throw new StepError('the VM has no host', 'failed_precondition', false);
   return vm.hostId;
+}
+
+/**
+ * A VM as an agent defines it (hostname, size, pool, template, NICs, boot): what a recover or a
+ * migration's destination needs. Throws a final StepError when the VM is gone or has no pool.
+ */
+export async function vmDefinition(db: PrismaClient, id: string): Promise<{ hostId: string | null; state: string; poolShared: boolean; def: VmDefinition }> {
+  const vm = await loadVm(db, id);
+  if (!vm.pool) throw new StepError('the VM has no pool', 'failed_precondition', false);
+  const pool = await db.storagePool.findUnique({ where: { id: vm.poolId! }, select: { shared: true } });
+  const t = vm.template;
+  const boot = t.bootKernel && t.bootInitrd ? { kernel: t.bootKernel, initrd: t.bootInitrd, cmdline: t.bootCmdline ?? '' } : undefined;
+  return {
+    hostId: vm.hostId,
+    state: vm.state,
+    poolShared: pool?.shared ?? false,
+    def: {
+      hostname: vm.name,
+      cpu: vm.cpu,
+      ramMb: vm.ramMb,
+      diskGb: vm.diskGb,
+      pool: vm.pool.name,
+      templateVolume: t.image,
+      nics: vm.interfaces.map((i) => nicOf(vm, i)),
+      sshAuthorizedKeys: Array.isArray(vm.sshKeys) ? (vm.sshKeys as string[]) : [],
+      passwordHash: '',
+      ha: vm.haEnabled,
+      ...(boot ? { boot } : {}),
+      ...(vm.userData ? { userData: vm.userData } : {}),
+    },
+  };
 }
 
 /** The NIC of an interface as the agent wants it: MAC, access VLAN, address with prefix, gateway. */

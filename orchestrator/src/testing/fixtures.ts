@@ -80,6 +80,15 @@ export async function freshHost(db: PrismaClient, areaId: string): Promise<Row> 
   return { id: h.id, name: h.name };
 }
 
+/** A host of the area with a finished drain task behind it (what GET /hosts/{id}/drain reads). */
+export async function freshDrainedHost(db: PrismaClient, areaId: string): Promise<Row> {
+  const host = await freshHost(db, areaId);
+  await db.task.create({
+    data: { kind: 'host.drain', workspaceId: null, targetType: 'host', targetId: host.id, state: 'succeeded', input: { name: host.name, mode: 'live' }, finishedAt: new Date() },
+  });
+  return host;
+}
+
 /** An unused join token of an area (its secret is thrown away: only its id is of use). */
 export async function freshJoinToken(db: PrismaClient, areaId: string): Promise<{ id: string }> {
   const t = await db.joinToken.create({ data: { areaId, secretHash: hashSecret(uniq('secret')), expiresAt: new Date(Date.now() + 3600_000) } });
@@ -214,6 +223,7 @@ export function validBody(key: string, w: World, member: string, password = 'Str
     'POST /templates': () => ({ name: uniq('tpl'), os: 'debian-12', cpu: 2, ramMb: 1024, diskGb: 10, image: 'debian-12.qcow2' }),
     'PATCH /templates/{name}': () => ({ description: 'patched by a test' }),
     'PATCH /hosts/{id}': () => ({ maintenance: false }),
+    'POST /hosts/{id}/drain': () => ({ mode: 'live' }),
     'POST /hosts/join-tokens': () => ({ area: w.area.name, expiresIn: 600 }),
   };
   bodies['POST /workspaces/{ws}/networks'] = () => ({ name: uniq('net'), area: w.area.name, description: 'made by a test' });

@@ -81,6 +81,9 @@ export const RULES: Record<string, Rule> = {
   'PATCH /hosts/{id}': ADMIN,
   'DELETE /hosts/{id}': ADMIN,
   'POST /hosts/{id}/rekey': ADMIN,
+  'POST /hosts/{id}/drain': ADMIN,
+  'GET /hosts/{id}/drain': ADMIN,
+  'GET /areas/{name}/capacity': ADMIN,
 };
 
 

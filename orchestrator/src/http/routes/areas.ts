@@ -20,6 +20,33 @@ const AreaFields = {
   vlanRange: Type.String({ maxLength: 9, description: '"first-last" within 2-4094, e.g. "100-199"' }),
 };
 
+const LeftBehind = Type.Object({
+  vmId: Uuid,
+  vmName: Type.String(),
+  workspaceId: Uuid,
+  code: Type.String({ description: 'no_capacity, local_pool, no_pool, busy or already_lost' }),
+  message: Type.String(),
+  rejections: Type.Optional(Type.Array(Type.Object({ hostId: Uuid, hostName: Type.String(), filter: Type.String(), message: Type.String() }))),
+});
+const Outcome = Type.Object({
+  vms: Type.Integer(),
+  placed: Type.Integer(),
+  left: Type.Array(LeftBehind, { description: 'the VMs the other hosts would not take, and why' }),
+  survives: Type.Boolean(),
+});
+const CapacitySchema = Type.Object({
+  area: Name,
+  areaId: Uuid,
+  checkedAt: Timestamp,
+  largestHost: Type.Union([
+    Type.Object({ id: Uuid, name: Type.String(), claimedCpu: Type.Integer(), claimedRamMb: Type.Integer(), vms: Type.Integer() }),
+    Type.Null(),
+  ]),
+  ha: Outcome,
+  all: Outcome,
+  survives: Type.Boolean({ description: 'every HA VM of the largest host would run again on the other hosts' }),
+});
+
 /** Areas: users read them, admins manage them. */
 export function areaRoutes(s: Services): RouteSpec[] {
   return [
@@ -50,5 +77,19 @@ export function areaRoutes(s: Services): RouteSpec[] {
       handler: ({ caller, params, body }) => areas.updateArea(s, caller, params.name, body),
     }),
     deleteRoute('areas', 'area', (c, name) => areas.deleteArea(s, c, name)),
+    route({
+      method: 'get',
+      path: '/areas/{name}/capacity',
+      operationId: 'getAreaCapacity',
+      summary: 'The n+1 check: would the area survive the loss of its largest host?',
+      description:
+        'Takes the area\'s largest host (by the vCPU and RAM its VMs claim) and plans, with the failover planner and the placement rules, where its HA VMs — then all of its VMs — would go on the other hosts as they are now (up, active, connected, with room, with the VM\'s pool). `survives` is true when every HA VM would run again; `ha.left` and `all.left` name the VMs that would not, with each host\'s rejection.',
+      tag: 'areas',
+      access: 'admin',
+      params: NameParams,
+      response: { status: 200, description: 'the n+1 answer', schema: CapacitySchema },
+      errors: [404],
+      handler: ({ caller, params }) => areas.areaCapacity(s, caller, params.name),
+    }),
   ];
 }

@@ -3,6 +3,7 @@ import * as hosts from '../../app/hosts.js';
 import type { Services } from '../../app/services.js';
 import { route, type RouteSpec } from '../route.js';
 import { ListQuery, Name, Page, Timestamp, Uuid } from '../schemas.js';
+import { TaskSchema } from './resources.js';
 
 const HostUsageSchema = Type.Object({
   at: Timestamp,
@@ -105,6 +106,36 @@ export function hostRoutes(s: Services): RouteSpec[] {
       response: { status: 200, description: 'the host, without a valid certificate', schema: HostSchema },
       errors: [404],
       handler: ({ caller, params }) => hosts.rekeyHost(s, caller, params.id),
+    }),
+    route({
+      method: 'post',
+      path: '/hosts/{id}/drain',
+      operationId: 'drainHost',
+      summary: 'Drain a host: maintenance, then move every VM it can to other hosts of its area',
+      description:
+        'Queues a `host.drain` task (or answers the one under way). It puts the host in maintenance, plans a new host for each VM with the placement rules (same area, capacity, filters, the VM\'s own shared pool), then moves them one by one: a running VM by live migration (`mode: live`, the default; libvirt peer to peer, the disk stays on the shared pool) or by a stop and a start on the new host from the same disk (`mode: restart`); a stopped VM is defined on the new host. A VM\'s host changes once the new host reports it running; a failed migration leaves it running where it was. VMs that cannot move (a host-local disk, a task working on them, no room) are reported in the plan (`task.placement.drain.cannotMove`) and stay; progress is in `task.placement.drain.progress` and on the event streams. Only an up, connected host can be drained (409 otherwise).',
+      tag: 'hosts',
+      access: 'admin',
+      params: IdParams,
+      body: Type.Object(
+        { mode: Type.Optional(Type.Union([Type.Literal('live'), Type.Literal('restart')], { description: 'how running VMs move; default live' })) },
+        { additionalProperties: false },
+      ),
+      response: { status: 202, description: 'the host (in maintenance once the task starts) and its drain task', schema: Type.Object({ host: HostSchema, task: TaskSchema }) },
+      errors: [404, 409],
+      handler: ({ caller, params, body }) => hosts.drainHost(s, caller, params.id, body),
+    }),
+    route({
+      method: 'get',
+      path: '/hosts/{id}/drain',
+      operationId: 'getHostDrain',
+      summary: "The host's latest drain task: its steps, plan and progress",
+      tag: 'hosts',
+      access: 'admin',
+      params: IdParams,
+      response: { status: 200, description: 'the task; `placement.drain` holds the plan and the progress', schema: TaskSchema },
+      errors: [404],
+      handler: ({ caller, params }) => hosts.getHostDrain(s, caller, params.id),
     }),
     route({
       method: 'get',

@@ -9,7 +9,7 @@ import { Description, ListQuery, Name, Page, Timestamp, Uuid, WsParams } from '.
 
 const Nullable = <T extends ReturnType<typeof Type.String>>(t: T) => Type.Union([t, Type.Null()]);
 
-const TaskSchema = Type.Object({
+export const TaskSchema = Type.Object({
   id: Uuid,
   kind: Type.String(),
   object: Type.Object({ type: Type.String(), id: Uuid, name: Type.Union([Type.String(), Type.Null()]) }),
