@@ -6,7 +6,8 @@
 // Three hosts in one area. Each is a network namespace (ns-hosts.ts) running its own agent, on a
 // private libvirtd of its own (agent/testing private-libvirtd.ts: its own QEMU processes and its
 // own virtlockd), and all three mount one shared dir pool holding the template and the VMs' disks.
-// The orchestrator runs in this process; its agent link listens on the namespaces' bridge.
+// The orchestrator runs in this process; its agent link listens on the namespaces' bridge
+// (qemu-fleet.ts sets all of this up).
 //
 // Host A runs an HA VM and a non-HA VM. A's bridge port goes down: A can no longer reach the
 // orchestrator, but its agent, its libvirtd and its QEMU processes keep running. A checker asks
@@ -19,19 +20,12 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { domainName } from '@kloudak/agent';
-import { createSharedDir, createTestNet, defineDirPool, ensureOvs, startPrivateLibvirtd, type PrivateLibvirtd } from '@kloudak/agent/testing';
-import { Flags, type Libvirt } from '@kloudak/libvirt';
-import type { Orchestrator } from '@kloudak/orchestrator';
+import { Flags } from '@kloudak/libvirt';
 import { Cleanup } from '@kloudak/testkit';
-import { spawnAgentProcess, type AgentProcess } from './agent-process.js';
-import { agentHostEnv, ApiClient, type Json } from './api-client.js';
-import { createNamespaceFleet, type NamespaceFleet } from './ns-hosts.js';
-import { GUEST } from './paths.js';
-import { startTestOrchestrator } from './vm-harness.js';
+import type { ApiClient, Json } from './api-client.js';
+import type { NamespaceFleet } from './ns-hosts.js';
+import { startQemuFleet, type FleetHost } from './qemu-fleet.js';
 
 const RUN = `hp${randomBytes(3).toString('hex')}`;
 const ADMIN = { username: 'root-admin', password: 'e2e-Ha-Partition-Pass-2026!' };
@@ -40,20 +34,11 @@ const LEASE_MS = 4000;
 const MARGIN_MS = 1000;
 const NAMES = ['a', 'b', 'c'] as const;
 
-interface Host {
-  name: string;
-  plv: PrivateLibvirtd;
-  lv: Libvirt;
-  agent: AgentProcess;
-  id: string;
-}
-
 describe('a partitioned qemu host fences its HA VM before it restarts elsewhere from the same disk, and never twice', { timeout: 300_000 }, () => {
   const cleanup = new Cleanup();
-  let orch: Orchestrator;
   let fleet: NamespaceFleet;
-  const hosts: Host[] = [];
-  const client = new ApiClient(() => orch.url, WS);
+  let hosts: FleetHost[] = [];
+  let client: ApiClient;
   const api = (method: string, path: string, body?: unknown) => client.call(method, path, body);
   /** VM id → hosts whose libvirtd runs it, at each poll where any VM ran twice. */
   const twice: string[] = [];
@@ -74,75 +59,21 @@ describe('a partitioned qemu host fences its HA VM before it restarts elsewhere 
   }
 
   before(async () => {
-    if (!existsSync(join(GUEST, 'template.qcow2'))) throw new Error(`test guest missing in ${GUEST}: run scripts/build-test-guest.sh`);
-    await ensureOvs();
-    fleet = await createNamespaceFleet(cleanup, 'hp', 249, 3);
-    const vmNet = await createTestNet('hv-');
-    cleanup.add(() => vmNet.cleanup());
-    const bridge = await vmNet.addBridge('br');
-    const shared = createSharedDir(RUN);
-    cleanup.add(() => shared.cleanup());
-    sharedDir = shared.dir;
-    copyFileSync(join(GUEST, 'template.qcow2'), join(shared.dir, 'testguest.qcow2'));
-    chmodSync(join(shared.dir, 'testguest.qcow2'), 0o644);
-    orch = await startTestOrchestrator(cleanup, 'kloudak_e2e_ha_partition', ADMIN, {
-      agentHost: fleet.orchestratorIp,
-      agentTlsNames: fleet.orchestratorIp,
-      agentLeaseMs: LEASE_MS,
-      agentDownMarginMs: MARGIN_MS,
+    const f = await startQemuFleet(cleanup, {
+      run: RUN,
+      names: NAMES,
+      nsPrefix: 'hp',
+      octet: 249,
+      dbPrefix: 'kloudak_e2e_ha_partition',
+      area: { subnet: '10.250.9.0/24', gateway: '10.250.9.1', vlanRange: '420-421' },
+      admin: ADMIN,
+      orchestrator: { agentLeaseMs: LEASE_MS, agentDownMarginMs: MARGIN_MS },
     });
-    await client.login(ADMIN);
-    assert.equal((await api('POST', '/areas', { name: RUN, subnet: '10.250.9.0/24', gateway: '10.250.9.1', vlanRange: '420-421' })).status, 201);
-    const pool = await api('POST', '/pools', { name: RUN, area: RUN, path: shared.dir, type: 'dir', shared: true });
-    assert.equal(pool.status, 201, JSON.stringify(pool.body));
-    const cmdline = readFileSync(join(GUEST, 'cmdline'), 'utf8').trim();
-    const tpl = await api('POST', '/templates', {
-      name: `${RUN}-guest`,
-      os: 'kloudak-test-guest',
-      cpu: 1,
-      ramMb: 128,
-      diskGb: 1,
-      image: 'testguest.qcow2',
-      boot: { kernel: join(GUEST, 'vmlinuz'), initrd: join(GUEST, 'initrd.img'), cmdline },
-    });
-    assert.equal(tpl.status, 201, JSON.stringify(tpl.body));
-    assert.equal((await api('POST', '/workspaces', { name: WS })).status, 201);
-
-    for (const [i, n] of NAMES.entries()) {
-      const name = `${RUN}-${n}`;
-      const plv = await startPrivateLibvirtd({ name: `${RUN}-${n}` });
-      cleanup.add(() => plv.stop());
-      const lv = await plv.connect();
-      cleanup.add(() => lv.close());
-      await defineDirPool(lv, RUN, shared.dir);
-      const consoleDir = mkdtempSync(join(tmpdir(), `${RUN}-console-`));
-      chmodSync(consoleDir, 0o755);
-      cleanup.add(() => rmSync(consoleDir, { recursive: true, force: true }));
-      const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-agent-`));
-      cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }));
-      const jt = await api('POST', '/hosts/join-tokens', { area: RUN, expiresIn: 600 });
-      assert.equal(jt.status, 201, JSON.stringify(jt.body));
-      const ns = fleet.hosts[i]!.ns;
-      const agent = spawnAgentProcess(name, `${fleet.orchestratorIp}:${orch.agentPort}`, dataDir, {
-        ...agentHostEnv(bridge),
-        KLOUDAK_AGENT_JOIN_TOKEN: jt.body['token'],
-        KLOUDAK_AGENT_LIBVIRT_URI: 'qemu:///system',
-        KLOUDAK_AGENT_LIBVIRT_SOCKET: plv.socketPath,
-        KLOUDAK_AGENT_QEMU_RUN_DIR: plv.qemuRunDir,
-        KLOUDAK_AGENT_CONSOLE_DIR: consoleDir,
-        KLOUDAK_AGENT_HEARTBEAT_MS: '250',
-      }, ns);
-      cleanup.add(() => agent.kill());
-      const id = await client.waitHostUp(name, () => agent.output());
-      hosts.push({ name, plv, lv, agent, id });
-    }
-    const net = await api('POST', `/workspaces/${WS}/networks`, { name: 'n', area: RUN });
-    assert.equal(net.status, 202, JSON.stringify(net.body));
-    await client.succeeded(net.body['task']['id']);
+    ({ fleet, hosts, client, sharedDir } = f);
     // Both VMs on A: B and C are in maintenance while they are placed.
     for (const h of hosts.slice(1)) assert.equal((await api('PATCH', `/hosts/${h.id}`, { maintenance: true })).status, 200);
     for (const [name, ha] of [['ha', true], ['plain', false]] as const) {
-      const r = await api('POST', `/workspaces/${WS}/vms`, { name, template: `${RUN}-guest`, networks: ['n'], ha });
+      const r = await api('POST', `/workspaces/${WS}/vms`, { name, template: f.template, networks: ['n'], ha });
       assert.equal(r.status, 202, JSON.stringify(r.body));
       vmIds.set(name, r.body['vm']['id']);
       await client.succeeded(r.body['task']['id'], 120_000);
