@@ -1,9 +1,11 @@
 // Draining a real QEMU host live, end to end (issue 11, "Admin actions: drain a host: live
 // migration where the pool is shared"; "per area, an n+1 check in the API").
 //
-// Two hosts A and B of one area (qemu-fleet.ts: each a network namespace with its own agent, on a
-// private libvirtd of its own, both mounting one shared dir pool). A runs a booted test guest.
-// POST /hosts/A/drain puts A in maintenance and live-migrates the guest to B: libvirt's
+// Three hosts A, B and C of one area (qemu-fleet.ts: each a network namespace with its own agent,
+// on a private libvirtd of its own, all mounting one shared dir pool). A runs a booted test guest.
+// C's libvirtd is out of its peers' reach (its agent announces a socket that does not exist): a
+// drain towards C fails, and rolls back with the VM still running on A and A active again.
+// Then POST /hosts/A/drain puts A in maintenance and live-migrates the guest to B: libvirt's
 // peer-to-peer migration, A's libvirtd connecting to B's over B's unix socket (the hosts'
 // namespaces are network namespaces only: they share the file system), QEMU streaming the memory
 // over loopback (the private libvirtds and their QEMUs run in the root network namespace; only the
@@ -38,7 +40,7 @@ describe('draining a qemu host live-migrates its running VM to the other host of
   before(async () => {
     const f = await startQemuFleet(cleanup, {
       run: RUN,
-      names: ['a', 'b'],
+      names: ['a', 'b', 'c'],
       nsPrefix: 'hd',
       octet: 237,
       dbPrefix: 'kloudak_e2e_host_drain',
@@ -47,21 +49,21 @@ describe('draining a qemu host live-migrates its running VM to the other host of
       agentEnv: (i, h) => ({
         // Both hosts' QEMUs share the root network namespace: during the migration the VM has a tap
         // on each, so their names must differ (a real host has a network stack of its own).
-        KLOUDAK_AGENT_TAP_PREFIX: i === 0 ? 'ka' : 'kb',
-        // Peer to peer: the source libvirtd dials the destination's private socket itself.
-        KLOUDAK_AGENT_MIGRATION_URI: `qemu+unix:///system?socket=${h.plv.socketPath}`,
+        KLOUDAK_AGENT_TAP_PREFIX: ['ka', 'kb', 'kc'][i]!,
+        // Peer to peer: the source libvirtd dials the destination's private socket itself (C's is
+        // announced wrong: no peer can reach it).
+        KLOUDAK_AGENT_MIGRATION_URI: `qemu+unix:///system?socket=${i === 2 ? `${h.plv.socketPath}.nowhere` : h.plv.socketPath}`,
         KLOUDAK_AGENT_MIGRATION_ADDRESS: '127.0.0.1',
       }),
     });
     ({ orch, hosts, client, sharedDir } = f);
-    const [, b] = hosts;
-    // The VM on A: B is in maintenance while it is placed.
-    assert.equal((await api('PATCH', `/hosts/${b!.id}`, { maintenance: true })).status, 200);
+    const [, b, c] = hosts as [FleetHost, FleetHost, FleetHost];
+    // The VM on A: B and C are in maintenance while it is placed.
+    for (const h of [b, c]) assert.equal((await api('PATCH', `/hosts/${h.id}`, { maintenance: true })).status, 200);
     const r = await api('POST', `/workspaces/${WS}/vms`, { name: 'web', template: f.template, networks: ['n'], ha: true });
     assert.equal(r.status, 202, JSON.stringify(r.body));
     vmId = r.body['vm']['id'];
     await client.succeeded(r.body['task']['id'], 120_000);
-    assert.equal((await api('PATCH', `/hosts/${b!.id}`, { maintenance: false })).status, 200);
     // Booted (its init printed the ready line) before it moves.
     await waitFor(async () => String((await api('GET', `/workspaces/${WS}/vms/web/console`)).body['text'] ?? '').includes('KLOUDAK-READY'), 60_000, 'the guest booted on A');
   });
@@ -81,9 +83,32 @@ describe('draining a qemu host live-migrates its running VM to the other host of
     return t;
   }
 
+  it('a drain whose migration fails rolls back: the VM keeps running on A, nothing is left on C, A is active again', async () => {
+    const [a, , c] = hosts as [FleetHost, FleetHost, FleetHost];
+    const name = domainName(vmId);
+    assert.equal((await api('PATCH', `/hosts/${c.id}`, { maintenance: false })).status, 200);
+    const d = await api('POST', `/hosts/${a.id}/drain`, {});
+    assert.equal(d.status, 202, JSON.stringify(d.body));
+    const t = await drainTask(a.id);
+    assert.equal(t['state'], 'rolled_back', JSON.stringify(t));
+    assert.deepEqual(t['placement']['drain']['moves'].map((m: Json) => [m['toHostId'], m['how']]), [[c.id, 'live']]);
+    assert.match(t['error'], /could not move/);
+    const st = await a.lv.getDomainState(await a.lv.lookupDomainByName(name));
+    assert.equal(st.state, DomainState.RUNNING, 'still running on A');
+    assert.deepEqual((await c.lv.listAllDomains()).filter((x) => x.name === name), [], 'nothing left on C');
+    const vm = (await api('GET', `/workspaces/${WS}/vms/web`)).body;
+    assert.deepEqual([vm['host'], vm['state']], [a.name, 'running']);
+    assert.equal((await api('GET', `/hosts/${a.id}`)).body['adminState'], 'active', 'the maintenance step was undone');
+    const failed = await orch.db.client.outboxEvent.count({ where: { entityId: vmId, event: 'migration_failed' } });
+    assert.ok(failed >= 1, 'a vm.migration_failed event per failed attempt');
+    assert.equal((await api('PATCH', `/hosts/${c.id}`, { maintenance: true })).status, 200);
+    console.log(`# failed drain: ${t['attempts']} attempts, rolled back in ${Date.parse(t['finishedAt']) - Date.parse(t['createdAt'])} ms; error: ${String(t['error']).slice(0, 300)}`);
+  });
+
   it('n+1 before, drain A: the VM runs on B (migrated, same disk, not rebooted), gone from A; A in maintenance', async () => {
     const [a, b] = hosts as [FleetHost, FleetHost];
     const name = domainName(vmId);
+    assert.equal((await api('PATCH', `/hosts/${b.id}`, { maintenance: false })).status, 200);
     const diskBefore = /<source file='([^']+)'/.exec(await a.lv.getDomainXml(await a.lv.lookupDomainByName(name)))?.[1];
     assert.ok(diskBefore?.startsWith(`${sharedDir}/`), `the VM's disk is on the shared pool: ${diskBefore}`);
 
@@ -97,6 +122,7 @@ describe('draining a qemu host live-migrates its running VM to the other host of
     const d = await api('POST', `/hosts/${a.id}/drain`, {});
     assert.equal(d.status, 202, JSON.stringify(d.body));
     const again = await api('POST', `/hosts/${a.id}/drain`, {});
+    assert.equal(again.status, 202, JSON.stringify(again.body));
     assert.equal(again.body['task']['id'], d.body['task']['id'], 'a drain under way is answered again, not queued twice');
     const t = await drainTask(a.id);
     const drainMs = Date.now() - t0;
