@@ -41,7 +41,24 @@ const Nic = Type.Object({
   dnsServers: Type.Array(Str(64), { maxItems: 16 }),
 });
 const Bridges = Type.Array(Str(64), { maxItems: 64 });
+const VmFields = {
+  hostname: Str(255),
+  cpu: Type.Integer({ minimum: 0 }),
+  ramMb: Type.Integer({ minimum: 0 }),
+  diskGb: Type.Integer({ minimum: 0 }),
+  pool: Str(255),
+  templateVolume: Str(1024),
+  nics: Type.Array(Nic, { maxItems: 64 }),
+  sshAuthorizedKeys: Type.Array(Str(16_384), { maxItems: 256 }),
+  passwordHash: Str(1024),
+  ha: Type.Boolean(),
+  boot: Type.Optional(Type.Object({ kernel: Str(4096), initrd: Str(4096), cmdline: Str(4096) })),
+  userData: Type.Optional(Str(1024 * 1024)),
+};
+const MigrationTarget = Type.Object({ libvirtUri: Str(1024), migrateUri: Str(1024), domainXml: Str(1024 * 1024) });
 const Action = Type.Union([
+  Type.Object({ kind: Type.Literal('prepareMigration'), vm: Type.Object(VmFields) }),
+  Type.Object({ kind: Type.Literal('migrateVm'), target: MigrationTarget, sharedStorage: Type.Boolean(), timeoutMs: Type.Integer({ minimum: 0 }) }),
   Type.Object({
     kind: Type.Literal('createVm'),
     hostname: Str(255),
@@ -99,6 +116,7 @@ interface WireResult {
   completedAt: string;
   inventory?: HostInventory;
   console?: { data: string; truncated: boolean };
+  migrationTarget?: { libvirtUri: string; migrateUri: string; domainXml: string };
   notSent?: boolean;
 }
 
@@ -120,6 +138,7 @@ function resultToWire(r: CommandResult): WireResult {
     completedAt: r.completedAt.toISOString(),
     ...(r.inventory ? { inventory: r.inventory } : {}),
     ...(r.console ? { console: { data: r.console.data.toString('base64'), truncated: r.console.truncated } } : {}),
+    ...(r.migrationTarget ? { migrationTarget: r.migrationTarget } : {}),
     ...(r.notSent ? { notSent: true } : {}),
   };
 }
@@ -133,6 +152,9 @@ function resultFromWire(w: WireResult): CommandResult {
     completedAt: Number.isNaN(completedAt.getTime()) ? new Date() : completedAt,
     ...(w.inventory ? { inventory: w.inventory } : {}),
     ...(w.console ? { console: { data: Buffer.from(w.console.data, 'base64'), truncated: w.console.truncated } } : {}),
+    ...(w.migrationTarget
+      ? { migrationTarget: { libvirtUri: String(w.migrationTarget.libvirtUri), migrateUri: String(w.migrationTarget.migrateUri), domainXml: String(w.migrationTarget.domainXml) } }
+      : {}),
     ...(w.notSent ? { notSent: true } : {}),
   };
 }
