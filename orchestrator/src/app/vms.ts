@@ -335,6 +335,9 @@ export async function deleteVm(s: Services, c: Caller, ws: string, name: string)
   const a = await workspaceAccess(s.db.client, p, ws);
   requireFlags(a.permissions, 'vm_can_delete');
   const vm = await findVm(s.db.client, a.workspace.id, name);
+  // A drain is moving it between hosts: deleting it on the host its claim names could miss the
+  // copy the migration is making. The drain ends in seconds (it is left running or on its new host).
+  if (vm.state === 'migrating') throw new ConflictError('the VM is being moved to another host (its host is drained); try again once it is running', { state: vm.state });
   const taskId = await transaction(s.db.client, async (tx) => {
     if (vm.state === 'deleting') {
       const pending = await unfinishedTask(tx, vm.id, VM_TASKS.delete);

@@ -388,6 +388,10 @@ for (const engine of ENGINES) {
       assert.deepEqual([still.hostId, still.state], [host.id, 'running'], 'a VM that cannot move stays as it was');
       const events = await db.outboxEvent.findMany({ where: { entityId: host.id }, orderBy: { seq: 'asc' }, select: { event: true } });
       for (const e of ['draining', 'updated', 'drain_planned', 'drained']) assert.ok(events.some((x) => x.event === e), `event host.${e}: ${events.map((x) => x.event).join(', ')}`);
+      // While a drain moves a VM it is `migrating`: no power action, and no delete.
+      await db.vm.update({ where: { id: vm.id }, data: { state: 'migrating' } });
+      assert.equal((await admin.del(`/api/v1/workspaces/${ws.name}/vms/${vm.name}`)).status, 409);
+      assert.equal((await admin.post(`/api/v1/workspaces/${ws.name}/vms/${vm.name}/actions`, { action: 'stop' })).status, 409);
       await db.vm.delete({ where: { id: vm.id } });
     });
 

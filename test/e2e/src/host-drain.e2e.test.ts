@@ -157,4 +157,30 @@ describe('draining a qemu host live-migrates its running VM to the other host of
     assert.equal(after['ha']['left'][0]['rejections'].find((x: Json) => x['hostId'] === a.id)['filter'], 'admin');
     console.log(`# drain of ${a.name}: task ${drainMs} ms, live migration of the 128 MiB test guest ${migrateMs} ms`);
   });
+
+  it('drain B in restart mode: the VM is shut down on B and booted on A from the same disk; B in maintenance', async () => {
+    const [a, b] = hosts as [FleetHost, FleetHost];
+    const name = domainName(vmId);
+    const diskBefore = /<source file='([^']+)'/.exec(await b.lv.getDomainXml(await b.lv.lookupDomainByName(name)))?.[1];
+    assert.equal((await api('PATCH', `/hosts/${a.id}`, { maintenance: false })).status, 200);
+    const t0 = Date.now();
+    const d = await api('POST', `/hosts/${b.id}/drain`, { mode: 'restart' });
+    assert.equal(d.status, 202, JSON.stringify(d.body));
+    const t = await drainTask(b.id);
+    const drainMs = Date.now() - t0;
+    assert.equal(t['state'], 'succeeded', JSON.stringify(t));
+    assert.deepEqual(t['placement']['drain']['moves'].map((m: Json) => [m['toHostId'], m['how']]), [[a.id, 'restart']]);
+    const onA = await a.lv.lookupDomainByName(name);
+    const st = await a.lv.getDomainState(onA);
+    assert.equal(st.state, DomainState.RUNNING);
+    assert.notEqual(st.reason, RUNNING_MIGRATED, 'started, not migrated');
+    assert.deepEqual((await b.lv.listAllDomains()).filter((x) => x.name === name), [], 'gone from B');
+    assert.equal(/<source file='([^']+)'/.exec(await a.lv.getDomainXml(onA))?.[1], diskBefore, 'the same disk');
+    const vm = (await api('GET', `/workspaces/${WS}/vms/web`)).body;
+    assert.deepEqual([vm['host'], vm['state']], [a.name, 'running']);
+    assert.equal((await api('GET', `/hosts/${b.id}`)).body['adminState'], 'maintenance');
+    // It booted again on A, from the disk the migration kept.
+    await waitFor(async () => String((await api('GET', `/workspaces/${WS}/vms/web/console`)).body['text'] ?? '').includes('KLOUDAK-READY'), 60_000, 'the guest booted on A');
+    console.log(`# restart-mode drain of ${b.name}: task ${drainMs} ms (ACPI shutdown on B, start on A)`);
+  });
 });
