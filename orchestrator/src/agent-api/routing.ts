@@ -209,6 +209,7 @@ interface Outgoing {
 /** A command another instance routed here, pending in the local channel. */
 interface Incoming {
   hostId: string;
+  commandId: string;
   /** Reply subjects of the requests that carried it (a sender that lost track of it may ask again). */
   replies: Msg[];
 }
@@ -238,6 +239,7 @@ type HopOutcome = { kind: 'result'; result: CommandResult } | { kind: 'moved'; w
  */
 export class CommandRouter implements AgentChannel {
   private readonly outgoing = new Map<string, Set<Outgoing>>();
+  /** Commands routed here, by host id and command id (see {@link key}). */
   private readonly incoming = new Map<string, Incoming>();
   private readonly log: Logger;
   private sub: Subscription | undefined;
@@ -322,7 +324,7 @@ export class CommandRouter implements AgentChannel {
     clearInterval(this.sweep);
     this.unlisten?.();
     const byHost = new Map<string, string[]>();
-    for (const [id, inc] of this.incoming) byHost.set(inc.hostId, [...(byHost.get(inc.hostId) ?? []), id]);
+    for (const inc of this.incoming.values()) byHost.set(inc.hostId, [...(byHost.get(inc.hostId) ?? []), inc.commandId]);
     for (const [hostId, ids] of byHost) this.giveBack(hostId, ids);
     for (const set of this.outgoing.values()) {
       for (const c of set) {
@@ -475,12 +477,12 @@ export class CommandRouter implements AgentChannel {
     // This instance's own commands sent locally, now held elsewhere.
     const localOwn = t === 'local' ? [] : [...(this.outgoing.get(hostId) ?? [])].filter((c) => c.hop?.kind === 'local' && !c.done);
     // Commands routed here, for a host whose session is not (or no longer) here.
-    const routedIn = here ? [] : [...this.incoming].filter(([, inc]) => inc.hostId === hostId).map(([id]) => id);
+    const routedIn = here ? [] : [...this.incoming.values()].filter((inc) => inc.hostId === hostId).map((inc) => inc.commandId);
     if (localOwn.length > 0 || routedIn.length > 0) {
       const withdrawn = this.deps.local.withdraw(hostId, [...routedIn, ...localOwn.map((c) => c.id)]);
       for (const id of routedIn) {
         const w = withdrawn.get(id);
-        if (w) this.replyIncoming(id, { v: WIRE_VERSION, kind: 'moved', written: w.written });
+        if (w) this.replyIncoming(hostId, id, { v: WIRE_VERSION, kind: 'moved', written: w.written });
       }
       for (const c of localOwn) {
         const w = withdrawn.get(c.id);
@@ -540,7 +542,8 @@ export class CommandRouter implements AgentChannel {
       this.log.warn({ problem: message }, 'routed command refused');
       return;
     }
-    const r = req;
+    // Host ids are lower-case everywhere (the database's uuid text): a request is read the same way.
+    const r = { ...req, hostId: req.hostId.toLowerCase() };
     const log = { host_id: r.hostId, vm_id: r.command.vmId, command_id: r.commandId, from: r.from };
     const holder = this.deps.directory.holder(r.hostId);
     if (this.closed || !holder || holder.instanceId !== this.deps.instance.id) {
@@ -548,18 +551,19 @@ export class CommandRouter implements AgentChannel {
       this.reply(msg, { v: WIRE_VERSION, kind: 'moved', written: false });
       return;
     }
-    const known = this.incoming.get(r.commandId);
-    if (known && known.hostId === r.hostId) {
+    const k = key(r.hostId, r.commandId);
+    const known = this.incoming.get(k);
+    if (known) {
       // Sent again (its sender re-routed it, or lost its first request): one run, every request answered.
       known.replies.push(msg);
       return;
     }
-    const inc: Incoming = { hostId: r.hostId, replies: [msg] };
-    this.incoming.set(r.commandId, inc);
+    const inc: Incoming = { hostId: r.hostId, commandId: r.commandId, replies: [msg] };
+    this.incoming.set(k, inc);
     this.log.debug(log, 'routed command taken');
     void this.deps.local.sendCommand(r.hostId, r.command, { deadline: r.deadline, commandId: r.commandId }).then((result) => {
-      if (this.incoming.get(r.commandId) !== inc) return; // withdrawn and answered "moved"
-      this.replyIncoming(r.commandId, this.fitting(result));
+      if (this.incoming.get(k) !== inc) return; // withdrawn and answered "moved"
+      this.replyIncoming(r.hostId, r.commandId, this.fitting(result));
     });
   }
 
@@ -586,13 +590,14 @@ export class CommandRouter implements AgentChannel {
   /** Withdraw commands routed here for `hostId` and answer them "moved" (shutdown). */
   private giveBack(hostId: string, ids: string[]): void {
     const withdrawn = this.deps.local.withdraw(hostId, ids);
-    for (const id of ids) this.replyIncoming(id, { v: WIRE_VERSION, kind: 'moved', written: withdrawn.get(id)?.written ?? true });
+    for (const id of ids) this.replyIncoming(hostId, id, { v: WIRE_VERSION, kind: 'moved', written: withdrawn.get(id)?.written ?? true });
   }
 
-  private replyIncoming(id: string, reply: RoutedReply): void {
-    const inc = this.incoming.get(id);
+  private replyIncoming(hostId: string, commandId: string, reply: RoutedReply): void {
+    const k = key(hostId, commandId);
+    const inc = this.incoming.get(k);
     if (!inc) return;
-    this.incoming.delete(id);
+    this.incoming.delete(k);
     for (const m of inc.replies) this.reply(m, reply);
   }
 
@@ -603,6 +608,11 @@ export class CommandRouter implements AgentChannel {
       this.log.warn({ err }, 'could not answer a routed command (NATS down?): its sender re-routes or times out');
     }
   }
+}
+
+/** The key of a routed command: ids are unique per host (a task step's), not necessarily across hosts. */
+function key(hostId: string, commandId: string): string {
+  return `${hostId.toLowerCase()} ${commandId}`;
 }
 
 function failure(commandId: string, code: CommandErrorCode, message: string, now: number, notSent = false): CommandResult {
