@@ -5,6 +5,7 @@
  * life (it stops or vanishes between our lookup and our call) are resolved by looking again.
  */
 import {
+  CallTimeoutError,
   DomainState as LvDomainState,
   DomainStatsGroup,
   ErrorCode,
@@ -193,7 +194,35 @@ export class LibvirtHypervisor implements Hypervisor {
     const dom = await this.require(name);
     let flags = MigrateFlags.LIVE | MigrateFlags.PEER2PEER | MigrateFlags.PERSIST_DEST | MigrateFlags.UNDEFINE_SOURCE | MigrateFlags.ABORT_ON_ERROR;
     if (to.sharedStorage) flags |= MigrateFlags.UNSAFE;
-    await this.lv.migrateDomainPeerToPeer(dom, to.peerUri, { migrateUri: to.migrateUri, destinationXml: to.xml, persistentXml: to.xml }, flags, { timeoutMs: to.timeoutMs });
+    try {
+      await this.lv.migrateDomainPeerToPeer(dom, to.peerUri, { migrateUri: to.migrateUri, destinationXml: to.xml, persistentXml: to.xml }, flags, { timeoutMs: to.timeoutMs });
+    } catch (e) {
+      // Our call gave up, but libvirtd's migration job goes on: cancel it, so that the VM stays
+      // here as the failure says (libvirt resumes it on the source) rather than landing on the
+      // destination after the orchestrator has moved on. No job any more: it ended meanwhile.
+      if (e instanceof CallTimeoutError) await this.abortMigration(dom);
+      throw e;
+    }
+  }
+
+  /**
+   * Cancel a domain's migration job and wait until it has ended (up to 20 s). An abort that comes
+   * before QEMU's own migration has started (libvirt still preparing the destination) can be
+   * accepted and yet not stop it, so the abort is repeated until libvirt answers that no job is
+   * active. Where the domain then runs (here, or on the destination when the abort came too late
+   * to stop the last phase) is what the orchestrator reads from both hosts' inventories.
+   */
+  private async abortMigration(dom: DomainRef): Promise<void> {
+    const until = Date.now() + 20_000;
+    while (Date.now() < until) {
+      try {
+        await this.lv.abortDomainJob(dom);
+      } catch (e) {
+        if (e instanceof NotFoundError) return;
+        if (e instanceof OperationFailedError && /no job is active/i.test(e.message)) return;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
   }
 
   async state(name: string): Promise<DomainState | null> {

@@ -424,6 +424,11 @@ export class Libvirt {
     ret(await this.call(Proc.DOMAIN_MIGRATE_PERFORM3_PARAMS, body, call), (r) => void r.opaque());
   }
 
+  /** Cancels the domain's running job, a migration say (DOMAIN_ABORT_JOB); fails when none runs. */
+  async abortDomainJob(dom: DomainRef): Promise<void> {
+    ret(await this.call(Proc.DOMAIN_ABORT_JOB, args((w) => writeDomain(w, dom))), () => undefined);
+  }
+
   /** Removes a domain's persistent definition (DOMAIN_UNDEFINE_FLAGS, `Flags.UNDEFINE_*`). */
   async undefineDomain(dom: DomainRef, flags = 0): Promise<void> {
     ret(await this.call(Proc.DOMAIN_UNDEFINE_FLAGS, args((w) => (writeDomain(w, dom), w.uint(flags)))), () => undefined);
