@@ -2,7 +2,7 @@ import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { Logger } from '@kloudak/common';
 import type { PrismaClient } from '@kloudak/prisma';
 import { eventsAfter, lastSeq, retainedRange } from '../store/outbox.js';
-import { toEvent, type KloudakEvent } from './event.js';
+import { EVENT_SUBJECTS, toEvent, type KloudakEvent } from './event.js';
 
 /** Rows read per query while catching up. */
 const PAGE = 500;
@@ -189,7 +189,7 @@ class Scope {
 export class EventHub {
   private readonly scopes = new Map<string, Scope>();
   private readonly creating = new Map<string, Promise<Scope>>();
-  private sub: Subscription | undefined;
+  private subs: Subscription[] = [];
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
 
@@ -200,14 +200,19 @@ export class EventHub {
 
   /** Subscribe to the event subjects and start the safety poll. */
   start(): void {
-    this.sub = this.deps.nc.subscribe('kloudak.>', {
-      callback: (err, m) => {
-        if (err) return;
-        const parts = m.subject.split('.');
-        const key = parts[1] === 'ws' ? parts[2] : parts[1] === 'infra' ? INFRA : undefined;
-        if (key !== undefined) this.scopes.get(key)?.wake();
-      },
-    });
+    // The event subjects only, never `kloudak.>`: a subscriber there would hear every request
+    // between instances (routed commands, up to a console tail each) and, being there, hide an
+    // instance that is gone from its requesters (NATS answers "no responders" only when nobody listens).
+    this.subs = EVENT_SUBJECTS.map((subject) =>
+      this.deps.nc.subscribe(subject, {
+        callback: (err, m) => {
+          if (err) return;
+          const parts = m.subject.split('.');
+          const key = parts[1] === 'ws' ? parts[2] : parts[1] === 'infra' ? INFRA : undefined;
+          if (key !== undefined) this.scopes.get(key)?.wake();
+        },
+      }),
+    );
     void (async () => {
       for await (const s of this.deps.nc.status()) if (s.type === 'reconnect') this.wakeAll();
     })().catch(() => undefined);
@@ -299,7 +304,8 @@ export class EventHub {
   close(reason = 'the server is shutting down'): void {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
-    this.sub?.unsubscribe();
+    for (const sub of this.subs) sub.unsubscribe();
+    this.subs = [];
     for (const s of [...this.scopes.values()]) for (const r of [...s.readers]) r.close(reason);
   }
 }

@@ -225,6 +225,41 @@ describe('command routing between two orchestrators (postgres, NATS)', () => {
     }
   });
 
+  it('an instance that answers nothing (its NATS gone): the command is retried, never reported sent, and completes once the agent dials A', async (t) => {
+    // NATS says "no responders" only when nobody at all listens on the subject: an orchestrator of
+    // an older build elsewhere on this NATS server (its event hub listened on `kloudak.>`) hides it.
+    const probe = await a.nats.request(`kloudak.internal.agent.${randomUUID()}`, '', { timeout: 1000 }).then(
+      () => 'answered',
+      (err: unknown) => ((err as { isNoResponders?: () => boolean }).isNoResponders?.() ? 'none' : 'silent'),
+    );
+    if (probe !== 'none') {
+      t.skip('another process on this NATS server listens on kloudak.internal.>: "no responders" cannot be seen');
+      return;
+    }
+    const c = await startOrchestrator(configWith({ ...h.config, port: 0, agentPort: 0, grpcPort: 0 }), createLogger({ component: 'orchestrator-c', level: 'silent' }), systemClock, START);
+    try {
+      const { hostId, agent } = await hostOn(c);
+      // C still holds the session and its registration, but nobody listens on its subject.
+      await c.nats.close();
+      const t0 = performance.now();
+      const r = await within(a.agents.sendCommand(hostId, { action: { kind: 'getInventory' } }, { deadline: Date.now() + 1500 }), 5000, 'the deadline result');
+      assert.equal(r.ok, false);
+      assert.equal(r.error?.code, 'deadline_exceeded');
+      assert.equal(r.notSent, true, `no responder: nobody received it (${JSON.stringify(r)})`);
+      assert.ok(performance.now() - t0 >= 1400);
+      assert.equal(agent.stats.commandsReceived, 0);
+      const later = a.agents.sendCommand(hostId, { action: { kind: 'getInventory' } }, { deadline: Date.now() + DEADLINE_MS });
+      await new Promise((res) => setTimeout(res, 300));
+      agent.moveTo(a.agentUrl);
+      const ok = await within(later, 8000, 'the result once the agent is on A');
+      assert.equal(ok.ok, true, JSON.stringify(ok));
+      assert.equal(agent.stats.commandsReceived, 1);
+      assert.deepEqual(a.router.pending(), { outgoing: 0, incoming: 0 });
+    } finally {
+      await c.close();
+    }
+  });
+
   it('a routed request that is not JSON, or not a command, gets an error reply; the responder goes on', async () => {
     const ask = async (body: string) => (await a.nats.request(b.instance.subject, body, { timeout: 3000 })).json<{ kind: string; message?: string }>();
     const notJson = await ask('{not json');
