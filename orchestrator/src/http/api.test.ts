@@ -6,6 +6,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { SignJWT, generateKeyPair, decodeJwt } from 'jose';
 import { ENGINES, PASSWORD, startHarness, Client, type Harness } from '../testing/harness.js';
+import { areaPlacementSnapshot } from '../store/claims.js';
 import { freshArea, freshSubnet, freshTemplate, freshWorkspace, uniq } from '../testing/fixtures.js';
 
 function b64url(o: unknown): string {
@@ -388,8 +389,12 @@ for (const engine of ENGINES) {
       assert.deepEqual([still.hostId, still.state], [host.id, 'running'], 'a VM that cannot move stays as it was');
       const events = await db.outboxEvent.findMany({ where: { entityId: host.id }, orderBy: { seq: 'asc' }, select: { event: true } });
       for (const e of ['draining', 'updated', 'drain_planned', 'drained']) assert.ok(events.some((x) => x.event === e), `event host.${e}: ${events.map((x) => x.event).join(', ')}`);
-      // While a drain moves a VM it is `migrating`: no power action, and no delete.
-      await db.vm.update({ where: { id: vm.id }, data: { state: 'migrating' } });
+      // While a drain moves a VM it is `migrating`: no power action, and no delete; and it claims
+      // its vCPU and RAM on the host it moves to as well, so that no create takes that room.
+      await db.vm.update({ where: { id: vm.id }, data: { state: 'migrating', migratingToHostId: other.id } });
+      const snap = await areaPlacementSnapshot(db, area.id, () => true);
+      const claims = Object.fromEntries((snap.areas.get(area.id)?.hosts ?? []).map((x) => [x.id, [x.claimedCpu, x.claimedRamMb]]));
+      assert.deepEqual([claims[host.id], claims[other.id], claims[down.id]], [[2, 2048], [2, 2048], [0, 0]]);
       assert.equal((await admin.del(`/api/v1/workspaces/${ws.name}/vms/${vm.name}`)).status, 409);
       assert.equal((await admin.post(`/api/v1/workspaces/${ws.name}/vms/${vm.name}/actions`, { action: 'stop' })).status, 409);
       await db.vm.delete({ where: { id: vm.id } });

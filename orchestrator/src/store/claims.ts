@@ -29,7 +29,7 @@ export async function lockArea(tx: Tx, areaId: string): Promise<void> {
  * host's agent holds a session now (the agent link knows; the database does not).
  */
 export async function areaPlacementSnapshot(tx: Tx, areaId: string, connected: (hostId: string) => boolean): Promise<PlacementSnapshot> {
-  const [hosts, pools, perHost, perPool, perHostPool, haPerHost] = await Promise.all([
+  const [hosts, pools, perHost, perPool, perHostPool, haPerHost, moving] = await Promise.all([
     tx.host.findMany({ where: { areaId }, select: { id: true, name: true, areaId: true, state: true, adminState: true, cpuCount: true, ramMb: true, pools: true } }),
     tx.storagePool.findMany({ where: { areaId }, select: { id: true, name: true, areaId: true, shared: true, sizeGb: true } }),
     tx.vm.groupBy({ by: ['hostId'], where: { areaId, hostId: { not: null } }, _sum: { cpu: true, ramMb: true } }),
@@ -37,8 +37,14 @@ export async function areaPlacementSnapshot(tx: Tx, areaId: string, connected: (
     // What each host's VMs claim of a host-local pool: its disks live on that host only.
     tx.vm.groupBy({ by: ['hostId', 'poolId'], where: { areaId, hostId: { not: null }, poolId: { not: null }, pool: { shared: false } }, _sum: { diskGb: true } }),
     tx.vm.groupBy({ by: ['hostId', 'workspaceId'], where: { areaId, hostId: { not: null }, haEnabled: true }, _count: { _all: true } }),
+    // A VM a drain is moving claims its destination too, until its claim moves there.
+    tx.vm.groupBy({ by: ['migratingToHostId'], where: { areaId, migratingToHostId: { not: null } }, _sum: { cpu: true, ramMb: true } }),
   ]);
-  const claimed = new Map(perHost.map((r) => [r.hostId!, r._sum]));
+  const claimed = new Map(perHost.map((r) => [r.hostId!, { cpu: r._sum.cpu ?? 0, ramMb: r._sum.ramMb ?? 0 }]));
+  for (const r of moving) {
+    const c = claimed.get(r.migratingToHostId!) ?? { cpu: 0, ramMb: 0 };
+    claimed.set(r.migratingToHostId!, { cpu: c.cpu + (r._sum.cpu ?? 0), ramMb: c.ramMb + (r._sum.ramMb ?? 0) });
+  }
   const poolClaimed = new Map(perPool.map((r) => [r.poolId!, r._sum.diskGb ?? 0]));
   const ha = new Map<string, Map<string, number>>();
   for (const r of haPerHost) {

@@ -9,6 +9,8 @@
  *    cannot move (a host-local disk, a task working on it, no room). Kept on the task
  *    (`placement`), with the progress.
  * 3. `move`: one VM after the other —
+ *    Before it moves, the VM holds its vCPU and RAM on the destination too (`migratingToHostId`,
+ *    counted by every placement snapshot), set in the area's claims lock once it still fits there.
  *    - running, `live` mode: the destination agent prepares (bridges, VLANs, the disk must be in
  *      the pool; it answers its libvirt URI, migration address and domain XML), then the source
  *      agent runs libvirt's peer-to-peer live migration. The VM's host claim moves only once the
@@ -29,7 +31,7 @@ import type { PrismaClient } from '@kloudak/prisma';
 import type { AgentChannel } from '../agent-api/channel.js';
 import type { HostInventory } from '../domain/agent.js';
 import { planDrain, type DrainMode, type DrainMove, type DrainPlan } from '../domain/drain.js';
-import type { PlacementPolicy } from '../domain/placement.js';
+import { schedule, type PlacementPolicy } from '../domain/placement.js';
 import type { EventInput } from '../events/event.js';
 import { areaPlacementSnapshot, lockArea } from '../store/claims.js';
 import { vmsForEvacuation } from '../store/evacuations.js';
@@ -112,7 +114,7 @@ export function drainTaskDefinitions(deps: DrainTaskDeps): TaskDefinition[] {
   /** Move the VM's claim to its new host, with its state and events (only if still on `from`). */
   async function commitMove(db: PrismaClient, from: string, m: DrainMove, state: 'running' | 'stopped', extra: Record<string, unknown>): Promise<boolean> {
     return db.$transaction(async (tx) => {
-      const r = await tx.vm.updateMany({ where: { id: m.vmId, hostId: from }, data: { hostId: m.toHostId, state, stateReason: null } });
+      const r = await tx.vm.updateMany({ where: { id: m.vmId, hostId: from }, data: { hostId: m.toHostId, migratingToHostId: null, state, stateReason: null } });
       if (r.count === 0) return false;
       await appendEvents(tx, movedEvents(m, from, state, extra));
       return true;
@@ -122,7 +124,7 @@ export function drainTaskDefinitions(deps: DrainTaskDeps): TaskDefinition[] {
   /** Put the VM back in a settled state where it is (after a failed move), with why. */
   async function settleInPlace(db: PrismaClient, from: string, m: DrainMove, state: 'running' | 'stopped', why: string): Promise<void> {
     await db.$transaction(async (tx) => {
-      const r = await tx.vm.updateMany({ where: { id: m.vmId, hostId: from, state: 'migrating' }, data: { state, stateReason: why.slice(0, 1000) } });
+      const r = await tx.vm.updateMany({ where: { id: m.vmId, hostId: from, state: 'migrating' }, data: { state, migratingToHostId: null, stateReason: why.slice(0, 1000) } });
       if (r.count === 0) return;
       await appendEvents(tx, [
         { workspaceId: m.workspaceId, entity: 'vm', entityId: m.vmId, event: 'state', state, name: m.vmName, data: { reason: why.slice(0, 1000) } },
@@ -157,10 +159,32 @@ export function drainTaskDefinitions(deps: DrainTaskDeps): TaskDefinition[] {
     if (v.hostId !== from) return { ms: 0, skipped: 'no longer on this host' };
     const expected = m.how === 'define' ? 'stopped' : 'running';
     if (v.state !== expected && v.state !== 'migrating') return { ms: 0, skipped: `it is ${v.state} now` };
-    await ctx.db.$transaction(async (tx) => {
-      const r = await tx.vm.updateMany({ where: { id: m.vmId, hostId: from, state: { in: [expected, 'migrating'] } }, data: { state: 'migrating', stateReason: `its host is being drained: moving to ${m.toHostName}` } });
-      if (r.count > 0) await appendEvents(tx, [{ workspaceId: m.workspaceId, entity: 'vm', entityId: m.vmId, event: 'state', state: 'migrating', name: m.vmName, data: { toHost: m.toHostName } }]);
-    });
+    // Reserve its vCPU and RAM on the destination (migratingToHostId counts there in every
+    // placement snapshot) in the area's claims lock, once it is sure it still fits: creates since
+    // the plan may have taken the room. The claim itself moves only once it runs there.
+    await ctx.db.$transaction(
+      async (tx) => {
+        const row = await tx.vm.findUnique({ where: { id: m.vmId }, select: { areaId: true, workspaceId: true, poolId: true, haEnabled: true, cpu: true, ramMb: true, migratingToHostId: true } });
+        if (!row) throw new StepError('the VM no longer exists', 'not_found', false);
+        if (row.migratingToHostId !== m.toHostId) {
+          await lockArea(tx, row.areaId);
+          const snapshot = await areaPlacementSnapshot(tx, row.areaId, deps.connected);
+          const others = new Set((snapshot.areas.get(row.areaId)?.hosts ?? []).map((h) => h.id).filter((id) => id !== m.toHostId));
+          const fit = schedule(
+            snapshot,
+            { areaId: row.areaId, workspaceId: row.workspaceId, cpu: row.cpu, ramMb: row.ramMb, diskGb: 0, ha: row.haEnabled, excludeHostIds: others, ...(row.poolId ? { poolIds: new Set([row.poolId]) } : {}) },
+            deps.placement,
+          );
+          if (!fit.ok) throw new StepError(`${m.toHostName} cannot take it any more: ${fit.message}`, 'resource_exhausted', true);
+        }
+        const r = await tx.vm.updateMany({
+          where: { id: m.vmId, hostId: from, state: { in: [expected, 'migrating'] } },
+          data: { state: 'migrating', migratingToHostId: m.toHostId, stateReason: `its host is being drained: moving to ${m.toHostName}` },
+        });
+        if (r.count > 0) await appendEvents(tx, [{ workspaceId: m.workspaceId, entity: 'vm', entityId: m.vmId, event: 'state', state: 'migrating', name: m.vmName, data: { toHost: m.toHostName } }]);
+      },
+      { timeout: 30_000 },
+    );
     let n = base;
     try {
       if (m.how === 'live') {

@@ -99,6 +99,8 @@ describe('draining a qemu host live-migrates its running VM to the other host of
     const vm = (await api('GET', `/workspaces/${WS}/vms/web`)).body;
     assert.deepEqual([vm['host'], vm['state']], [a.name, 'running']);
     assert.equal((await api('GET', `/hosts/${a.id}`)).body['adminState'], 'active', 'the maintenance step was undone');
+    const row = await orch.db.client.vm.findUniqueOrThrow({ where: { id: vmId } });
+    assert.deepEqual([row.hostId, row.migratingToHostId], [a.id, null], 'its claim on A, no room held on C any more');
     const failed = await orch.db.client.outboxEvent.count({ where: { entityId: vmId, event: 'migration_failed' } });
     assert.ok(failed >= 1, 'a vm.migration_failed event per failed attempt');
     assert.equal((await api('PATCH', `/hosts/${c.id}`, { maintenance: true })).status, 200);
@@ -143,6 +145,8 @@ describe('draining a qemu host live-migrates its running VM to the other host of
     const vm = (await api('GET', `/workspaces/${WS}/vms/web`)).body;
     assert.deepEqual([vm['host'], vm['state']], [b.name, 'running']);
     assert.equal((await api('GET', `/hosts/${a.id}`)).body['adminState'], 'maintenance');
+    const row = await orch.db.client.vm.findUniqueOrThrow({ where: { id: vmId } });
+    assert.deepEqual([row.hostId, row.migratingToHostId], [b.id, null], 'its claim moved to B, no room held twice');
     const migrated = await orch.db.client.outboxEvent.findFirst({ where: { entityId: vmId, event: 'migrated' } });
     assert.ok(migrated, 'a vm.migrated event');
     const migrateMs = (migrated.payload as Json)['migrateMs'];
