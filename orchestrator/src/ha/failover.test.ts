@@ -30,6 +30,9 @@ for (const engine of ENGINES) {
     let w: World;
     const stops: (() => Promise<void>)[] = [];
     const ws = () => `/api/v1/workspaces/${w.workspace.name}`;
+    /** The first test's hosts: A ends down (episode 2), B up. */
+    let hostA = '';
+    let hostB = '';
 
     before(async () => {
       // Leases long enough that PGlite (in this process, blocking it for a moment now and then) on a
@@ -80,7 +83,8 @@ for (const engine of ENGINES) {
         leaseMs: 600,
       };
       assert.deepEqual(await evacuateHost(deps, a.hostId), []);
-      assert.deepEqual(await sweepEvacuations(deps), { planned: 0, retried: 0 });
+      // (The sweep may plan other hosts' episodes: the fixture's never-connected host goes down too.)
+      await sweepEvacuations(deps);
       const replay = await writeHostState(db, a.hostId, 'down', undefined, { from: 'suspect', at: new Date() });
       assert.equal(replay?.evacuation, undefined);
       assert.equal(await db.evacuation.count({ where: { hostId: a.hostId } }), 1);
@@ -126,6 +130,28 @@ for (const engine of ENGINES) {
       assert.deepEqual(plan.moves, []);
       assert.deepEqual(plan.lost.map((l) => l.vmId), [ids[2]]);
       assert.equal(await db.task.count({ where: { kind: 'vm.recover', targetId: { in: ids } } }), 2);
+      hostA = a.hostId;
+      hostB = b.hostId;
+    });
+
+    it('VMs a task left on the down host after its evacuation was planned are evacuated by the sweep', async () => {
+      // A is down (episode 2, planned). Two VMs settle there now, as when a drain's migration that
+      // the plan skipped as busy rolls back: the HA one must restart on B, the other be lost.
+      const db = h.orch.db.client;
+      assert.equal((await db.host.findUniqueOrThrow({ where: { id: hostA } })).state, 'down');
+      const left = async (name: string, ha: boolean) =>
+        (await db.vm.create({ data: { name: uniq(name), workspaceId: w.workspace.id, areaId: w.area.id, templateId: w.template.id, hostId: hostA, poolId: w.pool.id, cpu: 1, ramMb: 256, diskGb: 1, state: 'running', haEnabled: ha } })).id;
+      const ha = await left('left-ha', true);
+      const plain = await left('left-plain', false);
+      await until('the HA one recovered on B', async () => {
+        const v = await db.vm.findUniqueOrThrow({ where: { id: ha } });
+        return v.state === 'running' && v.hostId === hostB;
+      });
+      const p = await db.vm.findUniqueOrThrow({ where: { id: plain } });
+      assert.equal(p.state, 'lost');
+      assert.equal(p.hostId, hostA);
+      assert.match(p.stateReason ?? '', /not an HA VM/);
+      assert.equal(await db.evacuation.count({ where: { hostId: hostA } }), 2, 'no new evacuation');
     });
   });
 }

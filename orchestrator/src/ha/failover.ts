@@ -27,6 +27,7 @@ import { planEvacuation, planReturn, restartVerdict, type EvacuationPlan, type R
 import type { PlacementPolicy } from '../domain/placement.js';
 import { areaPlacementSnapshot, lockArea } from '../store/claims.js';
 import {
+  downHostsWithLeftovers,
   downHostsWithLostHaVms,
   hostForEvacuation,
   knownVms,
@@ -152,6 +153,7 @@ export async function sweepEvacuations(deps: FailoverDeps): Promise<{ planned: n
   const planned = await sweepPending(deps);
   let retried = 0;
   for (const hostId of await downHostsWithLostHaVms(deps.db)) retried += await retryLost(deps, hostId);
+  for (const hostId of await downHostsWithLeftovers(deps.db)) retried += await planLeftovers(deps, hostId);
   if (retried > 0) deps.kickTasks();
   return { planned, retried };
 }
@@ -181,6 +183,36 @@ async function retryLost(deps: FailoverDeps, hostId: string): Promise<number> {
         evacuationId: null,
       });
       if (moved.length > 0) deps.log.warn({ component: 'failover', host_id: hostId, moves: moved.length }, 'lost HA VMs fit now: recovering them');
+      return moved.length;
+    },
+    { timeout: 30_000 },
+  );
+}
+
+/**
+ * Plan the VMs a down host's evacuation skipped as busy and that have settled since (their task
+ * ended, leaving them on the dead host): HA ones restart elsewhere, the rest are lost — what the
+ * evacuation would have done had they been settled then. The episode's evacuation is planned, so
+ * its restart gate was passed already.
+ */
+async function planLeftovers(deps: FailoverDeps, hostId: string): Promise<number> {
+  return deps.db.$transaction(
+    async (tx) => {
+      const host = await hostForEvacuation(tx, hostId);
+      if (!host || host.state !== 'down') return 0;
+      await lockArea(tx, host.areaId);
+      const placement = await areaPlacementSnapshot(tx, host.areaId, deps.connected);
+      const vms = (await vmsForEvacuation(tx, host.id)).filter((v) => v.state === 'running' || v.state === 'stopped');
+      if (vms.length === 0) return 0;
+      const plan = planEvacuation({ placement, vms }, host.id, { policy: deps.placement });
+      const moved = await writeMoves(tx, host.id, plan.moves, ['running', 'stopped'], {
+        kind: VM_TASKS.recover,
+        maxAttempts: deps.taskMaxAttempts,
+        deadline: new Date(deps.clock.now() + deps.recoverTimeoutMs),
+        evacuationId: null,
+      });
+      const lost = await writeLost(tx, host.id, [...plan.unplaced, ...plan.lost], null);
+      deps.log.warn({ component: 'failover', host_id: hostId, moves: moved.length, lost: lost.length }, 'VMs left on a down host by a task that ended: evacuated now');
       return moved.length;
     },
     { timeout: 30_000 },

@@ -84,6 +84,23 @@ export async function downHostsWithLostHaVms(db: PrismaClient): Promise<string[]
   return rows.map((r) => r.hostId).filter((h): h is string => h !== null);
 }
 
+/**
+ * Down hosts whose episode's evacuation is planned but that still hold VMs in a settled state
+ * (running, stopped): VMs the plan skipped because a task was working on them (a drain's
+ * migration, say) and that task has ended since, leaving them on the dead host.
+ */
+export async function downHostsWithLeftovers(db: PrismaClient): Promise<string[]> {
+  const rows = await db.vm.findMany({
+    where: {
+      state: { in: ['running', 'stopped'] },
+      host: { state: 'down', evacuations: { some: { state: 'planned' }, none: { state: 'pending' } } },
+    },
+    distinct: ['hostId'],
+    select: { hostId: true },
+  });
+  return rows.map((r) => r.hostId).filter((h): h is string => h !== null);
+}
+
 /** Settings of the recover tasks a plan queues. */
 export interface RecoverTaskSettings {
   kind: string;
