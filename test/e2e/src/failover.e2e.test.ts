@@ -1,6 +1,7 @@
 // Host failure and evacuation, end to end (issue 11): a real orchestrator (PostgreSQL, NATS, the
 // REST API, the task worker, the agent link) and three real agent processes, each on its own
-// simulated host (libvirt's test driver through libvirtd), in one area.
+// simulated host (libvirt's test driver through libvirtd) and in its own network namespace
+// (ns-hosts.ts: it reaches the orchestrator's agent port over a bridge), in one area.
 //
 // Host A runs HA and non-HA VMs; its agent is SIGKILLed (with the test driver its domains die
 // with its connection: "a host's agent and its VMs"). After the lease it was granted plus the
@@ -28,6 +29,7 @@ import { createSimHost, createTestNet, ensureOvs, simDomainXml, type TestNet } f
 import type { Orchestrator } from '@kloudak/orchestrator';
 import { Cleanup } from '@kloudak/testkit';
 import { spawnAgentProcess, type AgentProcess } from './agent-process.js';
+import { createNamespaceFleet, type NamespaceFleet } from './ns-hosts.js';
 import { agentTestEnv, ApiClient, type Json } from './api-client.js';
 import { hostInventory, startTestOrchestrator } from './vm-harness.js';
 
@@ -41,6 +43,8 @@ const GIB = 1024 ** 3;
 describe('host failure: HA VMs restart on the other hosts of the area; a returning host is cleaned first', { timeout: 240_000 }, () => {
   const cleanup = new Cleanup();
   let orch: Orchestrator;
+  /** The three hosts' network namespaces around the orchestrator's agent address. */
+  let fleet: NamespaceFleet;
   let net: TestNet;
   let bridge: string;
   const agents = new Map<string, AgentProcess>();
@@ -59,7 +63,9 @@ describe('host failure: HA VMs restart on the other hosts of the area; a returni
     const known = agents.get(name);
     const dataDir = known?.dataDir ?? mkdtempSync(join(tmpdir(), `${RUN}-agent-`));
     if (!known) cleanup.add(async () => rmSync(dataDir, { recursive: true, force: true }));
-    const a = spawnAgentProcess(name, `127.0.0.1:${orch.agentPort}`, dataDir, { ...agentTestEnv(bridge), ...(joinToken ? { KLOUDAK_AGENT_JOIN_TOKEN: joinToken } : {}), ...env });
+    // Each host's agent in a network namespace of its own, reaching the orchestrator over the fleet's bridge.
+    const ns = fleet.hosts[[A, B, C].indexOf(name)]!.ns;
+    const a = spawnAgentProcess(name, `${fleet.orchestratorIp}:${orch.agentPort}`, dataDir, { ...agentTestEnv(bridge), ...(joinToken ? { KLOUDAK_AGENT_JOIN_TOKEN: joinToken } : {}), ...env }, ns);
     agents.set(name, a);
     cleanup.add(() => a.kill());
     return a;
@@ -114,7 +120,13 @@ describe('host failure: HA VMs restart on the other hosts of the area; a returni
   before(async () => {
     await ensureLibvirtd();
     await ensureOvs();
-    orch = await startTestOrchestrator(cleanup, 'kloudak_e2e_failover', ADMIN, { agentLeaseMs: LEASE_MS, agentDownMarginMs: MARGIN_MS });
+    fleet = await createNamespaceFleet(cleanup, 'kfo', 234, 3);
+    orch = await startTestOrchestrator(cleanup, 'kloudak_e2e_failover', ADMIN, {
+      agentLeaseMs: LEASE_MS,
+      agentDownMarginMs: MARGIN_MS,
+      agentHost: fleet.orchestratorIp,
+      agentTlsNames: fleet.orchestratorIp,
+    });
     await client.login(ADMIN);
     net = await createTestNet('ko-');
     cleanup.add(() => net.cleanup());
