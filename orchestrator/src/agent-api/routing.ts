@@ -275,7 +275,8 @@ export class CommandRouter implements AgentChannel {
     void (async () => {
       for await (const s of nc.status()) {
         if (s.type === 'disconnect' || s.type === 'close') {
-          if (this.natsUp) this.log.warn({ nats: s.type }, 'NATS is down: commands for hosts held by other instances wait here for a session until it is back');
+          // The connection this instance closes at shutdown is no outage.
+          if (this.natsUp && !this.closed) this.log.warn({ nats: s.type }, 'NATS is down: commands for hosts held by other instances wait here for a session until it is back');
           this.natsUp = false;
         } else if (s.type === 'reconnect') {
           this.natsUp = true;
