@@ -28,6 +28,7 @@ import { domainXml } from '../xml/domain.js';
 import { Fencer } from './fencer.js';
 import { Lease, type LeaseClock, type LeaseExpiry } from './lease.js';
 import { FenceStore } from './records.js';
+import { QemuPidfiles } from './qemu-pidfiles.js';
 import { isHaDomainXml, selfFence } from './self-fence.js';
 import { LeaseExpiredError, StartGate } from './start-gate.js';
 
@@ -186,6 +187,31 @@ describe('self-fencing of real domains on a simulated host', { timeout: 60_000 }
 
     await store.delete(file!);
     assert.equal(await store.count(), 0);
+  });
+
+  it('a destroy libvirt confirms too late still counts: the pid files show no QEMU left, the record names the domain', async () => {
+    await hv.start(domainName(ha));
+    const store = new FenceStore(join(dir, 'late-data'));
+    // Fault injection: libvirt destroys the domain but answers after the fence's 100 ms limit
+    // (a loaded host). No QEMU of it is left in the (empty) run dir, as after a real destroy.
+    const slow: Hypervisor = Object.create(hv) as Hypervisor;
+    slow.destroy = async (name: string) => {
+      await hv.destroy(name);
+      await new Promise((r) => setTimeout(r, 400));
+    };
+    const runDir = mkdtempSync(join(tmpdir(), 'kfence-run-'));
+    try {
+      const { record } = await selfFence(
+        { hypervisor: slow, store, log, libvirtTimeoutMs: 100, pidfiles: new QemuPidfiles({ runDir }) },
+        new Date(),
+        'lease expired',
+      );
+      assert.equal(await hv.state(domainName(ha)), 'shutoff');
+      assert.deepEqual(record.domains, [{ domainName: domainName(ha), vmId: ha, method: 'libvirt' }]);
+      assert.equal(record.failures, undefined);
+    } finally {
+      rmSync(runDir, { recursive: true, force: true });
+    }
   });
 
   it('on a read-only data dir it still destroys the HA domains, and logs that the record failed', async () => {

@@ -89,25 +89,42 @@ export async function selfFence(d: SelfFenceDeps, leaseExpiredAt: Date, reason: 
       if (!d.pidfiles) failures.push({ domainName: '*', error: why });
     } else {
       const noAnswer = new Set<string>();
+      /** HA domains whose destroy libvirt did not confirm in time (it may have happened all the same). */
+      const destroyUnconfirmed = new Set<string>();
       await Promise.all(
         domains
           .filter((dom) => !NOT_RUNNING.has(dom.state) && !destroyed.has(dom.name) && (o.only === undefined || o.only.has(dom.name)))
           .map(async (dom) => {
+            let destroying = false;
             try {
               if (!isHaDomainXml(await withTimeout(hv!.xml(dom.name), timeoutMs, 'reading the domain XML'))) return;
+              destroying = true;
               await withTimeout(hv!.destroy(dom.name), timeoutMs, 'destroying the domain');
               destroyed.set(dom.name, { vmId: vmIdOfDomain(dom.name) ?? '', method: 'libvirt' });
               d.log.warn({ vm_id: vmIdOfDomain(dom.name) ?? undefined, domain: dom.name }, 'fenced: destroyed HA domain');
             } catch (err) {
               if ((err as Error).name === 'NotFoundError') return; // gone meanwhile
-              if (d.pidfiles && isNoAnswer(err)) noAnswer.add(dom.name);
-              else failures.push({ domainName: dom.name, error: (err as Error).message });
+              if (d.pidfiles && isNoAnswer(err)) {
+                noAnswer.add(dom.name);
+                if (destroying) destroyUnconfirmed.add(dom.name);
+              } else failures.push({ domainName: dom.name, error: (err as Error).message });
             }
           }),
       );
       if (noAnswer.size > 0) {
         unanswered = noAnswer;
         why = 'libvirt stopped answering';
+      }
+      if (unanswered !== null && d.pidfiles) {
+        await killFromPidfiles(d, d.pidfiles, unanswered, why, destroyed, failures);
+        // The pid files showed no QEMU left to kill for these, and none failed: the destroy that
+        // libvirt answered too late did happen. This fence ended them; the report must say so.
+        for (const name of destroyUnconfirmed) {
+          if (destroyed.has(name) || failures.some((f) => f.domainName === name)) continue;
+          destroyed.set(name, { vmId: vmIdOfDomain(name) ?? '', method: 'libvirt' });
+          d.log.warn({ vm_id: vmIdOfDomain(name) ?? undefined, domain: name }, 'fenced: destroyed HA domain (libvirt answered late)');
+        }
+        unanswered = null;
       }
     }
     if (unanswered !== null && d.pidfiles) await killFromPidfiles(d, d.pidfiles, unanswered === 'all' ? o.only : unanswered, why, destroyed, failures);
