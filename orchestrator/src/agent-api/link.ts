@@ -607,8 +607,6 @@ export class AgentLink {
           }
         : undefined;
     if (!orphan) this.heartbeats.writtenWithState(t.hostId, this.deps.clock.now());
-    // The session open when the host was judged down (its stream may stay open: a frozen agent).
-    const sessionAtDown = t.to === 'down' && !orphan ? this.sessions.get(t.hostId) : undefined;
     this.queueWrite(t.hostId, async () => {
       let written: Awaited<ReturnType<typeof writeHostState>>;
       try {
@@ -631,13 +629,6 @@ export class AgentLink {
         return;
       }
       this.log.info({ host_id: t.hostId, from: t.from, to: t.to, orphan, ...(written.evacuation ? { evacuation_id: written.evacuation.id } : {}) }, 'host state written');
-      // A host declared down keeps no session: it shows as not connected, and if its agent is
-      // alive it must come back through Hello and the returning host's clean-up (its VMs may run
-      // elsewhere now), not by resuming heartbeats on a stream that went silent.
-      if (sessionAtDown && this.sessions.get(t.hostId) === sessionAtDown) {
-        this.log.warn({ host_id: t.hostId, session_id: sessionAtDown.id }, 'the host was declared down: its session ends');
-        sessionAtDown.end(grpc.status.UNAVAILABLE, 'this host was declared down (its lease ended); reconnect');
-      }
       if (written.evacuation) this.hooks?.hostDown(t.hostId, written.evacuation);
     });
   }
