@@ -64,8 +64,8 @@ function fixtures(): Array<{ model: Prisma.ModelName; key: string; data: Record<
     { model: 'Network', key: 'id', data: { id: net, workspaceId: ws, areaId: area, name: 'n1', description: 'x', state: 'active', subnet: '192.168.7.0/24', gateway: '192.168.7.1', lastTaskId: task }, change: { state: 'deleting' } },
     {
       model: 'Vm', key: 'id',
-      data: { id: vm, workspaceId: ws, name: 'vm1', description: 'x', areaId: area, templateId: tpl, hostId: host, poolId: pool, cpu: 2, ramMb: 1024, diskGb: 10, haEnabled: false, state: 'lost', stateReason: 'not HA', sshKeys: ['ssh-ed25519 AAAA x'], userData: '#cloud-config\n', lastTaskId: task },
-      change: { state: 'recovering' },
+      data: { id: vm, workspaceId: ws, name: 'vm1', description: 'x', areaId: area, templateId: tpl, hostId: host, poolId: pool, cpu: 2, ramMb: 1024, diskGb: 10, haEnabled: false, state: 'lost', stateReason: 'not HA', sshKeys: ['ssh-ed25519 AAAA x'], userData: '#cloud-config\n', lastTaskId: task, migratingToHostId: host },
+      change: { state: 'migrating' },
     },
     { model: 'VmInterface', key: 'id', data: { id: id(), vmId: vm, networkId: net, mac: '52:54:00:00:00:01', ip: '10.9.0.5', position: 2 }, change: { ip: '10.9.0.6' } },
     { model: 'IpAllocation', key: 'id', data: { id: id(), areaId: area, scope: `network:${net}`, address: '10.9.0.5', networkId: net, vmId: vm }, change: { address: '10.9.0.7' } },
