@@ -241,6 +241,18 @@ describe('command routing between two orchestrators (postgres, NATS)', () => {
       const { hostId, agent } = await hostOn(c);
       // C still holds the session and its registration, but nobody listens on its subject.
       await c.nats.close();
+      // The server drops C's subscription once it has handled the disconnect: until then a request
+      // still reaches the closing connection (and times out as if C might have acted on it).
+      const noResponders = async () =>
+        a.nats.request(c.instance.subject, '', { timeout: 500 }).then(
+          () => false,
+          (err: unknown) => (err as { isNoResponders?: () => boolean }).isNoResponders?.() === true,
+        );
+      const until = Date.now() + 5000;
+      while (!(await noResponders())) {
+        assert.ok(Date.now() < until, "the NATS server still routes to C's subject 5 s after C closed");
+        await new Promise((res) => setTimeout(res, 50));
+      }
       const t0 = performance.now();
       const r = await within(a.agents.sendCommand(hostId, { action: { kind: 'getInventory' } }, { deadline: Date.now() + 1500 }), 5000, 'the deadline result');
       assert.equal(r.ok, false);
