@@ -292,8 +292,10 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     cleanup.add(() => again.kill());
     await waitFor(async () => {
       const h = await host(a.name);
-      return h['connected'] === true && h['agentStartedAt'] !== before['agentStartedAt'];
-    }, 20_000, 'a new session with a new agent start time');
+      // `up` too: the new session's state write follows its Hello (the host may have gone
+      // suspect while no agent ran), so a check right after the session opens can race it.
+      return h['connected'] === true && h['agentStartedAt'] !== before['agentStartedAt'] && h['state'] === 'up';
+    }, 20_000, 'a new session with a new agent start time, and the host up');
     const h = await host(a.name);
     assert.equal(h['id'], before['id'], 'the same host, not a new one');
     assert.equal(h['state'], 'up');
