@@ -152,8 +152,8 @@ async function planOne(deps: FailoverDeps, evacuationId: string): Promise<Evacua
 export async function sweepEvacuations(deps: FailoverDeps): Promise<{ planned: number; retried: number }> {
   const planned = await sweepPending(deps);
   let retried = 0;
-  for (const hostId of await downHostsWithLostHaVms(deps.db)) retried += await retryLost(deps, hostId);
-  for (const hostId of await downHostsWithLeftovers(deps.db)) retried += await planLeftovers(deps, hostId);
+  for (const hostId of await downHostsWithLostHaVms(deps.db)) retried += await replanDownHost(deps, hostId, 'lost');
+  for (const hostId of await downHostsWithLeftovers(deps.db)) retried += await replanDownHost(deps, hostId, 'leftovers');
   if (retried > 0) deps.kickTasks();
   return { planned, retried };
 }
@@ -166,53 +166,37 @@ async function sweepPending(deps: FailoverDeps): Promise<number> {
   return planned;
 }
 
-async function retryLost(deps: FailoverDeps, hostId: string): Promise<number> {
-  return deps.db.$transaction(
-    async (tx) => {
-      const host = await hostForEvacuation(tx, hostId);
-      if (!host || host.state !== 'down') return 0;
-      await lockArea(tx, host.areaId);
-      const placement = await areaPlacementSnapshot(tx, host.areaId, deps.connected);
-      const vms = (await vmsForEvacuation(tx, host.id)).filter((v) => v.state === 'lost' && v.ha);
-      const plan = planEvacuation({ placement, vms }, host.id, { policy: deps.placement, retryLost: true });
-      if (plan.moves.length === 0) return 0;
-      const moved = await writeMoves(tx, host.id, plan.moves, ['lost'], {
-        kind: VM_TASKS.recover,
-        maxAttempts: deps.taskMaxAttempts,
-        deadline: new Date(deps.clock.now() + deps.recoverTimeoutMs),
-        evacuationId: null,
-      });
-      if (moved.length > 0) deps.log.warn({ component: 'failover', host_id: hostId, moves: moved.length }, 'lost HA VMs fit now: recovering them');
-      return moved.length;
-    },
-    { timeout: 30_000 },
-  );
-}
-
 /**
- * Plan the VMs a down host's evacuation skipped as busy and that have settled since (their task
- * ended, leaving them on the dead host): HA ones restart elsewhere, the rest are lost — what the
- * evacuation would have done had they been settled then. The episode's evacuation is planned, so
- * its restart gate was passed already.
+ * Plan again the VMs still on a down host, in one of two cases:
+ * - `lost`: its lost HA VMs, which may fit somewhere now;
+ * - `leftovers`: VMs its evacuation skipped as busy and that have settled since (their task ended,
+ *   leaving them on the dead host): HA ones restart elsewhere, the rest are lost — what the
+ *   evacuation would have done had they been settled then. The episode's evacuation is planned,
+ *   so its restart gate was passed already.
  */
-async function planLeftovers(deps: FailoverDeps, hostId: string): Promise<number> {
+async function replanDownHost(deps: FailoverDeps, hostId: string, which: 'lost' | 'leftovers'): Promise<number> {
+  const lost = which === 'lost';
   return deps.db.$transaction(
     async (tx) => {
       const host = await hostForEvacuation(tx, hostId);
       if (!host || host.state !== 'down') return 0;
       await lockArea(tx, host.areaId);
       const placement = await areaPlacementSnapshot(tx, host.areaId, deps.connected);
-      const vms = (await vmsForEvacuation(tx, host.id)).filter((v) => v.state === 'running' || v.state === 'stopped');
+      const vms = (await vmsForEvacuation(tx, host.id)).filter((v) => (lost ? v.state === 'lost' && v.ha : v.state === 'running' || v.state === 'stopped'));
       if (vms.length === 0) return 0;
-      const plan = planEvacuation({ placement, vms }, host.id, { policy: deps.placement });
-      const moved = await writeMoves(tx, host.id, plan.moves, ['running', 'stopped'], {
+      const plan = planEvacuation({ placement, vms }, host.id, { policy: deps.placement, retryLost: lost });
+      const moved = await writeMoves(tx, host.id, plan.moves, lost ? ['lost'] : ['running', 'stopped'], {
         kind: VM_TASKS.recover,
         maxAttempts: deps.taskMaxAttempts,
         deadline: new Date(deps.clock.now() + deps.recoverTimeoutMs),
         evacuationId: null,
       });
-      const lost = await writeLost(tx, host.id, [...plan.unplaced, ...plan.lost], null);
-      deps.log.warn({ component: 'failover', host_id: hostId, moves: moved.length, lost: lost.length }, 'VMs left on a down host by a task that ended: evacuated now');
+      if (lost) {
+        if (moved.length > 0) deps.log.warn({ component: 'failover', host_id: hostId, moves: moved.length }, 'lost HA VMs fit now: recovering them');
+      } else {
+        const left = await writeLost(tx, host.id, [...plan.unplaced, ...plan.lost], null);
+        deps.log.warn({ component: 'failover', host_id: hostId, moves: moved.length, lost: left.length }, 'VMs left on a down host by a task that ended: evacuated now');
+      }
       return moved.length;
     },
     { timeout: 30_000 },
