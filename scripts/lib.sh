@@ -226,6 +226,13 @@ ensure_node() {
     major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"
   fi
   if [ "$major" -ge "$NODE_MIN_MAJOR" ] && [ "$(command -v node)" != "$NODE_CACHE_DIR/bin/node" ]; then
+    # That node's own headers, where it carries them (an official build, or another checkout's
+    # .cache/node put on PATH as the README says): otherwise node-gyp takes /usr/include/node,
+    # which on Debian 12 are Node 20's, and systemd-journald fails to load (seen: NODE_MODULE_VERSION
+    # 115 against 137).
+    local prefix
+    prefix="$(node -p 'require("path").resolve(process.execPath, "../..")')"
+    [ -f "$prefix/include/node/node_version.h" ] && export npm_config_nodedir="$prefix"
     return 0
   fi
   if [ ! -x "$NODE_CACHE_DIR/bin/node" ]; then

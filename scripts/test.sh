@@ -114,7 +114,28 @@ fi
 # --test-timeout: in Node 20 it bounds each test FILE, so a hung file is cancelled and reported
 # and the run still ends with its summary (a killed runner would print none).
 # spec reporter prints node's own summary lines (ℹ tests / ℹ pass / ℹ fail) that CI reads.
-step "tests (${#files[@]} files)" node --test --test-concurrency=1 --test-reporter=spec \
+# run_node_tests ARGS... — node --test ARGS, its output kept aside. A file that fails as a whole
+# (a crash, an uncaught error after its tests ended) is summed up by node as only "'test failed'";
+# what explains it was printed just before that file's ✖ line, often far above the summary a CI
+# excerpt shows. So, when the run fails, the lines before each such ✖ line are repeated at the end.
+run_node_tests() {
+  local out rc=0
+  out="$(mktemp "${TMPDIR:-/tmp}/kloudak-tests.XXXXXX")"
+  node --test "$@" 2>&1 | tee "$out" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    awk -v keep=30 '
+      /^✖ failing tests:/ { exit }
+      /^✖ .*\.test\.js \(/ {
+        printf "\n=== what was printed before %s ended:\n", $2
+        for (i = (n > keep ? n - keep : 0); i < n; i++) print "  " substr(buf[i % keep], 1, 500)
+      }
+      { buf[n % keep] = $0; n++ }' "$out"
+  fi
+  rm -f "$out"
+  return "$rc"
+}
+
+step "tests (${#files[@]} files)" run_node_tests --test-concurrency=1 --test-reporter=spec \
   --test-timeout="${KLOUDAK_TEST_TIMEOUT_MS:-300000}" \
   "${node_opts[@]+"${node_opts[@]}"}" "${files[@]}"
 

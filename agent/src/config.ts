@@ -73,6 +73,13 @@ export const AgentConfigSchema = Type.Object(
      * host's; a libvirtd on another socket keeps its pid files elsewhere).
      */
     qemuRunDir: Type.Optional(Type.String({ minLength: 1 })),
+    /**
+     * Run the fence guard (fence/guard.ts) where there is a qemuRunDir: a process beside the agent
+     * that kills the HA QEMUs when the lease is over and the agent (hung, stopped) has not.
+     */
+    fenceGuard: Type.Boolean({ default: true }),
+    /** How long after the lease's end the guard leaves the agent's own fence to finish first. */
+    fenceGuardGraceMs: Type.Integer({ minimum: 0, maximum: 60_000, default: 1000 }),
     /** Renew the client certificate once less than this fraction of its validity is left. */
     certRenewFraction: Type.Number({ minimum: 0.01, maximum: 0.9, default: 1 / 3 }),
     /** How long SIGTERM waits for running commands. */
@@ -125,6 +132,8 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_AGENT_FENCE_LEASE_MS: 'fenceLeaseMs',
   KLOUDAK_AGENT_FENCE_LIBVIRT_TIMEOUT_MS: 'fenceLibvirtTimeoutMs',
   KLOUDAK_AGENT_QEMU_RUN_DIR: 'qemuRunDir',
+  KLOUDAK_AGENT_FENCE_GUARD: 'fenceGuard',
+  KLOUDAK_AGENT_FENCE_GUARD_GRACE_MS: 'fenceGuardGraceMs',
   KLOUDAK_AGENT_CERT_RENEW_FRACTION: 'certRenewFraction',
   KLOUDAK_AGENT_POOL_LEASES: 'poolLeases',
   KLOUDAK_AGENT_DRAIN_TIMEOUT_MS: 'drainTimeoutMs',

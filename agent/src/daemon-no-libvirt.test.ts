@@ -19,6 +19,7 @@ import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import { pino } from 'pino';
 import { DEFAULT_QEMU_RUN_DIR, loadAgentConfig } from './config.js';
 import { startAgent, type AgentHandle } from './daemon.js';
+import { bootId, hostMonoMs, type LeaseState } from './fence/lease-state.js';
 import { FenceStore, type StoredFenceRecord } from './fence/records.js';
 import { enroll } from './link/enroll.js';
 import { makeJoinToken, makeTestCa, TestOrchestrator } from './link/test-orchestrator.js';
@@ -73,6 +74,19 @@ describe('self-fencing without libvirtd: QEMU killed from its pid file', { timeo
     });
   }
 
+  /**
+   * Starts an agent whose libvirtd is absent (its socket leads nowhere), fencing from `runDir`: its
+   * start waits for libvirt until `stop` is aborted. `t0`: when it was started.
+   */
+  function startWithoutLibvirt(dataDir: string, runDir: string, over: NodeJS.ProcessEnv = {}) {
+    const cfg = config(dataDir, { KLOUDAK_AGENT_LIBVIRT_SOCKET: join(dir, 'no-libvirtd.sock'), KLOUDAK_AGENT_QEMU_RUN_DIR: runDir, ...over });
+    const stop = new AbortController();
+    const t0 = performance.now();
+    const starting = startAgent(cfg, { log, signal: stop.signal, fenceRetryMs: 100, backoff: { initialMs: 100, maxMs: 500 } });
+    starting.catch(() => undefined);
+    return { stop, t0, starting };
+  }
+
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'knolv-'));
     writeFileSync(join(dir, 'none.yaml'), '# empty\n');
@@ -108,11 +122,7 @@ describe('self-fencing without libvirtd: QEMU killed from its pid file', { timeo
     writeFileSync(join(runDir, `${domainName(staleId)}.xml`), statusXml(staleId, true, other.pid!));
 
     const dataDir = await enrolledDataDir('absent');
-    const cfg = config(dataDir, { KLOUDAK_AGENT_LIBVIRT_SOCKET: join(dir, 'no-libvirtd.sock'), KLOUDAK_AGENT_QEMU_RUN_DIR: runDir });
-    const stop = new AbortController();
-    const t0 = performance.now();
-    const starting = startAgent(cfg, { log, signal: stop.signal, fenceRetryMs: 100, backoff: { initialMs: 100, maxMs: 500 } });
-    starting.catch(() => undefined);
+    const { stop, t0, starting } = startWithoutLibvirt(dataDir, runDir);
     try {
       const { record } = await firstRecord(dataDir, LEASE_MS + 5000);
       const after = performance.now() - t0;
@@ -136,6 +146,30 @@ describe('self-fencing without libvirtd: QEMU killed from its pid file', { timeo
       await Promise.all(qemus.map((q) => q.exited));
     }
     assert.equal((await new FenceStore(dataDir).finished()).length, 1, 'one fence, and no more once the start was stopped');
+  });
+
+  it('a restarted agent’s provisional lease ends where the previous process’s lease ended (lease.json), not a whole lease later', async () => {
+    const runDir = join(dir, 'run-qemu-restart');
+    mkdirSync(runDir);
+    const ha = await startRunDirQemu(runDir, randomUUID(), true);
+    children.push(ha.child);
+    const dataDir = await enrolledDataDir('restarted');
+    const LEFT_MS = 300;
+    const state: LeaseState = { bootId: bootId(), endHostMonoMs: hostMonoMs() + LEFT_MS, pid: 1 };
+    writeFileSync(join(dataDir, 'lease.json'), JSON.stringify(state));
+    const { stop, t0, starting } = startWithoutLibvirt(dataDir, runDir, { KLOUDAK_AGENT_FENCE_GUARD: 'false' });
+    try {
+      const { record } = await firstRecord(dataDir, LEASE_MS + 5000);
+      const after = performance.now() - t0;
+      assert.ok(after < LEASE_MS - 300, `fenced ${after.toFixed(0)} ms after the start: at the recorded end, not a whole lease (${LEASE_MS} ms) later`);
+      assert.equal(await ha.exited, 'SIGKILL');
+      assert.deepEqual(record.domains, [{ domainName: ha.name, vmId: ha.vmId, method: 'pidfile' }]);
+    } finally {
+      stop.abort();
+      await starting.catch(() => undefined);
+      ha.child.kill('SIGKILL');
+      await ha.exited;
+    }
   });
 
   it('libvirtd frozen (SIGSTOP) after the agent connected: its calls time out and the HA QEMU is killed from libvirt’s pid file', async () => {

@@ -222,12 +222,51 @@ describe('agent daemon ↔ test orchestrator (mTLS, simulated host)', { timeout:
     assert.ok(agent.lease.valid, 'the lease is held again');
   });
 
-  it('stops gracefully: the stream is closed and libvirt released', async () => {
+  it('stops gracefully: says Goodbye with the VMs it leaves running and, acknowledged, exits at once without fencing', async () => {
     assert.ok(agent);
     const s = orch.current();
-    await agent.stop();
+    // The HA domain, fenced above, runs again.
+    const start = await orch.command({ deadline: undefined, vmId: haId, action: { $case: 'startVm', startVm: {} } });
+    assert.equal(start.ok, true, JSON.stringify(start.error));
+    const records = await agent.fenceStore.count();
+    const t0 = Date.now();
+    await agent.stop('SIGTERM');
+    const took = Date.now() - t0;
+    const bye = orch.all('goodbye').at(-1)?.goodbye;
+    assert.deepEqual([...(bye?.runningVmIds ?? [])].sort(), [haId, plainId].sort(), 'both domains are left running');
+    assert.equal(bye?.reason, 'SIGTERM');
+    assert.ok(took < LEASE_MS, `stopped in ${took} ms, without waiting for the lease`);
     await orch.waitFor('the session to end', () => (s?.ended ? true : undefined), 5000);
     assert.equal(agent.libvirt.state, 'closed');
+    assert.equal(await agent.fenceStore.count(), records, 'nothing fenced');
     agent = undefined;
+  });
+
+  it('a Goodbye the orchestrator does not acknowledge: it waits for the lease’s end and fences its HA domain before it exits', async () => {
+    orch.ackGoodbye = false;
+    try {
+      const a = await startAgent(config(join(dir, 'data'), undefined), { log, backoff: { initialMs: 100, maxMs: 1000 }, fenceRetryMs: 100 });
+      agent = a;
+      const sessions = orch.sessions.length;
+      await orch.waitFor('a granted session', () => (orch.sessions.length > sessions && a.status().connected && a.lease.valid ? true : undefined));
+      // The test driver's domains lived in the last agent's connection: this one makes its own.
+      const ha = randomUUID();
+      const made = await orch.command({ deadline: undefined, vmId: ha, action: { $case: 'createVm', createVm: vmSpec(true) } });
+      assert.equal(made.ok, true, JSON.stringify(made.error));
+      const records = await a.fenceStore.count();
+      const fenced = a.fencing();
+      const t0 = Date.now();
+      await a.stop('SIGTERM');
+      const took = Date.now() - t0;
+      assert.deepEqual(orch.all('goodbye').at(-1)?.goodbye.runningVmIds, [ha]);
+      assert.equal(await fenced, true, 'every HA domain destroyed before the exit');
+      assert.ok(took >= LEASE_MS - 1000 && took < LEASE_MS + 6000, `stopped after ${took} ms: at the lease's end`);
+      const list = await a.fenceStore.list();
+      assert.equal(list.length, records + 1);
+      assert.deepEqual(list.at(-1)?.record.domains.map((d) => d.domainName), [domainName(ha)]);
+      agent = undefined;
+    } finally {
+      orch.ackGoodbye = true;
+    }
   });
 });

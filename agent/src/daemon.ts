@@ -6,6 +6,7 @@
  * {@link runDaemon} adds signals, sd_notify and the exit code for main.ts.
  */
 import { mkdir } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import { Libvirt } from '@kloudak/libvirt';
 import { ConfigError, watchLifeline, type Lifeline } from '@kloudak/common';
 import type { Logger } from 'pino';
@@ -13,6 +14,8 @@ import { IsoSeedBuilder } from './cloudinit/seed.js';
 import { hostSettingsOf, isSimulatedHost, loadAgentConfig, type AgentConfig } from './config.js';
 import { Lease, systemLeaseClock, type LeaseClock, type LeaseExpiry } from './fence/lease.js';
 import { Fencer } from './fence/fencer.js';
+import { GuardHandle } from './fence/guard-process.js';
+import { bootId, hostMonoMs, LeaseStateFile, provisionalLeaseMs } from './fence/lease-state.js';
 import { QemuPidfiles } from './fence/qemu-pidfiles.js';
 import { FenceStore } from './fence/records.js';
 import { StartGate } from './fence/start-gate.js';
@@ -35,6 +38,12 @@ import { HostTelemetry } from './telemetry/inventory.js';
 import { ProcSampler } from './telemetry/proc.js';
 import { AGENT_VERSION } from './version.js';
 
+/**
+ * The provisional lease of an agent whose previous process's lease is already over: time to reach
+ * the orchestrator, whose returning-host clean-up then decides (fence/lease-state.ts).
+ */
+const OVERDUE_LEASE_MS = 5000;
+
 /** Replaceable parts of the daemon (tests; everything has a real default). */
 export interface AgentDeps {
   log?: Logger;
@@ -52,6 +61,13 @@ export interface AgentDeps {
   fenceRetryMs?: number;
   /** Aborts a start that is still waiting (for enrollment or libvirt). */
   signal?: AbortSignal;
+  /**
+   * The agent's main module, forked as `fence-guard` (default: dist/main.js beside this file;
+   * runDaemon passes its own, which is the bundle in the RPM).
+   */
+  guardEntry?: string;
+  /** The fence guard's sweep period (default 250 ms). */
+  guardPollMs?: number;
 }
 
 /** A running agent. */
@@ -70,10 +86,11 @@ export interface AgentHandle {
   /** Resolves after the next self-fencing finishes: whether it destroyed every HA domain (tests wait on it). */
   fencing(): Promise<boolean>;
   /**
-   * Stops taking commands, lets running ones finish (up to `drainTimeoutMs`), closes the stream
-   * and libvirt. Idempotent.
+   * Stops taking commands, lets running ones finish (up to `drainTimeoutMs`), says Goodbye with
+   * the VMs it leaves running, closes the stream and libvirt. Idempotent. `reason` goes with the
+   * Goodbye (the signal, for instance).
    */
-  stop(): Promise<void>;
+  stop(reason?: string): Promise<void>;
 }
 
 async function sleep(ms: number, signal?: AbortSignal): Promise<void> {
@@ -214,9 +231,48 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
     }
     fencer.onExpire(e);
   };
-  lease = new Lease({ maxMs: cfg.fenceLeaseMs, clock: deps.clock ?? systemLeaseClock, onExpire });
-  lease.startProvisional();
-  flog.info({ lease_ms: cfg.fenceLeaseMs, qemu_run_dir: cfg.qemuRunDir ?? null }, 'provisional lease armed');
+  // The lease's end on the host's clock (fence/lease-state.ts): for the next agent process, whose
+  // provisional lease ends where this one's does, and for the fence guard (fence/guard.ts), which
+  // kills the HA QEMUs if this process hangs past it. Only on the real clock: a test's clock means
+  // nothing to another process.
+  const realClock = deps.clock === undefined;
+  const leaseState = realClock ? new LeaseStateFile(cfg.dataDir, (err) => flog.warn({ err }, 'cannot record the lease end')) : null;
+  const previousLease = leaseState ? await leaseState.load() : null;
+  let guard: GuardHandle | null = null;
+  if (realClock && cfg.fenceGuard && cfg.qemuRunDir !== undefined) {
+    guard = new GuardHandle({
+      entry: deps.guardEntry ?? fileURLToPath(new URL('./main.js', import.meta.url)),
+      settings: {
+        runDir: cfg.qemuRunDir,
+        dataDir: cfg.dataDir,
+        graceMs: cfg.fenceGuardGraceMs,
+        ...(deps.guardPollMs !== undefined ? { pollMs: deps.guardPollMs } : {}),
+        logLevel: cfg.logLevel,
+        logTarget: cfg.logTarget,
+        underSystemd: cfg.underSystemd,
+      },
+      log: flog,
+    });
+    guard.start();
+  }
+  const onLeaseChange = (endMono: number): void => {
+    if (!realClock) return;
+    const endHost = hostMonoMs() + (endMono - systemLeaseClock.now());
+    leaseState?.save(endHost);
+    guard?.lease(endHost);
+  };
+  lease = new Lease({ maxMs: cfg.fenceLeaseMs, clock: deps.clock ?? systemLeaseClock, onExpire, onChange: onLeaseChange });
+  const provisionalMs = provisionalLeaseMs(previousLease, { bootId: bootId(), nowHostMonoMs: hostMonoMs(), maxMs: cfg.fenceLeaseMs, overdueMs: OVERDUE_LEASE_MS });
+  lease.startProvisional(provisionalMs);
+  flog.info(
+    { lease_ms: provisionalMs, max_lease_ms: cfg.fenceLeaseMs, previous_lease: previousLease ? 'recorded' : 'none', qemu_run_dir: cfg.qemuRunDir ?? null, fence_guard: guard !== null },
+    'provisional lease armed',
+  );
+  const releaseLease = async (): Promise<void> => {
+    lease.stop();
+    await guard?.release();
+    await leaseState?.flush();
+  };
 
   let identity: Identity;
   let lv: Libvirt;
@@ -225,7 +281,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
     lv = await connectLibvirt(cfg, log.child({ host_id: identity.hostId }), abort.signal);
   } catch (err) {
     // Not started: no lease is left behind (a fence already running finishes first).
-    lease.stop();
+    await releaseLease();
     await fencer.idle();
     throw err;
   }
@@ -323,14 +379,42 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
     poolLeases,
     status: () => link.status(),
     fencing: () => fencer.fenced(),
-    stop: () => {
+    stop: (reason = 'stopped') => {
       stopping ??= (async () => {
         abort.abort();
         dispatcher.stopAccepting();
         const drained = await dispatcher.drain(cfg.drainTimeoutMs);
         if (!drained) hlog.warn({ in_flight: dispatcher.inFlight }, 'commands still running at shutdown');
+        // The VMs stay up after a clean stop, with nothing to fence them: only once the
+        // orchestrator has recorded that it must not restart them elsewhere (proto Goodbye; its
+        // answer is awaited until the lease ends, heartbeats stopped). Without its word (no
+        // session, no answer, libvirt unreadable) the HA domains are fenced when the lease ends,
+        // as a running agent cut off from the orchestrator would, before the agent exits; the
+        // guard stays armed meanwhile.
+        // A libvirtd that does not answer must not hold the stop: then nothing is known to be
+        // left running, and the stop goes on as if the orchestrator had not answered.
+        let timer: NodeJS.Timeout | undefined;
+        const running = await Promise.race([
+          telemetry.inventory().then((inv) => inv.domains.filter((d) => d.vmId !== '' && !STOPPED_DOMAIN_STATES.has(d.state)).map((d) => d.vmId)),
+          new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`libvirt did not list the domains within ${STOP_LIST_TIMEOUT_MS} ms`)), STOP_LIST_TIMEOUT_MS))),
+        ]).catch((err: unknown) => {
+          hlog.warn({ err }, 'cannot list the running domains to say Goodbye');
+          return null;
+        });
+        clearTimeout(timer);
+        // Registered before the lease can end during the wait for the answer.
+        const fenced = running?.length === 0 ? null : fencer.fenced();
+        const settled = running !== null && (await link.goodbye(running, reason, Math.max(0, lease.remainingMs() ?? 0)));
         await link.stop();
-        lease.stop();
+        if (!settled && fenced) {
+          hlog.warn(
+            { lease_ends_in_ms: Math.max(0, Math.round(lease.remainingMs() ?? 0)) },
+            'the orchestrator did not acknowledge the Goodbye: the HA domains are fenced when the lease ends, before the agent exits',
+          );
+          if (lease.valid) await fenced;
+          await fencer.idle();
+        }
+        await releaseLease();
         await poolLeases?.stop();
         await events.unsubscribe().catch(() => undefined);
         await fencer.idle();
@@ -341,6 +425,12 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
     },
   };
 }
+
+/** How long a stopping agent waits for libvirt to list its domains (for its Goodbye). */
+const STOP_LIST_TIMEOUT_MS = 3000;
+
+/** Domain states without a QEMU process: what a Goodbye does not count as left running. */
+const STOPPED_DOMAIN_STATES: ReadonlySet<string> = new Set(['shutoff', 'crashed', 'nostate']);
 
 /** The daemon for main.ts: config, logger, startAgent, sd_notify, SIGTERM/SIGINT. Returns the exit code. */
 export async function runDaemon(argv: string[]): Promise<number> {
@@ -376,7 +466,8 @@ export async function runDaemon(argv: string[]): Promise<number> {
   process.once('SIGINT', onEarlySignal);
   lifelineLost.signal.addEventListener('abort', onEarlySignal);
   try {
-    handle = await startAgent(cfg, { log, runner, signal: early.signal });
+    // process.argv[1]: this very program (dist/main.js, or the RPM's bundle), forked as the fence guard.
+    handle = await startAgent(cfg, { log, runner, signal: early.signal, ...(process.argv[1] ? { guardEntry: process.argv[1] } : {}) });
   } catch (err) {
     // Stopped while still waiting for the orchestrator or libvirt: a requested stop, not a failure.
     if (early.signal.aborted) {
@@ -398,9 +489,11 @@ export async function runDaemon(argv: string[]): Promise<number> {
     return 0;
   }
   await notify.ready().catch((err: unknown) => log.warn({ err }, 'sd_notify READY failed'));
+  let stopReason = 'stopped';
   await new Promise<void>((resolve) => {
     const onSignal = (sig: string): void => {
       log.info({ signal: sig }, 'shutting down');
+      stopReason = sig;
       resolve();
     };
     process.once('SIGTERM', () => onSignal('SIGTERM'));
@@ -410,6 +503,6 @@ export async function runDaemon(argv: string[]): Promise<number> {
   });
   lifeline?.close();
   await notify.stopping().catch((err: unknown) => log.warn({ err }, 'sd_notify STOPPING failed'));
-  await handle.stop();
+  await handle.stop(stopReason);
   return 0;
 }

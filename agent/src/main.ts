@@ -11,6 +11,19 @@ if (argv.includes('--version') || argv.includes('-V')) {
   process.exit(0);
 }
 
+// The fence guard (fence/guard.ts): the agent forks this same program with `fence-guard`.
+else if (argv[0] === 'fence-guard') {
+  void import('./fence/guard-process.js')
+    .then(({ runFenceGuard }) => runFenceGuard())
+    .then(
+      (code) => process.exit(code),
+      (err: unknown) => {
+        process.stderr.write(`kloudak-agent fence-guard: ${(err as Error)?.stack ?? String(err)}\n`);
+        process.exit(1);
+      },
+    );
+}
+
 // The daemon is imported lazily so that `--version` never pays for (or fails on) its modules.
 // No top-level await: the file must also bundle to CommonJS (esbuild --format=cjs).
 else {

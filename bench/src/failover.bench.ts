@@ -4,10 +4,11 @@
 //
 // The system is the one test/e2e/src/failover.e2e.test.ts drives, at the DEFAULT settings: an
 // orchestrator in this process (PostgreSQL, NATS, REST, task engine, agent link; heartbeat, lease,
-// margin, liveness tick and task timings all left at their defaults) and three real agent
-// processes (agent/dist/main.js), each on its own simulated host (libvirt's test driver through
-// libvirtd), in one area. Each agent dials the orchestrator through a TCP relay of its own
-// (@kloudak/e2e/relay) so the partition run can cut it.
+// margin, liveness tick and task timings all left at their defaults) and three hosts, each a
+// network namespace with its own real agent process (agent/dist/main.js) on its own simulated host
+// (libvirt's test driver through libvirtd), in one area. Each agent reaches the orchestrator's
+// agent port only over its namespace's veth into a bridge (@kloudak/e2e/ns-hosts, 10.239.0.0/24
+// behind a root-namespace blackhole route), so the partition run can cut it.
 //
 // THE SHARED POOL, as in failover.e2e: a test-driver host's pool is private to its agent's
 // connection, so once the VMs exist on the host that will die, the two others are restarted with
@@ -35,11 +36,12 @@
 // the kill, so this may be negative) plus the restart cost, against the bare restart work; and
 // the target check (p50 and max ≤ 30 s).
 //
-// Then one PARTITION run (BENCH_PARTITION=0 skips it): V's relay is cut instead of killing V, so
-// V's agent keeps running, loses its lease and fences its 30 HA domains itself. From V's log: when
+// Then one PARTITION run (BENCH_PARTITION=0 skips it): V's veth is set down instead of killing V
+// (every packet between V and the orchestrator is lost; neither end sees a reset), so V's agent
+// keeps running, loses its lease and fences its 30 HA domains itself. From V's log: when
 // its lease ended (its own monotonic clock), when the fence started and when it finished — the
 // fence duration and the slack left before the orchestrator declared V down (must be > 0: the
-// margin's purpose). Then the relay heals; V comes back and its fenced domains are evicted.
+// margin's purpose). Then the veth is set up again; V comes back and its fenced domains are evicted.
 //
 // Environment:
 //   BENCH_RUNS       failover runs (default 10)
@@ -56,11 +58,11 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { rootVolumeName } from '@kloudak/agent';
-import { createSimHost, createTestNet, ensureOvs } from '@kloudak/agent/testing';
+import { createSimHost, ensureOvs } from '@kloudak/agent/testing';
 import { AGENT_MAIN, spawnAgentProcess, type AgentProcess } from '@kloudak/e2e/agent-process';
 import { agentHostEnv, ApiClient, jsonLines, must, type Json } from '@kloudak/e2e/api-client';
-import { Relay } from '@kloudak/e2e/relay';
-import { hostInventory, startInProcessOrchestrator } from '@kloudak/e2e/vm-harness';
+import { createNamespaceFleet, type NamespaceFleet, type NamespaceHostNet } from '@kloudak/e2e/ns-hosts';
+import { createNetwork, hostInventory, joinToken, setUpSimArea, startInProcessOrchestrator } from '@kloudak/e2e/vm-harness';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import type { CommandAction, Orchestrator } from '@kloudak/orchestrator';
 import { benchCleanup, envNumber, machine, machineBusyPct, onCleanup, progress, quantile, runBench, runCleanups, table, writeResults } from './harness.js';
@@ -86,12 +88,12 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const fmt = (ms: number) => (Number.isFinite(ms) ? (ms / 1000).toFixed(2) : '-');
 const at = (s: unknown) => (typeof s === 'string' ? Date.parse(s) : s instanceof Date ? s.getTime() : NaN);
 
-/** One simulated host: its node-file dir, its agent's identity dir, its relay, its agent now. */
+/** One simulated host: its node-file dir, its agent's identity dir, its network namespace, its agent now. */
 interface SimAgent {
   name: string;
   dir: string;
   dataDir: string;
-  relay: Relay;
+  net: NamespaceHostNet;
   agent: AgentProcess | null;
   id: string;
 }
@@ -142,9 +144,16 @@ async function main(): Promise<number> {
   try {
     await ensureLibvirtd();
     await ensureOvs();
+    // The hosts' namespaces, around the address the orchestrator's agent link listens on.
+    const fleet: NamespaceFleet = await createNamespaceFleet(benchCleanup, 'kfb', 239, 3);
     // The defaults: no timing is overridden (heartbeat, lease, margin, liveness tick, task engine);
-    // only the log level (errors only by default: its warnings would mix with the figures on stdout).
-    const orch: Orchestrator = await startInProcessOrchestrator(benchCleanup, 'kloudak_bench_failover', ADMIN, { logLevel: LOG_LEVEL });
+    // only the log level (errors only by default: its warnings would mix with the figures on stdout)
+    // and where the agent link listens (the fleet bridge's address, named by its certificate).
+    const orch: Orchestrator = await startInProcessOrchestrator(benchCleanup, 'kloudak_bench_failover', ADMIN, {
+      logLevel: LOG_LEVEL,
+      agentHost: fleet.orchestratorIp,
+      agentTlsNames: fleet.orchestratorIp,
+    });
     const LEASE_MS = orch.services.config.agentLeaseMs;
     const MARGIN_MS = orch.services.config.agentDownMarginMs;
     const HEARTBEAT_MS = orch.services.config.heartbeatIntervalMs;
@@ -152,26 +161,26 @@ async function main(): Promise<number> {
     const api = (method: string, path: string, body?: unknown) => client.call(method, path, body);
     await client.login(ADMIN);
 
-    const net = await createTestNet('kf-');
-    onCleanup('remove the test network', () => net.cleanup());
-    const bridge = await net.addBridge('br');
-    await must('area', 201, api('POST', '/areas', { name: RUN, subnet: `${SUBNET}.0/24`, gateway: `${SUBNET}.1`, vlanRange: '440-441' }));
-    await must('pool', 201, api('POST', '/pools', { name: RUN, area: RUN, path: '/srv/shared', type: 'dir' }));
-    await must('template', 201, api('POST', '/templates', { name: `${RUN}-tpl`, os: 'test', cpu: 1, ramMb: VM_RAM_MB, diskGb: VM_DISK_GB, image: TEMPLATE_IMAGE }));
-    await must('workspace', 201, api('POST', '/workspaces', { name: WS }));
+    const { bridge } = await setUpSimArea(benchCleanup, client, {
+      name: RUN,
+      subnetBase: SUBNET,
+      vlanRange: '440-441',
+      workspaces: [WS],
+      netPrefix: 'kf-',
+      poolPath: '/srv/shared',
+      template: { ramMb: VM_RAM_MB, diskGb: VM_DISK_GB, image: TEMPLATE_IMAGE },
+    });
 
     // ---- the three hosts ----
     const hosts: SimAgent[] = [];
-    for (const n of ['a', 'b', 'c']) {
+    for (const [i, n] of ['a', 'b', 'c'].entries()) {
       const dir = mkdtempSync(join(tmpdir(), `${RUN}-sim-`));
       const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-agent-`));
       onCleanup(`remove ${dir} and ${dataDir}`, () => {
         rmSync(dir, { recursive: true, force: true });
         rmSync(dataDir, { recursive: true, force: true });
       });
-      const relay = await Relay.start(orch.agentPort);
-      onCleanup(`close the relay of ${RUN}-${n}`, () => relay.close());
-      const h: SimAgent = { name: `${RUN}-${n}`, dir, dataDir, relay, agent: null, id: '' };
+      const h: SimAgent = { name: `${RUN}-${n}`, dir, dataDir, net: fleet.hosts[i]!, agent: null, id: '' };
       onCleanup(`stop the agent of ${h.name}`, () => h.agent?.kill());
       hosts.push(h);
     }
@@ -181,8 +190,8 @@ async function main(): Promise<number> {
       await h.agent?.stop(10_000);
       const sim = createSimHost({ dir: h.dir, ...HOST_SHAPE, poolName: RUN, volumes: vmIds.map((id) => ({ name: rootVolumeName(id), capacityGb: VM_DISK_GB })) });
       const env: Record<string, string> = { ...agentHostEnv(bridge), KLOUDAK_AGENT_LIBVIRT_URI: sim.uri, KLOUDAK_AGENT_CONSOLE_DIR: h.dir, KLOUDAK_AGENT_LOG_LEVEL: 'warn' };
-      if (!h.id) env['KLOUDAK_AGENT_JOIN_TOKEN'] = (await must('join token', 201, api('POST', '/hosts/join-tokens', { area: RUN, expiresIn: 600 })))['token'] as string;
-      h.agent = spawnAgentProcess(h.name, `127.0.0.1:${h.relay.port}`, h.dataDir, env);
+      if (!h.id) env['KLOUDAK_AGENT_JOIN_TOKEN'] = await joinToken(client, RUN);
+      h.agent = spawnAgentProcess(h.name, `${fleet.orchestratorIp}:${orch.agentPort}`, h.dataDir, env, h.net.ns);
       const agent = h.agent;
       h.id = await client.waitHostUp(h.name, () => agent.output(), 60_000);
     };
@@ -192,8 +201,7 @@ async function main(): Promise<number> {
     };
     for (const h of hosts) await startAgent(h);
 
-    const netBody = await must('network', 202, api('POST', `/workspaces/${WS}/networks`, { name: 'front', area: RUN }));
-    await client.succeeded(netBody['task']['id'] as string);
+    await createNetwork(client, 'front', RUN);
     const network = await must('network', 200, api('GET', `/workspaces/${WS}/networks/front`));
 
     const listVms = async (): Promise<Json[]> => (await must('list VMs', 200, api('GET', `/workspaces/${WS}/vms?limit=1000`)))['items'] as Json[];
@@ -368,7 +376,7 @@ async function main(): Promise<number> {
     };
 
     progress(
-      `run ${RUN}: 3 simulated hosts (agent processes), ${VMS} HA VMs, ${RUNS} runs${PARTITION ? ' + 1 partition run' : ''}; ` +
+      `run ${RUN}: 3 simulated hosts (agent processes in network namespaces), ${VMS} HA VMs, ${RUNS} runs${PARTITION ? ' + 1 partition run' : ''}; ` +
         `heartbeat ${HEARTBEAT_MS} ms, lease ${LEASE_MS} ms, margin ${MARGIN_MS} ms (defaults); load ${loadavg().map((x) => x.toFixed(2)).join(' ')}`,
     );
 
@@ -386,7 +394,7 @@ async function main(): Promise<number> {
       const killWall = Date.now();
       const t0 = performance.now();
       if (mode === 'kill') await victim.agent!.kill();
-      else victim.relay.cut();
+      else await fleet.partition(victim.net);
       const { apiMs, confirmedMs, now } = await waitRecovered(vms, survivors, t0);
       const down = await downEvent(victim, killWall);
       const rec = await recoverTimes(vms);
@@ -433,7 +441,7 @@ async function main(): Promise<number> {
         };
         if (run.fence.destroyed !== VMS) throw new Error(`${victim.name} fenced ${run.fence.destroyed} domains, not ${VMS}`);
         if (run.fence.slackBeforeDownMs <= 0) throw new Error(`${victim.name} finished fencing ${-run.fence.slackBeforeDownMs} ms AFTER it was declared down`);
-        victim.relay.heal();
+        await fleet.heal(victim.net);
       }
       runs.push(run);
       progress(
@@ -476,7 +484,7 @@ async function main(): Promise<number> {
         r.load1.toFixed(2),
       ]);
     }
-    console.log(`\nfailover — ${VMS} HA VMs on 1 of 3 simulated hosts (real agent processes, libvirt test driver), default settings: heartbeat ${HEARTBEAT_MS} ms, lease ${LEASE_MS} ms, margin ${MARGIN_MS} ms\n`);
+    console.log(`\nfailover — ${VMS} HA VMs on 1 of 3 simulated hosts (real agent processes in network namespaces, libvirt test driver), default settings: heartbeat ${HEARTBEAT_MS} ms, lease ${LEASE_MS} ms, margin ${MARGIN_MS} ms\n`);
     console.log(table(rows));
     console.log('');
     console.log(

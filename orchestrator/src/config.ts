@@ -108,6 +108,12 @@ export const OrchestratorConfigSchema = Type.Object(
     taskLeaseMs: Type.Integer({ minimum: 100, maximum: 600_000, default: 15_000 }),
     /** Tasks one orchestrator runs at the same time. */
     taskConcurrency: Type.Integer({ minimum: 1, maximum: 1000, default: 32 }),
+    /**
+     * How many VMs one host drain moves at once (live migrations, or stops and restarts). Each
+     * holds its vCPU and RAM on its destination while it moves; the source's network carries that
+     * many migrations together.
+     */
+    drainConcurrency: Type.Integer({ minimum: 1, maximum: 64, default: 2 }),
     /** Placement: spread (default) or pack, and the overcommit ratios. */
     placementStrategy: Type.Union([Type.Literal('spread'), Type.Literal('pack')], { default: 'spread' }),
     cpuOvercommit: Type.Number({ exclusiveMinimum: 0, maximum: 64, default: 4 }),
@@ -172,6 +178,7 @@ const ENV_NAMES: Record<string, string> = {
   KLOUDAK_TASK_STEP_TIMEOUT_MS: 'taskStepTimeoutMs',
   KLOUDAK_TASK_TIMEOUT_MS: 'taskTimeoutMs',
   KLOUDAK_TASK_LEASE_MS: 'taskLeaseMs',
+  KLOUDAK_DRAIN_CONCURRENCY: 'drainConcurrency',
   KLOUDAK_PLACEMENT_STRATEGY: 'placementStrategy',
   KLOUDAK_CPU_OVERCOMMIT: 'cpuOvercommit',
   KLOUDAK_RAM_OVERCOMMIT: 'ramOvercommit',

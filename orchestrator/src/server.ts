@@ -32,6 +32,7 @@ import { Leader } from './ha/leader.js';
 import { LeaderSweeps } from './ha/sweeps.js';
 import { failoverHooks, startFailoverSweeps, type FailoverDeps } from './ha/failover.js';
 import { SharedPoolLeaseEvidence } from './ha/pool-lease-evidence.js';
+import { SessionAnnouncer } from './agent-api/session-announcer.js';
 import { loadClientTls, warnIfPlainText } from './client-tls.js';
 
 /** A running orchestrator. */
@@ -99,6 +100,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
   let unlisten: (() => Promise<void>) | undefined;
   let link: AgentLink | undefined;
   let router: CommandRouter | undefined;
+  let announcer: SessionAnnouncer | undefined;
   let engine: TaskEngine | undefined;
   let grpcApi: GrpcApi | undefined;
   let revocations: RevocationListener | undefined;
@@ -165,6 +167,10 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
       },
     );
     link = agentLink;
+    // The other instances learn at once where this one's sessions open and close (agent-api/session-announcer.ts).
+    const sessionAnnouncer = new SessionAnnouncer({ nc: nats, directory: agentLink.directory, instanceId: registration.id, log });
+    sessionAnnouncer.start();
+    announcer = sessionAnnouncer;
     // Commands for a host whose session another instance holds go there over NATS (agent-api/routing.ts).
     const commands = new CommandRouter({ local: agentLink.channel, directory: agentLink.directory, instance: registration, nc: nats, clock, log });
     await commands.start();
@@ -190,8 +196,9 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
           pollMs: 500,
           stopTimeoutMs: 60_000,
           migrationTimeoutMs: 300_000,
-          // Every VM of the host, one after the other: far longer than one step of a VM's task.
+          // Every VM of the host, a few at a time: far longer than one step of a VM's task.
           moveStepTimeoutMs: Math.max(config.taskStepTimeoutMs, 3_600_000),
+          concurrency: config.drainConcurrency,
         }),
       ],
       {
@@ -325,6 +332,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
           hostRevocationListener.close();
           hostDeletionListener.close();
           poolLeaseEvidence.stop();
+          sessionAnnouncer.stop();
           await closeNats(nats);
           await db.close();
         })()),
@@ -334,6 +342,7 @@ export async function startOrchestrator(config: OrchestratorConfig, log: Logger,
     await engine?.close();
     await sweeps?.close();
     await election?.close();
+    announcer?.stop();
     await router?.close();
     await link?.close(0);
     await instance?.close();

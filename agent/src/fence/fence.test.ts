@@ -121,6 +121,51 @@ describe('lease', () => {
     assert.equal(expiries.length, 2);
     lease.stop();
   });
+
+  it('the first grant replaces a provisional lease, even a longer one: the orchestrator counts from its grants only', () => {
+    const { clock, expiries, lease } = setup(15_000);
+    const ends: number[] = [];
+    const tracked = new Lease({ maxMs: 15_000, clock, onExpire: (e) => expiries.push(e), onChange: (end) => ends.push(end) });
+    const t0 = clock.now();
+    tracked.startProvisional(); // a fresh agent: 15 s, no earlier lease recorded
+    assert.equal(tracked.isProvisional, true);
+    clock.advance(1000);
+    tracked.newSession();
+    tracked.noteSent(0n); // Hello 1 s after the start, granted 4 s
+    clock.advance(50);
+    tracked.grant(0n, 4000);
+    assert.equal(tracked.isProvisional, false);
+    assert.equal(tracked.expiresAt, t0 + 5000, 'Hello send time + the grant, not the provisional 15 s');
+    assert.deepEqual(ends, [t0 + 15_000, t0 + 5000], 'the fence guard and lease.json follow it down');
+    clock.advance(3949);
+    assert.equal(expiries.length, 0);
+    clock.advance(1);
+    assert.equal(expiries.length, 1, 'cut off after the first grant: fenced at that grant\'s end');
+    // From then on a grant never shortens the lease.
+    tracked.noteSent(1n);
+    tracked.grant(1n, 4000);
+    tracked.noteSent(2n);
+    tracked.grant(2n, 1000);
+    assert.equal(tracked.expiresAt, t0 + 9000);
+    tracked.stop();
+    lease.stop();
+  });
+
+  it('a first grant that is already over when it arrives fences at once, and only once', () => {
+    const { clock, expiries, lease } = setup(15_000);
+    const t0 = clock.now();
+    lease.startProvisional(); // 15 s
+    lease.newSession();
+    lease.noteSent(0n);
+    clock.advance(3000); // the grant of 2 s takes 3 s to arrive
+    lease.grant(0n, 2000);
+    clock.advance(0);
+    assert.equal(expiries.length, 1);
+    assert.equal(expiries[0]!.expiredAtMono, t0 + 2000);
+    clock.advance(20_000);
+    assert.equal(expiries.length, 1, 'the provisional lease\'s timer is gone');
+    lease.stop();
+  });
 });
 
 describe('self-fencing of real domains on a simulated host', { timeout: 60_000 }, () => {

@@ -4,6 +4,12 @@
  * from the send time, never from the grant's arrival, keeps the agent's lease ending no later than
  * the orchestrator's view of it, however long the grant took to arrive. When the lease runs out
  * without a new grant, `onExpire` is called once (again only after a later grant re-arms it).
+ *
+ * A provisional lease (a starting agent's, {@link Lease.startProvisional}) lasts only until the
+ * first grant, which replaces it even when it ends sooner: the orchestrator restarts this host's
+ * VMs elsewhere once its own grants have run out (plus its margin), and knows nothing of the
+ * provisional lease — held past the grants (up to `maxMs` when no earlier lease is recorded, while
+ * the orchestrator may grant less), it would keep HA VMs running after their restart elsewhere.
  */
 
 /** Monotonic time and timers, injectable for tests. */
@@ -42,6 +48,11 @@ export interface LeaseOptions {
   maxMs: number;
   clock?: LeaseClock;
   onExpire: (e: LeaseExpiry) => void;
+  /**
+   * Called with the new monotonic end each time the lease is extended or armed (the fence guard
+   * and the lease state file follow it: fence/guard.ts, fence/lease-state.ts).
+   */
+  onChange?: (expiresAtMono: number) => void;
 }
 
 /** See the module comment. */
@@ -53,6 +64,8 @@ export class Lease {
   private timer: unknown = null;
   private fired = false;
   private stopped = false;
+  /** The lease is provisional: no grant has come since {@link startProvisional}. */
+  private provisional = false;
 
   constructor(private readonly o: LeaseOptions) {
     this.clock = o.clock ?? systemLeaseClock;
@@ -74,11 +87,19 @@ export class Lease {
   }
 
   /**
-   * A lease of `maxMs` from now, held by nobody: at start-up the previous agent process may have
-   * held a lease up to `maxMs` ago, so VMs it ran must be fenced if no grant comes within that.
+   * A lease held by nobody, of `maxMs` from now or `ms` when given (never more than `maxMs`): at
+   * start-up the previous agent process may have held a lease, so VMs it ran must be fenced if no
+   * grant comes before that lease's end (fence/lease-state.ts tells it; `maxMs` when it cannot).
+   * 0 expires at once.
    */
-  startProvisional(): void {
-    this.extendTo(this.clock.now() + this.o.maxMs);
+  startProvisional(ms?: number): void {
+    if (this.stopped) return;
+    const length = Math.min(Math.max(0, ms ?? this.o.maxMs), this.o.maxMs);
+    this.expiresAtMono = this.clock.now() + length;
+    this.fired = false;
+    this.provisional = true;
+    this.o.onChange?.(this.expiresAtMono);
+    this.arm();
   }
 
   /** A new session: sequence numbers start again. */
@@ -99,8 +120,15 @@ export class Lease {
     const sent = this.sentAt.get(seq);
     if (sent === undefined) return false;
     for (const s of this.sentAt.keys()) if (s <= seq) this.sentAt.delete(s);
-    this.extendTo(sent + Math.min(Math.max(0, durationMs), this.o.maxMs));
+    const until = sent + Math.min(Math.max(0, durationMs), this.o.maxMs);
+    if (this.provisional) this.replaceProvisional(until);
+    else this.extendTo(until);
     return true;
+  }
+
+  /** Whether the lease is still the provisional one (no grant since the start). */
+  get isProvisional(): boolean {
+    return this.provisional;
   }
 
   /** Stops the timer for good (agent shutdown). */
@@ -115,10 +143,23 @@ export class Lease {
     // A grant never shortens the lease: an older heartbeat's grant arriving late changes nothing.
     if (this.expiresAtMono !== null && until <= this.expiresAtMono) return;
     this.expiresAtMono = until;
+    this.o.onChange?.(until);
     // Already over (a grant that took longer than the lease to arrive): the armed timer, if any,
     // reports the expiry; nothing is re-armed.
     if (this.clock.now() >= until) return;
     this.fired = false;
+    this.arm();
+  }
+
+  /** The first grant: the lease ends where it says, sooner or later than the provisional one. */
+  private replaceProvisional(until: number): void {
+    if (this.stopped) return;
+    this.provisional = false;
+    this.expiresAtMono = until;
+    this.o.onChange?.(until);
+    // Still ahead: armed again. Already over (the grant took longer than its lease to arrive):
+    // the expiry is reported now, unless the provisional lease's was already.
+    if (this.clock.now() < until) this.fired = false;
     this.arm();
   }
 

@@ -295,6 +295,11 @@ export function fenceReportToProto(r: FenceRecord): pb.AgentMessage {
   };
 }
 
+/** A clean stop's Goodbye: the VMs left running, and why the agent stops. */
+export function goodbyeToProto(runningVmIds: readonly string[], reason: string): pb.AgentMessage {
+  return { body: { $case: 'goodbye', goodbye: { runningVmIds: [...runningVmIds], reason } } };
+}
+
 /** libvirt's lifecycle event → proto type and detail text, or null for events the link does not carry (defined, undefined, pmsuspended). */
 export function domainEventKind(event: number, detail: number): { type: pb.DomainEventType; detail: string } | null {
   switch (event) {

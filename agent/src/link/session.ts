@@ -20,7 +20,7 @@ import type { PoolLeaseKeeper } from '../storage/pool-lease.js';
 import type { CommandDispatcher } from '../runner/commands.js';
 import type { HeartbeatSample, HostTelemetry } from '../telemetry/inventory.js';
 import { AGENT_VERSION } from '../version.js';
-import { commandFromProto, fenceReportToProto, heartbeatToProto, helloToProto, resultMessage } from './convert.js';
+import { commandFromProto, fenceReportToProto, goodbyeToProto, heartbeatToProto, helloToProto, resultMessage } from './convert.js';
 import { channelOptions } from './enroll.js';
 import type { Identity } from './identity.js';
 import { DEFAULT_RENEW_FRACTION, RenewalScheduler, renewIdentity } from './renew.js';
@@ -93,6 +93,8 @@ interface Session {
   reported: Array<{ file: string; afterSeq: bigint }>;
   /** Every record file reported in this session: none is reported twice on one session. */
   reportedFiles: Set<string>;
+  /** Called when the orchestrator acknowledges this session's Goodbye. */
+  onGoodbyeAck: (() => void) | null;
   ended: boolean;
 }
 
@@ -198,6 +200,35 @@ export class AgentLink {
     s.call.cancel();
   }
 
+  /**
+   * A clean stop leaves VMs running: say so on the accepted session (proto Goodbye), stop its
+   * heartbeats, and wait up to `timeoutMs` (the caller gives what is left of the lease) for the
+   * orchestrator to record it. True once acknowledged: the orchestrator will not restart this
+   * host's VMs elsewhere when its lease runs out. False without a session, on timeout, or when the
+   * session ends first: the orchestrator may then evacuate the host, and the caller must fence.
+   * Heartbeats stop so that the lease does end: an orchestrator that never answers a Goodbye
+   * (older, or stuck) must not keep the agent waiting.
+   */
+  async goodbye(runningVmIds: readonly string[], reason: string, timeoutMs: number): Promise<boolean> {
+    const s = this.session;
+    if (!s || !s.acked || s.ended) return false;
+    if (s.timer) clearInterval(s.timer);
+    s.timer = null;
+    let timer: NodeJS.Timeout | undefined;
+    const acked = await Promise.race([
+      new Promise<boolean>((resolve) => {
+        s.onGoodbyeAck = () => resolve(true);
+        s.call.write(goodbyeToProto(runningVmIds, reason));
+      }),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs))),
+      this.sessionEnded(s).then(() => false),
+    ]);
+    clearTimeout(timer);
+    s.onGoodbyeAck = null;
+    this.log.info({ running_vms: runningVmIds.length, acknowledged: acked }, 'Goodbye sent');
+    return acked;
+  }
+
   /** Ends the session and the loop; closes the channel. */
   async stop(): Promise<void> {
     this.stopped = true;
@@ -280,6 +311,7 @@ export class AgentLink {
       heartbeatBusy: false,
       reported: [],
       reportedFiles: new Set(),
+      onGoodbyeAck: null,
       ended: false,
     };
     this.session = s;
@@ -344,6 +376,9 @@ export class AgentLink {
         void this.acknowledgeFences(s, g.heartbeatSequence);
         return;
       }
+      case 'goodbyeAck':
+        s.onGoodbyeAck?.();
+        return;
       case 'command': {
         const cmd = commandFromProto(m.body.command);
         void this.d.dispatcher.dispatch(cmd).then((outcome) => {

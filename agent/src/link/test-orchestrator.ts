@@ -117,6 +117,8 @@ export class TestOrchestrator {
   readonly enrolled = new Map<string, string>();
   /** While true, heartbeats get no grant (a stuck or partitioned orchestrator). */
   pauseGrants = false;
+  /** Whether a Goodbye is acknowledged (as the orchestrator does once it recorded it). */
+  ackGoodbye = true;
   port = 0;
   private readonly waiters = new Set<() => void>();
 
@@ -233,6 +235,8 @@ export class TestOrchestrator {
       if (b?.$case === 'hello') {
         s.hostId = b.hello.hostId;
         call.write({ body: { $case: 'helloAck', helloAck: { hostId: b.hello.hostId, heartbeatIntervalMs: this.o.heartbeatIntervalMs, lease: { heartbeatSequence: 0n, durationMs: this.o.leaseMs, grantedAt: new Date() } } } });
+      } else if (b?.$case === 'goodbye' && this.ackGoodbye) {
+        call.write({ body: { $case: 'goodbyeAck', goodbyeAck: {} } });
       } else if (b?.$case === 'heartbeat' && !this.pauseGrants) {
         call.write({ body: { $case: 'leaseGrant', leaseGrant: { heartbeatSequence: b.heartbeat.sequence, durationMs: this.o.leaseMs, grantedAt: new Date() } } });
       }

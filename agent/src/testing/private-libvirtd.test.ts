@@ -8,6 +8,7 @@ import test, { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Libvirt, StoragePoolRef } from '@kloudak/libvirt';
 import { escapeXml } from '../xml/escape.js';
 import { createSharedDir, defineDirPool, processAlive, startPrivateLibvirtd, type PrivateLibvirtd, type SharedDir } from './private-libvirtd.js';
@@ -31,6 +32,26 @@ function posixWriteLocks(path: string): number[] {
     .map((l) => l.replace(/^\d+:\s*(->\s*)?/, '').split(/\s+/))
     .filter((f) => f[0] === 'POSIX' && f[2] === 'WRITE' && Number(f[4]?.split(':')[2]) === ino)
     .map((f) => Number(f[3]));
+}
+
+const LOCK_REFUSAL = /Lockspace resource '.*' is locked|Failed to get "write" lock/;
+
+/**
+ * Asserts that libvirt refused to start domain `name` on `host` over a lock on its disk. On one
+ * kernel QEMU's own image lock (OFD locks) may answer before virtlockd's; on separate hosts either
+ * refuses. Both are libvirt refusing the start. When QEMU exits on its lock before libvirt has
+ * reached its monitor, libvirt reports only the lost monitor: the domain's QEMU log then holds
+ * the lock error, and nothing else counts.
+ */
+async function assertLockRefusal(start: Promise<unknown>, host: PrivateLibvirtd, name: string): Promise<void> {
+  await assert.rejects(start, (err: Error) => {
+    if (LOCK_REFUSAL.test(err.message)) return true;
+    assert.match(err.message, /monitor/, err.message);
+    const qemuLog = join(host.dir, 'log', 'qemu', `${name}.log`);
+    const text = existsSync(qemuLog) ? readFileSync(qemuLog, 'utf8') : '';
+    assert.match(text, LOCK_REFUSAL, `libvirt said "${err.message}", and ${qemuLog} shows no lock refusal:\n${text}`);
+    return true;
+  });
 }
 
 /** A domain that boots nothing from one volume of the pool `pool`. */
@@ -97,12 +118,8 @@ describe('private libvirtds on one shared dir pool (real libvirt, QEMU, virtlock
       // A's virtlockd (not its QEMU) holds an fcntl write lock on the disk file itself.
       const locks = posixWriteLocks(`${shared.dir}/disk1.qcow2`);
       assert.ok(locks.includes(a.virtlockdPid!), `A's virtlockd ${a.virtlockdPid} holds no lock on the disk (holders: ${locks.join(', ')})`);
-      await assert.rejects(lvB.createDomain(domB), (err: Error) => {
-        // On one kernel QEMU's own image lock (OFD locks) may answer first; on separate hosts
-        // either refuses. Both are libvirt refusing the start; the next test isolates virtlockd's.
-        assert.match(err.message, /Lockspace resource '.*disk1\.qcow2' is locked|Failed to get "write" lock/, err.message);
-        return true;
-      });
+      // The next test isolates virtlockd's lock.
+      await assertLockRefusal(lvB.createDomain(domB), b, 'ss-lock-b');
       assert.deepEqual(b.qemuPids(), [], 'no QEMU runs on B');
       assert.equal((await lvB.getDomainState(domB)).state, 5 /* shutoff */);
 
@@ -111,7 +128,7 @@ describe('private libvirtds on one shared dir pool (real libvirt, QEMU, virtlock
       await lvB.createDomain(domB);
       assert.equal(b.qemuPids().length, 1, 'B runs it now');
       assert.ok(posixWriteLocks(`${shared.dir}/disk1.qcow2`).includes(b.virtlockdPid!), "B's virtlockd holds the lock now");
-      await assert.rejects(lvA.createDomain(domA), /is locked|Failed to get "write" lock/);
+      await assertLockRefusal(lvA.createDomain(domA), a, 'ss-lock-a');
       await lvB.destroyDomain(domB);
     } finally {
       for (const [lv, dom] of [[lvA, domA], [lvB, domB]] as const) {

@@ -177,6 +177,9 @@ export class CommandChannel implements AgentChannel {
       this.log.debug({ component: 'agent-link', host_id: hostId, command_id: result.commandId }, 'result of a command no longer pending');
       return;
     }
+    // written: false is a result of a command this process never sent: an earlier process (or
+    // session) sent it under the same id, and the agent answered on the session open now.
+    this.log.debug({ component: 'agent-link', host_id: hostId, command_id: p.id, written: p.written, ok: result.ok }, 'command result');
     this.finish(q, p, result);
   }
 
@@ -247,7 +250,10 @@ export class CommandChannel implements AgentChannel {
     if (p.key !== null) q.busy.add(p.key);
     const w = this.writers.get(p.hostId);
     if (w) {
-      if (w(p.proto)) p.written = true;
+      if (w(p.proto)) {
+        p.written = true;
+        this.log.debug({ component: 'agent-link', host_id: p.hostId, vm_id: p.key ?? undefined, command_id: p.id }, 'command sent');
+      }
     }
     else this.log.debug({ component: 'agent-link', host_id: p.hostId, command_id: p.id }, 'no session; command waits for one');
   }

@@ -1,5 +1,6 @@
 // Which orchestrator instance holds each host's session, as every instance knows it: read from
-// the database every few seconds, and updated at once by the instances' NATS announcements.
+// the database every few seconds, and updated at once by the instances' NATS announcements
+// (session-announcer.ts).
 import type { Logger } from '@kloudak/common';
 import type { PrismaClient } from '@kloudak/prisma';
 import { openSessions } from '../store/instances.js';
@@ -14,6 +15,9 @@ export interface SessionHolder {
 /** A change in the directory: the host's session is now at `holder` (undefined: none known). */
 export type DirectoryListener = (hostId: string, holder: SessionHolder | undefined) => void;
 
+/** What this instance tells the others of its own sessions (session-announcer.ts). */
+export type SessionAnnouncement = { hostId: string; epoch: bigint } & ({ open: true; holder: SessionHolder } | { open: false });
+
 /**
  * The sessions open on live instances (this one's included), for `connected` (placement, the
  * API) and for routing commands. Epochs order what is learned: an announcement or a read never
@@ -24,6 +28,7 @@ export class SessionDirectory {
   private readonly listeners = new Set<DirectoryListener>();
   private refreshing: Promise<void> | undefined;
   private reads = 0;
+  private announce: ((a: SessionAnnouncement) => void) | undefined;
 
   constructor(private readonly deps: { db: PrismaClient; log: Logger }) {}
 
@@ -39,7 +44,24 @@ export class SessionDirectory {
     return () => this.listeners.delete(fn);
   }
 
-  /** A session opened (announced, or this instance's own claim). */
+  /** Where this instance's own session changes are told (the NATS announcer). */
+  announceWith(fn: ((a: SessionAnnouncement) => void) | undefined): void {
+    this.announce = fn;
+  }
+
+  /** This instance opened a session: known here at once, and announced to the others. */
+  ownOpened(hostId: string, holder: SessionHolder): void {
+    this.opened(hostId, holder);
+    this.announce?.({ hostId, epoch: holder.epoch, open: true, holder });
+  }
+
+  /** This instance's session of `epoch` closed: forgotten here, and announced. */
+  ownClosed(hostId: string, epoch: bigint): void {
+    this.closed(hostId, epoch);
+    this.announce?.({ hostId, epoch, open: false });
+  }
+
+  /** A session opened (announced, or read from the database). */
   opened(hostId: string, holder: SessionHolder): void {
     const cur = this.hosts.get(hostId);
     if (cur && cur.epoch > holder.epoch) return;

@@ -19,7 +19,7 @@ import type { AgentCommand, CommandResult, HostInventory } from '../domain/agent
 import { serialStanding, type HostCertificates } from '../domain/certificates.js';
 import { appendEventsNow } from '../store/outbox.js';
 import { retirePreviousCertificate } from '../store/host-certs.js';
-import { hostIdentity, reconcileHello, storeFenceReport, vmsFencedOnHost, vmsOnHost, writeHostState, type HostStateGuard } from '../store/agent-hosts.js';
+import { forgetGoodbye, hostIdentity, reconcileHello, recordGoodbye, storeFenceReport, vmsFencedOnHost, vmsOnHost, writeHostState, type HostStateGuard } from '../store/agent-hosts.js';
 import { claimSession, releaseSession } from '../store/instances.js';
 import { InstanceRegistration } from '../ha/instance.js';
 import { SessionDirectory } from './directory.js';
@@ -181,8 +181,13 @@ export class AgentLink {
     const server = new grpc.Server({
       // Agents may ping to keep NAT state; do not answer a ping every 10 s with GOAWAY.
       'grpc.http2.min_ping_interval_without_data_ms': 10_000,
-      'grpc.keepalive_time_ms': 30_000,
-      'grpc.keepalive_timeout_ms': 10_000,
+      // HTTP/2 pings tell a stream whose agent stopped answering (a frozen process, a host that
+      // lost power without a FIN, a path that drops everything) from a quiet one. One ping per
+      // lease, answered within the down margin: such a stream ends about when its host is
+      // declared down (lease + margin after its last grant), so the host stops showing
+      // `connected` with it, rather than up to 40 s later.
+      'grpc.keepalive_time_ms': Math.max(1000, opts.leaseMs),
+      'grpc.keepalive_timeout_ms': Math.max(1000, opts.downMarginMs),
       // One agent's message may not be larger than this (the Hello's inventory is the largest).
       'grpc.max_receive_message_length': (opts.limits ?? DEFAULT_SESSION_LIMITS).maxMessageBytes,
     });
@@ -414,7 +419,7 @@ export class AgentLink {
         log.info({ why }, 'session closed');
         const epoch = session.epoch;
         if (epoch !== null) {
-          this.directory.closed(hostId, epoch);
+          this.directory.ownClosed(hostId, epoch);
           this.queueWrite(hostId, () => releaseSession(this.deps.db.client, hostId, this.instance.id, epoch));
         }
       }
@@ -462,7 +467,7 @@ export class AgentLink {
         return;
       }
       s.epoch = epoch;
-      this.directory.opened(s.hostId, { instanceId: this.instance.id, subject: this.instance.subject, epoch });
+      this.directory.ownOpened(s.hostId, { instanceId: this.instance.id, subject: this.instance.subject, epoch });
       s.hello = hello;
       this.inventories.set(s.hostId, hello.inventory);
       const older = this.sessions.get(s.hostId);
@@ -529,6 +534,39 @@ export class AgentLink {
         }
         const id = await storeFenceReport(this.deps.db.client, s.hostId, s.hello.hostName, f, now);
         log.warn({ fence_report_id: id, reason: f.reason, domains: f.domains.length }, 'agent fenced itself');
+        return;
+      }
+      case 'goodbye': {
+        // A clean stop that leaves VMs running (proto Goodbye). Acknowledged only once recorded:
+        // without the ack the agent leaves its fence guard armed, because this host would then be
+        // evacuated when its lease runs out.
+        // Only within the lease this process granted, checked again once written: past it the
+        // agent may have fenced already (it waits for the answer until its lease ends, then
+        // fences), and a record would hold a restart of VMs that are gone.
+        const g = body.goodbye;
+        if (s.epoch === null) return;
+        const session = { instanceId: this.instance.id, epoch: s.epoch };
+        const inLease = () => (this.liveness.leaseLeftMs(s.hostId) ?? 0) > 0;
+        if (!inLease()) {
+          log.warn({}, 'Goodbye after the lease granted to the host ended: not recorded, not acknowledged (the agent fences)');
+          return;
+        }
+        const reason = g.reason.slice(0, 200);
+        const at = new Date(this.deps.clock.now());
+        const r = await recordGoodbye(this.deps.db.client, s.hostId, session, g.runningVmIds.slice(0, 100_000), reason, at);
+        if (!r) {
+          log.warn({}, 'Goodbye on a session that is no longer the host\'s: not recorded, not acknowledged');
+          return;
+        }
+        if (!inLease()) {
+          await forgetGoodbye(this.deps.db.client, s.hostId, session, at);
+          log.warn({}, 'Goodbye recorded after the lease granted to the host ended: taken back, not acknowledged (the agent fences)');
+          return;
+        }
+        if (r.vmIds.length < g.runningVmIds.length) log.warn({ refused: g.runningVmIds.length - r.vmIds.length }, 'Goodbye names VMs that are not on this host: those dropped');
+        if (r.vmIds.length > 0) log.warn({ running_vms: r.vmIds.length, reason }, 'agent stopping and leaving its VMs running: they are not restarted elsewhere until it is back or an admin confirms the host is off');
+        else log.info({ reason }, 'agent stopping; it leaves no VM running');
+        s.send({ body: { $case: 'goodbyeAck', goodbyeAck: {} } });
         return;
       }
       default:

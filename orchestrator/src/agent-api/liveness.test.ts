@@ -92,6 +92,9 @@ describe('liveness (fake clock)', () => {
     l.granted(H, 15_000);
     assert.equal(l.lastHeartbeatAt(H), wall, 'the wall time of the heartbeat is what is shown');
     assert.equal(l.downAt(H), wall + 20_000, 'the lease ends 20 s from now on the wall clock too');
+    wall += 3_600_000;
+    assert.equal(l.leaseLeftMs(H), 15_000, 'what is left of the lease: monotonic, whatever the wall clock does');
+    wall -= 3_600_000;
     mono += 20_000 - 1;
     assert.deepEqual(l.tick().map((t) => t.to), ['suspect']);
     mono += 1;

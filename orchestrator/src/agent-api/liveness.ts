@@ -101,6 +101,17 @@ export class Liveness {
     return { at: this.clock.now() - (monotonicNow(this.clock) - e.lastGrantAt), durationMs: e.lastGrantMs };
   }
 
+  /**
+   * How long the last lease granted to a host still runs, by this process's clock (ms; 0 or less:
+   * over), or undefined when none was granted. The agent's own lease ends no later (it counts from
+   * when it sent the heartbeat).
+   */
+  leaseLeftMs(hostId: string): number | undefined {
+    const e = this.hosts.get(hostId);
+    if (!e || e.lastGrantAt === -Infinity) return undefined;
+    return e.lastGrantAt + e.lastGrantMs - monotonicNow(this.clock);
+  }
+
   /** The margin after a lease before a host is down. */
   get downMarginMs(): number {
     return this.timings.downMarginMs;

@@ -4,6 +4,7 @@ import { ConflictError, NotFoundError } from '@kloudak/common';
 import type { HostLinkStatus } from '../agent-api/link.js';
 import { transaction } from '../store/db.js';
 import { hostCertificates, revokeHostCertificates } from '../store/host-certs.js';
+import { confirmHostOff as confirmOff } from '../store/evacuations.js';
 import { connectedHosts } from '../store/instances.js';
 import { deleteHost as removeHost, hostById, listHosts as hostRows, setAdminState, usageOf, type HostRow } from '../store/hosts.js';
 import { insertTask, latestTask, taskById, unfinishedTask } from '../store/tasks.js';
@@ -39,6 +40,12 @@ export interface HostView {
   } | null;
   agentStartedAt: string | null;
   certificateExpiresAt: string | null;
+  /**
+   * Set from the host's agent's clean stop (Goodbye) until it is back. The VMs it left running
+   * were fenced by nothing, so they are not restarted elsewhere until the agent is back or an
+   * admin confirms the host is off ({@link confirmHostOff}).
+   */
+  agentStopped: { at: string; runningVms: number } | null;
 }
 
 /** A host's usage series: one point per minute. */
@@ -88,6 +95,7 @@ function view(h: HostRow, link: HostLinkStatus, elsewhere: ReadonlySet<string>):
       : null,
     agentStartedAt: h.agentStartedAt?.toISOString() ?? null,
     certificateExpiresAt: h.certExpiresAt?.toISOString() ?? null,
+    agentStopped: h.agentStoppedAt ? { at: h.agentStoppedAt.toISOString(), runningVms: h.agentStoppedVmIds.length } : null,
   };
 }
 
@@ -121,6 +129,31 @@ export async function updateHost(s: Services, c: Caller, id: string, input: { ma
   return view(h, s.agents.status(h.id), await connectedHosts(s.db.client, [h.id]));
 }
 
+/** What {@link confirmHostOff} answers: the host, and the evacuations the word was recorded on. */
+export interface HostConfirmedOff {
+  host: HostView;
+  evacuations: string[];
+}
+
+/**
+ * An admin's word that a down host is off (powered off, or its VMs otherwise stopped): its
+ * evacuation is no longer held back by its agent's clean stop or by its pool lease files, and the
+ * next failover sweep (within a second) restarts its HA VMs elsewhere. Only for a host that is
+ * down with an evacuation not planned yet (409 otherwise): on a host that runs, this would start
+ * its VMs a second time.
+ */
+export async function confirmHostOff(s: Services, c: Caller, id: string): Promise<HostConfirmedOff> {
+  const p = admin(c);
+  const r = await transaction(s.db.client, (tx) => confirmOff(tx, id, p.username, new Date()));
+  if (r.kind === 'no_host') throw new NotFoundError('host', id);
+  if (r.kind === 'not_down') throw new ConflictError(`host ${r.name} is ${r.state}, not down: only a down host can be confirmed off`);
+  if (r.kind === 'nothing_pending') throw new ConflictError(`host ${r.name} has no evacuation waiting: its VMs were dealt with already`);
+  const evacuations = r.evacuations;
+  const h = await hostById(s.db.client, id);
+  if (!h) throw new NotFoundError('host', id);
+  return { host: view(h, s.agents.status(h.id), await connectedHosts(s.db.client, [h.id])), evacuations };
+}
+
 /** How a drain moves running VMs: live migration (default) or stop and restart on the new host. */
 export interface DrainInput {
   mode?: 'live' | 'restart';
@@ -132,7 +165,7 @@ export interface HostDrain {
   task: TaskView;
 }
 
-/** A drain may take this long in all (every VM of the host, one after the other). */
+/** A drain may take this long in all (every VM of the host, a few at a time: drainConcurrency). */
 const DRAIN_TIMEOUT_MS = 4 * 3600_000;
 
 /**

@@ -1,6 +1,6 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { checkNPlusOne, planDrain, type AreaVm } from './drain.js';
+import { checkNPlusOne, nextDrainMoves, planDrain, type AreaVm, type DrainMove } from './drain.js';
 import { buildPlacementSnapshot, type PlacementHost, type PlacementPool } from './placement.js';
 
 function host(name: string, over: Partial<PlacementHost> = {}): PlacementHost {
@@ -119,4 +119,70 @@ test('drain: each decision sees the earlier ones (no host is over-committed), an
   assert.equal(plan.moves.length, 2);
   assert.deepEqual(plan.moves.map((m) => m.toHostName).sort(), ['b', 'c']);
   assert.deepEqual(plan.cannotMove.map((c) => c.code), ['no_capacity']);
+});
+
+/** Planned moves: `to` is each one's destination, in plan order. */
+function moves(...to: string[]): Pick<DrainMove, 'vmId' | 'toHostId'>[] {
+  return to.map((h, i) => ({ vmId: `v${i + 1}`, toHostId: h }));
+}
+const ids = (ms: readonly { vmId: string }[]) => ms.map((m) => m.vmId);
+
+test('drain concurrency: at most `limit` moves at once; none when the slots are full; every move once', () => {
+  const plan = moves('b', 'b', 'b', 'b', 'b');
+  assert.deepEqual(ids(nextDrainMoves(plan, new Set(), [], 2)), ['v1', 'v2']);
+  // Two in flight: nothing more until one ends.
+  assert.deepEqual(nextDrainMoves(plan, new Set(['v1', 'v2']), [plan[0]!, plan[1]!], 2), []);
+  // v1 ended (moved or failed: both are started): one slot, the next in plan order.
+  assert.deepEqual(ids(nextDrainMoves(plan, new Set(['v1', 'v2']), [plan[1]!], 2)), ['v3']);
+  // Started moves are never picked again; the end of the plan gives what is left.
+  assert.deepEqual(ids(nextDrainMoves(plan, new Set(['v1', 'v2', 'v3', 'v4']), [], 3)), ['v5']);
+  assert.deepEqual(nextDrainMoves(plan, new Set(ids(plan)), [], 2), []);
+  // One at a time (the old behaviour), and a limit below 1 counts as 1.
+  assert.deepEqual(ids(nextDrainMoves(plan, new Set(), [], 1)), ['v1']);
+  assert.deepEqual(ids(nextDrainMoves(plan, new Set(), [], 0)), ['v1']);
+  // Walked to its end with a limit of 2, the plan is started in order, each move once.
+  const order: string[] = [];
+  const started = new Set<string>();
+  let inFlight: Pick<DrainMove, 'vmId' | 'toHostId'>[] = [];
+  for (let round = 0; round < 10; round++) {
+    const next = nextDrainMoves(plan, started, inFlight, 2);
+    for (const m of next) {
+      started.add(m.vmId);
+      order.push(m.vmId);
+    }
+    inFlight = [...inFlight, ...next];
+    assert.ok(inFlight.length <= 2);
+    inFlight = inFlight.slice(1); // the oldest ends
+  }
+  assert.deepEqual(order, ['v1', 'v2', 'v3', 'v4', 'v5']);
+});
+
+test('drain concurrency: the free slots go first to destinations with the fewest moves in flight, ties in plan order', () => {
+  // Plan order (HA first, then the largest) put two VMs to b before the first to c.
+  const plan = moves('b', 'b', 'c', 'c', 'd');
+  assert.deepEqual(ids(nextDrainMoves(plan, new Set(), [], 2)), ['v1', 'v3'], 'b and c each get one');
+  assert.deepEqual(ids(nextDrainMoves(plan, new Set(), [], 3)), ['v1', 'v3', 'v5'], 'then d');
+  assert.deepEqual(ids(nextDrainMoves(plan, new Set(), [], 4)), ['v1', 'v3', 'v5', 'v2'], 'then b again (first in plan order)');
+  // b busy with v1, c's v3 just ended: v4 (c, nothing in flight) goes before v2 (b, one in flight).
+  assert.deepEqual(ids(nextDrainMoves(plan, new Set(['v1', 'v3']), [plan[0]!], 2)), ['v4']);
+  // One destination only: plan order.
+  assert.deepEqual(ids(nextDrainMoves(moves('b', 'b', 'b'), new Set(), [], 2)), ['v1', 'v2']);
+});
+
+test('drain concurrency: any set of moves in flight fits, since the plan counted them all on their destinations together', () => {
+  // b and c have room for two 3 GiB VMs each; five such VMs leave a.
+  const vms = Array.from({ length: 5 }, () => vm('id-a', { ramMb: 3072, ha: false }));
+  const snap = buildPlacementSnapshot(withClaims([host('a'), host('b', { ramMb: 6144 }), host('c', { ramMb: 6144 })], vms), [shared]);
+  const plan = planDrain(snap, vms, 'id-a', 'live', { strategy: 'spread', cpuOvercommit: 4, ramOvercommit: 1, diskOvercommit: 1, reservedRamMb: 0, fitWeight: 1, antiAffinityWeight: 1 });
+  assert.equal(plan.moves.length, 4);
+  assert.deepEqual(plan.cannotMove.map((c) => c.code), ['no_capacity']);
+  // Whatever the limit, what is in flight on a destination never exceeds what the plan gave it.
+  const planned = new Map<string, number>();
+  for (const m of plan.moves) planned.set(m.toHostId, (planned.get(m.toHostId) ?? 0) + 1);
+  for (const limit of [1, 2, 3, 8]) {
+    const first = nextDrainMoves(plan.moves, new Set(), [], limit);
+    assert.equal(first.length, Math.min(limit, 4));
+    for (const [h, n] of planned) assert.ok(first.filter((m) => m.toHostId === h).length <= n);
+    if (limit === 2) assert.deepEqual(first.map((m) => m.toHostName).sort(), ['b', 'c']);
+  }
 });

@@ -7,6 +7,7 @@
  *   may move, HA or not: a running one live (or, in `restart` mode, stopped here and started there
  *   from the same disk), a stopped one is re-homed (defined there, left stopped). VMs that cannot
  *   move (a host-local disk, a task working on them, no room) are reported and stay.
+ * - {@link nextDrainMoves}: which planned moves a drain starts next, a few at a time.
  * - {@link checkNPlusOne}: would the area survive the loss of its largest host (by the vCPU and RAM
  *   its VMs claim)? Planned as a failover would be — every VM as if settled — once for its HA VMs
  *   (what a failover restarts) and once for all of its VMs.
@@ -80,6 +81,42 @@ export function planDrain(snapshot: PlacementSnapshot, vms: readonly EvacuationV
     })),
     cannotMove: [...plan.unplaced, ...plan.lost, ...plan.skipped].map((l) => leftBehind(l, true)),
   };
+}
+
+/**
+ * Which moves of a drain to start now, with `inFlight` still under way and the VMs in `started`
+ * already begun (finished, failed or in flight): at most `limit` moves run at once. The free slots
+ * go to the moves not started yet, each to the one whose destination has the fewest moves in
+ * flight (moves in flight counted as the picks go), ties in plan order — so a drain to several
+ * hosts receives on all of them before any gets a second incoming VM, and the plan's order (HA
+ * VMs first, then the largest) decides otherwise.
+ *
+ * Capacity is not decided here: the plan counted every move's vCPU and RAM on its destination
+ * together (planDrain), so any subset in flight fits; each move still holds its claim on the
+ * destination before it starts (tasks/drain.ts), so a create since the plan cannot over-commit it.
+ */
+export function nextDrainMoves<M extends Pick<DrainMove, 'vmId' | 'toHostId'>>(
+  moves: readonly M[],
+  started: ReadonlySet<string>,
+  inFlight: readonly Pick<DrainMove, 'toHostId'>[],
+  limit: number,
+): M[] {
+  const slots = Math.max(1, Math.floor(limit)) - inFlight.length;
+  if (slots <= 0) return [];
+  const incoming = new Map<string, number>();
+  for (const m of inFlight) incoming.set(m.toHostId, (incoming.get(m.toHostId) ?? 0) + 1);
+  const pending = moves.filter((m) => !started.has(m.vmId));
+  const picks: M[] = [];
+  while (picks.length < slots && pending.length > 0) {
+    let best = 0;
+    for (let i = 1; i < pending.length; i++) {
+      if ((incoming.get(pending[i]!.toHostId) ?? 0) < (incoming.get(pending[best]!.toHostId) ?? 0)) best = i;
+    }
+    const [m] = pending.splice(best, 1);
+    picks.push(m!);
+    incoming.set(m!.toHostId, (incoming.get(m!.toHostId) ?? 0) + 1);
+  }
+  return picks;
 }
 
 /** A VM of the area, with the host it is placed on. */

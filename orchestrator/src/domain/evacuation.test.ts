@@ -1,7 +1,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { planEvacuation, planReturn, restartVerdict, type EvacuationVm, type KnownVm } from './evacuation.js';
+import { LOST_RETRY_BASE_MS, LOST_RETRY_MAX_MS, lostRetryDue, planEvacuation, planReturn, restartHold, restartVerdict, type EvacuationVm, type KnownVm } from './evacuation.js';
 import type { PoolLeaseObservation } from './agent.js';
 import { summarizeEvidence } from '../agent-api/pool-lease-view.js';
 import { buildPlacementSnapshot, type PlacementHost, type PlacementPool } from './placement.js';
@@ -100,11 +100,47 @@ test('the retry sweep plans lost HA VMs again, never lost non-HA ones', () => {
   const vms = [vm({ name: 'ha', state: 'lost' }), vm({ name: 'plain', ha: false, state: 'lost' })];
   const plan = planEvacuation({ placement: buildPlacementSnapshot(hosts, [shared]), vms }, 'id-a', { retryLost: true });
   assert.deepEqual(plan.moves.map((m) => m.vmName), ['ha']);
+  assert.deepEqual(plan.moves.map((m) => m.start), [true], 'lost from an unknown state: started');
   assert.deepEqual(plan.skipped.map((m) => [m.vmName, m.code]), [['plain', 'already_lost']]);
+  // Lost while stopped: defined elsewhere, not started; lost while running: started.
+  const fromState = planEvacuation(
+    { placement: buildPlacementSnapshot(hosts, [shared]), vms: [vm({ name: 'was-stopped', state: 'lost', lostFrom: 'stopped' }), vm({ name: 'was-running', state: 'lost', lostFrom: 'running' })] },
+    'id-a',
+    { retryLost: true },
+  );
+  assert.deepEqual(fromState.moves.map((m) => [m.vmName, m.start]).sort(), [['was-running', true], ['was-stopped', false]]);
   // Without retryLost, a host-down plan leaves both as they are.
   const first = planEvacuation({ placement: buildPlacementSnapshot(hosts, [shared]), vms }, 'id-a');
   assert.deepEqual(first.moves, []);
   assert.equal(first.skipped.length, 2);
+});
+
+test('a lost HA VM whose restart failed is tried on another host first, and on that host again only when nothing else fits', () => {
+  const lostVm = vm({ name: 'ha', state: 'lost' });
+  // b is the emptier host, the one placement picks; its restart failed there.
+  const hosts = [host('a', { state: 'down' }), host('b', { cpuCount: 64, ramMb: 262_144 }), host('c')];
+  const failedOn = new Map([[lostVm.id, new Set(['id-b'])]]);
+  const snapshot = { placement: buildPlacementSnapshot(hosts, [shared]), vms: [lostVm] };
+  assert.deepEqual(planEvacuation(snapshot, 'id-a', { retryLost: true }).moves.map((m) => m.toHostName), ['b']);
+  assert.deepEqual(planEvacuation(snapshot, 'id-a', { retryLost: true, failedOn }).moves.map((m) => m.toHostName), ['c']);
+  // c full: b again (its mount may have been fixed), not unplaced.
+  const full = [host('a', { state: 'down' }), host('b', { cpuCount: 64, ramMb: 262_144 }), host('c', { claimedRamMb: 8192 })];
+  const again = planEvacuation({ placement: buildPlacementSnapshot(full, [shared]), vms: [lostVm] }, 'id-a', { retryLost: true, failedOn });
+  assert.deepEqual(again.moves.map((m) => m.toHostName), ['b']);
+  assert.deepEqual(again.unplaced, []);
+});
+
+test('lostRetryDue: at once without a failure, then a wait that doubles per failure up to its cap', () => {
+  const t = 1_000_000;
+  assert.equal(lostRetryDue(0, null, t), true);
+  assert.equal(lostRetryDue(1, t, t + LOST_RETRY_BASE_MS - 1), false);
+  assert.equal(lostRetryDue(1, t, t + LOST_RETRY_BASE_MS), true);
+  assert.equal(lostRetryDue(3, t, t + 4 * LOST_RETRY_BASE_MS - 1), false);
+  assert.equal(lostRetryDue(3, t, t + 4 * LOST_RETRY_BASE_MS), true);
+  assert.equal(lostRetryDue(40, t, t + LOST_RETRY_MAX_MS - 1), false);
+  assert.equal(lostRetryDue(40, t, t + LOST_RETRY_MAX_MS), true);
+  // Never waits longer than the cap, however many failures.
+  fc.assert(fc.property(fc.integer({ min: 1, max: 10_000 }), (f) => lostRetryDue(f, t, t + LOST_RETRY_MAX_MS)));
 });
 
 test('only hosts of the VM\'s own area, with its pool, are candidates', () => {
@@ -144,12 +180,19 @@ test('deterministic and never over capacity, for any set of VMs (property)', () 
   );
 });
 
-test('a returning host: VMs placed elsewhere are evicted, unknown domains deleted with their volumes, lost VMs reconciled', () => {
+test('a returning host: VMs placed elsewhere are evicted, unknown domains deleted with their volumes, lost VMs reconciled, fenced HA VMs restarted', () => {
   const known = new Map<string, KnownVm>([
-    ['aaaa', { id: 'aaaa', hostId: 'B', state: 'running', poolName: 'shared' }],
-    ['bbbb', { id: 'bbbb', hostId: 'A', state: 'lost', poolName: 'shared' }],
-    ['cccc', { id: 'cccc', hostId: 'A', state: 'running', poolName: 'shared' }],
-    ['dddd', { id: 'dddd', hostId: null, state: 'error', poolName: null }],
+    ['aaaa', { id: 'aaaa', hostId: 'B', state: 'running', poolName: 'shared', ha: true }],
+    ['bbbb', { id: 'bbbb', hostId: 'A', state: 'lost', poolName: 'shared', ha: false }],
+    ['cccc', { id: 'cccc', hostId: 'A', state: 'running', poolName: 'shared', ha: true }],
+    ['dddd', { id: 'dddd', hostId: null, state: 'error', poolName: null, ha: false }],
+    // Placed here, running for the orchestrator, domain off: HA restarts, non-HA and stopped do not.
+    ['ffff', { id: 'ffff', hostId: 'A', state: 'running', poolName: 'shared', ha: true }],
+    ['gggg', { id: 'gggg', hostId: 'A', state: 'running', poolName: 'shared', ha: false }],
+    ['hhhh', { id: 'hhhh', hostId: 'A', state: 'stopped', poolName: 'shared', ha: true }],
+    // Lost HA VMs, domain off: started again if lost while running, else reconciled (stopped).
+    ['iiii', { id: 'iiii', hostId: 'A', state: 'lost', poolName: 'shared', ha: true, lostFrom: 'running' }],
+    ['jjjj', { id: 'jjjj', hostId: 'A', state: 'lost', poolName: 'shared', ha: true, lostFrom: 'stopped' }],
   ]);
   const domains = [
     { name: 'kloudak-aaaa', vmId: 'AAAA', state: 'shutoff' },
@@ -157,6 +200,11 @@ test('a returning host: VMs placed elsewhere are evicted, unknown domains delete
     { name: 'kloudak-cccc', vmId: 'cccc', state: 'running' },
     { name: 'kloudak-dddd', vmId: 'dddd', state: 'shutoff' },
     { name: 'kloudak-eeee', vmId: 'eeee', state: 'running' },
+    { name: 'kloudak-ffff', vmId: 'ffff', state: 'shutoff' },
+    { name: 'kloudak-gggg', vmId: 'gggg', state: 'shutoff' },
+    { name: 'kloudak-hhhh', vmId: 'hhhh', state: 'shutoff' },
+    { name: 'kloudak-iiii', vmId: 'iiii', state: 'crashed' },
+    { name: 'kloudak-jjjj', vmId: 'jjjj', state: 'shutoff' },
     { name: 'foreign', vmId: '', state: 'running' },
   ];
   const volumes = [
@@ -169,6 +217,9 @@ test('a returning host: VMs placed elsewhere are evicted, unknown domains delete
     { kind: 'reconcile', vmId: 'bbbb', domain: 'kloudak-bbbb', state: 'running' },
     { kind: 'evict', vmId: 'dddd', domain: 'kloudak-dddd', placedOn: null },
     { kind: 'deleteOrphan', vmId: 'eeee', domain: 'kloudak-eeee', pools: ['local', 'shared'] },
+    { kind: 'restart', vmId: 'ffff', domain: 'kloudak-ffff', domainState: 'shutoff' },
+    { kind: 'restart', vmId: 'iiii', domain: 'kloudak-iiii', domainState: 'crashed' },
+    { kind: 'reconcile', vmId: 'jjjj', domain: 'kloudak-jjjj', state: 'stopped' },
   ]);
 });
 
@@ -212,4 +263,23 @@ test('summarizeEvidence: an observer reported to two instances counts once, with
   ]);
   assert.deepEqual(e.observations.map((o) => [o.observerHostId, o.reportAgeMs]), [['y', 100], ['z', 300]]);
   assert.equal(e.lastRenewalSeenMsAgo, 100);
+});
+
+test('restartHold: an admin\'s word restarts; a clean agent stop that left VMs running holds; otherwise the pool lease files decide', () => {
+  const at = '2026-12-05T10:00:00.000Z';
+  const hostId = '11111111-1111-4111-8111-111111111111';
+  const none = { confirmedOff: null, agentStopped: null, heldWhy: null };
+  assert.equal(restartHold(hostId, none), null);
+  // A Goodbye that left nothing running protects nothing; a hold by the pool lease files is theirs to lift.
+  assert.equal(restartHold(hostId, { ...none, agentStopped: { at, vmIds: [] } }), null);
+  assert.equal(restartHold(hostId, { ...none, heldWhy: 'lease_file_renewed' }), null);
+  const held = restartHold(hostId, { ...none, agentStopped: { at, vmIds: ['a', 'b'] } });
+  assert.ok(held?.hold);
+  assert.equal(held.why, 'agent_stopped');
+  assert.match(held.message, /stopped cleanly at 2026-12-05T10:00:00.000Z and left 2 VM\(s\) running/);
+  assert.ok(held.message.includes(`/api/v1/hosts/${hostId}/confirm-off`), held.message);
+  // Held for that once, it stays held when the next Hello cleared the record (the host is coming back).
+  assert.equal(restartHold(hostId, { ...none, heldWhy: 'agent_stopped' })?.why, 'agent_stopped');
+  // The admin's word wins over the Goodbye.
+  assert.deepEqual(restartHold(hostId, { confirmedOff: { by: 'root', at }, agentStopped: { at, vmIds: ['a'] }, heldWhy: 'agent_stopped' }), { hold: false, why: 'confirmed_off' });
 });

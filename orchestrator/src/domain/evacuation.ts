@@ -14,7 +14,8 @@
  * - HA VMs are placed largest first (RAM, then vCPU), each decision seeing the earlier ones
  *   (applyPlacement), with the spread weigher and the anti-affinity of a workspace's HA VMs;
  * - an HA VM no host can take is `unplaced`, with the filter that rejected each host: it stays
- *   listed, and a later sweep retries it when capacity appears;
+ *   listed, and a later sweep retries it when capacity appears; one whose restart failed is
+ *   retried after a backoff ({@link lostRetryDue}), on another host first (`failedOn`);
  * - a VM without HA, or whose disk is on a host-local pool (gone with the host), is `lost`;
  * - a VM in the middle of a task (creating, deleting, recovering, …), in error, or already lost is
  *   `skipped`: its task or the host's return decides (the retry sweep plans lost HA VMs again).
@@ -48,6 +49,8 @@ export interface EvacuationVm {
   poolShared: boolean;
   /** The VM's state (Vm.state). */
   state: string;
+  /** A lost VM: the state it was lost from; a lost HA VM restarts started unless it was stopped. */
+  lostFrom?: string | null;
 }
 
 /** Everything the planner needs. */
@@ -114,6 +117,28 @@ export interface EvacuationOptions {
    * Default false: a dead host's non-HA VMs are lost.
    */
   allVms?: boolean;
+  /**
+   * Hosts where a restart of a VM failed in this episode (VM id → host ids): tried last for that
+   * VM. A recover that found no disk there (the pool not mounted after all) would fail again.
+   */
+  failedOn?: ReadonlyMap<string, ReadonlySet<string>>;
+}
+
+/** The first retry of a lost HA VM whose restart failed waits this long; each failure doubles it. */
+export const LOST_RETRY_BASE_MS = 5_000;
+/** The longest wait between two restarts of a lost HA VM. */
+export const LOST_RETRY_MAX_MS = 10 * 60_000;
+
+/**
+ * Whether a lost HA VM is due for another restart (pure): at once when no restart of it has
+ * failed in this episode; else {@link LOST_RETRY_BASE_MS} after the last failure, doubled per
+ * failure, at most {@link LOST_RETRY_MAX_MS}. Without it a restart that cannot succeed (its disk
+ * missing on the target) would be queued again at every sweep, for as long as the host is down.
+ */
+export function lostRetryDue(failures: number, lastFailedAtMs: number | null, nowMs: number): boolean {
+  if (failures <= 0 || lastFailedAtMs === null) return true;
+  const wait = Math.min(LOST_RETRY_MAX_MS, LOST_RETRY_BASE_MS * 2 ** Math.min(failures - 1, 30));
+  return nowMs >= lastFailedAtMs + wait;
 }
 
 function bySize(a: EvacuationVm, b: EvacuationVm): number {
@@ -172,7 +197,10 @@ export function planEvacuation(snapshot: EvacuationSnapshot, hostId: string, opt
       excludeHostIds: exclude,
       poolIds: new Set([vm.poolId]),
     };
-    const r = schedule(placement, request, policy);
+    // Hosts where its restart failed go last: elsewhere first, there only when nowhere else fits.
+    const failedOn = options.failedOn?.get(vm.id);
+    let r = schedule(placement, failedOn && failedOn.size > 0 ? { ...request, excludeHostIds: new Set([...exclude, ...failedOn]) } : request, policy);
+    if (!r.ok && failedOn && failedOn.size > 0) r = schedule(placement, request, policy);
     if (!r.ok) {
       plan.unplaced.push({ ...left(vm, 'no_capacity', r.message), rejections: r.rejections });
       continue;
@@ -185,7 +213,7 @@ export function planEvacuation(snapshot: EvacuationSnapshot, hostId: string, opt
       toHostId: r.hostId,
       toHostName: r.hostName,
       poolId: r.poolId,
-      start: vm.state !== 'stopped',
+      start: vm.state === 'lost' ? vm.lostFrom !== 'stopped' : vm.state !== 'stopped',
       reason: r.reason,
     });
   }
@@ -207,6 +235,10 @@ export interface KnownVm {
   hostId: string | null;
   state: string;
   poolName: string | null;
+  /** Whether it is an HA VM. */
+  ha: boolean;
+  /** A lost VM: the state it was lost from (null: unknown, or not lost). */
+  lostFrom?: string | null;
 }
 
 /** What to do on a host that comes back, before any other command reaches it. */
@@ -216,7 +248,16 @@ export type ReturnAction =
   /** No VM has this id: delete the domain and its volumes (nobody else can reference them). */
   | { kind: 'deleteOrphan'; vmId: string; domain: string; pools: string[] }
   /** A VM marked lost is still here: its state is what the host reports. */
-  | { kind: 'reconcile'; vmId: string; domain: string; state: 'running' | 'stopped' };
+  | { kind: 'reconcile'; vmId: string; domain: string; state: 'running' | 'stopped' }
+  /**
+   * An HA VM placed here and running for the orchestrator (or lost from running: nowhere else could
+   * take it), whose domain the host reports off: it fenced it while cut off, and no evacuation
+   * moved it. Start it again.
+   */
+  | { kind: 'restart'; vmId: string; domain: string; domainState: string };
+
+/** Domain states of a VM that is not running (a fenced domain is shut off). */
+const DOMAIN_OFF = new Set(['shutoff', 'crashed']);
 
 /**
  * Decide what to do with the domains a host reports on its return (pure). `known` are the VMs
@@ -242,15 +283,51 @@ export function planReturn(
       out.push({ kind: 'evict', vmId: id, domain: d.name, placedOn: vm.hostId });
       continue;
     }
-    if (vm.state === 'lost') out.push({ kind: 'reconcile', vmId: id, domain: d.name, state: d.state === 'running' ? 'running' : 'stopped' });
+    // An HA VM that was running (or lost from running) and whose domain is off starts again here.
+    const wasRunning = vm.state === 'running' || (vm.state === 'lost' && vm.lostFrom === 'running');
+    if (vm.ha && wasRunning && DOMAIN_OFF.has(d.state)) out.push({ kind: 'restart', vmId: id, domain: d.name, domainState: d.state });
+    else if (vm.state === 'lost') out.push({ kind: 'reconcile', vmId: id, domain: d.name, state: d.state === 'running' ? 'running' : 'stopped' });
   }
   return out;
 }
 
-/** Whether a down host's HA VMs may restart elsewhere now, from its pool lease files. */
+/** Whether a down host's HA VMs may restart elsewhere now: an admin's word, its agent's Goodbye, its pool lease files. */
 export type RestartVerdict =
-  | { hold: false; why: 'fenced' | 'lease_file_stood_still' | 'no_witness' }
-  | { hold: true; why: 'lease_file_renewed'; message: string };
+  | { hold: false; why: 'fenced' | 'lease_file_stood_still' | 'no_witness' | 'confirmed_off' }
+  | { hold: true; why: 'lease_file_renewed' | 'agent_stopped'; message: string };
+
+/** What a down host's row and its evacuation say before its pool lease files are read. */
+export interface RestartFacts {
+  /** An admin confirmed the host is off (POST /hosts/{id}/confirm-off). */
+  confirmedOff: { by: string; at: string } | null;
+  /** Its agent stopped cleanly (Goodbye) and left these VMs running; cleared by its next Hello. */
+  agentStopped: { at: string; vmIds: readonly string[] } | null;
+  /** Why this evacuation was held before, if it was. */
+  heldWhy: string | null;
+}
+
+/**
+ * The restart gate's first part, before the pool lease files ({@link restartVerdict}) are asked:
+ * - an admin confirmed the host is off → restart, whatever else says;
+ * - its agent stopped cleanly and left VMs running → hold: nothing fenced them (the agent
+ *   released its fence guard once the orchestrator recorded its Goodbye), so they may run on;
+ *   the host keeps them when its agent returns (the evacuation is then cancelled), or they
+ *   restart elsewhere once an admin confirms the host is off. Proxmox VE's "freeze" on shutdown.
+ *   Once held for that, it stays held even when the record is gone (a Hello clears it before the
+ *   host is up again): only the admin's word restarts those VMs;
+ * - otherwise null: the pool lease files decide.
+ * Pure.
+ */
+export function restartHold(hostId: string, facts: RestartFacts): RestartVerdict | null {
+  if (facts.confirmedOff) return { hold: false, why: 'confirmed_off' };
+  const stopped = facts.agentStopped;
+  const then = `they stay with the host when its agent is back, or restart elsewhere once an admin confirms the host is off (POST /api/v1/hosts/${hostId}/confirm-off)`;
+  if (stopped && stopped.vmIds.length > 0) {
+    return { hold: true, why: 'agent_stopped', message: `its agent was stopped cleanly at ${stopped.at} and left ${stopped.vmIds.length} VM(s) running, which nothing fenced: ${then}` };
+  }
+  if (facts.heldWhy === 'agent_stopped') return { hold: true, why: 'agent_stopped', message: `its agent's clean stop left VMs running: ${then}` };
+  return null;
+}
 
 /**
  * The second signal (issue 11, "A second signal"), read when a down host's evacuation is planned:

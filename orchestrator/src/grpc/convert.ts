@@ -207,6 +207,7 @@ export function host(h: HostView): pb.Host {
       : undefined,
     agentStartedAt: time(h.agentStartedAt),
     certificateExpiresAt: time(h.certificateExpiresAt),
+    agentStopped: h.agentStopped ? { at: time(h.agentStopped.at), runningVms: h.agentStopped.runningVms } : undefined,
   };
 }
 

@@ -11,6 +11,7 @@ import type { SimAgent } from '../agent-api/testing/sim-agent.js';
 import {
   freshArea,
   freshDrainedHost,
+  freshFrozenHost,
   freshHost,
   freshJoinToken,
   freshNetwork,
@@ -78,6 +79,7 @@ const TWINS: Record<string, string> = {
   'InventoryService.UpdateHost': 'PATCH /hosts/{id}',
   'InventoryService.DeleteHost': 'DELETE /hosts/{id}',
   'InventoryService.RekeyHost': 'POST /hosts/{id}/rekey',
+  'InventoryService.ConfirmHostOff': 'POST /hosts/{id}/confirm-off',
   'InventoryService.GetHostUsage': 'GET /hosts/{id}/usage',
   'InventoryService.DrainHost': 'POST /hosts/{id}/drain',
   'InventoryService.GetHostDrain': 'GET /hosts/{id}/drain',
@@ -183,6 +185,8 @@ for (const engine of ENGINES) {
           return { req: plain({ id: (await freshJoinToken(db(), w.area.id)).id }) };
         case 'GET /hosts/{id}/drain':
           return { req: plain({ id: (await freshDrainedHost(db(), w.area.id)).id }) };
+        case 'POST /hosts/{id}/confirm-off':
+          return { req: plain({ id: (await freshFrozenHost(db(), w.area.id)).id }) };
         case 'DELETE /hosts/{id}':
         case 'POST /hosts/{id}/drain':
         case 'POST /hosts/{id}/rekey':

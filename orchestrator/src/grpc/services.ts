@@ -441,6 +441,13 @@ export function apiServices(ctx: UnaryContext): { definition: grpc.ServiceDefini
       (caller, i: { params: Id }) => hosts.rekeyHost(s, caller, i.params.id),
       (h) => ({ host: c.host(h) }),
     ),
+    confirmHostOff: unary(
+      ctx,
+      'POST /hosts/{id}/confirm-off',
+      (r: pb.ConfirmHostOffRequest) => ({ params: { id: r.id } }),
+      (caller, i: { params: Id }) => hosts.confirmHostOff(s, caller, i.params.id),
+      (r) => ({ host: c.host(r.host), evacuations: r.evacuations }),
+    ),
     getHostUsage: unary(
       ctx,
       'GET /hosts/{id}/usage',

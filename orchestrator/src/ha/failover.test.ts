@@ -7,22 +7,18 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import * as pb from '@kloudak/proto/agent';
-import { ENGINES, connectSimHost, startHarness, type Harness } from '../testing/harness.js';
+import { ENGINES, connectSimHost, returnSimHost, simDomain, startHarness, type Harness } from '../testing/harness.js';
 import { createWorld, uniq, type World } from '../testing/fixtures.js';
-import { SimAgent } from '../agent-api/testing/sim-agent.js';
 import { writeHostState } from '../store/agent-hosts.js';
 import { evacuateHost, sweepEvacuations, type FailoverDeps } from './failover.js';
 import { systemClock } from '../clock.js';
 import { createLogger } from '@kloudak/common';
 import { DEFAULT_PLACEMENT_POLICY } from '../domain/placement.js';
+import { LOST_RETRY_BASE_MS } from '../domain/evacuation.js';
+import { waitFor } from '@kloudak/testkit';
 
-async function until(what: string, ok: () => Promise<boolean>, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await ok())) {
-    if (Date.now() > end) throw new Error(`timed out: ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+/** Poll until `ok` holds (15 s at most). */
+const until = (what: string, ok: () => Promise<boolean>, ms = 15_000) => waitFor(ok, ms, what);
 
 for (const engine of ENGINES) {
   describe(`failover on ${engine}`, { timeout: 90_000 }, () => {
@@ -65,7 +61,8 @@ for (const engine of ENGINES) {
       // Episode 1: A's agent goes; after lease + margin the HA VMs restart on B.
       await a.agent.stop();
       await until('HA VMs on B', async () => (await db.vm.count({ where: { id: { in: ids.slice(0, 2) }, state: 'running', hostId: b.hostId } })) === 2);
-      assert.equal((await db.vm.findUniqueOrThrow({ where: { id: ids[2]! } })).state, 'lost');
+      const lostPlain = await db.vm.findUniqueOrThrow({ where: { id: ids[2]! } });
+      assert.deepEqual([lostPlain.state, lostPlain.lostFrom], ['lost', 'running']);
       const first = await db.evacuation.findMany({ where: { hostId: a.hostId } });
       assert.deepEqual(first.map((e) => [e.episode, e.state]), [[1, 'planned']]);
 
@@ -94,28 +91,26 @@ for (const engine of ENGINES) {
       const commands: string[] = [];
       const orphan = randomUUID();
       const queued = h.orch.agents.sendCommand(a.hostId, { action: { kind: 'getInventory' } }, { deadline: Date.now() + 10_000 });
-      const dom = (vmId: string, state: pb.DomainState) => ({ name: `kloudak-${vmId}`, uuid: vmId, vmId, state, vcpus: 1, memoryBytes: 256n << 20n });
-      const back = new SimAgent({
-        address: `127.0.0.1:${h.orch.agentPort}`,
-        identity: a.identity,
-        heartbeatMs: 200,
-        reconnect: false,
-        hello: {
-          pools: [{ name: w.pool.name, path: '/srv/x', capacityBytes: 4000n << 30n, allocationBytes: 0n, availableBytes: 4000n << 30n, active: true }],
-          inventory: {
-            domains: [dom(ids[0]!, pb.DomainState.DOMAIN_STATE_SHUTOFF), dom(ids[1]!, pb.DomainState.DOMAIN_STATE_SHUTOFF), dom(ids[2]!, pb.DomainState.DOMAIN_STATE_RUNNING), dom(orphan, pb.DomainState.DOMAIN_STATE_RUNNING)],
-            volumes: [{ pool: w.pool.name, name: `kloudak-${orphan}-root.qcow2`, path: '/srv/x/o', capacityBytes: 1n, allocationBytes: 1n, vmId: orphan }],
-            ovsPorts: [],
-          },
+      const back = await returnSimHost(
+        h,
+        a.identity,
+        w.pool.name,
+        {
+          domains: [
+            simDomain(ids[0]!, pb.DomainState.DOMAIN_STATE_SHUTOFF),
+            simDomain(ids[1]!, pb.DomainState.DOMAIN_STATE_SHUTOFF),
+            simDomain(ids[2]!, pb.DomainState.DOMAIN_STATE_RUNNING),
+            simDomain(orphan, pb.DomainState.DOMAIN_STATE_RUNNING),
+          ],
+          volumes: [{ pool: w.pool.name, name: `kloudak-${orphan}-root.qcow2`, path: '/srv/x/o', capacityBytes: 1n, allocationBytes: 1n, vmId: orphan }],
         },
-        onCommand: async (c) => {
+        async (c) => {
           commands.push(`${c.action?.$case}:${c.vmId || '-'}`);
           await new Promise((r) => setTimeout(r, 20));
           return { ok: true };
         },
-      });
+      );
       stops.push(() => back.stop());
-      await back.start();
       assert.equal((await queued).ok, true);
       const firstAfter = commands.indexOf('getInventory:-');
       assert.ok(firstAfter >= 0, JSON.stringify(commands));
@@ -152,6 +147,36 @@ for (const engine of ENGINES) {
       assert.equal(p.hostId, hostA);
       assert.match(p.stateReason ?? '', /not an HA VM/);
       assert.equal(await db.evacuation.count({ where: { hostId: hostA } }), 2, 'no new evacuation');
+    });
+
+    it('a lost HA VM whose restart failed is retried after a backoff, on another host first', async () => {
+      // C, empty (the host placement prefers), has no disk for the VM: its recover fails there with
+      // not_found, after 2 s. The retry must wait 5 s from that failure — the next lost-VM sweep,
+      // 5 s after the first, would come 3 s after it — and go to B.
+      const db = h.orch.db.client;
+      const c = await connectSimHost(h, w.area.id, w.pool.name, uniq('c'), {
+        heartbeatMs: 200,
+        reconnect: false,
+        onCommand: async (cmd) => {
+          if (cmd.action?.$case !== 'createVm' || !cmd.action.createVm.recover) return { ok: true };
+          await new Promise((r) => setTimeout(r, 2000));
+          return { ok: false, error: { code: pb.ErrorCode.ERROR_CODE_NOT_FOUND, message: 'its root volume is not in the pool on this host' } };
+        },
+      });
+      stops.push(() => c.agent.stop());
+      const vmId = (await db.vm.create({ data: { name: uniq('lost-ha'), workspaceId: w.workspace.id, areaId: w.area.id, templateId: w.template.id, hostId: hostA, poolId: w.pool.id, cpu: 1, ramMb: 256, diskGb: 1, state: 'lost', haEnabled: true } })).id;
+      await until('recovered on B', async () => {
+        const v = await db.vm.findUniqueOrThrow({ where: { id: vmId } });
+        return v.state === 'running' && v.hostId === hostB;
+      }, 30_000);
+      const tasks = await db.task.findMany({ where: { kind: 'vm.recover', targetId: vmId }, orderBy: { seq: 'asc' } });
+      assert.deepEqual(
+        tasks.map((t) => [(t.input as { toHostId: string }).toHostId, t.state]),
+        [[c.hostId, 'rolled_back'], [hostB, 'succeeded']],
+        'one failed restart on C, then one on B',
+      );
+      const waited = tasks[1]!.createdAt.getTime() - tasks[0]!.finishedAt!.getTime();
+      assert.ok(waited >= LOST_RETRY_BASE_MS - 50, `the retry came ${waited} ms after the failure`);
     });
   });
 }

@@ -23,12 +23,14 @@ import type { HostLifecycleHooks } from '../agent-api/link.js';
 import type { Clock } from '../clock.js';
 import type { AgentCommand, CommandResult, HostInventory } from '../domain/agent.js';
 import type { PoolLeaseEvidence } from '../domain/agent.js';
-import { planEvacuation, planReturn, restartVerdict, type EvacuationPlan, type RestartVerdict, type ReturnAction } from '../domain/evacuation.js';
+import { lostRetryDue, planEvacuation, planReturn, restartHold, restartVerdict, type EvacuationPlan, type RestartVerdict, type ReturnAction } from '../domain/evacuation.js';
 import type { PlacementPolicy } from '../domain/placement.js';
 import { areaPlacementSnapshot, lockArea } from '../store/claims.js';
 import {
+  cancelEvacuation,
   downHostsWithLeftovers,
   downHostsWithLostHaVms,
+  failedRecovers,
   hostForEvacuation,
   knownVms,
   lockEvacuation,
@@ -36,11 +38,13 @@ import {
   pendingEvacuationHost,
   pendingEvacuations,
   reconcileLostVm,
+  restartFencedVm,
   recordHeld,
   recordHostCleanUp,
   vmsForEvacuation,
   writeLost,
   writeMoves,
+  type FailedRecovers,
 } from '../store/evacuations.js';
 import { VM_TASKS } from '../tasks/vm.js';
 
@@ -84,18 +88,33 @@ export async function evacuateHost(deps: FailoverDeps, hostId: string): Promise<
 }
 
 /**
- * Whether the pool lease files of a pending evacuation's host hold its restart back
- * (restartVerdict). Read outside the plan's transaction: gathering asks the other instances.
+ * Whether a pending evacuation's restart is held back: by an admin's word or the host's agent's
+ * Goodbye (restartHold), else by its pool lease files (restartVerdict). Read outside the plan's
+ * transaction: gathering asks the other instances. A hold whose host is not down any more (it came
+ * back with its VMs) cancels the evacuation. Returns null when there is nothing to plan.
  */
 async function heldBack(deps: FailoverDeps, evacuationId: string): Promise<{ verdict: RestartVerdict; evidence: PoolLeaseEvidence | null } | null> {
   const head = await pendingEvacuationHost(deps.db, evacuationId);
   if (!head) return null;
-  const evidence = deps.poolLeaseEvidence ? await deps.poolLeaseEvidence(head.hostId, head.peers) : null;
-  const verdict = restartVerdict(evidence, deps.leaseMs);
+  let verdict = restartHold(head.hostId, head);
+  let evidence: PoolLeaseEvidence | null = null;
+  if (verdict === null) {
+    evidence = deps.poolLeaseEvidence ? await deps.poolLeaseEvidence(head.hostId, head.peers) : null;
+    verdict = restartVerdict(evidence, deps.leaseMs);
+  }
+  // Back before its plan (held, or not planned yet): the host keeps its VMs; the HA VMs it fenced
+  // meanwhile are started there again by its clean-up (cleanReturningHost).
+  if (head.hostState !== 'down') {
+    const why = `the host is ${head.hostState} again: it keeps its VMs`;
+    if (await cancelEvacuation(deps.db, evacuationId, head.hostName, why, new Date(deps.clock.now()))) {
+      deps.log.warn({ component: 'failover', host_id: head.hostId, evacuation_id: evacuationId, held: head.heldWhy }, 'held evacuation cancelled: the host came back');
+    }
+    return null;
+  }
   if (verdict.hold) {
-    const first = await recordHeld(deps.db, evacuationId, head.hostId, head.hostName, { message: verdict.message, evidence }, new Date(deps.clock.now()));
+    const first = await recordHeld(deps.db, evacuationId, head.hostId, head.hostName, { why: verdict.why, message: verdict.message, evidence }, new Date(deps.clock.now()));
     deps.log[first ? 'warn' : 'debug']({ component: 'failover', host_id: head.hostId, evacuation_id: evacuationId, reason: verdict.message }, 'host evacuation held back');
-  } else if (head.held) {
+  } else if (head.heldWhy !== null) {
     deps.log.warn({ component: 'failover', host_id: head.hostId, evacuation_id: evacuationId, why: verdict.why }, 'host evacuation no longer held back');
   }
   return { verdict, evidence };
@@ -110,7 +129,8 @@ async function planOne(deps: FailoverDeps, evacuationId: string): Promise<Evacua
       const e = await lockEvacuation(tx, evacuationId);
       if (!e || e.state !== 'pending') return null;
       const host = await hostForEvacuation(tx, e.hostId);
-      if (!host) return null;
+      // Back since the gate was read: no plan (the next sweep cancels it).
+      if (!host || host.state !== 'down') return null;
       await lockArea(tx, host.areaId);
       const placement = await areaPlacementSnapshot(tx, host.areaId, deps.connected);
       const vms = await vmsForEvacuation(tx, host.id);
@@ -182,9 +202,14 @@ async function replanDownHost(deps: FailoverDeps, hostId: string, which: 'lost' 
       if (!host || host.state !== 'down') return 0;
       await lockArea(tx, host.areaId);
       const placement = await areaPlacementSnapshot(tx, host.areaId, deps.connected);
-      const vms = (await vmsForEvacuation(tx, host.id)).filter((v) => (lost ? v.state === 'lost' && v.ha : v.state === 'running' || v.state === 'stopped'));
+      let vms = (await vmsForEvacuation(tx, host.id)).filter((v) => (lost ? v.state === 'lost' && v.ha : v.state === 'running' || v.state === 'stopped'));
+      // A lost VM whose restart failed waits (backoff), and is tried on another host first.
+      const failed = lost ? await failedRecovers(tx, host.id, vms.map((v) => v.id), VM_TASKS.recover) : new Map<string, FailedRecovers>();
+      const now = deps.clock.now();
+      vms = vms.filter((v) => lostRetryDue(failed.get(v.id)?.count ?? 0, failed.get(v.id)?.lastAt ?? null, now));
       if (vms.length === 0) return 0;
-      const plan = planEvacuation({ placement, vms }, host.id, { policy: deps.placement, retryLost: lost });
+      const failedOn = new Map([...failed].map(([id, f]) => [id, f.hosts]));
+      const plan = planEvacuation({ placement, vms }, host.id, { policy: deps.placement, retryLost: lost, failedOn });
       const moved = await writeMoves(tx, host.id, plan.moves, lost ? ['lost'] : ['running', 'stopped'], {
         kind: VM_TASKS.recover,
         maxAttempts: deps.taskMaxAttempts,
@@ -208,6 +233,8 @@ export interface CleanUpReport {
   evicted: string[];
   deleted: string[];
   reconciled: string[];
+  /** HA VMs it fenced while cut off, started again there. */
+  restarted: string[];
   failed: { vmId: string; error: string }[];
 }
 
@@ -222,7 +249,7 @@ export async function cleanReturningHost(
   inventory: HostInventory,
   send: (command: AgentCommand, deadline: Date) => Promise<CommandResult>,
 ): Promise<CleanUpReport> {
-  const report: CleanUpReport = { evicted: [], deleted: [], reconciled: [], failed: [] };
+  const report: CleanUpReport = { evicted: [], deleted: [], reconciled: [], restarted: [], failed: [] };
   const domains = inventory.domains.map((d) => ({ name: d.name, vmId: d.vmId, state: d.state }));
   if (domains.length === 0) return report;
   const known = await knownVms(deps.db, domains.map((d) => d.vmId));
@@ -235,6 +262,12 @@ export async function cleanReturningHost(
     actions.map(async (a: ReturnAction) => {
       if (a.kind === 'reconcile') {
         if (await reconcileLostVm(deps.db, hostId, a.vmId, a.state)) report.reconciled.push(a.vmId);
+        return;
+      }
+      if (a.kind === 'restart') {
+        // Queued now, sent once the clean-up ends (commands to this host wait for it).
+        const settings = { kind: VM_TASKS.start, maxAttempts: deps.taskMaxAttempts, deadline: new Date(deps.clock.now() + deps.recoverTimeoutMs) };
+        if (await restartFencedVm(deps.db, hostId, a.vmId, settings)) report.restarted.push(a.vmId);
         return;
       }
       const deadline = new Date(deps.clock.now() + deps.commandTimeoutMs);
@@ -258,6 +291,7 @@ export async function cleanReturningHost(
   );
   const level = report.failed.length > 0 ? 'error' : 'warn';
   deps.log[level]({ component: 'failover', host_id: hostId, ...report }, 'returning host cleaned');
+  if (report.restarted.length > 0) deps.kickTasks();
   await recordHostCleanUp(deps.db, hostId, { ...report });
   if (mustFail) throw new Error(`could not evict from host ${hostId}: ${report.failed.map((f) => `${f.vmId} (${f.error})`).join(', ')}`);
   return report;

@@ -128,6 +128,27 @@ describe('several orchestrators on one database and NATS (postgres)', () => {
     assert.equal((await hostRow(a, id.hostId)).ownerInstanceId, b.instance.id);
   });
 
+  it('(b) a third instance that reads the database only once a minute learns at once, from NATS, that a session opened and closed on B', async () => {
+    const c = await startOrchestrator(configWith({ ...h.config, port: 0, agentPort: 0, grpcPort: 0 }), createLogger({ component: 'orchestrator-c', level: 'silent' }), systemClock, {
+      ...START,
+      directoryRefreshMs: 60_000,
+    });
+    try {
+      const id = await enroll(h, areaId, a.agentPort);
+      const agent = await connect(b, id, b.agentPort, b.instance.id);
+      let t0 = performance.now();
+      await waitFor(async () => c.agentLink.status(id.hostId).connected, 1000, 'C knows the session on B');
+      const openedMs = performance.now() - t0;
+      t0 = performance.now();
+      await agent.stop();
+      await waitFor(async () => !c.agentLink.status(id.hostId).connected, 1000, 'C knows the session on B closed');
+      const closedMs = performance.now() - t0;
+      console.log(`# C learned the session opened ${openedMs.toFixed(0)} ms after B held it, closed ${closedMs.toFixed(0)} ms after the agent left`);
+    } finally {
+      await c.close();
+    }
+  });
+
   it('(e) deleting a host through A ends its session held by B, and it cannot come back', async () => {
     const id = await enroll(h, areaId, a.agentPort);
     const agent = await connect(b, id, b.agentPort, b.instance.id);

@@ -10,6 +10,7 @@ import {
   fillPath,
   freshArea,
   freshDrainedHost,
+  freshFrozenHost,
   freshHost,
   freshJoinToken,
   freshNetwork,
@@ -130,6 +131,9 @@ for (const engine of ENGINES) {
         case 'GET /hosts/{id}/drain':
           // A host with a drain behind it (the fixture host has none).
           return (async () => ({ ...plain, path: fillPath(r.path, { id: (await freshDrainedHost(db(), w.area.id)).id }) }))();
+        case 'POST /hosts/{id}/confirm-off':
+          // A down host held back by its agent's clean stop (the fixture host is up: 409).
+          return (async () => ({ ...plain, path: fillPath(r.path, { id: (await freshFrozenHost(db(), w.area.id)).id }) }))();
         case 'DELETE /hosts/{id}':
         case 'POST /hosts/{id}/drain':
         case 'POST /hosts/{id}/rekey':

@@ -212,6 +212,54 @@ export async function vmsOnHost(db: PrismaClient, hostId: string, vmIds: readonl
   return new Set(rows.map((r) => r.id));
 }
 
+/**
+ * The agent of `hostId` said Goodbye on the session of `epoch` held by `instanceId`: record when,
+ * and which of `runningVmIds` are VMs placed on this host (what it says of others is dropped), with
+ * an infrastructure event, in one transaction. False when that session is no longer the host's
+ * (a newer one claimed it, or the host is gone): nothing is written. Cleared by the next Hello's
+ * claim (store/instances.ts).
+ */
+export async function recordGoodbye(
+  db: PrismaClient,
+  hostId: string,
+  session: { instanceId: string; epoch: bigint },
+  runningVmIds: readonly string[],
+  reason: string,
+  at: Date,
+): Promise<{ vmIds: string[] } | null> {
+  const ids = [...new Set(runningVmIds.filter((v) => UUID.test(v)).map((v) => v.toLowerCase()))];
+  return db.$transaction(async (tx) => {
+    const rows = await tx.$queryRaw<{ name: string }[]>`
+      SELECT "name" FROM "Host"
+      WHERE "id" = ${hostId}::uuid AND "ownerInstanceId" = ${session.instanceId}::uuid AND "sessionEpoch" = ${session.epoch}
+      FOR UPDATE`;
+    const h = rows[0];
+    if (!h) return null;
+    const own = ids.length === 0 ? [] : (await tx.vm.findMany({ where: { id: { in: ids }, hostId }, select: { id: true }, orderBy: { id: 'asc' } })).map((r) => r.id);
+    await tx.host.update({ where: { id: hostId }, data: { agentStoppedAt: at, agentStoppedVmIds: own }, select: { id: true } });
+    await appendEvents(tx, [
+      { workspaceId: null, entity: 'host', entityId: hostId, event: 'agent_stopped', name: h.name, data: { at: at.toISOString(), reason, runningVms: own.length, vmIds: own } },
+    ]);
+    return { vmIds: own };
+  });
+}
+
+/**
+ * Take back the Goodbye {@link recordGoodbye} wrote (at `at`) on that session, which came too late
+ * to be acknowledged, with an event. Only while that session is still the host's: a later Hello
+ * has cleared it already, and a newer session's Goodbye is not this one.
+ */
+export async function forgetGoodbye(db: PrismaClient, hostId: string, session: { instanceId: string; epoch: bigint }, at: Date): Promise<boolean> {
+  return db.$transaction(async (tx) => {
+    const n = await tx.$executeRaw`
+      UPDATE "Host" SET "agentStoppedAt" = NULL, "agentStoppedVmIds" = ARRAY[]::text[]
+      WHERE "id" = ${hostId}::uuid AND "ownerInstanceId" = ${session.instanceId}::uuid AND "sessionEpoch" = ${session.epoch} AND "agentStoppedAt" IS NOT NULL`;
+    if (n === 0) return false;
+    await appendEvents(tx, [{ workspaceId: null, entity: 'host', entityId: hostId, event: 'agent_stopped', data: { at: at.toISOString(), takenBack: true, reason: 'recorded after the lease ended: the agent fences its HA VMs' } }]);
+    return true;
+  });
+}
+
 /** How many of a host's latest evacuations {@link vmsFencedOnHost} looks through. */
 const RECENT_EVACUATIONS = 5;
 

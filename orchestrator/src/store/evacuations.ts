@@ -30,7 +30,7 @@ export async function hostForEvacuation(tx: Tx, hostId: string): Promise<{ id: s
 export async function vmsForEvacuation(tx: Tx, hostId: string): Promise<EvacuationVm[]> {
   const rows = await tx.vm.findMany({
     where: { hostId },
-    select: { id: true, name: true, workspaceId: true, areaId: true, cpu: true, ramMb: true, diskGb: true, haEnabled: true, poolId: true, state: true, pool: { select: { shared: true } } },
+    select: { id: true, name: true, workspaceId: true, areaId: true, cpu: true, ramMb: true, diskGb: true, haEnabled: true, poolId: true, state: true, lostFrom: true, pool: { select: { shared: true } } },
   });
   return rows.map((v) => ({
     id: v.id,
@@ -44,6 +44,7 @@ export async function vmsForEvacuation(tx: Tx, hostId: string): Promise<Evacuati
     poolId: v.poolId,
     poolShared: v.pool?.shared ?? false,
     state: v.state,
+    lostFrom: v.lostFrom,
   }));
 }
 
@@ -82,6 +83,42 @@ export async function downHostsWithLostHaVms(db: PrismaClient): Promise<string[]
     select: { hostId: true },
   });
   return rows.map((r) => r.hostId).filter((h): h is string => h !== null);
+}
+
+/** Restarts of one lost VM that failed (see {@link failedRecovers}). */
+export interface FailedRecovers {
+  count: number;
+  /** When the last one ended (ms since the epoch). */
+  lastAt: number;
+  /** The hosts they were tried on. */
+  hosts: Set<string>;
+}
+
+/**
+ * The restarts (`kind` tasks) of these VMs off `hostId` that failed since the host's current down
+ * episode began (its evacuation's creation), per VM. A VM with none is absent.
+ */
+export async function failedRecovers(tx: Tx, hostId: string, vmIds: readonly string[], kind: string): Promise<Map<string, FailedRecovers>> {
+  const out = new Map<string, FailedRecovers>();
+  if (vmIds.length === 0) return out;
+  const host = await tx.host.findUnique({ where: { id: hostId }, select: { downEpisode: true } });
+  const evacuation = host ? await tx.evacuation.findUnique({ where: { hostId_episode: { hostId, episode: host.downEpisode } }, select: { createdAt: true } }) : null;
+  if (!evacuation) return out;
+  const tasks = await tx.task.findMany({
+    where: { kind, targetType: 'vm', targetId: { in: [...vmIds] }, state: { in: ['failed', 'rolled_back'] }, createdAt: { gte: evacuation.createdAt } },
+    select: { targetId: true, input: true, finishedAt: true, updatedAt: true },
+  });
+  for (const t of tasks) {
+    const input = (t.input ?? {}) as Record<string, unknown>;
+    if (input['fromHostId'] !== hostId) continue;
+    const at = (t.finishedAt ?? t.updatedAt).getTime();
+    const f = out.get(t.targetId) ?? { count: 0, lastAt: 0, hosts: new Set<string>() };
+    f.count++;
+    f.lastAt = Math.max(f.lastAt, at);
+    if (typeof input['toHostId'] === 'string') f.hosts.add(input['toHostId']);
+    out.set(t.targetId, f);
+  }
+  return out;
 }
 
 /**
@@ -170,11 +207,13 @@ export async function writeLost(tx: Tx, hostId: string, left: readonly Evacuatio
   const events: EventInput[] = [];
   for (const l of left) {
     const reason = l.code === 'no_capacity' ? `no host of the area can take it now (retried when room appears): ${l.message}` : l.message;
-    const r = await tx.vm.updateMany({
-      where: { id: l.vmId, hostId, state: { in: ['running', 'stopped'] } },
-      data: { state: 'lost', stateReason: reason.slice(0, 1000) },
-    });
-    if (r.count === 0) continue;
+    // Which state it is lost from is kept (lostFrom): a running HA VM starts again on its host's return.
+    let count = 0;
+    for (const from of ['running', 'stopped'] as const) {
+      if (count > 0) break;
+      count = (await tx.vm.updateMany({ where: { id: l.vmId, hostId, state: from }, data: { state: 'lost', stateReason: reason.slice(0, 1000), lostFrom: from } })).count;
+    }
+    if (count === 0) continue;
     out.push(l.vmId);
     events.push(
       { workspaceId: l.workspaceId, entity: 'vm', entityId: l.vmId, event: 'state', state: 'lost', name: l.vmName, data: { code: l.code, reason: reason.slice(0, 1000) } },
@@ -215,28 +254,111 @@ export async function markPlanned(tx: Tx, id: string, hostId: string, hostName: 
   ]);
 }
 
-/** A pending evacuation's host, with the other hosts of its area (the peers that read its pool lease files). */
-export async function pendingEvacuationHost(db: PrismaClient, id: string): Promise<{ hostId: string; hostName: string; peers: string[]; held: boolean } | null> {
-  const e = await db.evacuation.findUnique({ where: { id }, select: { state: true, evidence: true, host: { select: { id: true, name: true, areaId: true } } } });
+/** What {@link pendingEvacuationHost} tells of a pending evacuation and its host. */
+export interface PendingEvacuationHead {
+  hostId: string;
+  hostName: string;
+  /** The host's liveness now: a hold is over when it is not down any more (the host came back). */
+  hostState: string;
+  /** The other hosts of its area (the peers that read its pool lease files). */
+  peers: string[];
+  /** Why it was held back, when it was (recordHeld); null: never held. */
+  heldWhy: string | null;
+  /** The host's agent said Goodbye and left these VMs running (store/agent-hosts.ts recordGoodbye). */
+  agentStopped: { at: string; vmIds: string[] } | null;
+  /** An admin confirmed the host is off (confirmHostOff). */
+  confirmedOff: { by: string; at: string } | null;
+}
+
+/** A pending evacuation, its host and what may hold its restart back; null when not pending. */
+export async function pendingEvacuationHost(db: PrismaClient, id: string): Promise<PendingEvacuationHead | null> {
+  const e = await db.evacuation.findUnique({
+    where: { id },
+    select: { state: true, evidence: true, host: { select: { id: true, name: true, areaId: true, state: true, agentStoppedAt: true, agentStoppedVmIds: true } } },
+  });
   if (!e || e.state !== 'pending') return null;
   const peers = await db.host.findMany({ where: { areaId: e.host.areaId, id: { not: e.host.id } }, select: { id: true } });
   const evidence = (e.evidence ?? {}) as Record<string, unknown>;
-  return { hostId: e.host.id, hostName: e.host.name, peers: peers.map((p) => p.id), held: evidence['held'] !== undefined };
+  const held = evidence['held'] as { why?: string } | undefined;
+  const confirmed = evidence['confirmedOff'] as { by: string; at: string } | undefined;
+  return {
+    hostId: e.host.id,
+    hostName: e.host.name,
+    hostState: e.host.state,
+    peers: peers.map((p) => p.id),
+    heldWhy: held ? (held.why ?? 'lease_file_renewed') : null,
+    agentStopped: e.host.agentStoppedAt ? { at: e.host.agentStoppedAt.toISOString(), vmIds: e.host.agentStoppedVmIds } : null,
+    confirmedOff: confirmed ? { by: confirmed.by, at: confirmed.at } : null,
+  };
 }
 
 /**
- * Record, once per evacuation, that its restart is held back by the host's pool lease files (in
- * its evidence, with an infrastructure event); later checks that still hold write nothing.
+ * A held evacuation whose host came back (it is not down any more): nothing is evacuated, the
+ * host keeps its VMs. Cancelled with its infrastructure event, only while still pending.
+ */
+export async function cancelEvacuation(db: PrismaClient, id: string, hostName: string, why: string, at: Date): Promise<boolean> {
+  return db.$transaction(async (tx) => {
+    const event = await cancelPending(tx, id, hostName, why, at);
+    if (event) await appendEvents(tx, [event]);
+    return event !== null;
+  });
+}
+
+/** {@link cancelEvacuation} in the caller's transaction; returns its event for the caller to append (null: not pending). */
+async function cancelPending(tx: Tx, id: string, hostName: string, why: string, at: Date): Promise<EventInput | null> {
+  const e = await lockEvacuation(tx, id);
+  if (!e || e.state !== 'pending') return null;
+  // plannedAt stays null: it never had a plan (vmsFencedOnHost reads planned ones).
+  await tx.evacuation.update({ where: { id }, data: { state: 'cancelled' } });
+  return { workspaceId: null, entity: 'evacuation', entityId: id, event: 'cancelled', state: 'cancelled', name: hostName, data: { hostId: e.hostId, episode: e.episode, reason: why, at: at.toISOString() } };
+}
+
+/** What {@link confirmHostOff} found. */
+export type ConfirmedOff =
+  | { kind: 'no_host' }
+  | { kind: 'not_down'; name: string; state: string }
+  | { kind: 'nothing_pending'; name: string }
+  | { kind: 'confirmed'; name: string; evacuations: string[] };
+
+/**
+ * An admin's word that a down host is off (powered off, or its VMs otherwise stopped): recorded on
+ * its pending evacuations, with an event each, so that nothing holds their restarts back any more.
+ * Only for a host that is down (its row locked, so it cannot come back meanwhile).
+ */
+export async function confirmHostOff(tx: Tx, hostId: string, by: string, at: Date): Promise<ConfirmedOff> {
+  const hosts = await tx.$queryRaw<{ name: string; state: string }[]>`SELECT "name", "state"::text AS state FROM "Host" WHERE "id" = ${hostId}::uuid FOR UPDATE`;
+  const h = hosts[0];
+  if (!h) return { kind: 'no_host' };
+  if (h.state !== 'down') return { kind: 'not_down', name: h.name, state: h.state };
+  const rows = await tx.$queryRaw<{ id: string; episode: number; evidence: unknown }[]>`
+    SELECT "id"::text AS id, "episode", "evidence" FROM "Evacuation" WHERE "hostId" = ${hostId}::uuid AND "state" = 'pending' ORDER BY "createdAt" FOR UPDATE`;
+  if (rows.length === 0) return { kind: 'nothing_pending', name: h.name };
+  const confirmedOff = { by, at: at.toISOString() };
+  for (const r of rows) {
+    const evidence = (r.evidence ?? {}) as Record<string, unknown>;
+    await tx.evacuation.update({ where: { id: r.id }, data: { evidence: { ...evidence, confirmedOff } as Prisma.InputJsonValue } });
+  }
+  await appendEvents(
+    tx,
+    rows.map((r) => ({ workspaceId: null, entity: 'evacuation', entityId: r.id, event: 'confirmed_off', state: 'pending', name: h.name, data: { hostId, episode: r.episode, ...confirmedOff } })),
+  );
+  return { kind: 'confirmed', name: h.name, evacuations: rows.map((r) => r.id) };
+}
+
+/**
+ * Record, once per evacuation, that its restart is held back (by the host's pool lease files, or
+ * its agent's clean stop: `why`), in its evidence, with an infrastructure event; later checks that
+ * still hold write nothing.
  * Returns whether this call recorded it.
  */
-export async function recordHeld(db: PrismaClient, id: string, hostId: string, hostName: string, held: { message: string; evidence: unknown }, at: Date): Promise<boolean> {
+export async function recordHeld(db: PrismaClient, id: string, hostId: string, hostName: string, held: { why: string; message: string; evidence: unknown }, at: Date): Promise<boolean> {
   return db.$transaction(async (tx) => {
     const e = await lockEvacuation(tx, id);
     if (!e || e.state !== 'pending') return false;
     const row = await tx.evacuation.findUniqueOrThrow({ where: { id }, select: { evidence: true } });
     const evidence = (row.evidence ?? {}) as Record<string, unknown>;
     if (evidence['held'] !== undefined) return false;
-    const record = { since: at.toISOString(), reason: held.message, poolLeases: held.evidence };
+    const record = { since: at.toISOString(), why: held.why, reason: held.message, poolLeases: held.evidence };
     await tx.evacuation.update({ where: { id }, data: { evidence: { ...evidence, held: record } as Prisma.InputJsonValue } });
     await appendEvents(tx, [
       { workspaceId: null, entity: 'evacuation', entityId: id, event: 'held', state: 'pending', name: hostName, data: { hostId, episode: e.episode, ...record } },
@@ -250,8 +372,8 @@ export async function knownVms(db: PrismaClient, ids: readonly string[]): Promis
   const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
   const valid = [...new Set(ids.filter((i) => UUID.test(i)).map((i) => i.toLowerCase()))];
   if (valid.length === 0) return new Map();
-  const rows = await db.vm.findMany({ where: { id: { in: valid } }, select: { id: true, hostId: true, state: true, pool: { select: { name: true } } } });
-  return new Map(rows.map((r) => [r.id, { id: r.id, hostId: r.hostId, state: r.state, poolName: r.pool?.name ?? null }]));
+  const rows = await db.vm.findMany({ where: { id: { in: valid } }, select: { id: true, hostId: true, state: true, haEnabled: true, lostFrom: true, pool: { select: { name: true } } } });
+  return new Map(rows.map((r) => [r.id, { id: r.id, hostId: r.hostId, state: r.state, poolName: r.pool?.name ?? null, ha: r.haEnabled, lostFrom: r.lostFrom }]));
 }
 
 /**
@@ -268,6 +390,55 @@ export async function reconcileLostVm(db: PrismaClient, hostId: string, vmId: st
       { workspaceId: null, entity: 'vm', entityId: vmId, event: 'reconciled', state, name: vm.name, data: { hostId } },
     ]);
     return true;
+  });
+}
+
+/**
+ * An HA VM that its returning host fenced (its domain is off, the VM still `running` here, or
+ * `lost` from running): it becomes `stopped`, with the reason, and a start task is queued, with its
+ * events. Only while it is still on that host, in that state, HA, and no task is working on it (a
+ * user's stop in flight is theirs).
+ * Returns the task's id, or null when it was left alone.
+ */
+export async function restartFencedVm(db: PrismaClient, hostId: string, vmId: string, task: { kind: string; maxAttempts: number; deadline: Date }): Promise<string | null> {
+  return db.$transaction(async (tx) => {
+    // The host is back (its agent said Hello): an evacuation not planned yet is cancelled first,
+    // under its row lock, so that no plan moves this VM away while it starts here.
+    const host = await tx.host.findUnique({ where: { id: hostId }, select: { name: true } });
+    if (!host) return null;
+    const events: EventInput[] = [];
+    for (const e of await tx.evacuation.findMany({ where: { hostId, state: 'pending' }, select: { id: true } })) {
+      const cancelled = await cancelPending(tx, e.id, host.name, 'the host is back: it keeps its VMs', new Date());
+      if (cancelled) events.push(cancelled);
+    }
+    const vm = await tx.vm.findFirst({
+      where: { id: vmId, hostId, haEnabled: true, OR: [{ state: 'running' }, { state: 'lost', lostFrom: 'running' }] },
+      select: { workspaceId: true, name: true },
+    });
+    const busy = vm ? await tx.task.count({ where: { targetType: 'vm', targetId: vmId, state: { in: ['queued', 'running', 'rolling_back'] } } }) : 0;
+    if (!vm || busy > 0) {
+      await appendEvents(tx, events);
+      return null;
+    }
+    const reason = 'its host fenced it while cut off and came back before it restarted elsewhere: starting it again there';
+    await tx.vm.update({ where: { id: vmId }, data: { state: 'stopped', stateReason: reason, lostFrom: null } });
+    const t = await insertTask(tx, {
+      kind: task.kind,
+      workspaceId: vm.workspaceId,
+      createdById: null,
+      targetType: 'vm',
+      targetId: vmId,
+      input: { name: vm.name, action: 'start', reason: 'ha_restart' },
+      maxAttempts: task.maxAttempts,
+      deadline: task.deadline,
+    });
+    await tx.vm.update({ where: { id: vmId }, data: { lastTaskId: t.id } });
+    await appendEvents(tx, [
+      ...events,
+      { workspaceId: vm.workspaceId, entity: 'vm', entityId: vmId, event: 'state', state: 'stopped', taskId: t.id, name: vm.name, data: { reason } },
+      { workspaceId: null, entity: 'vm', entityId: vmId, event: 'ha_restart', state: 'stopped', taskId: t.id, name: vm.name, data: { hostId } },
+    ]);
+    return t.id;
   });
 }
 

@@ -17,6 +17,8 @@ export interface HostRow {
   certExpiresAt: Date | null;
   agentVersion: string;
   lastHeartbeatAt: Date | null;
+  agentStoppedAt: Date | null;
+  agentStoppedVmIds: string[];
   createdAt: Date;
   area: { name: string };
   _count: { vms: number };

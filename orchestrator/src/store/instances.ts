@@ -64,11 +64,12 @@ export async function leaderOf(db: PrismaClient, name: string): Promise<{ instan
 /**
  * A Hello's claim: this instance now holds the host's session and judges its liveness. Returns
  * the session's epoch (higher than any earlier session's, on any instance), or null when the host
- * is gone.
+ * is gone. The agent is back: a Goodbye recorded before is over (recordGoodbye).
  */
 export async function claimSession(db: PrismaClient, hostId: string, instanceId: string): Promise<bigint | null> {
   const rows = await db.$queryRaw<{ epoch: bigint }[]>`
-    UPDATE "Host" SET "ownerInstanceId" = ${instanceId}::uuid, "sessionOpen" = true, "sessionEpoch" = "sessionEpoch" + 1
+    UPDATE "Host" SET "ownerInstanceId" = ${instanceId}::uuid, "sessionOpen" = true, "sessionEpoch" = "sessionEpoch" + 1,
+      "agentStoppedAt" = NULL, "agentStoppedVmIds" = ARRAY[]::text[]
     WHERE "id" = ${hostId}::uuid RETURNING "sessionEpoch" AS epoch`;
   const r = rows[0];
   return r ? BigInt(r.epoch) : null;

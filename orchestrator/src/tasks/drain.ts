@@ -8,7 +8,9 @@
  *    for each VM (capacity, filters, anti-affinity, the VM's own shared pool) and lists those that
  *    cannot move (a host-local disk, a task working on it, no room). Kept on the task
  *    (`placement`), with the progress.
- * 3. `move`: one VM after the other —
+ * 3. `move`: a few VMs at a time (`concurrency`, the orchestrator's drainConcurrency; which ones
+ *    the pure nextDrainMoves() in domain/drain.ts decides: spread over the destinations, in plan
+ *    order), each on its own; a failed one does not stop the others —
  *    Before it moves, the VM holds its vCPU and RAM on the destination too (`migratingToHostId`,
  *    counted by every placement snapshot), set in the area's claims lock once it still fits there.
  *    - running, `live` mode: the destination agent prepares (bridges, VLANs, the disk must be in
@@ -21,7 +23,9 @@
  *      and started on the source again.
  *    - stopped: defined on the destination, removed from the source.
  *    A VM already on its destination (a retry, or a resumed task) is skipped; one that failed is
- *    settled (its claim follows where the domain runs) and the step fails, to be retried. Undo:
+ *    settled (its claim follows where the domain runs) and the step fails once every move under way
+ *    has ended, to be retried. No move starts once the step is aborted (lost lease, shutdown) or
+ *    past its deadline, and the step does not end while one is under way. Undo:
  *    every planned VM's claim follows where it really runs (a migration that completed although
  *    its answer was lost counts as done). VMs that moved are never moved back.
  *
@@ -30,7 +34,7 @@
 import type { PrismaClient } from '@kloudak/prisma';
 import type { AgentChannel } from '../agent-api/channel.js';
 import type { HostInventory } from '../domain/agent.js';
-import { planDrain, type DrainMode, type DrainMove, type DrainPlan } from '../domain/drain.js';
+import { nextDrainMoves, planDrain, type DrainMode, type DrainMove, type DrainPlan } from '../domain/drain.js';
 import { schedule, type PlacementPolicy } from '../domain/placement.js';
 import type { EventInput } from '../events/event.js';
 import { areaPlacementSnapshot, lockArea } from '../store/claims.js';
@@ -59,6 +63,8 @@ export interface DrainTaskDeps {
   migrationTimeoutMs: number;
   /** How long the move step may take in all (every VM of the host). */
   moveStepTimeoutMs: number;
+  /** How many VMs the move step moves at once (at least 1). */
+  concurrency: number;
 }
 
 /** What the plan step keeps (and the move step follows). */
@@ -311,17 +317,63 @@ export function drainTaskDefinitions(deps: DrainTaskDeps): TaskDefinition[] {
           if (!plan) throw new StepError('no plan', 'failed_precondition', false);
           const moved: { vmId: string; vm: string; toHost: string; how: string; ms: number; skipped?: string }[] = [];
           const failed: { vmId: string; vm: string; toHost: string; error: string }[] = [];
-          for (const [i, m] of plan.moves.entries()) {
-            if (ctx.signal.aborted) throw new Error('aborted');
-            try {
-              const r = await moveOne(ctx, from, m, 1 + i * COMMANDS_PER_VM);
-              moved.push({ vmId: m.vmId, vm: m.vmName, toHost: m.toHostName, how: m.how, ms: r.ms, ...(r.skipped ? { skipped: r.skipped } : {}) });
-            } catch (err) {
-              if (ctx.signal.aborted) throw err;
-              failed.push({ vmId: m.vmId, vm: m.vmName, toHost: m.toHostName, error: (err as Error).message.slice(0, 500) });
+          const index = new Map(plan.moves.map((m, i) => [m.vmId, i]));
+          const started = new Set<string>();
+          const inFlight = new Map<string, { move: DrainMove; done: Promise<void> }>();
+          let aborted: unknown;
+          const launch = (m: DrainMove): void => {
+            started.add(m.vmId);
+            // Each VM's commands are numbered from its place in the plan: distinct whatever the order.
+            const done = moveOne(ctx, from, m, 1 + index.get(m.vmId)! * COMMANDS_PER_VM).then(
+              (r) => void moved.push({ vmId: m.vmId, vm: m.vmName, toHost: m.toHostName, how: m.how, ms: r.ms, ...(r.skipped ? { skipped: r.skipped } : {}) }),
+              (err: unknown) => {
+                if (ctx.signal.aborted) aborted ??= err;
+                else failed.push({ vmId: m.vmId, vm: m.vmName, toHost: m.toHostName, error: (err as Error).message.slice(0, 500) });
+              },
+            );
+            inFlight.set(m.vmId, { move: m, done: done.finally(() => inFlight.delete(m.vmId)) });
+          };
+          const report = () =>
+            ctx.setPlacement({
+              drain: {
+                mode: plan.mode,
+                moves: plan.moves,
+                cannotMove: plan.cannotMove,
+                progress: {
+                  moved: moved.length,
+                  failed: failed.length,
+                  of: plan.moves.length,
+                  concurrency: deps.concurrency,
+                  moving: [...inFlight.values()].map(({ move: m }) => ({ vmId: m.vmId, vm: m.vmName, toHost: m.toHostName, how: m.how })),
+                  done: moved,
+                  errors: failed,
+                },
+              },
+            });
+          // Once aborted (another worker resumes the step) or past the step's deadline (the engine
+          // has given up on this attempt; a retry starts again), this attempt starts no move and
+          // writes no progress: the attempt that carries on owns both.
+          const current = () => !ctx.signal.aborted && Date.now() < ctx.deadline.getTime();
+          try {
+            for (;;) {
+              if (current()) {
+                for (const m of nextDrainMoves(plan.moves, started, [...inFlight.values()].map((f) => f.move), deps.concurrency)) launch(m);
+                await report();
+              }
+              // Checked after the report (moves may end while it is written), with no wait before the race.
+              if (inFlight.size === 0) break;
+              await Promise.race([...inFlight.values()].map((f) => f.done));
             }
-            await ctx.setPlacement({ drain: { mode: plan.mode, moves: plan.moves, cannotMove: plan.cannotMove, progress: { moved: moved.length, failed: failed.length, of: plan.moves.length, done: moved, errors: failed } } });
+            // The last report may predate the end of the last moves.
+            if (current()) await report();
+          } finally {
+            // Never leave a move running behind the step (a failed report, say): its VM would be
+            // moved while the next attempt or the undo looks at it.
+            await Promise.allSettled([...inFlight.values()].map((f) => f.done));
           }
+          if (ctx.signal.aborted) throw aborted ?? new Error('aborted');
+          // Past the deadline the engine has failed this attempt already (some VMs may not have started).
+          if (!current()) throw new StepError(`the move step ran out of time (${started.size} of ${plan.moves.length} VMs started)`, 'deadline_exceeded', true);
           if (failed.length > 0) {
             throw new StepError(`${failed.length} of ${plan.moves.length} VMs could not move: ${failed.map((f) => `${f.vm} → ${f.toHost}: ${f.error}`).join('; ')}`.slice(0, 2000), 'unavailable', true);
           }

@@ -384,6 +384,7 @@ export function vmTaskDefinitions(deps: VmTaskDeps): TaskDefinition[] {
       // new host: the claim stays there, so that host's return cleans nothing it still needs.
       const from = String(task.input['fromHostId'] ?? '');
       if (from && complete) await tx.vm.updateMany({ where: { id: task.targetId, state: 'recovering' }, data: { hostId: from } });
+      await tx.vm.updateMany({ where: { id: task.targetId, state: 'recovering' }, data: { lostFrom: task.input['start'] === false ? 'stopped' : 'running' } });
       await setState(tx, task, 'lost', `the restart on another host failed: ${reason}`.slice(0, 1000));
     },
   };

@@ -1,6 +1,7 @@
 // Test fixtures shared by the permission matrix and the fuzz tests: inventory and workspace rows
 // inserted straight through Prisma (hosts, networks and VMs have no create route yet), unique
 // names, and one valid request per route.
+import { randomUUID } from 'node:crypto';
 import type { PrismaClient } from '@kloudak/prisma';
 import { hashSecret } from '../store/join-tokens.js';
 import { PERMISSION_FLAGS, toColumns, type PermissionFlag, type Permissions } from '../domain/permissions.js';
@@ -77,6 +78,18 @@ export async function freshHost(db: PrismaClient, areaId: string): Promise<Row> 
   const h = await db.host.create({
     data: { name: uniq('kvm'), areaId, cpuCount: 16, ramMb: 65536, diskGb: 900, state: 'up', lastHeartbeatAt: new Date() },
   });
+  return { id: h.id, name: h.name };
+}
+
+/**
+ * A down host of the area whose agent stopped cleanly and left a VM running: its evacuation is
+ * pending, held back until it is confirmed off (what POST /hosts/{id}/confirm-off needs).
+ */
+export async function freshFrozenHost(db: PrismaClient, areaId: string): Promise<Row> {
+  const h = await db.host.create({
+    data: { name: uniq('kvm'), areaId, cpuCount: 16, ramMb: 65536, diskGb: 900, state: 'down', downEpisode: 1, agentStoppedAt: new Date(), agentStoppedVmIds: [randomUUID()] },
+  });
+  await db.evacuation.create({ data: { hostId: h.id, episode: 1 } });
   return { id: h.id, name: h.name };
 }
 
@@ -247,10 +260,10 @@ export async function freshNetwork(db: PrismaClient, w: World): Promise<Row> {
 }
 
 /** A running VM of the world's workspace on `hostId` (default: the world's host), with no address. */
-export async function freshVm(db: PrismaClient, w: World, hostId = w.host.id): Promise<Row> {
+export async function freshVm(db: PrismaClient, w: World, hostId = w.host.id, opts: { ha?: boolean } = {}): Promise<Row> {
   const tpl = await db.template.findUniqueOrThrow({ where: { id: w.template.id } });
   const vm = await db.vm.create({
-    data: { name: uniq('vm'), workspaceId: w.workspace.id, areaId: w.area.id, templateId: tpl.id, hostId, poolId: w.pool.id, cpu: 1, ramMb: 256, diskGb: tpl.diskGb, state: 'running' },
+    data: { name: uniq('vm'), workspaceId: w.workspace.id, areaId: w.area.id, templateId: tpl.id, hostId, poolId: w.pool.id, cpu: 1, ramMb: 256, diskGb: tpl.diskGb, state: 'running', haEnabled: opts.ha ?? false },
   });
   return { id: vm.id, name: vm.name };
 }

@@ -7,6 +7,7 @@ import { freshDatabase, TEST_NATS_URL, type FreshDatabase } from '@kloudak/testk
 import { systemClock, type Clock } from '../clock.js';
 import { configWith, type OrchestratorConfig } from '../config.js';
 import { startOrchestrator, type Orchestrator, type StartOptions } from '../server.js';
+import type * as pb from '@kloudak/proto/agent';
 import { enrollSimAgent, SimAgent, type SimAgentOptions, type SimIdentity } from '../agent-api/testing/sim-agent.js';
 
 /** The two database engines every API test runs against. */
@@ -149,6 +150,38 @@ export async function startHarness(
   return h;
 }
 
+/** A domain as a simulated host reports it in its inventory: `kloudak-<vmId>`, 1 vCPU, 256 MiB. */
+export function simDomain(vmId: string, state: pb.DomainState): pb.InventoryDomain {
+  return { name: `kloudak-${vmId}`, uuid: vmId, vmId, state, vcpus: 1, memoryBytes: 256n << 20n };
+}
+
+/**
+ * An enrolled simulated host's agent back after a stop (a new process, same identity), saying Hello
+ * with `inventory` and the area pool `pool`; started, and stopped by the caller. It does not
+ * reconnect, and answers commands with `onCommand` (default: every one succeeds).
+ */
+export async function returnSimHost(
+  h: Harness,
+  identity: SimIdentity,
+  pool: string,
+  inventory: Partial<pb.Inventory>,
+  onCommand?: SimAgentOptions['onCommand'],
+): Promise<SimAgent> {
+  const agent = new SimAgent({
+    address: `127.0.0.1:${h.orch.agentPort}`,
+    identity,
+    heartbeatMs: 200,
+    reconnect: false,
+    hello: {
+      pools: [{ name: pool, path: '/srv/x', capacityBytes: 4000n << 30n, allocationBytes: 0n, availableBytes: 4000n << 30n, active: true }],
+      inventory: { domains: [], volumes: [], ovsPorts: [], ...inventory },
+    },
+    ...(onCommand ? { onCommand } : {}),
+  });
+  await agent.start();
+  return agent;
+}
+
 /**
  * Connect an in-process simulated agent (the real protocol over real sockets; every command
  * succeeds at once) as a host of `area` that reports `pool` active, and wait until it is up. For
@@ -159,7 +192,7 @@ export async function connectSimHost(
   areaId: string,
   pool: string,
   name = `sim-${++seq}`,
-  opts: Partial<Pick<SimAgentOptions, 'onCommand' | 'heartbeatMs' | 'usage' | 'reconnect'>> & { /** The pool's capacity as this host reports it (default 4000 GiB). */ poolCapacityGb?: number } = {},
+  opts: Partial<Pick<SimAgentOptions, 'onCommand' | 'heartbeatMs' | 'usage' | 'reconnect' | 'capacity'>> & { /** The pool's capacity as this host reports it (default 4000 GiB). */ poolCapacityGb?: number } = {},
 ): Promise<{ hostId: string; agent: SimAgent; identity: SimIdentity }> {
   const { poolCapacityGb = 4000, ...agentOpts } = opts;
   const poolBytes = BigInt(poolCapacityGb) << 30n;

@@ -81,6 +81,7 @@ export const RULES: Record<string, Rule> = {
   'PATCH /hosts/{id}': ADMIN,
   'DELETE /hosts/{id}': ADMIN,
   'POST /hosts/{id}/rekey': ADMIN,
+  'POST /hosts/{id}/confirm-off': ADMIN,
   'POST /hosts/{id}/drain': ADMIN,
   'GET /hosts/{id}/drain': ADMIN,
   'GET /areas/{name}/capacity': ADMIN,

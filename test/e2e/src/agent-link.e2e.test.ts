@@ -265,7 +265,8 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     const others = ((await api('GET', '/hosts')).body['items'] as { id: string; name: string }[]).filter((x) => x.id !== qemuId);
     for (const o of others) assert.equal((await api('PATCH', `/hosts/${o.id}`, { maintenance: true })).status, 200);
     const cutAt = Date.now();
-    a.relay.cut();
+    // Stalled, not reset: neither end sees the connection end, as when packets are silently lost.
+    a.relay.stall();
     await new Promise((r) => setTimeout(r, 1_000));
     a.relay.heal();
     const result = await pending;
@@ -320,7 +321,7 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     await waitFor(async () => lv.state === 'ready', 30_000, 'test libvirt client reconnected');
   });
 
-  it('the orchestrator unreachable past the lease: the HA VM is fenced, the non-HA one keeps running, and it is reported', async () => {
+  it('the orchestrator unreachable past the lease (a path that drops everything): the HA VM is fenced, the non-HA one keeps running, the stream ends, and it is reported', async () => {
     const a = agents.get(`${RUN}-qemu`);
     assert.ok(a);
     const qemuId = await hostId(a.name);
@@ -341,7 +342,8 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     const others = ((await api('GET', '/hosts')).body['items'] as { id: string; name: string }[]).filter((x) => x.id !== qemuId);
     for (const o of others) assert.equal((await api('PATCH', `/hosts/${o.id}`, { maintenance: true })).status, 200);
     const cutAt = Date.now();
-    a.relay.cut();
+    // Stalled, not reset: neither end sees the connection end, as when packets are silently lost.
+    a.relay.stall();
     // Watch both sides at once: the agent's fencing (through libvirt) and the orchestrator's verdict.
     let fencedAfter: number | null = null;
     let downAfter: number | null = null;
@@ -353,6 +355,14 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     }
     assert.ok(fencedAfter <= downAfter, `the HA VM was off (${fencedAfter} ms) before the orchestrator declared the host down (${downAfter} ms)`);
     assert.equal(await state(plainVm), 1, 'the non-HA VM keeps running');
+    // The orchestrator's HTTP/2 pings go unanswered: it ends the stream about when it declared the
+    // host down (one ping per lease, answered within the margin), so the host stops showing connected.
+    let disconnectedAfter: number | null = null;
+    while (disconnectedAfter === null) {
+      assert.ok(Date.now() - cutAt < 2 * (LEASE_MS + DOWN_MARGIN_MS) + 5_000, `the stalled stream still shows connected ${Date.now() - cutAt} ms after the stall`);
+      if ((await host(a.name))['connected'] === false) disconnectedAfter = Date.now() - cutAt;
+      else await new Promise((r) => setTimeout(r, 100));
+    }
     a.relay.heal();
     await waitState(a.name, 'up');
     await waitFor(async () => (await orch.db.client.fenceReport.count({ where: { hostId: qemuId } })) > 0, 10_000, 'fence report stored');
@@ -364,7 +374,7 @@ describe('the agent link end to end: real orchestrator, real agents', { timeout:
     const fenceLog = () => a.output().split('\n').filter((l) => /fenc|lease expired|QEMU/.test(l)).slice(-20).join('\n');
     assert.ok(JSON.stringify(report).includes(haVm), `the report names the fenced VM: ${JSON.stringify(report, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}\n${fenceLog()}`);
     assert.ok(!JSON.stringify(report).includes(plainVm));
-    console.log(`# HA VM off ${fencedAfter} ms after the cut, host down after ${downAfter} ms (lease ${LEASE_MS} ms, margin ${DOWN_MARGIN_MS} ms)`);
+    console.log(`# HA VM off ${fencedAfter} ms after the stall, host down after ${downAfter} ms, stream ended after ${disconnectedAfter} ms (lease ${LEASE_MS} ms, margin ${DOWN_MARGIN_MS} ms)`);
   });
 
   it('DeleteVm through the link leaves nothing; SIGTERM stops every agent cleanly (exit 0)', async () => {

@@ -18,7 +18,10 @@ export interface AgentProcess {
   child: ChildProcess;
   output(): string;
   exited: Promise<number | null>;
-  /** SIGKILL unless it already ended, and wait for the exit. */
+  /**
+   * SIGKILL to the agent and every process of its group (its fence guard: a host's death ends all
+   * its processes), unless it already ended, and wait for the agent's exit.
+   */
   kill(): Promise<void>;
   /** SIGTERM unless it already ended, SIGKILL if it has not exited `graceMs` later; waits for the exit. */
   stop(graceMs: number): Promise<void>;
@@ -44,6 +47,8 @@ export function spawnAgentProcess(name: string, orchestrator: string, dataDir: s
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
+    // Its own process group, with its fence guard (agent/src/fence/guard.ts) in it: kill() ends both.
+    detached: true,
   });
   child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
@@ -56,7 +61,13 @@ export function spawnAgentProcess(name: string, orchestrator: string, dataDir: s
     exited,
     output: () => out,
     async kill() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      if (child.exitCode === null && child.signalCode === null) {
+        try {
+          process.kill(-child.pid!, 'SIGKILL');
+        } catch {
+          child.kill('SIGKILL');
+        }
+      }
       await exited;
     },
     async stop(graceMs) {

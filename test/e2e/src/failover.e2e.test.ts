@@ -9,7 +9,10 @@
 // that fits nowhere and the non-HA ones must be `lost` with a reason, and there must be one
 // evacuation for the episode. Then A comes back with its old domains still defined: before any
 // other command reaches A they are evicted (the VMs now run elsewhere), a domain of no VM is
-// deleted with its volume, and the lost VMs left on A take the state A reports.
+// deleted with its volume, and the lost VMs left on A take the state A reports, except the lost HA
+// VM that was running, which is started again there (nowhere else could take it). Last, B's agent is
+// stopped cleanly (SIGTERM): it says Goodbye, B goes down, and its HA VMs stay where they are (the
+// evacuation held) until its agent is back, when the evacuation is cancelled.
 //
 // THE SHARED POOL. A test-driver host's storage pool is private to its agent's connection: a
 // volume created on A does not exist on B. So the test writes, into B's and C's node files, the
@@ -25,13 +28,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import { rootVolumeName } from '@kloudak/agent';
-import { createSimHost, createTestNet, ensureOvs, simDomainXml, type TestNet } from '@kloudak/agent/testing';
+import { createSimHost, ensureOvs, simDomainXml } from '@kloudak/agent/testing';
 import type { Orchestrator } from '@kloudak/orchestrator';
 import { Cleanup } from '@kloudak/testkit';
 import { spawnAgentProcess, type AgentProcess } from './agent-process.js';
 import { createNamespaceFleet, type NamespaceFleet } from './ns-hosts.js';
 import { agentTestEnv, ApiClient, type Json } from './api-client.js';
-import { hostInventory, startTestOrchestrator } from './vm-harness.js';
+import { createNetwork, hostInventory, joinToken, setUpSimArea, startTestOrchestrator } from './vm-harness.js';
 
 const RUN = `kfo${randomBytes(3).toString('hex')}`;
 const ADMIN = { username: 'root-admin', password: 'e2e-Failover-Pass-2026!' };
@@ -45,7 +48,6 @@ describe('host failure: HA VMs restart on the other hosts of the area; a returni
   let orch: Orchestrator;
   /** The three hosts' network namespaces around the orchestrator's agent address. */
   let fleet: NamespaceFleet;
-  let net: TestNet;
   let bridge: string;
   const agents = new Map<string, AgentProcess>();
   const simDirs = new Map<string, string>();
@@ -81,12 +83,7 @@ describe('host failure: HA VMs restart on the other hosts of the area; a returni
       cleanup.add(async () => rmSync(d, { recursive: true, force: true }));
     }
     const sim = createSimHost({ dir, ...shape, poolName: RUN, ...extra });
-    let token: string | undefined;
-    if (!hostIds.has(name)) {
-      const jt = await api('POST', '/hosts/join-tokens', { area: RUN, expiresIn: 600 });
-      assert.equal(jt.status, 201, JSON.stringify(jt.body));
-      token = jt.body['token'];
-    }
+    const token = hostIds.has(name) ? undefined : await joinToken(client, RUN);
     startAgent(name, { KLOUDAK_AGENT_LIBVIRT_URI: sim.uri, KLOUDAK_AGENT_CONSOLE_DIR: dir }, token);
     const id = await client.waitHostUp(name, () => agents.get(name)?.output() ?? '');
     hostIds.set(name, id);
@@ -128,13 +125,7 @@ describe('host failure: HA VMs restart on the other hosts of the area; a returni
       agentTlsNames: fleet.orchestratorIp,
     });
     await client.login(ADMIN);
-    net = await createTestNet('ko-');
-    cleanup.add(() => net.cleanup());
-    bridge = await net.addBridge('br');
-    assert.equal((await api('POST', '/areas', { name: RUN, subnet: '10.249.0.0/24', gateway: '10.249.0.1', vlanRange: '430-431' })).status, 201);
-    assert.equal((await api('POST', '/pools', { name: RUN, area: RUN, path: '/srv/shared', type: 'dir' })).status, 201);
-    assert.equal((await api('POST', '/templates', { name: `${RUN}-tpl`, os: 'test', cpu: 1, ramMb: 256, diskGb: 1, image: 'template.qcow2' })).status, 201);
-    assert.equal((await api('POST', '/workspaces', { name: WS })).status, 201);
+    ({ bridge } = await setUpSimArea(cleanup, client, { name: RUN, subnetBase: '10.249.0', vlanRange: '430-431', workspaces: [WS], netPrefix: 'ko-', poolPath: '/srv/shared' }));
   });
 
   after(async () => {
@@ -143,9 +134,7 @@ describe('host failure: HA VMs restart on the other hosts of the area; a returni
 
   it('places the VMs on A, the only host so far', async () => {
     await startHost(A, { cpus: 8, memoryMb: 8192 });
-    const front = await api('POST', `/workspaces/${WS}/networks`, { name: 'front', area: RUN });
-    assert.equal(front.status, 202, JSON.stringify(front.body));
-    await client.succeeded(front.body['task']['id']);
+    await createNetwork(client, 'front', RUN);
     const specs: [string, boolean, number][] = [...HA.map((n): [string, boolean, number] => [n, true, 512]), ['big', true, 3072], ['plain-1', false, 256], ['plain-2', false, 256]];
     const tasks: string[] = [];
     for (const [name, ha, ramMb] of specs) {
@@ -232,7 +221,7 @@ describe('host failure: HA VMs restart on the other hosts of the area; a returni
     assert.equal(await orch.db.client.task.count({ where: { kind: 'vm.recover' } }), HA.length);
   });
 
-  it('A comes back with its old domains: those now elsewhere are evicted before any other command, orphans deleted, lost VMs reconciled', async () => {
+  it('A comes back with its old domains: those now elsewhere are evicted before any other command, orphans deleted, lost VMs reconciled, a lost HA VM that was running started again', async () => {
     const aId = hostIds.get(A)!;
     // Queued while A is away: released only once A is clean, so what it sees is what A holds then.
     const first = orch.agents.sendCommand(aId, { action: { kind: 'getInventory' } }, { deadline: Date.now() + 60_000 });
@@ -258,7 +247,11 @@ describe('host failure: HA VMs restart on the other hosts of the area; a returni
     assert.ok(!vols.includes(rootVolumeName(orphan)), 'the orphan\'s volume is deleted');
     for (const n of HA) assert.ok(vols.includes(rootVolumeName(id(n))), `${n}'s disk is kept (in use on another host)`);
 
-    await waitFor('lost VMs reconciled', async () => (await vm('plain-1'))['state'] === 'running' && (await vm('plain-2'))['state'] === 'stopped' && (await vm('big'))['state'] === 'stopped', 10_000);
+    await waitFor('lost VMs reconciled', async () => (await vm('plain-1'))['state'] === 'running' && (await vm('plain-2'))['state'] === 'stopped', 10_000);
+    // big, an HA VM lost while running (it fit nowhere), is started again on A, its disk there.
+    await waitFor('big started again on A', async () => (await vm('big'))['state'] === 'running', 20_000);
+    assert.equal((await vm('big'))['host'], A);
+    assert.equal(await orch.db.client.task.count({ where: { kind: 'vm.start', targetId: id('big'), state: 'succeeded' } }), 1);
     for (const n of HA) assert.equal((await vm(n))['state'], 'running');
     const where = await domainsEverywhere();
     for (const [vmId, hosts] of where) assert.equal(hosts.length, 1, `${vmId} on ${hosts.join(', ')}`);
@@ -267,5 +260,44 @@ describe('host failure: HA VMs restart on the other hosts of the area; a returni
     const data = (cleaned?.payload ?? {}) as Json;
     assert.deepEqual([...(data['evicted'] as string[])].sort(), HA.map(id).sort());
     assert.deepEqual(data['deleted'], [orphan]);
+    assert.deepEqual(data['restarted'], [id('big')]);
+  });
+  it('B\'s agent stopped cleanly (SIGTERM): B goes down, but its HA VMs are neither restarted nor lost; back, B keeps them', async () => {
+    const bId = hostIds.get(B)!;
+    const id = (n: string) => vms.get(n)!['id'] as string;
+    const onB: string[] = [];
+    for (const n of HA) if ((await vm(n))['host'] === B) onB.push(n);
+    assert.equal(onB.length, 2, 'B runs two of the HA VMs');
+    const recovers = await orch.db.client.task.count({ where: { kind: 'vm.recover' } });
+    const b = agents.get(B)!;
+    await b.stop(20_000);
+    assert.equal(await b.exited, 0, b.output().slice(-2000));
+    assert.match(b.output(), /"msg":"Goodbye sent"/);
+    const stopped = (await api('GET', `/hosts/${bId}`)).body;
+    assert.equal(stopped['agentStopped']?.['runningVms'], 2, JSON.stringify(stopped));
+
+    // Down after its lease and margin; its evacuation held, with why, and nothing moved.
+    await waitFor('B down with its evacuation held', async () => {
+      const e = await orch.db.client.evacuation.findFirst({ where: { hostId: bId } });
+      return (e?.evidence as Json | undefined)?.['held']?.['why'] === 'agent_stopped';
+    }, 20_000);
+    assert.equal((await api('GET', `/hosts/${bId}`)).body['state'], 'down');
+    await new Promise((r) => setTimeout(r, 2000)); // sweeps go by
+    for (const n of onB) {
+      const v = await vm(n);
+      assert.deepEqual([v['state'], v['host']], ['running', B], `${n} stays as it was: it may still run`);
+    }
+    assert.equal(await orch.db.client.task.count({ where: { kind: 'vm.recover' } }), recovers, 'no restart elsewhere');
+
+    // B's agent starts again (an upgrade that took longer than the lease), its VMs still running.
+    const volumes = [...vms.values()].map((v) => ({ name: rootVolumeName(v['id']), capacityGb: 3 }));
+    await startHost(B, { cpus: 4, memoryMb: 2048 }, { volumes, domains: onB.map((n) => simDomainXml(id(n), 'running')) });
+    await waitFor('the held evacuation cancelled', async () => (await orch.db.client.evacuation.findFirst({ where: { hostId: bId } }))?.state === 'cancelled', 10_000);
+    const back = (await api('GET', `/hosts/${bId}`)).body;
+    assert.deepEqual([back['state'], back['agentStopped']], ['up', null]);
+    for (const n of onB) assert.deepEqual([(await vm(n))['state'], (await vm(n))['host']], ['running', B]);
+    const where = await domainsEverywhere();
+    for (const n of HA) assert.equal(where.get(id(n))?.length, 1, `${n} runs once: ${where.get(id(n))}`);
+    assert.equal(await orch.db.client.task.count({ where: { kind: 'vm.recover' } }), recovers);
   });
 });

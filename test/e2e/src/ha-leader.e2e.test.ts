@@ -2,8 +2,10 @@
 // it (issue 11, "two orchestrators: kill the leader during a failover, and the other finishes it").
 //
 // L, the leader, is a real orchestrator process, started first; S, the survivor, runs in this
-// process on the same PostgreSQL, NATS and data directory (so the same agent CA). Three real agent
-// processes on libvirt's test driver: A's agent dials L, B's and C's dial S. The VMs are created on
+// process on the same PostgreSQL, NATS and data directory (so the same agent CA). Three hosts, each
+// a network namespace with its own real agent process on libvirt's test driver (ns-hosts.ts): both
+// instances' agent links listen on the fleet bridge's address in the root namespace, A's agent
+// dials L there, B's and C's dial S. The VMs are created on
 // A (the only host then) and their tasks run on either engine, their commands crossing between
 // the instances through NATS (agent-api/routing.ts). A's agent is SIGKILLed: L holds A's session,
 // so L marks A down, plans the evacuation and its own task engine takes the recover tasks, whose
@@ -22,13 +24,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import { rootVolumeName } from '@kloudak/agent';
-import { createSimHost, createTestNet, ensureOvs, type TestNet } from '@kloudak/agent/testing';
+import { createSimHost, ensureOvs } from '@kloudak/agent/testing';
 import type { Orchestrator } from '@kloudak/orchestrator';
 import { Cleanup, freshDatabase, TEST_NATS_URL } from '@kloudak/testkit';
 import { spawnAgentProcess, type AgentProcess } from './agent-process.js';
+import { createNamespaceFleet, type NamespaceFleet } from './ns-hosts.js';
 import { agentTestEnv, ApiClient, type Json } from './api-client.js';
 import { startOrchestratorProcess, type OrchestratorProcess } from './orchestrator-process.js';
-import { hostInventory, startInProcessOrchestrator } from './vm-harness.js';
+import { createNetwork, hostInventory, joinToken, setUpSimArea, startInProcessOrchestrator } from './vm-harness.js';
 
 const RUN = `khl${randomBytes(3).toString('hex')}`;
 const ADMIN = { username: 'root-admin', password: 'e2e-Leader-Kill-2026!' };
@@ -53,7 +56,8 @@ describe('two orchestrators: the leader is killed during a failover, and the oth
   let leader: OrchestratorProcess;
   let leaderAgentPort: number;
   let s: Orchestrator;
-  let net: TestNet;
+  /** A, B and C's network namespaces around the address both instances' agent links listen on. */
+  let fleet: NamespaceFleet;
   let bridge: string;
   const agents = new Map<string, AgentProcess>();
   const hostIds = new Map<string, string>();
@@ -77,16 +81,17 @@ describe('two orchestrators: the leader is killed during a failover, and the oth
     const dir = mkdtempSync(join(tmpdir(), `${RUN}-sim-`));
     cleanup.add(() => rmSync(dir, { recursive: true, force: true }));
     const sim = createSimHost({ dir, ...shape, poolName: RUN, volumes });
-    const jt = await api('POST', '/hosts/join-tokens', { area: RUN, expiresIn: 600 });
-    assert.equal(jt.status, 201, JSON.stringify(jt.body));
+    const token = await joinToken(client, RUN);
     const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-agent-`));
     cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }));
-    const a = spawnAgentProcess(name, `127.0.0.1:${agentPort}`, dataDir, {
-      ...agentTestEnv(bridge),
-      KLOUDAK_AGENT_JOIN_TOKEN: jt.body['token'],
-      KLOUDAK_AGENT_LIBVIRT_URI: sim.uri,
-      KLOUDAK_AGENT_CONSOLE_DIR: dir,
-    });
+    const ns = fleet.hosts[[A, B, C].indexOf(name)]!.ns;
+    const a = spawnAgentProcess(
+      name,
+      `${fleet.orchestratorIp}:${agentPort}`,
+      dataDir,
+      { ...agentTestEnv(bridge), KLOUDAK_AGENT_JOIN_TOKEN: token, KLOUDAK_AGENT_LIBVIRT_URI: sim.uri, KLOUDAK_AGENT_CONSOLE_DIR: dir },
+      ns,
+    );
     agents.set(name, a);
     cleanup.add(() => a.kill());
     const id = await client.waitHostUp(name, () => a.output());
@@ -112,13 +117,17 @@ describe('two orchestrators: the leader is killed during a failover, and the oth
   before(async () => {
     await ensureLibvirtd();
     await ensureOvs();
+    fleet = await createNamespaceFleet(cleanup, 'khl', 238, 3);
     const db = await freshDatabase('kloudak_e2e_ha_leader');
     cleanup.add(() => db.drop());
     const dataDir = mkdtempSync(join(tmpdir(), `${RUN}-orch-`));
     cleanup.add(() => rmSync(dataDir, { recursive: true, force: true }));
     // L first: it creates the CA and keys in the shared data directory, and takes the leadership.
     leader = await startOrchestratorProcess({
-      KLOUDAK_AGENT_HOST: '127.0.0.1',
+      // Both instances' agent links on the fleet bridge's address (the hosts' only way out), which
+      // the shared server certificate names: L issues it, S loads it.
+      KLOUDAK_AGENT_HOST: fleet.orchestratorIp,
+      KLOUDAK_AGENT_TLS_NAMES: fleet.orchestratorIp,
       KLOUDAK_DATA_DIR: dataDir,
       DATABASE_URL: db.url,
       NATS_URL: TEST_NATS_URL,
@@ -137,17 +146,18 @@ describe('two orchestrators: the leader is killed during a failover, and the oth
       KLOUDAK_TASK_TIMEOUT_MS: String(T.taskTimeoutMs),
     });
     cleanup.add(() => leader.kill());
-    await waitFor('L prints its agent port', async () => /agents: 127\.0\.0\.1:\d+/.test(leader.output()), 10_000);
-    leaderAgentPort = Number(/agents: 127\.0\.0\.1:(\d+)/.exec(leader.output())?.[1]);
-    s = await startInProcessOrchestrator(cleanup, 'kloudak_e2e_ha_leader', ADMIN, { ...T, databaseUrl: db.url, dataDir, logLevel: 'warn' }, { livenessTickMs: 100, directoryRefreshMs: 200 });
+    const agentsLine = new RegExp(`agents: ${fleet.orchestratorIp.replaceAll('.', '\\.')}:(\\d+)`);
+    await waitFor('L prints its agent port', async () => agentsLine.test(leader.output()), 10_000);
+    leaderAgentPort = Number(agentsLine.exec(leader.output())?.[1]);
+    s = await startInProcessOrchestrator(
+      cleanup,
+      'kloudak_e2e_ha_leader',
+      ADMIN,
+      { ...T, databaseUrl: db.url, dataDir, logLevel: 'warn', agentHost: fleet.orchestratorIp, agentTlsNames: fleet.orchestratorIp },
+      { livenessTickMs: 100, directoryRefreshMs: 200 },
+    );
     await client.login(ADMIN);
-    net = await createTestNet('kh-');
-    cleanup.add(() => net.cleanup());
-    bridge = await net.addBridge('br');
-    assert.equal((await api('POST', '/areas', { name: RUN, subnet: '10.248.0.0/24', gateway: '10.248.0.1', vlanRange: '440-441' })).status, 201);
-    assert.equal((await api('POST', '/pools', { name: RUN, area: RUN, path: '/srv/shared', type: 'dir' })).status, 201);
-    assert.equal((await api('POST', '/templates', { name: `${RUN}-tpl`, os: 'test', cpu: 1, ramMb: 256, diskGb: 1, image: 'template.qcow2' })).status, 201);
-    assert.equal((await api('POST', '/workspaces', { name: WS })).status, 201);
+    ({ bridge } = await setUpSimArea(cleanup, client, { name: RUN, subnetBase: '10.248.0', vlanRange: '440-441', workspaces: [WS], netPrefix: 'kh-', poolPath: '/srv/shared' }));
   });
 
   after(async () => {
@@ -159,9 +169,7 @@ describe('two orchestrators: the leader is killed during a failover, and the oth
     const aId = await startHost(A, leaderAgentPort, { cpus: 8, memoryMb: 8192 });
     // Placement runs on S (its API): S must know A's session is open on L (its directory, read every 200 ms).
     await waitFor('S sees A connected on L', async () => s.agentLink.status(aId).connected, 10_000, 50);
-    const front = await api('POST', `/workspaces/${WS}/networks`, { name: 'front', area: RUN });
-    assert.equal(front.status, 202, JSON.stringify(front.body));
-    await client.succeeded(front.body['task']['id']);
+    await createNetwork(client, 'front', RUN);
     const tasks: string[] = [];
     for (const name of HA) {
       const r = await api('POST', `/workspaces/${WS}/vms`, { name, template: `${RUN}-tpl`, networks: ['front'], ha: true, ramMb: 512 });

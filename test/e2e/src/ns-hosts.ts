@@ -1,8 +1,9 @@
-// Hosts as network namespaces for whole-system HA tests: each host's agent runs in a namespace of
-// its own and reaches the orchestrator only through a veth into one Linux bridge, whose address in
-// the root namespace is where the orchestrator's agent link listens. Cutting a host's veth (link
-// down) partitions exactly that host from the orchestrator, while its agent keeps its local
-// libvirt (a unix socket, which no network namespace cuts) — what a real network partition does.
+// Hosts as network namespaces for whole-system HA tests and the failover bench: each host's agent
+// runs in a namespace of its own and reaches the orchestrator only through a veth into one Linux
+// bridge, whose address in the root namespace is where the orchestrator's agent link listens.
+// Cutting a host's veth (link down) partitions exactly that host from the orchestrator, while its
+// agent keeps its local libvirt (a unix socket, which no network namespace cuts) — what a real
+// network partition does.
 //
 // A kernel bridge, not OVS: this is the hosts' management network, not a VM network.
 //

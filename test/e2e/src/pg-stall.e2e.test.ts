@@ -12,12 +12,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
-import { createSimHost, createTestNet, ensureOvs, type TestNet } from '@kloudak/agent/testing';
+import { createSimHost, ensureOvs } from '@kloudak/agent/testing';
 import type { Orchestrator } from '@kloudak/orchestrator';
 import { Cleanup, startPrivatePostgres, withPg, type PrivatePostgres } from '@kloudak/testkit';
 import { spawnAgentProcess, type AgentProcess } from './agent-process.js';
 import { agentTestEnv, ApiClient, jsonLines } from './api-client.js';
-import { hostInventory, startTestOrchestrator, VM_TEST_TIMINGS } from './vm-harness.js';
+import { createNetwork, hostInventory, joinToken, setUpSimArea, startTestOrchestrator, VM_TEST_TIMINGS } from './vm-harness.js';
 
 const RUN = `ps${randomBytes(3).toString('hex')}`;
 const ADMIN = { username: 'root-admin', password: 'e2e-Pg-Stall-Pass-2026!' };
@@ -28,7 +28,6 @@ describe('a PostgreSQL stall of twice the lease fences no healthy host', { timeo
   const cleanup = new Cleanup();
   let pg: PrivatePostgres;
   let orch: Orchestrator;
-  let net: TestNet;
   const agents: AgentProcess[] = [];
   /** Host name → id. */
   const hostIds = new Map<string, string>();
@@ -42,32 +41,23 @@ describe('a PostgreSQL stall of twice the lease fences no healthy host', { timeo
     cleanup.add(() => pg.stop());
     orch = await startTestOrchestrator(cleanup, 'unused', ADMIN, { databaseUrl: pg.url });
     await client.login(ADMIN);
-    net = await createTestNet('ps-');
-    cleanup.add(() => net.cleanup());
-    const bridge = await net.addBridge('br');
-    assert.equal((await api('POST', '/areas', { name: RUN, subnet: '10.247.0.0/24', gateway: '10.247.0.1', vlanRange: '310-311' })).status, 201);
-    assert.equal((await api('POST', '/pools', { name: RUN, area: RUN, path: '/srv/pool', type: 'dir' })).status, 201);
-    assert.equal((await api('POST', '/templates', { name: `${RUN}-tpl`, os: 'test', cpu: 1, ramMb: 256, diskGb: 1, image: 'template.qcow2' })).status, 201);
-    assert.equal((await api('POST', '/workspaces', { name: WS })).status, 201);
+    const { bridge } = await setUpSimArea(cleanup, client, { name: RUN, subnetBase: '10.247.0', vlanRange: '310-311', workspaces: [WS], netPrefix: 'ps-' });
     for (const i of [0, 1]) {
       const dir = mkdtempSync(join(tmpdir(), `${RUN}-sim${i}-`));
       cleanup.add(async () => rmSync(dir, { recursive: true, force: true }));
       const sim = createSimHost({ dir, cpus: 4, memoryMb: 4096, poolName: RUN });
-      const jt = await api('POST', '/hosts/join-tokens', { area: RUN, expiresIn: 600 });
-      assert.equal(jt.status, 201, JSON.stringify(jt.body));
+      const token = await joinToken(client, RUN);
       const a = spawnAgentProcess(`${RUN}-h${i}`, `127.0.0.1:${orch.agentPort}`, dir, {
         ...agentTestEnv(bridge),
         KLOUDAK_AGENT_LIBVIRT_URI: sim.uri,
         KLOUDAK_AGENT_CONSOLE_DIR: dir,
-        KLOUDAK_AGENT_JOIN_TOKEN: jt.body['token'],
+        KLOUDAK_AGENT_JOIN_TOKEN: token,
       });
       agents.push(a);
       cleanup.add(() => a.kill());
     }
     for (const [i, a] of agents.entries()) hostIds.set(`${RUN}-h${i}`, await client.waitHostUp(`${RUN}-h${i}`, () => a.output()));
-    const net1 = await api('POST', `/workspaces/${WS}/networks`, { name: 'n', area: RUN });
-    assert.equal(net1.status, 202, JSON.stringify(net1.body));
-    await client.succeeded(net1.body['task']['id']);
+    await createNetwork(client, 'n', RUN);
     for (const name of ['a', 'b', 'c', 'd']) {
       const r = await api('POST', `/workspaces/${WS}/vms`, { name, template: `${RUN}-tpl`, networks: ['n'] });
       assert.equal(r.status, 202, JSON.stringify(r.body));

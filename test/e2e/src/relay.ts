@@ -1,12 +1,16 @@
 // A TCP relay between an agent and the orchestrator's agent port that a test or a benchmark can
-// cut (streams reset, new connections refused) without touching either process: how "orchestrator
-// unreachable past the lease" is made (agent-link e2e, the failover bench's partition).
+// cut (streams reset, new connections refused) or stall (connections stay open and every byte is
+// dropped, as on a path that silently loses packets) without touching either process: how
+// "orchestrator unreachable past the lease" is made in the agent-link e2e.
 import { createServer, connect, type Server, type Socket } from 'node:net';
 
 /** A TCP relay from a local port to the orchestrator's agent port that its owner can cut. */
 export class Relay {
   private readonly sockets = new Set<Socket>();
   private open = true;
+  private stalled = false;
+  /** Connections that lost bytes to a stall: broken streams, ended by {@link heal}. */
+  private readonly damaged = new Set<Socket>();
   private constructor(
     private readonly server: Server,
     readonly port: number,
@@ -26,7 +30,18 @@ export class Relay {
         s.on('close', () => relay.sockets.delete(s));
         s.on('error', () => undefined);
       }
-      client.pipe(upstream).pipe(client);
+      const forward = (from: Socket, to: Socket): void => {
+        from.on('data', (d: Buffer) => {
+          if (relay.stalled) {
+            relay.damaged.add(from);
+            return;
+          }
+          if (!to.write(d)) from.pause();
+        });
+        to.on('drain', () => from.resume());
+      };
+      forward(client, upstream);
+      forward(upstream, client);
       client.on('close', () => upstream.destroy());
       upstream.on('close', () => client.destroy());
     });
@@ -39,9 +54,24 @@ export class Relay {
     for (const s of this.sockets) s.resetAndDestroy();
   }
 
-  /** Accept connections again (the agent reconnects on its own). */
+  /**
+   * Keep every connection open, accept new ones, and drop every byte either way until
+   * {@link heal}: neither end sees the connection end; only its own timeouts (leases, HTTP/2
+   * keepalive pings) tell it.
+   */
+  stall(): void {
+    this.stalled = true;
+  }
+
+  /**
+   * Accept and forward again (the agent reconnects on its own). A connection that lost bytes to a
+   * stall is reset: its stream cannot be resumed.
+   */
   heal(): void {
     this.open = true;
+    this.stalled = false;
+    for (const s of this.damaged) s.resetAndDestroy();
+    this.damaged.clear();
   }
 
   /** Cut, and stop listening. */

@@ -5,7 +5,7 @@
 // default config is valid for the agent's config loader and documents every setting.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
+import { fork, spawnSync, type SpawnSyncOptions } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -187,6 +187,29 @@ describe('the kloudak-agent RPM', () => {
     const out = `${r.stdout}${r.stderr}`;
     assert.equal(r.status, 0, `rpmlint found problems:\n${out}`);
     assert.match(out, /\b0 errors, 0 warnings\b/, out);
+  });
+
+  it('the bundle forks as the fence guard (`fence-guard`, as the agent forks its own program): it starts, and exits when released', async () => {
+    const bundle = join(payload, BUNDLE);
+    const dir = mkdtempSync(join(tmpdir(), 'krpm-guard-'));
+    cleanup.add(() => rmSync(dir, { recursive: true, force: true }));
+    const settings = { runDir: join(dir, 'run'), dataDir: dir, graceMs: 1000, logLevel: 'info', logTarget: 'stdout', underSystemd: false };
+    const child = fork(bundle, ['fence-guard'], { cwd: work, env: { PATH: process.env['PATH'] ?? '', KLOUDAK_AGENT_FENCE_GUARD_SETTINGS: JSON.stringify(settings) }, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+    let out = '';
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    const deadline = Date.now() + 10_000;
+    while (!out.includes('fence guard started')) {
+      assert.ok(Date.now() < deadline && child.exitCode === null, `the guard did not start:\n${out}`);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    child.send({ type: 'release' });
+    assert.equal(await exited, 0, out);
+    // Without the agent's IPC channel it refuses to run.
+    const alone = spawnSync(process.execPath, [bundle, 'fence-guard'], { encoding: 'utf8', env: { KLOUDAK_AGENT_FENCE_GUARD_SETTINGS: JSON.stringify(settings) } });
+    assert.equal(alone.status, 2, alone.stderr);
+    assert.match(alone.stderr, /started by the agent only/);
   });
 
   it('runs: the extracted bundle prints the version, through the wrapper\'s own command line', () => {

@@ -10,12 +10,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
-import { createSimHost, createTestNet, ensureOvs, type TestNet } from '@kloudak/agent/testing';
+import { createSimHost, ensureOvs } from '@kloudak/agent/testing';
 import type { Orchestrator } from '@kloudak/orchestrator';
 import { Cleanup } from '@kloudak/testkit';
 import { startAgentProcess, type AgentProcess } from './agent-process.js';
 import { agentTestEnv, ApiClient, type Json } from './api-client.js';
-import { hostInventory, startTestOrchestrator } from './vm-harness.js';
+import { hostInventory, joinToken, setUpSimArea, startTestOrchestrator } from './vm-harness.js';
 
 const RUN = `kz${randomBytes(3).toString('hex')}`;
 const ADMIN = { username: 'root-admin', password: 'e2e-Vm-Burst-Pass-2026!' };
@@ -32,7 +32,6 @@ const QUOTA_A = 30;
 describe('a burst of 100 VM creates across 10 simulated hosts', { timeout: 300_000 }, () => {
   const cleanup = new Cleanup();
   let orch: Orchestrator;
-  let net: TestNet;
   let bridge = '';
   const agents: AgentProcess[] = [];
   const hostIds: string[] = [];
@@ -48,13 +47,7 @@ describe('a burst of 100 VM creates across 10 simulated hosts', { timeout: 300_0
     await ensureOvs();
     orch = await startTestOrchestrator(cleanup, 'kloudak_e2e_burst', ADMIN, { taskStepTimeoutMs: 30_000, taskTimeoutMs: 120_000 });
     await client.login(ADMIN);
-    net = await createTestNet('kz-');
-    cleanup.add(() => net.cleanup());
-    bridge = await net.addBridge('br');
-    assert.equal((await api('POST', '/areas', { name: RUN, subnet: '10.249.0.0/24', gateway: '10.249.0.1', vlanRange: '430-437' })).status, 201);
-    assert.equal((await api('POST', '/pools', { name: RUN, area: RUN, path: '/srv/pool', type: 'dir' })).status, 201);
-    assert.equal((await api('POST', '/templates', { name: `${RUN}-tpl`, os: 'test', cpu: 1, ramMb: 512, diskGb: 1, image: 'template.qcow2' })).status, 201);
-    for (const ws of [wsA, wsB]) assert.equal((await api('POST', '/workspaces', { name: ws })).status, 201);
+    ({ bridge } = await setUpSimArea(cleanup, client, { name: RUN, subnetBase: '10.249.0', vlanRange: '430-437', workspaces: [wsA, wsB], netPrefix: 'kz-', template: { ramMb: 512 } }));
     assert.equal((await api('PUT', `/workspaces/${wsA}/quota`, { vms: QUOTA_A })).status, 200);
 
     const started = Date.now();
@@ -62,12 +55,11 @@ describe('a burst of 100 VM creates across 10 simulated hosts', { timeout: 300_0
       const dir = mkdtempSync(join(tmpdir(), `${RUN}-sim${i}-`));
       cleanup.add(async () => rmSync(dir, { recursive: true, force: true }));
       const sim = createSimHost({ dir, cpus: HOST_CPUS, memoryMb: HOST_RAM_MB, poolName: RUN });
-      const jt = await api('POST', '/hosts/join-tokens', { area: RUN, expiresIn: 600 });
-      assert.equal(jt.status, 201, JSON.stringify(jt.body));
+      const token = await joinToken(client, RUN);
       const a = startAgentProcess(cleanup, `${RUN}-h${i}`, `127.0.0.1:${orch.agentPort}`, {
         ...agentTestEnv(bridge),
         KLOUDAK_AGENT_HEARTBEAT_MS: '1000',
-        KLOUDAK_AGENT_JOIN_TOKEN: jt.body['token'],
+        KLOUDAK_AGENT_JOIN_TOKEN: token,
         KLOUDAK_AGENT_LIBVIRT_URI: sim.uri,
         KLOUDAK_AGENT_CONSOLE_DIR: dir,
       }, { dirPrefix: `${RUN}-h${i}` });

@@ -64,11 +64,22 @@ describe('VM tasks through faults: the orchestrator or the agent killed mid-task
   }
 
   /**
-   * Resolves at the orchestrator's first log line (from now on) that `match` accepts, after running
-   * `onMatch` synchronously in the same tick (so a signal lands before the next command is sent);
-   * fails after 30 s.
+   * Whether the restarted orchestrator resumed command `id` under the same id: the agent answered
+   * it from memory (re-sent on the new session), or the agent's result reached the restarted
+   * orchestrator before its re-send (the agent answers on the session open when a command ends)
+   * and was taken for the command the resumed step had pending, never written by this process.
    */
-  function waitForOrchLog(match: (l: Json) => boolean, onMatch: () => void = () => undefined): Promise<void> {
+  function resumedSameId(mark: number, id: string): boolean {
+    return answeredFromMemory(mark).includes(id)
+      || jsonLines(orch.output()).some((l) => l['msg'] === 'command result' && l['command_id'] === id && l['written'] === false);
+  }
+
+  /**
+   * Resolves at the orchestrator's first log line (from now on) that `match` accepts; fails after
+   * 30 s. `match` sees the lines one by one, in order, as they arrive: a match that sends a signal
+   * does it before the orchestrator's next command is sent.
+   */
+  function waitForOrchLog(match: (l: Json) => boolean): Promise<void> {
     const stdout = orch.child.stdout!;
     let rest = '';
     let onData: (d: Buffer) => void = () => undefined;
@@ -78,7 +89,6 @@ describe('VM tasks through faults: the orchestrator or the agent killed mid-task
         rest = lines.pop() ?? '';
         if (jsonLines(lines.join('\n')).some(match)) {
           stdout.off('data', onData);
-          onMatch();
           resolve();
         }
       };
@@ -96,23 +106,28 @@ describe('VM tasks through faults: the orchestrator or the agent killed mid-task
 
   /**
    * Arm a kill: when the orchestrator logs `msg` for `step` of a task of `kind`, SIGSTOP the agent
-   * at once (the next command then waits in its socket), give the orchestrator `sendMs` to send
-   * it, SIGKILL the orchestrator, continue the agent, and start the orchestrator again. Armed
-   * before the request that queues the task (its first step may start before the 202 arrives);
-   * resolves the offset of the agent's output at the stop.
+   * at once (the next command then waits in its socket); once the orchestrator logs that it wrote
+   * the next command on the session, give the bytes `flushMs` to leave, SIGKILL the orchestrator,
+   * continue the agent, and start the orchestrator again. (A fixed wait after the step's line was
+   * not enough under load: the step reads the database before it sends.) Armed before the request
+   * that queues the task (its first step may start before the 202 arrives); resolves the offset of
+   * the agent's output at the stop.
    */
-  function armKill(kind: string, step: string, msg: 'step started' | 'step succeeded', sendMs = 400): Promise<number> {
+  function armKill(kind: string, step: string, msg: 'step started' | 'step succeeded', flushMs = 200): Promise<number> {
     let mark = -1;
-    const seen = waitForOrchLog(
-      (l) => l['kind'] === kind && l['step'] === step && l['msg'] === msg,
-      () => {
-        agent.child.kill('SIGSTOP');
-        mark = agent.output().length;
-      },
-    );
+    const sent = waitForOrchLog((l) => {
+      if (mark < 0) {
+        if (l['kind'] === kind && l['step'] === step && l['msg'] === msg) {
+          agent.child.kill('SIGSTOP');
+          mark = agent.output().length;
+        }
+        return false;
+      }
+      return l['msg'] === 'command sent' && typeof l['vm_id'] === 'string';
+    });
     return (async () => {
-      await seen;
-      await new Promise((r) => setTimeout(r, sendMs));
+      await sent;
+      await new Promise((r) => setTimeout(r, flushMs));
       await orch.kill();
       agent.child.kill('SIGCONT');
       await startOrch();
@@ -157,7 +172,8 @@ describe('VM tasks through faults: the orchestrator or the agent killed mid-task
       KLOUDAK_AGENT_HOST: '127.0.0.1',
       KLOUDAK_ADMIN_USER: ADMIN.username,
       KLOUDAK_ADMIN_PASSWORD: ADMIN.password,
-      KLOUDAK_LOG_LEVEL: 'info',
+      // debug: armKill waits for the 'command sent' line.
+      KLOUDAK_LOG_LEVEL: 'debug',
       KLOUDAK_HEARTBEAT_INTERVAL_MS: '250',
       // A killed orchestrator's task leases lapse after 1 s, so the next start resumes at once.
       KLOUDAK_TASK_LEASE_MS: '1000',
@@ -226,11 +242,11 @@ describe('VM tasks through faults: the orchestrator or the agent killed mid-task
       const t = await client.succeeded(taskId);
       const s = t['steps'].find((x: Json) => x['name'] === step);
       assert.equal(s['attempts'], 1, `the interrupted attempt was resumed, not retried: ${JSON.stringify(t)}`);
-      // The command the killed orchestrator sent ran once, and the restarted one re-sent its id.
+      // The command the killed orchestrator sent ran once, and the restarted one resumed its id.
       const runs = agentRuns(mark).filter((l) => l['action'] === action && l['vm_id'] === vmId);
       assert.equal(runs.length, 1, `one ${action} since the kill: ${JSON.stringify(runs)}`);
       assert.equal(runs[0]!['msg'], 'command succeeded');
-      assert.ok(answeredFromMemory(mark).includes(runs[0]!['command_id']), `the resumed step re-sent command ${runs[0]!['command_id']}\n${agent.output().slice(mark).slice(-3000)}`);
+      assert.ok(resumedSameId(mark, runs[0]!['command_id']), `the resumed step kept command id ${runs[0]!['command_id']}\n${agent.output().slice(mark).slice(-3000)}`);
       assert.equal(agentRuns().filter((l) => l['action'] === 'createVm' && l['vm_id'] === vmId).length, 1, 'created once in all');
       assert.equal((await api('GET', `/workspaces/${WS}/vms/mid-${step}`)).body['state'], 'running');
       assert.equal(await domainState(vmId), VIR_DOMAIN_RUNNING);
@@ -322,7 +338,7 @@ describe('VM tasks through faults: the orchestrator or the agent killed mid-task
     assert.equal(t['steps'][0]['attempts'], 1, JSON.stringify(t));
     const runs = agentRuns(mark).filter((l) => l['action'] === 'deleteVm' && l['vm_id'] === victim['id']);
     assert.equal(runs.length, 1, `one deleteVm since the kill: ${JSON.stringify(runs)}`);
-    assert.ok(answeredFromMemory(mark).includes(runs[0]!['command_id']), 'the resumed delete re-sent its command id');
+    assert.ok(resumedSameId(mark, runs[0]!['command_id']), `the resumed delete kept command id ${runs[0]!['command_id']}\n${agent.output().slice(mark).slice(-3000)}`);
     assert.equal((await api('GET', `/workspaces/${WS}/vms/mid-create`)).status, 404);
     // Delete the rest the ordinary way; the host keeps nothing of any of them.
     const names = ((await api('GET', `/workspaces/${WS}/vms`)).body['items'] as Json[]).map((v) => v['name'] as string);

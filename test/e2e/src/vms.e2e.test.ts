@@ -12,12 +12,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureLibvirtd } from '@kloudak/libvirt/testing';
 import { seedVolumeName } from '@kloudak/agent';
-import { createSimHost, createTestNet, ensureOvs, type TestNet } from '@kloudak/agent/testing';
+import { createSimHost, ensureOvs } from '@kloudak/agent/testing';
 import type { Orchestrator } from '@kloudak/orchestrator';
 import { Cleanup } from '@kloudak/testkit';
 import { spawnAgentProcess, type AgentProcess } from './agent-process.js';
 import { agentTestEnv, ApiClient, type Json } from './api-client.js';
-import { hostInventory, startTestOrchestrator } from './vm-harness.js';
+import { hostInventory, joinToken, setUpSimArea, startTestOrchestrator } from './vm-harness.js';
 
 const RUN = `kv${randomBytes(3).toString('hex')}`;
 const ADMIN = { username: 'root-admin', password: 'e2e-Vms-Networks-Pass-2026!' };
@@ -26,7 +26,6 @@ const WS = `${RUN}-ws`;
 describe('VMs and networks through the API, on two simulated hosts', { timeout: 300_000 }, () => {
   const cleanup = new Cleanup();
   let orch: Orchestrator;
-  let net: TestNet;
   let bridge: string;
   const agents = new Map<string, AgentProcess>();
   const hostIds = new Map<string, string>();
@@ -62,24 +61,13 @@ describe('VMs and networks through the API, on two simulated hosts', { timeout: 
     await ensureOvs();
     orch = await startTestOrchestrator(cleanup, 'kloudak_e2e_vms', ADMIN);
     await client.login(ADMIN);
-    net = await createTestNet('kv-');
-    cleanup.add(() => net.cleanup());
-    bridge = await net.addBridge('br');
-
-    assert.equal((await api('POST', '/areas', { name: RUN, subnet: '10.246.0.0/24', gateway: '10.246.0.1', vlanRange: '300-301' })).status, 201);
-    const pool = await api('POST', '/pools', { name: RUN, area: RUN, path: '/srv/pool', type: 'dir' });
-    assert.equal(pool.status, 201, JSON.stringify(pool.body));
-    const tpl = await api('POST', '/templates', { name: `${RUN}-tpl`, os: 'test', cpu: 1, ramMb: 256, diskGb: 1, image: 'template.qcow2' });
-    assert.equal(tpl.status, 201, JSON.stringify(tpl.body));
-    assert.equal((await api('POST', '/workspaces', { name: WS })).status, 201);
+    ({ bridge } = await setUpSimArea(cleanup, client, { name: RUN, subnetBase: '10.246.0', vlanRange: '300-301', workspaces: [WS], netPrefix: 'kv-' }));
 
     for (const i of [0, 1]) {
       const dir = mkdtempSync(join(tmpdir(), `${RUN}-sim${i}-`));
       cleanup.add(async () => rmSync(dir, { recursive: true, force: true }));
       const sim = createSimHost({ dir, cpus: 4, memoryMb: 4096, poolName: RUN });
-      const jt = await api('POST', '/hosts/join-tokens', { area: RUN, expiresIn: 600 });
-      assert.equal(jt.status, 201, JSON.stringify(jt.body));
-      await startAgent(`${RUN}-h${i}`, { KLOUDAK_AGENT_LIBVIRT_URI: sim.uri, KLOUDAK_AGENT_CONSOLE_DIR: dir }, jt.body['token']);
+      await startAgent(`${RUN}-h${i}`, { KLOUDAK_AGENT_LIBVIRT_URI: sim.uri, KLOUDAK_AGENT_CONSOLE_DIR: dir }, await joinToken(client, RUN));
     }
     for (const i of [0, 1]) await waitUp(`${RUN}-h${i}`);
   });

@@ -256,6 +256,29 @@ export class SimAgent extends EventEmitter {
     return this.seq;
   }
 
+  /**
+   * Say Goodbye (a clean stop leaving `runningVmIds` running) on the current stream; resolves true
+   * at the orchestrator's GoodbyeAck, false if none comes within `timeoutMs`.
+   */
+  goodbye(runningVmIds: string[], reason = 'SIGTERM', timeoutMs = 5000): Promise<boolean> {
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.off('goodbyeAck', ok);
+        resolve(false);
+      }, timeoutMs);
+      const ok = () => {
+        clearTimeout(t);
+        resolve(true);
+      };
+      this.once('goodbyeAck', ok);
+      if (!this.send({ body: { $case: 'goodbye', goodbye: { runningVmIds, reason } } })) {
+        clearTimeout(t);
+        this.off('goodbyeAck', ok);
+        resolve(false);
+      }
+    });
+  }
+
   /** Stop reading the stream (a broken agent): what the orchestrator writes piles up on its side. */
   stopReading(): void {
     this.call?.pause();
@@ -308,6 +331,9 @@ export class SimAgent extends EventEmitter {
         this.stats.helloAcks += 1;
         this.startHeartbeats(this.opts.heartbeatMs ?? m.body.helloAck.heartbeatIntervalMs);
         this.emit('helloAck', m.body.helloAck);
+        return;
+      case 'goodbyeAck':
+        this.emit('goodbyeAck');
         return;
       case 'leaseGrant':
         this.stats.leaseGrants += 1;

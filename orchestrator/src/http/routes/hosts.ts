@@ -30,6 +30,10 @@ const HostSchema = Type.Object({
   usage: Type.Union([HostUsageSchema, Type.Null()], { description: 'the last heartbeat\'s usage; null before the first' }),
   agentStartedAt: Type.Union([Timestamp, Type.Null()]),
   certificateExpiresAt: Type.Union([Timestamp, Type.Null()]),
+  agentStopped: Type.Union([Type.Object({ at: Timestamp, runningVms: Type.Integer({ description: 'VMs the agent left running' }) }), Type.Null()], {
+    description:
+      'set from a clean stop of the agent until it is back; the VMs it left running (nothing fenced them) are not restarted elsewhere until then, or until the host is confirmed off (POST /hosts/{id}/confirm-off)',
+  }),
 });
 const UsagePoint = Type.Object({
   at: Timestamp,
@@ -106,6 +110,24 @@ export function hostRoutes(s: Services): RouteSpec[] {
       response: { status: 200, description: 'the host, without a valid certificate', schema: HostSchema },
       errors: [404],
       handler: ({ caller, params }) => hosts.rekeyHost(s, caller, params.id),
+    }),
+    route({
+      method: 'post',
+      path: '/hosts/{id}/confirm-off',
+      operationId: 'confirmHostOff',
+      summary: 'Confirm that a down host is off, so that its HA VMs restart elsewhere',
+      description:
+        'A down host\'s HA VMs restart on other hosts of its area once it must have fenced them. Two things hold that back because the VMs may still run: the host\'s agent stopped cleanly and left its VMs running (`agentStopped`), or its pool lease files are still renewed and do not say it fenced. When you know the host is off (powered off, its VMs killed), say so here: the hold is lifted and its evacuation is planned within a second. The host must be down with an evacuation not yet planned (409 otherwise). Never use it on a host that may still run its VMs: they would run twice.',
+      tag: 'hosts',
+      access: 'admin',
+      params: IdParams,
+      response: {
+        status: 200,
+        description: 'the host, and the evacuations now free to restart its VMs',
+        schema: Type.Object({ host: HostSchema, evacuations: Type.Array(Uuid) }),
+      },
+      errors: [404, 409],
+      handler: ({ caller, params }) => hosts.confirmHostOff(s, caller, params.id),
     }),
     route({
       method: 'post',
