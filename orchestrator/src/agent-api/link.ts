@@ -15,7 +15,7 @@ import {
   type RenewCertificateResponse,
 } from '@kloudak/proto/agent';
 import { monotonicNow, type Clock } from '../clock.js';
-import type { AgentCommand, CommandResult, HostInventory } from '../domain/agent.js';
+import type { AgentCommand, CommandResult, DomainLifecycleEvent, HostInventory } from '../domain/agent.js';
 import { serialStanding, type HostCertificates } from '../domain/certificates.js';
 import { appendEventsNow } from '../store/outbox.js';
 import { retirePreviousCertificate } from '../store/host-certs.js';
@@ -104,6 +104,11 @@ export interface HostLifecycleHooks {
     inventory: HostInventory,
     send: (command: AgentCommand, deadline: Date) => Promise<CommandResult>,
   ): Promise<void>;
+  /**
+   * A domain of a VM placed on this host changed outside of what a task asked (its lifecycle
+   * event, already checked to be about a VM of this host): its state follows (ha/failover.ts).
+   */
+  domainChanged(hostId: string, event: DomainLifecycleEvent): Promise<void>;
 }
 
 /** What the REST API shows of a host's link. */
@@ -519,6 +524,10 @@ export class AgentLink {
             data: { hostId: s.hostId, domainName: e.domainName, detail: e.detail, occurredAt: e.occurredAt?.toISOString() ?? null },
           },
         ]);
+        // Followed only within the lease this process granted: past it the agent has fenced, or is
+        // fencing, and a domain it destroyed is no guest's doing. A restart queued for it would
+        // also keep the host's evacuation from moving the VM (a VM with a task is skipped).
+        if ((this.liveness.leaseLeftMs(s.hostId) ?? 0) > 0) await this.hooks?.domainChanged(s.hostId, e);
         return;
       }
       case 'fenceReport': {

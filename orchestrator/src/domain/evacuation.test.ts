@@ -180,19 +180,21 @@ test('deterministic and never over capacity, for any set of VMs (property)', () 
   );
 });
 
-test('a returning host: VMs placed elsewhere are evicted, unknown domains deleted with their volumes, lost VMs reconciled, fenced HA VMs restarted', () => {
+test('a returning host: VMs placed elsewhere are evicted, unknown domains deleted with their volumes, lost VMs reconciled, fenced HA VMs restarted, other states follow their domains', () => {
   const known = new Map<string, KnownVm>([
     ['aaaa', { id: 'aaaa', hostId: 'B', state: 'running', poolName: 'shared', ha: true }],
     ['bbbb', { id: 'bbbb', hostId: 'A', state: 'lost', poolName: 'shared', ha: false }],
     ['cccc', { id: 'cccc', hostId: 'A', state: 'running', poolName: 'shared', ha: true }],
     ['dddd', { id: 'dddd', hostId: null, state: 'error', poolName: null, ha: false }],
-    // Placed here, running for the orchestrator, domain off: HA restarts, non-HA and stopped do not.
+    // Placed here, running for the orchestrator, domain off: HA restarts; non-HA follows (stopped); stopped stays.
     ['ffff', { id: 'ffff', hostId: 'A', state: 'running', poolName: 'shared', ha: true }],
     ['gggg', { id: 'gggg', hostId: 'A', state: 'running', poolName: 'shared', ha: false }],
     ['hhhh', { id: 'hhhh', hostId: 'A', state: 'stopped', poolName: 'shared', ha: true }],
     // Lost HA VMs, domain off: started again if lost while running, else reconciled (stopped).
     ['iiii', { id: 'iiii', hostId: 'A', state: 'lost', poolName: 'shared', ha: true, lostFrom: 'running' }],
     ['jjjj', { id: 'jjjj', hostId: 'A', state: 'lost', poolName: 'shared', ha: true, lostFrom: 'stopped' }],
+    // Stopped for the orchestrator, its domain running: follows (running).
+    ['kkkk', { id: 'kkkk', hostId: 'A', state: 'stopped', poolName: 'shared', ha: false }],
   ]);
   const domains = [
     { name: 'kloudak-aaaa', vmId: 'AAAA', state: 'shutoff' },
@@ -205,6 +207,7 @@ test('a returning host: VMs placed elsewhere are evicted, unknown domains delete
     { name: 'kloudak-hhhh', vmId: 'hhhh', state: 'shutoff' },
     { name: 'kloudak-iiii', vmId: 'iiii', state: 'crashed' },
     { name: 'kloudak-jjjj', vmId: 'jjjj', state: 'shutoff' },
+    { name: 'kloudak-kkkk', vmId: 'kkkk', state: 'running' },
     { name: 'foreign', vmId: '', state: 'running' },
   ];
   const volumes = [
@@ -218,8 +221,10 @@ test('a returning host: VMs placed elsewhere are evicted, unknown domains delete
     { kind: 'evict', vmId: 'dddd', domain: 'kloudak-dddd', placedOn: null },
     { kind: 'deleteOrphan', vmId: 'eeee', domain: 'kloudak-eeee', pools: ['local', 'shared'] },
     { kind: 'restart', vmId: 'ffff', domain: 'kloudak-ffff', domainState: 'shutoff' },
+    { kind: 'follow', vmId: 'gggg', domain: 'kloudak-gggg', observed: 'off', cause: 'its host reports its domain shutoff' },
     { kind: 'restart', vmId: 'iiii', domain: 'kloudak-iiii', domainState: 'crashed' },
     { kind: 'reconcile', vmId: 'jjjj', domain: 'kloudak-jjjj', state: 'stopped' },
+    { kind: 'follow', vmId: 'kkkk', domain: 'kloudak-kkkk', observed: 'running', cause: 'its host reports its domain running' },
   ]);
 });
 

@@ -254,7 +254,13 @@ export type ReturnAction =
    * take it), whose domain the host reports off: it fenced it while cut off, and no evacuation
    * moved it. Start it again.
    */
-  | { kind: 'restart'; vmId: string; domain: string; domainState: string };
+  | { kind: 'restart'; vmId: string; domain: string; domainState: string }
+  /**
+   * A VM placed here whose domain's state is not what the inventory says, outside of the cases
+   * above: a non-HA VM `running` whose domain is off, or a VM `stopped` whose domain runs. Its
+   * state follows the domain (domain/vm-follow.ts), unless a task is working on it.
+   */
+  | { kind: 'follow'; vmId: string; domain: string; observed: 'off' | 'running'; cause: string };
 
 /** Domain states of a VM that is not running (a fenced domain is shut off). */
 const DOMAIN_OFF = new Set(['shutoff', 'crashed']);
@@ -287,6 +293,8 @@ export function planReturn(
     const wasRunning = vm.state === 'running' || (vm.state === 'lost' && vm.lostFrom === 'running');
     if (vm.ha && wasRunning && DOMAIN_OFF.has(d.state)) out.push({ kind: 'restart', vmId: id, domain: d.name, domainState: d.state });
     else if (vm.state === 'lost') out.push({ kind: 'reconcile', vmId: id, domain: d.name, state: d.state === 'running' ? 'running' : 'stopped' });
+    else if (vm.state === 'running' && DOMAIN_OFF.has(d.state)) out.push({ kind: 'follow', vmId: id, domain: d.name, observed: 'off', cause: `its host reports its domain ${d.state}` });
+    else if (vm.state === 'stopped' && d.state === 'running') out.push({ kind: 'follow', vmId: id, domain: d.name, observed: 'running', cause: 'its host reports its domain running' });
   }
   return out;
 }

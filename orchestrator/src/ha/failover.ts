@@ -15,16 +15,20 @@
  * - {@link cleanReturningHost} runs on a host's Hello before any other command is released to it:
  *   domains of VMs now placed on another host are evicted (destroyed, undefined, ports removed —
  *   never their volumes, which live on the shared pool and are in use elsewhere); domains of no VM
- *   at all are deleted with their volumes; lost VMs of that host take the state it reports.
+ *   at all are deleted with their volumes; lost VMs of that host take the state it reports, and
+ *   other VMs whose domains are not in the state recorded follow them (domain/vm-follow.ts).
+ * - {@link followDomainEvent}: the same rule for a lifecycle event of a connected host's domain
+ *   (an HA VM that crashed there is started again there).
  */
 import type { Logger } from '@kloudak/common';
 import type { PrismaClient } from '@kloudak/prisma';
 import type { HostLifecycleHooks } from '../agent-api/link.js';
 import type { Clock } from '../clock.js';
-import type { AgentCommand, CommandResult, HostInventory } from '../domain/agent.js';
+import type { AgentCommand, CommandResult, DomainLifecycleEvent, HostInventory } from '../domain/agent.js';
 import type { PoolLeaseEvidence } from '../domain/agent.js';
 import { lostRetryDue, planEvacuation, planReturn, restartHold, restartVerdict, type EvacuationPlan, type RestartVerdict, type ReturnAction } from '../domain/evacuation.js';
 import type { PlacementPolicy } from '../domain/placement.js';
+import { observedFromEvent } from '../domain/vm-follow.js';
 import { areaPlacementSnapshot, lockArea } from '../store/claims.js';
 import {
   cancelEvacuation,
@@ -46,6 +50,7 @@ import {
   writeMoves,
   type FailedRecovers,
 } from '../store/evacuations.js';
+import { followVmDomain } from '../store/vm-follow.js';
 import { VM_TASKS } from '../tasks/vm.js';
 
 /** What failover needs. */
@@ -232,7 +237,10 @@ async function replanDownHost(deps: FailoverDeps, hostId: string, which: 'lost' 
 export interface CleanUpReport {
   evicted: string[];
   deleted: string[];
+  /** Lost VMs that took the state the host reports. */
   reconciled: string[];
+  /** VMs whose state followed their domain's (domain/vm-follow.ts). */
+  followed: string[];
   /** HA VMs it fenced while cut off, started again there. */
   restarted: string[];
   failed: { vmId: string; error: string }[];
@@ -249,7 +257,7 @@ export async function cleanReturningHost(
   inventory: HostInventory,
   send: (command: AgentCommand, deadline: Date) => Promise<CommandResult>,
 ): Promise<CleanUpReport> {
-  const report: CleanUpReport = { evicted: [], deleted: [], reconciled: [], restarted: [], failed: [] };
+  const report: CleanUpReport = { evicted: [], deleted: [], reconciled: [], followed: [], restarted: [], failed: [] };
   const domains = inventory.domains.map((d) => ({ name: d.name, vmId: d.vmId, state: d.state }));
   if (domains.length === 0) return report;
   const known = await knownVms(deps.db, domains.map((d) => d.vmId));
@@ -262,6 +270,12 @@ export async function cleanReturningHost(
     actions.map(async (a: ReturnAction) => {
       if (a.kind === 'reconcile') {
         if (await reconcileLostVm(deps.db, hostId, a.vmId, a.state)) report.reconciled.push(a.vmId);
+        return;
+      }
+      if (a.kind === 'follow') {
+        const settings = { kind: VM_TASKS.start, maxAttempts: deps.taskMaxAttempts, deadline: new Date(deps.clock.now() + deps.recoverTimeoutMs) };
+        const out = await followVmDomain(deps.db, hostId, a.vmId, a.observed, a.cause, { task: settings, now: new Date(deps.clock.now()), hostMustBeUp: false });
+        if (out.action.kind !== 'none') report.followed.push(a.vmId);
         return;
       }
       if (a.kind === 'restart') {
@@ -335,5 +349,34 @@ export function failoverHooks(deps: FailoverDeps): HostLifecycleHooks {
     async hostReturned(hostId, inventory, send) {
       await cleanReturningHost(deps, hostId, inventory, send);
     },
+    async domainChanged(hostId, event) {
+      await followDomainEvent(deps, hostId, event);
+    },
   };
+}
+
+/**
+ * A VM's domain changed on a connected host, outside of any task (domain/vm-follow.ts): its state
+ * follows, and an HA VM found off is started again there. Errors are logged, never thrown: the
+ * event is already recorded, and the host's next Hello reports the domain again.
+ */
+export async function followDomainEvent(deps: FailoverDeps, hostId: string, event: DomainLifecycleEvent): Promise<void> {
+  const seen = observedFromEvent(event.event, event.detail);
+  if (!seen) return;
+  const log = deps.log.child({ component: 'failover', host_id: hostId, vm_id: event.vmId });
+  try {
+    const out = await followVmDomain(deps.db, hostId, event.vmId, seen.observed, seen.cause, {
+      task: { kind: VM_TASKS.start, maxAttempts: deps.taskMaxAttempts, deadline: new Date(deps.clock.now() + deps.recoverTimeoutMs) },
+      now: new Date(deps.clock.now()),
+      hostMustBeUp: true,
+    });
+    if (out.action.kind === 'none') {
+      log.debug({ event: event.event, detail: event.detail, why: out.action.why }, 'domain change left to its owner');
+      return;
+    }
+    log.warn({ event: event.event, detail: event.detail, action: out.action.kind, reason: out.action.reason, task_id: out.taskId ?? undefined }, 'VM state follows its domain');
+    if (out.taskId) deps.kickTasks();
+  } catch (err) {
+    log.error({ err, event: event.event }, 'following the domain change failed; the next Hello reports it again');
+  }
 }

@@ -138,7 +138,7 @@ for (const engine of ENGINES) {
       await e.agent.stop();
       await until('the evacuation held', async () => (await evacuations(e.hostId)).some((x) => heldWhy(x) === 'agent_stopped'));
 
-      // Back with both domains defined but off; the non-HA one is the owner's to start.
+      // Back with the domains defined but off; the non-HA one is the owner's to start.
       const commands: string[] = [];
       const domains = [ha, plain, lostRunning, lostStopped].map((v) => simDomain(v.id, pb.DomainState.DOMAIN_STATE_SHUTOFF));
       const back = await returnSimHost(h, e.identity, w.pool.name, { domains }, (c) => {
@@ -150,6 +150,8 @@ for (const engine of ENGINES) {
       await until('the HA VMs started again on their host', async () => (await db.task.count({ where: { targetId: { in: started }, kind: 'vm.start', state: 'succeeded' } })) === 2);
       for (const id of started) assert.equal((await db.vm.findUniqueOrThrow({ where: { id } })).state, 'running');
       assert.equal((await db.vm.findUniqueOrThrow({ where: { id: lostStopped.id } })).state, 'stopped', 'lost while stopped: reconciled, not started');
+      const p = await db.vm.findUniqueOrThrow({ where: { id: plain.id } });
+      assert.deepEqual([p.state, p.stateReason], ['stopped', 'its host reports its domain shutoff'], 'not HA: its state follows its domain, not started');
       assert.deepEqual((await evacuations(e.hostId)).map((x) => x.state), ['cancelled']);
       const tasks = await db.task.findMany({ where: { targetId: { in: [ha.id, plain.id, lostRunning.id, lostStopped.id] } } });
       assert.deepEqual(

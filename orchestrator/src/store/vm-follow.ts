@@ -1,0 +1,79 @@
+// A VM's state following its domain (domain/vm-follow.ts): what one observation writes.
+import type { PrismaClient } from '@kloudak/prisma';
+import { followDomain, HA_RESTART_WINDOW_MS, type FollowAction, type ObservedDomain } from '../domain/vm-follow.js';
+import { appendEvents } from './outbox.js';
+import { insertTask } from './tasks.js';
+
+/** The start task an HA restart queues. */
+export interface RestartTaskSettings {
+  kind: string;
+  maxAttempts: number;
+  deadline: Date;
+}
+
+/** What {@link followVmDomain} did: the decision, and the start task it queued. */
+export interface FollowOutcome {
+  action: FollowAction;
+  taskId: string | null;
+}
+
+/**
+ * Records what `hostId` observed of VM `vmId`'s domain, in one transaction under the VM's row lock
+ * (a live event and a Hello's report of the same domain never both act): the decision of
+ * {@link followDomain}, its state change and events, and for an HA restart the `vm.start` task
+ * (input reason `ha_restart`, the same as a restart after fencing, so both count towards the
+ * limit). A VM that is not on that host is left alone. `hostMustBeUp` is false for a returning
+ * host, whose row may not say `up` yet while its Hello is handled.
+ */
+export async function followVmDomain(
+  db: PrismaClient,
+  hostId: string,
+  vmId: string,
+  observed: ObservedDomain,
+  cause: string,
+  opts: { task: RestartTaskSettings; now: Date; hostMustBeUp: boolean },
+): Promise<FollowOutcome> {
+  return db.$transaction(async (tx) => {
+    const rows = await tx.$queryRaw<{ state: string; haEnabled: boolean; hostId: string | null; workspaceId: string; name: string }[]>`
+      SELECT "state"::text AS "state", "haEnabled", "hostId"::text AS "hostId", "workspaceId"::text AS "workspaceId", "name"
+      FROM "Vm" WHERE "id" = ${vmId}::uuid FOR UPDATE`;
+    const vm = rows[0];
+    if (!vm || vm.hostId !== hostId) return { action: { kind: 'none', why: 'it is not on this host' }, taskId: null };
+    const host = await tx.host.findUnique({ where: { id: hostId }, select: { state: true } });
+    const busy = await tx.task.count({ where: { targetType: 'vm', targetId: vmId, state: { in: ['queued', 'running', 'rolling_back'] } } });
+    const recentHaRestarts = await tx.task.count({
+      where: { targetType: 'vm', targetId: vmId, kind: opts.task.kind, input: { path: ['reason'], equals: 'ha_restart' }, createdAt: { gt: new Date(opts.now.getTime() - HA_RESTART_WINDOW_MS) } },
+    });
+    const action = followDomain(observed, cause, {
+      vmState: vm.state,
+      ha: vm.haEnabled,
+      busy: busy > 0,
+      hostUp: !opts.hostMustBeUp || host?.state === 'up',
+      recentHaRestarts,
+    });
+    if (action.kind === 'none') return { action, taskId: null };
+    const state = action.kind === 'running' ? 'running' : 'stopped';
+    await tx.vm.update({ where: { id: vmId }, data: { state, stateReason: action.kind === 'running' ? null : action.reason } });
+    const base = { workspaceId: vm.workspaceId, entity: 'vm', entityId: vmId, event: 'state', state, name: vm.name, data: { reason: action.reason } };
+    if (action.kind !== 'restart') {
+      await appendEvents(tx, [base, { workspaceId: null, entity: 'vm', entityId: vmId, event: 'followed', state, name: vm.name, data: { hostId, observed, cause } }]);
+      return { action, taskId: null };
+    }
+    const t = await insertTask(tx, {
+      kind: opts.task.kind,
+      workspaceId: vm.workspaceId,
+      createdById: null,
+      targetType: 'vm',
+      targetId: vmId,
+      input: { name: vm.name, action: 'start', reason: 'ha_restart' },
+      maxAttempts: opts.task.maxAttempts,
+      deadline: opts.task.deadline,
+    });
+    await tx.vm.update({ where: { id: vmId }, data: { lastTaskId: t.id } });
+    await appendEvents(tx, [
+      { ...base, taskId: t.id },
+      { workspaceId: null, entity: 'vm', entityId: vmId, event: 'ha_restart', state, taskId: t.id, name: vm.name, data: { hostId, cause, restartsBefore: recentHaRestarts } },
+    ]);
+    return { action, taskId: t.id };
+  });
+}
