@@ -190,6 +190,7 @@ describe('agent daemon ↔ test orchestrator (mTLS, simulated host)', { timeout:
     const sessionsBefore = orch.sessions.length;
 
     const fenced = agent.fencing();
+    const eventsBefore = orch.all('domainEvent').length;
     orch.pauseGrants = true;
     const t0 = Date.now();
     await fenced;
@@ -205,6 +206,12 @@ describe('agent daemon ↔ test orchestrator (mTLS, simulated host)', { timeout:
     assert.equal(records.length, 1);
     assert.deepEqual(records[0]!.record.domains.map((d) => d.domainName), [haName]);
     assert.equal(records[0]!.record.reason, 'lease expired');
+    // Its own destroy is no guest's doing: no lifecycle event of it goes out (the orchestrator
+    // would take it for an HA VM that died on a healthy host and start it again); the fence report
+    // says it.
+    await new Promise((r) => setTimeout(r, 300));
+    const sent = orch.all('domainEvent').slice(eventsBefore);
+    assert.deepEqual(sent.map((e) => [e.domainEvent.vmId, e.domainEvent.event, e.domainEvent.detail]), [], 'no event of the fenced domain');
 
     orch.pauseGrants = false;
     const report = await orch.waitFor('a FenceReport on a new session', () => {

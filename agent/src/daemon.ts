@@ -355,6 +355,10 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps = {}): Promis
   await link.refreshPendingFences();
 
   const events = await lv.onDomainLifecycle((e) => {
+    // Without a lease the agent has fenced, or is fencing: the domains it destroys are its own
+    // doing, reported by its FenceReport, never a guest's. The orchestrator would otherwise take
+    // them for HA VMs that died on a healthy host and start them again here.
+    if (!lease.valid) return;
     const msg = domainEventToProto(e, new Date());
     if (msg && msg.body?.$case === 'domainEvent') {
       hlog.debug({ vm_id: msg.body.domainEvent.vmId, event: msg.body.domainEvent.event, detail: msg.body.domainEvent.detail }, 'domain event');
