@@ -3,8 +3,9 @@
 // `test-guest` boots its kernel directly (template boot settings); the guest configures the address
 // IPAM gave it from its NoCloud seed and serves its instance-id over HTTP. A client in a namespace
 // on the network's VLAN reaches it; a client on another network's VLAN cannot. A second network is
-// attached and detached live (its OVS port appears with its VLAN, then goes). Deleting the VM leaves
-// no domain, volume or port (checked through libvirt and ovs-vsctl).
+// attached and detached live (its OVS port appears with its VLAN, then goes). Its domain destroyed
+// and started outside Kloudak, its state follows; an HA VM's is started again. Deleting the VM
+// leaves no domain, volume or port (checked through libvirt and ovs-vsctl).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -136,6 +137,39 @@ describe('a real VM through the API on a qemu host', { timeout: 300_000 }, () =>
     await succeeded(d.body['tasks'][0]['id']);
     const after = (await inventory()).ovsPorts.filter(mine);
     assert.deepEqual(after.map((p) => p.vlan), [backVlan - 1]);
+  });
+
+  it('follows a domain stopped or started outside Kloudak: a non-HA VM shows it, an HA VM is started again on its host', async () => {
+    const vmOf = async (name: string) => (await api('GET', `/workspaces/${WS}/vms/${name}`)).body;
+    const domainState = async (id: string) => (await lv.getDomainState(await lv.lookupDomainByName(domainName(id)))).state;
+    const RUNNING = 1;
+    // web is not HA: destroyed with virsh's call, it is shown stopped with the cause, and stays so.
+    await lv.destroyDomain(await lv.lookupDomainByName(domainName(vmId)));
+    await waitFor(async () => (await vmOf('web'))['state'] === 'stopped', 20_000, 'web shown stopped');
+    assert.equal((await vmOf('web'))['reason'], 'its domain was destroyed outside Kloudak');
+    // Started again from outside: shown running.
+    await lv.createDomain(await lv.lookupDomainByName(domainName(vmId)));
+    await waitFor(async () => (await vmOf('web'))['state'] === 'running', 20_000, 'web shown running');
+
+    // An HA VM destroyed the same way: HA starts it again on the same host.
+    const r = await api('POST', `/workspaces/${WS}/vms`, { name: 'keep', template: `${RUN}-guest`, networks: ['front'], ha: true });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    const keepId = r.body['vm']['id'] as string;
+    cleanup.add(() => removeDomains(lv, [keepId]));
+    const created = r.body['task']['id'] as string;
+    await succeeded(created);
+    await lv.destroyDomain(await lv.lookupDomainByName(domainName(keepId)));
+    await waitFor(async () => (await vmOf('keep'))['task'] !== created, 20_000, 'a task for keep');
+    const restart = (await vmOf('keep'))['task'] as string;
+    await succeeded(restart);
+    const t = await api('GET', `/workspaces/${WS}/tasks/${restart}`);
+    assert.equal(t.body['kind'], 'vm.start', JSON.stringify(t.body));
+    const keep = await vmOf('keep');
+    assert.deepEqual([keep['state'], keep['host']], ['running', `${RUN}-qemu`]);
+    assert.equal(await domainState(keepId), RUNNING, 'its domain runs again');
+    const d = await api('DELETE', `/workspaces/${WS}/vms/keep`);
+    await succeeded(d.body['task']['id']);
+    assert.equal(await lv.lookupDomainByName(domainName(keepId)).catch(() => null), null);
   });
 
   it('deletes the VM: no domain, volume or port is left', async () => {
