@@ -50,7 +50,7 @@ import {
   writeMoves,
   type FailedRecovers,
 } from '../store/evacuations.js';
-import { followVmDomain } from '../store/vm-follow.js';
+import { followVmDomain, type RestartTaskSettings } from '../store/vm-follow.js';
 import { VM_TASKS } from '../tasks/vm.js';
 
 /** What failover needs. */
@@ -233,6 +233,11 @@ async function replanDownHost(deps: FailoverDeps, hostId: string, which: 'lost' 
   );
 }
 
+/** The `vm.start` an HA restart on the VM's own host queues: the attempts and time limit of a recover. */
+function startTask(deps: FailoverDeps): RestartTaskSettings {
+  return { kind: VM_TASKS.start, maxAttempts: deps.taskMaxAttempts, deadline: new Date(deps.clock.now() + deps.recoverTimeoutMs) };
+}
+
 /** What {@link cleanReturningHost} did. */
 export interface CleanUpReport {
   evicted: string[];
@@ -273,15 +278,13 @@ export async function cleanReturningHost(
         return;
       }
       if (a.kind === 'follow') {
-        const settings = { kind: VM_TASKS.start, maxAttempts: deps.taskMaxAttempts, deadline: new Date(deps.clock.now() + deps.recoverTimeoutMs) };
-        const out = await followVmDomain(deps.db, hostId, a.vmId, a.observed, a.cause, { task: settings, now: new Date(deps.clock.now()), hostMustBeUp: false });
+        const out = await followVmDomain(deps.db, hostId, a.vmId, a.observed, a.cause, { task: startTask(deps), now: new Date(deps.clock.now()), hostMustBeUp: false });
         if (out.action.kind !== 'none') report.followed.push(a.vmId);
         return;
       }
       if (a.kind === 'restart') {
         // Queued now, sent once the clean-up ends (commands to this host wait for it).
-        const settings = { kind: VM_TASKS.start, maxAttempts: deps.taskMaxAttempts, deadline: new Date(deps.clock.now() + deps.recoverTimeoutMs) };
-        if (await restartFencedVm(deps.db, hostId, a.vmId, settings)) report.restarted.push(a.vmId);
+        if (await restartFencedVm(deps.db, hostId, a.vmId, startTask(deps))) report.restarted.push(a.vmId);
         return;
       }
       const deadline = new Date(deps.clock.now() + deps.commandTimeoutMs);
@@ -366,7 +369,7 @@ export async function followDomainEvent(deps: FailoverDeps, hostId: string, even
   const log = deps.log.child({ component: 'failover', host_id: hostId, vm_id: event.vmId });
   try {
     const out = await followVmDomain(deps.db, hostId, event.vmId, seen.observed, seen.cause, {
-      task: { kind: VM_TASKS.start, maxAttempts: deps.taskMaxAttempts, deadline: new Date(deps.clock.now() + deps.recoverTimeoutMs) },
+      task: startTask(deps),
       now: new Date(deps.clock.now()),
       hostMustBeUp: true,
     });
