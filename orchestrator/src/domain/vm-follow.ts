@@ -7,8 +7,9 @@
  *
  * The rule, the way Proxmox VE's HA manager keeps a resource in its requested state:
  * - an HA VM found off is started again on its host, at most {@link HA_RESTART_LIMIT} times in
- *   {@link HA_RESTART_WINDOW_MS}; past that it stays stopped, with the reason (a guest that dies
- *   at every boot must not be restarted forever);
+ *   {@link HA_RESTART_WINDOW_MS} (counted from a user's start when one came later); past that it
+ *   stays stopped, with the reason (a guest that dies at every boot must not be restarted
+ *   forever), until a user starts it;
  * - a non-HA VM found off becomes `stopped`, with the reason;
  * - a VM found running while `stopped` becomes `running`.
  * Only while no task works on the VM (a task's own stop, start or migration is the task's to
@@ -33,7 +34,7 @@ export interface FollowFacts {
   busy: boolean;
   /** The host is up (not suspect, down or in a drain's hands is decided by its own flow). */
   hostUp: boolean;
-  /** HA restarts of this VM queued within the last {@link HA_RESTART_WINDOW_MS}. */
+  /** HA restarts of this VM queued within the last {@link HA_RESTART_WINDOW_MS}, and since the last start a user asked for. */
   recentHaRestarts: number;
 }
 

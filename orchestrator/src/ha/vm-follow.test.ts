@@ -109,6 +109,14 @@ for (const engine of ENGINES) {
         infra.map((e) => e.event),
         [...Array.from({ length: HA_RESTART_LIMIT }, () => 'ha_restart'), 'followed'],
       );
+
+      // Its owner starts it (the cause fixed): HA protects it again.
+      const r = await h.admin.client.post(`${ws()}/vms/${vm.name}/actions`, { action: 'start' });
+      assert.equal(r.status, 202, JSON.stringify(r.body));
+      await until('started by its owner', async () => (await haStarts(vm.id)).filter((t) => t.state === 'succeeded').length === HA_RESTART_LIMIT + 1 && (await vmRow(vm.id)).state === 'running');
+      agent.send(domainEvent(vm.id, pb.DomainEventType.DOMAIN_EVENT_TYPE_CRASHED, 'crashed'));
+      await until('restarted by HA again', async () => (await haStarts(vm.id)).filter((t) => t.state === 'succeeded').length === HA_RESTART_LIMIT + 2 && (await vmRow(vm.id)).state === 'running');
+      assert.equal((await haStarts(vm.id)).at(-1)?.createdById, null, 'by HA');
     });
 
     it("the events of a task's own stop change nothing more: a stopped HA VM is not restarted", async () => {

@@ -41,8 +41,17 @@ export async function followVmDomain(
     if (!vm || vm.hostId !== hostId) return { action: { kind: 'none', why: 'it is not on this host' }, taskId: null };
     const host = await tx.host.findUnique({ where: { id: hostId }, select: { state: true } });
     const busy = await tx.task.count({ where: { targetType: 'vm', targetId: vmId, state: { in: ['queued', 'running', 'rolling_back'] } } });
+    // Counted since the window's start or the last start a user asked for, whichever is later:
+    // a user who starts a VM HA gave up on (its cause fixed) gives it its restarts back.
+    const userStart = await tx.task.findFirst({
+      where: { targetType: 'vm', targetId: vmId, kind: opts.task.kind, createdById: { not: null } },
+      orderBy: { seq: 'desc' },
+      select: { createdAt: true },
+    });
+    const windowStart = new Date(opts.now.getTime() - HA_RESTART_WINDOW_MS);
+    const since = userStart && userStart.createdAt > windowStart ? userStart.createdAt : windowStart;
     const recentHaRestarts = await tx.task.count({
-      where: { targetType: 'vm', targetId: vmId, kind: opts.task.kind, input: { path: ['reason'], equals: 'ha_restart' }, createdAt: { gt: new Date(opts.now.getTime() - HA_RESTART_WINDOW_MS) } },
+      where: { targetType: 'vm', targetId: vmId, kind: opts.task.kind, input: { path: ['reason'], equals: 'ha_restart' }, createdAt: { gt: since } },
     });
     const action = followDomain(observed, cause, {
       vmState: vm.state,
