@@ -3,8 +3,9 @@
 // `test-guest` boots its kernel directly (template boot settings); the guest configures the address
 // IPAM gave it from its NoCloud seed and serves its instance-id over HTTP. A client in a namespace
 // on the network's VLAN reaches it; a client on another network's VLAN cannot. A second network is
-// attached and detached live (its OVS port appears with its VLAN, then goes). Its domain destroyed
-// and started outside Kloudak, its state follows; an HA VM's is started again. Deleting the VM
+// attached and detached live (its OVS port appears with its VLAN, then goes). Its guest powered off
+// and its domain started outside Kloudak, its state follows; an HA VM destroyed outside Kloudak is
+// started again. Deleting the VM
 // leaves no domain, volume or port (checked through libvirt and ovs-vsctl).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -139,14 +140,16 @@ describe('a real VM through the API on a qemu host', { timeout: 300_000 }, () =>
     assert.deepEqual(after.map((p) => p.vlan), [backVlan - 1]);
   });
 
-  it('follows a domain stopped or started outside Kloudak: a non-HA VM shows it, an HA VM is started again on its host', async () => {
+  it('follows a guest that powers itself off and a domain started or destroyed outside Kloudak: a non-HA VM shows it, an HA VM is started again on its host', async () => {
     const vmOf = async (name: string) => (await api('GET', `/workspaces/${WS}/vms/${name}`)).body;
     const domainState = async (id: string) => (await lv.getDomainState(await lv.lookupDomainByName(domainName(id)))).state;
     const RUNNING = 1;
-    // web is not HA: destroyed with virsh's call, it is shown stopped with the cause, and stays so.
-    await lv.destroyDomain(await lv.lookupDomainByName(domainName(vmId)));
-    await waitFor(async () => (await vmOf('web'))['state'] === 'stopped', 20_000, 'web shown stopped');
-    assert.equal((await vmOf('web'))['reason'], 'its domain was destroyed outside Kloudak');
+    // web is not HA. Its guest powers itself off (the ACPI power button, as `virsh shutdown`
+    // presses it; the guest's acpid runs poweroff, as a user's `poweroff` inside would): it is
+    // shown stopped with the cause, and stays so.
+    await lv.shutdownDomain(await lv.lookupDomainByName(domainName(vmId)));
+    await waitFor(async () => (await vmOf('web'))['state'] === 'stopped', 60_000, 'web shown stopped');
+    assert.equal((await vmOf('web'))['reason'], 'the guest shut itself down');
     // Started again from outside: shown running.
     await lv.createDomain(await lv.lookupDomainByName(domainName(vmId)));
     await waitFor(async () => (await vmOf('web'))['state'] === 'running', 20_000, 'web shown running');
