@@ -4,7 +4,8 @@ import type { AreaVm } from '../domain/drain.js';
 import type { EvacuationLeftBehind, EvacuationMove, EvacuationPlan, EvacuationVm, KnownVm } from '../domain/evacuation.js';
 import type { EventInput } from '../events/event.js';
 import { appendEvents } from './outbox.js';
-import { insertTask } from './tasks.js';
+import { hasUnfinishedTask, insertTask } from './tasks.js';
+import { queueHaStart, type RestartTaskSettings } from './vm-follow.js';
 
 type Tx = Prisma.TransactionClient;
 
@@ -400,7 +401,7 @@ export async function reconcileLostVm(db: PrismaClient, hostId: string, vmId: st
  * user's stop in flight is theirs).
  * Returns the task's id, or null when it was left alone.
  */
-export async function restartFencedVm(db: PrismaClient, hostId: string, vmId: string, task: { kind: string; maxAttempts: number; deadline: Date }): Promise<string | null> {
+export async function restartFencedVm(db: PrismaClient, hostId: string, vmId: string, task: RestartTaskSettings): Promise<string | null> {
   return db.$transaction(async (tx) => {
     // The host is back (its agent said Hello): an evacuation not planned yet is cancelled first,
     // under its row lock, so that no plan moves this VM away while it starts here.
@@ -415,30 +416,14 @@ export async function restartFencedVm(db: PrismaClient, hostId: string, vmId: st
       where: { id: vmId, hostId, haEnabled: true, OR: [{ state: 'running' }, { state: 'lost', lostFrom: 'running' }] },
       select: { workspaceId: true, name: true },
     });
-    const busy = vm ? await tx.task.count({ where: { targetType: 'vm', targetId: vmId, state: { in: ['queued', 'running', 'rolling_back'] } } }) : 0;
-    if (!vm || busy > 0) {
+    if (!vm || (await hasUnfinishedTask(tx, 'vm', vmId))) {
       await appendEvents(tx, events);
       return null;
     }
     const reason = 'its host fenced it while cut off and came back before it restarted elsewhere: starting it again there';
-    await tx.vm.update({ where: { id: vmId }, data: { state: 'stopped', stateReason: reason, lostFrom: null } });
-    const t = await insertTask(tx, {
-      kind: task.kind,
-      workspaceId: vm.workspaceId,
-      createdById: null,
-      targetType: 'vm',
-      targetId: vmId,
-      input: { name: vm.name, action: 'start', reason: 'ha_restart' },
-      maxAttempts: task.maxAttempts,
-      deadline: task.deadline,
-    });
-    await tx.vm.update({ where: { id: vmId }, data: { lastTaskId: t.id } });
-    await appendEvents(tx, [
-      ...events,
-      { workspaceId: vm.workspaceId, entity: 'vm', entityId: vmId, event: 'state', state: 'stopped', taskId: t.id, name: vm.name, data: { reason } },
-      { workspaceId: null, entity: 'vm', entityId: vmId, event: 'ha_restart', state: 'stopped', taskId: t.id, name: vm.name, data: { hostId } },
-    ]);
-    return t.id;
+    const q = await queueHaStart(tx, { id: vmId, ...vm }, task, reason, { hostId });
+    await appendEvents(tx, [...events, ...q.events]);
+    return q.taskId;
   });
 }
 

@@ -50,6 +50,11 @@ export async function unfinishedTask(db: DbOrTx, targetId: string, kind: string)
   return db.task.findFirst({ where: { targetId, kind, state: { in: [...UNFINISHED] } }, select: { id: true } });
 }
 
+/** Whether any task on the object (of any kind) has not ended: a VM with one is that task's to change. */
+export async function hasUnfinishedTask(db: DbOrTx, targetType: string, targetId: string): Promise<boolean> {
+  return (await db.task.count({ where: { targetType, targetId, state: { in: [...UNFINISHED] } } })) > 0;
+}
+
 const withSteps = { steps: { orderBy: { seq: 'asc' as const } } } satisfies Prisma.TaskInclude;
 
 /** The newest task of `kind` on an object, with its steps, or null. */

@@ -1,14 +1,49 @@
 // A VM's state following its domain (domain/vm-follow.ts): what one observation writes.
-import type { PrismaClient } from '@kloudak/prisma';
+import type { Prisma, PrismaClient } from '@kloudak/prisma';
 import { followDomain, HA_RESTART_WINDOW_MS, type FollowAction, type ObservedDomain } from '../domain/vm-follow.js';
+import type { EventInput } from '../events/event.js';
 import { appendEvents } from './outbox.js';
-import { insertTask } from './tasks.js';
+import { hasUnfinishedTask, insertTask } from './tasks.js';
 
 /** The start task an HA restart queues. */
 export interface RestartTaskSettings {
   kind: string;
   maxAttempts: number;
   deadline: Date;
+}
+
+/**
+ * An HA VM started again on the host it is placed on (after a crash there, or after that host
+ * fenced it): it becomes `stopped` with `reason`, and a `vm.start` task (input reason
+ * `ha_restart`, no user) is queued and becomes its last task. Returns the task's id and the
+ * events (the VM's state for its workspace, `ha_restart` with `data` for admins) for the caller
+ * to append last in its transaction.
+ */
+export async function queueHaStart(
+  tx: Prisma.TransactionClient,
+  vm: { id: string; workspaceId: string; name: string },
+  task: RestartTaskSettings,
+  reason: string,
+  data: Record<string, unknown>,
+): Promise<{ taskId: string; events: EventInput[] }> {
+  const t = await insertTask(tx, {
+    kind: task.kind,
+    workspaceId: vm.workspaceId,
+    createdById: null,
+    targetType: 'vm',
+    targetId: vm.id,
+    input: { name: vm.name, action: 'start', reason: 'ha_restart' },
+    maxAttempts: task.maxAttempts,
+    deadline: task.deadline,
+  });
+  await tx.vm.update({ where: { id: vm.id }, data: { state: 'stopped', stateReason: reason, lostFrom: null, lastTaskId: t.id } });
+  return {
+    taskId: t.id,
+    events: [
+      { workspaceId: vm.workspaceId, entity: 'vm', entityId: vm.id, event: 'state', state: 'stopped', taskId: t.id, name: vm.name, data: { reason } },
+      { workspaceId: null, entity: 'vm', entityId: vm.id, event: 'ha_restart', state: 'stopped', taskId: t.id, name: vm.name, data },
+    ],
+  };
 }
 
 /** What {@link followVmDomain} did: the decision, and the start task it queued. */
@@ -40,7 +75,7 @@ export async function followVmDomain(
     const vm = rows[0];
     if (!vm || vm.hostId !== hostId) return { action: { kind: 'none', why: 'it is not on this host' }, taskId: null };
     const host = await tx.host.findUnique({ where: { id: hostId }, select: { state: true } });
-    const busy = await tx.task.count({ where: { targetType: 'vm', targetId: vmId, state: { in: ['queued', 'running', 'rolling_back'] } } });
+    const busy = await hasUnfinishedTask(tx, 'vm', vmId);
     // Counted since the window's start or the last start a user asked for, whichever is later:
     // a user who starts a VM HA gave up on (its cause fixed) gives it its restarts back.
     const userStart = await tx.task.findFirst({
@@ -56,33 +91,22 @@ export async function followVmDomain(
     const action = followDomain(observed, cause, {
       vmState: vm.state,
       ha: vm.haEnabled,
-      busy: busy > 0,
+      busy,
       hostUp: !opts.hostMustBeUp || host?.state === 'up',
       recentHaRestarts,
     });
     if (action.kind === 'none') return { action, taskId: null };
+    if (action.kind === 'restart') {
+      const q = await queueHaStart(tx, { id: vmId, workspaceId: vm.workspaceId, name: vm.name }, opts.task, action.reason, { hostId, cause, restartsBefore: recentHaRestarts });
+      await appendEvents(tx, q.events);
+      return { action, taskId: q.taskId };
+    }
     const state = action.kind === 'running' ? 'running' : 'stopped';
     await tx.vm.update({ where: { id: vmId }, data: { state, stateReason: action.kind === 'running' ? null : action.reason } });
-    const base = { workspaceId: vm.workspaceId, entity: 'vm', entityId: vmId, event: 'state', state, name: vm.name, data: { reason: action.reason } };
-    if (action.kind !== 'restart') {
-      await appendEvents(tx, [base, { workspaceId: null, entity: 'vm', entityId: vmId, event: 'followed', state, name: vm.name, data: { hostId, observed, cause } }]);
-      return { action, taskId: null };
-    }
-    const t = await insertTask(tx, {
-      kind: opts.task.kind,
-      workspaceId: vm.workspaceId,
-      createdById: null,
-      targetType: 'vm',
-      targetId: vmId,
-      input: { name: vm.name, action: 'start', reason: 'ha_restart' },
-      maxAttempts: opts.task.maxAttempts,
-      deadline: opts.task.deadline,
-    });
-    await tx.vm.update({ where: { id: vmId }, data: { lastTaskId: t.id } });
     await appendEvents(tx, [
-      { ...base, taskId: t.id },
-      { workspaceId: null, entity: 'vm', entityId: vmId, event: 'ha_restart', state, taskId: t.id, name: vm.name, data: { hostId, cause, restartsBefore: recentHaRestarts } },
+      { workspaceId: vm.workspaceId, entity: 'vm', entityId: vmId, event: 'state', state, name: vm.name, data: { reason: action.reason } },
+      { workspaceId: null, entity: 'vm', entityId: vmId, event: 'followed', state, name: vm.name, data: { hostId, observed, cause } },
     ]);
-    return { action, taskId: t.id };
+    return { action, taskId: null };
   });
 }
