@@ -136,10 +136,18 @@ async function openPostgres(url: string, poolSize: number, connectTimeoutMs: num
     migrate: () => withSession((s) => migrate(s)),
     pending: async () => {
       const c = await pool.connect();
+      // A client checked out of the pool has no listener of the pool's, and pg emits 'error' when
+      // its connection ends unexpectedly (a server restart, a cut network), even in the middle of a
+      // statement: without a listener here that is an uncaught exception, and the process dies.
+      // The statement fails anyway; the broken client is released with its error (discarded).
+      let lost: Error | undefined;
+      const onError = (err: Error) => void (lost = err);
+      c.on('error', onError);
       try {
         return await pendingMigrations(pgSession(c));
       } finally {
-        c.release();
+        c.removeListener('error', onError);
+        c.release(lost);
       }
     },
     ping: async () => {
